@@ -1,0 +1,24 @@
+r"""Estimators of the objective: pure functions of (model, guide, x) returning values per data point.
+
+Nothing here averages over the batch or calls ``backward``; the training engine does.
+
+Gradients. A bound is an expectation over q_φ(z | x), and there are two ways to differentiate
+it with respect to φ. When q has a reparameterized sampler (``q.has_rsample``: z = g_φ(ε)
+with ε from a fixed distribution, as for the normal and Beta families) the particles carry
+the gradient themselves: the *pathwise* estimator, usually of low variance. When it has none
+(categorical and other discrete q) the bound is still computed exactly as written, and a
+*score-function* surrogate is added that is zero in value and whose gradient is
+E[(f(z) − b) ∇_φ log q_φ(z)], with a leave-one-out baseline b over the particles (VIMCO's for
+the importance-weighted bounds). So a reported bound is always the true number:
+``value + (surrogate − surrogate.detach())``. A discrete q with enumerable support is summed
+over exactly by :func:`elbo` instead, which needs neither estimator.
+
+Shapes: particles lie along a leading dimension S: z is ``[S, B, *latent_shape]`` and
+per-particle quantities ``[S, B]``.
+"""
+
+from elbox.bounds import _kl  # noqa: F401  (registers the closed-form KLs torch lacks)
+from elbox.bounds.elbo import Terms, elbo
+from elbox.bounds.importance import iwae, log_weights, renyi
+
+__all__ = ["Terms", "elbo", "iwae", "log_weights", "renyi"]

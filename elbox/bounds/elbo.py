@@ -1,0 +1,125 @@
+"""The evidence lower bound and its decomposition into reconstruction and KL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+from elbox.bounds._common import draw, prepare, score_surrogate
+
+__all__ = ["Terms", "elbo"]
+
+_KL_METHODS = ("analytic", "mc")
+_EXPECTATIONS = ("auto", "sample", "enumerate")
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The ELBO and its two terms, each per data point ``[B]``: value = reconstruction − kl.
+
+    Attributes:
+        value: The ELBO.
+        reconstruction: E_q[log p_θ(x | z)].
+        kl: KL(q(z | x) ‖ p(z)), the regularization term.
+        kl_method: How ``kl`` was computed: ``"analytic"``, ``"mc"`` or ``"enumerate"``.
+    """
+
+    value: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+    kl_method: str
+
+
+def elbo(
+    model,
+    guide,
+    x: Tensor,
+    *,
+    num_samples: int = 1,
+    kl: str = "analytic",
+    expectation: str = "auto",
+    index: Tensor | None = None,
+) -> Terms:
+    r"""The evidence lower bound, per data point.
+
+    .. math:: \mathcal{L}(x) = \mathbb{E}_{q(z|x)}[\log p_\theta(x \mid z)]
+              - \mathrm{KL}(q(z \mid x) \,\|\, p(z)) \le \log p_\theta(x).
+
+    The expectation is an average over ``num_samples`` particles drawn along a leading
+    dimension, or, for a discrete q with enumerable support, an exact sum over its values
+    (``expectation="enumerate"``, the default for such q). The KL is taken in closed form from
+    torch's ``kl_divergence`` registry when ``kl="analytic"`` and one is registered, else by
+    Monte Carlo from the same particles (``Terms.kl_method`` says which). With ``kl="mc"`` the
+    estimator is the mean of log w = log p(x, z) − log q(z | x), whose variance vanishes when
+    q is the exact posterior.
+
+    Where q has no reparameterized sampler the returned value is the same number and its
+    gradient is the score-function estimator's (with a leave-one-out baseline when
+    ``num_samples > 1``).
+
+    References:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014), https://arxiv.org/abs/1312.6114
+
+    Args:
+        model: A :class:`~elbox.models.LatentModel`.
+        guide: A guide; ``guide(x, index)`` gives q with batch ``[B]``.
+        x: Data, ``[B, *data_shape]``.
+        num_samples: S, the particles per data point.
+        kl: ``"analytic"`` or ``"mc"``.
+        expectation: ``"auto"``, ``"sample"`` or ``"enumerate"``.
+        index: The data points' indices, for local guides.
+
+    Returns:
+        :class:`Terms`, each ``[B]``.
+
+    Example:
+        >>> model = BetaBernoulli(1.0, 1.0)
+        >>> x = torch.tensor([[1.0, 0.0, 1.0]])
+        >>> terms = elbo(model, Beta(), x, num_samples=100)
+    """
+    if kl not in _KL_METHODS:
+        raise ValueError(f"kl must be one of {_KL_METHODS}; received {kl!r}")
+    if expectation not in _EXPECTATIONS:
+        raise ValueError(f"expectation must be one of {_EXPECTATIONS}; received {expectation!r}")
+    x, q, p = prepare(model, guide, x, index)
+    enumerable = q.support.is_discrete and q.has_enumerate_support
+    if expectation == "enumerate" and not enumerable:
+        raise ValueError(f"expectation='enumerate' needs a discrete q with enumerable support; q is {type(q).__name__}")
+    if expectation == "enumerate" or (expectation == "auto" and enumerable):
+        return _enumerated(model, x, q, p, kl)
+
+    z = draw(q, num_samples)  # [S, B, *event]
+    log_lik = model.log_likelihood(x, z)  # [S, B]
+    reconstruction = log_lik.mean(0)
+    analytic = _analytic_kl(q, p) if kl == "analytic" else None
+    if analytic is not None:
+        kl_value, kl_method, signal = analytic, "analytic", log_lik
+    else:
+        log_ratio = q.log_prob(z) - p.log_prob(z)  # [S, B]
+        kl_value, kl_method, signal = log_ratio.mean(0), "mc", log_lik - log_ratio
+    value = reconstruction - kl_value
+    if not q.has_rsample:
+        value = value + score_surrogate(q.log_prob(z), signal)
+    return Terms(value=value, reconstruction=reconstruction, kl=kl_value, kl_method=kl_method)
+
+
+def _analytic_kl(q, p) -> Tensor | None:
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
+def _enumerated(model, x: Tensor, q, p, kl: str) -> Terms:
+    z = q.enumerate_support(expand=True)  # [K, B]
+    log_q = q.log_prob(z)  # [K, B]
+    probs = log_q.exp()
+    reconstruction = (probs * model.log_likelihood(x, z)).sum(0)
+    analytic = _analytic_kl(q, p) if kl == "analytic" else None
+    kl_value = analytic if analytic is not None else (probs * (log_q - p.log_prob(z))).sum(0)
+    return Terms(
+        value=reconstruction - kl_value, reconstruction=reconstruction, kl=kl_value, kl_method="enumerate"
+    )
+

@@ -1,0 +1,6 @@
+"""Variational families q_φ(z | x): modules whose ``guide(x, index)`` returns a distribution."""
+
+from elbox.guides.base import Exact, Guide
+from elbox.guides.families import Beta, Categorical, FullRankNormal, MeanFieldNormal
+
+__all__ = ["Beta", "Categorical", "Exact", "FullRankNormal", "Guide", "MeanFieldNormal"]

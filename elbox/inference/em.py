@@ -1,0 +1,122 @@
+"""Expectation-maximization: coordinate ascent on the ELBO for models with a closed-form M-step."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from elbox._validation import check_positive_int
+from elbox.inference.history import ConvergenceWarning, History
+
+__all__ = ["em"]
+
+
+def em(
+    model,
+    data,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    init: str | None = None,
+    n_init: int = 1,
+    seed: int | None = None,
+    callback: Callable | None = None,
+) -> History:
+    r"""Fits ``model`` to ``data`` by EM, in place, and returns the history of the bound.
+
+    EM maximizes the ELBO :math:`\mathcal{L}(q, \theta) = \log p_\theta(x) - \mathrm{KL}(q \,\|\,
+    p_\theta(z \mid x))` by coordinate ascent: the E-step sets q to the exact posterior, which
+    closes the gap (so the bound then *equals* the log-likelihood), and the M-step maximizes
+    over θ with q fixed. Neither step can lower the bound, so ``History.lower_bound`` (the
+    log-likelihood per data point after each E-step) never decreases.
+
+    Iteration stops when the bound improves by less than ``tol`` per data point. The model is
+    left at the parameters whose E-step was recorded last, so its ``log_evidence(data).mean()``
+    equals ``History.final``.
+
+    Args:
+        model: A model with ``m_step`` (and ``initialize`` if ``init`` is given).
+        data: ``[N, *data_shape]``.
+        max_iter: The most E-steps per restart.
+        tol: The convergence threshold on the change of the per-point bound.
+        init: ``None`` to start from the model's current parameters, or a method for
+            ``model.initialize`` (``"kmeans++"`` or ``"random"`` for mixtures, ``"pca"`` or
+            ``"random"`` for factor analysis).
+        n_init: Restarts from fresh initializations; the one with the highest bound is kept.
+        seed: Seeds the initializations (each restart draws from one generator).
+        callback: Called as ``callback(iteration, model, posterior, log_evidence)`` after each
+            E-step, before the M-step.
+
+    Returns:
+        The :class:`History` of the best restart, with every restart's final bound.
+
+    Warns:
+        ConvergenceWarning: If the best restart did not converge within ``max_iter``.
+    """
+    if not getattr(model, "has_m_step", False):
+        raise TypeError(f"{type(model).__name__} has no closed-form M-step; fit it by VI with elbox.fit")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    n_init = check_positive_int(n_init, "n_init")
+    if not tol >= 0:
+        raise ValueError(f"tol must be non-negative; received {tol}")
+    if init is None and n_init > 1:
+        raise ValueError("n_init > 1 needs init= (restarts from the same parameters would all agree)")
+    x = model.check_data(data)
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
+
+    best, best_state = None, None
+    finals = []
+    start = time.perf_counter()
+    for _ in range(n_init):
+        if init is not None:
+            model.initialize(x, method=init, generator=generator)
+        history = _run(model, x, max_iter, tol, callback)
+        finals.append(history.final)
+        if best is None or history.final > best.final:
+            best, best_state = history, copy.deepcopy(model.state_dict())
+    if n_init > 1:
+        model.load_state_dict(best_state)
+    best.restarts = finals
+    best.seconds = time.perf_counter() - start
+    if not best.converged:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (last change "
+            f"{_last_change(best):.3g} > tol={tol:g}); increase max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return best
+
+
+def _run(model, x, max_iter: int, tol: float, callback) -> History:
+    history = History(method="em")
+    with torch.no_grad():
+        for iteration in range(max_iter):
+            posterior, log_evidence = model.e_step(x)
+            bound = float(log_evidence.mean())
+            if not math.isfinite(bound):
+                raise FloatingPointError(
+                    f"the log-likelihood became {bound} at EM iteration {iteration}; check the data's "
+                    "scale, or raise the model's regularizer (reg_covar for mixtures)"
+                )
+            history.lower_bound.append(bound)
+            history.n_iter = iteration + 1
+            if callback is not None:
+                callback(iteration, model, posterior, log_evidence)
+            if iteration > 0 and bound - history.lower_bound[-2] < tol:
+                history.converged = True
+                break
+            if iteration + 1 < max_iter:
+                model.m_step(x, posterior)
+    return history
+
+
+def _last_change(history: History) -> float:
+    lb = history.lower_bound
+    return lb[-1] - lb[-2] if len(lb) > 1 else math.inf

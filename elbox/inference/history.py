@@ -1,0 +1,45 @@
+"""The record of a fit: the bound per iteration or epoch, and how the run ended."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["ConvergenceWarning", "History"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative fit stopped at its iteration limit before meeting its tolerance."""
+
+
+@dataclass
+class History:
+    """What :func:`elbox.em` and :func:`elbox.fit` return.
+
+    Attributes:
+        method: ``"em"`` or ``"vi:<bound>"``.
+        lower_bound: The bound averaged per data point, after each EM iteration's E-step (where
+            it equals the exact log-likelihood) or at the end of each VI epoch.
+        steps: For VI, the bound per optimizer step (mini-batch average).
+        converged: Whether the tolerance was met.
+        n_iter: EM iterations or VI epochs run.
+        seconds: Wall time of the fit.
+        restarts: For EM with ``n_init > 1``, each restart's final bound; the best is kept.
+    """
+
+    method: str
+    lower_bound: list[float] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+    seconds: float = 0.0
+    restarts: list[float] = field(default_factory=list)
+
+    @property
+    def final(self) -> float:
+        """The last recorded bound."""
+        if not self.lower_bound:
+            raise ValueError("the history is empty: nothing was fitted")
+        return self.lower_bound[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)

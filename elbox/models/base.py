@@ -1,0 +1,100 @@
+"""The base class of generative models p_θ(x, z) = p(z) p_θ(x | z)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from elbox._validation import as_data
+
+__all__ = ["LatentModel"]
+
+
+class LatentModel(nn.Module):
+    r"""A latent-variable model :math:`p_\theta(x, z) = p(z)\, p_\theta(x \mid z)`.
+
+    Subclasses implement :meth:`prior` and :meth:`likelihood` (or :meth:`log_likelihood`).
+    Models whose evidence is tractable also implement :meth:`log_evidence` and
+    :meth:`posterior`, and those with a closed-form M-step implement :meth:`m_step`, which is
+    what :func:`elbox.em` needs.
+
+    Shapes: a batch of data ``x`` is ``[B, *data_shape]``; latents ``z`` are
+    ``[*sample_shape, B, *latent_shape]``; per-example quantities are ``[*sample_shape, B]``.
+    """
+
+    #: The shape of one data point, without the batch dimension (set by subclasses); an entry
+    #: of None accepts any size.
+    data_shape: tuple[int | None, ...] = ()
+
+    def prior(self) -> Distribution:
+        """The prior p(z), with an empty batch shape."""
+        raise NotImplementedError
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        """The observation model p_θ(x | z), batched over the leading dimensions of ``z``."""
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x | z), shape ``z``'s sample and batch shape: ``[S, B]`` or ``[B]``."""
+        return self.likelihood(z).log_prob(x)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x, z) = log p(z) + log p_θ(x | z), shape ``[S, B]`` (or ``[B]``)."""
+        return self.prior().log_prob(z) + self.log_likelihood(x, z)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """Draws ``n`` pairs (x, z) from the model."""
+        raise NotImplementedError
+
+    # Tractable models implement these three.
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        """The exact log p_θ(x), shape ``[B]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact log-evidence")
+
+    def posterior(self, x: Tensor) -> Distribution:
+        """The exact posterior p_θ(z | x), with batch shape ``[B]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact posterior")
+
+    def m_step(self, x: Tensor, posterior: Distribution) -> None:
+        """Sets θ to argmax E_posterior[log p_θ(x, z)] in closed form."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form M-step; fit it by VI with elbox.fit"
+        )
+
+    def e_step(self, x: Tensor) -> tuple[Distribution, Tensor]:
+        """The exact posterior and log-evidence together (models may share the work)."""
+        return self.posterior(x), self.log_evidence(x)
+
+    @property
+    def has_exact_evidence(self) -> bool:
+        """Whether :meth:`log_evidence` and :meth:`posterior` are implemented."""
+        return type(self).log_evidence is not LatentModel.log_evidence
+
+    @property
+    def has_m_step(self) -> bool:
+        """Whether :meth:`m_step` is implemented, so that :func:`elbox.em` applies."""
+        return type(self).m_step is not LatentModel.m_step
+
+    # Helpers for subclasses.
+
+    def _reference(self) -> Tensor:
+        """A tensor whose dtype and device the model computes in."""
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            return t
+        return torch.empty(0)
+
+    def check_data(self, x) -> Tensor:
+        """Converts ``x`` to the model's dtype and checks it is a finite batch of data points."""
+        ref = self._reference()
+        x = as_data(x, "x", ndim=1 + len(self.data_shape), dtype=ref.dtype, device=ref.device)
+        if any(want is not None and want != got for want, got in zip(self.data_shape, x.shape[1:])):
+            expected = ", ".join("N" if d is None else str(d) for d in self.data_shape)
+            raise ValueError(
+                f"x must have shape [B, {expected}] for {type(self).__name__}; "
+                f"received shape {tuple(x.shape)}"
+            )
+        return x

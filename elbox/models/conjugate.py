@@ -1,0 +1,343 @@
+"""Conjugate models with closed-form evidence: the coin, the Gaussian mean, random effects."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Beta, Independent, MultivariateNormal, Normal
+
+from elbox._validation import as_data, check_positive_int
+from elbox.models._gaussian import (
+    conjugate_gaussian,
+    covariance_to_raw,
+    raw_to_tril,
+    safe_cholesky,
+    tril_inverse,
+    tril_logdet,
+    tril_to_raw,
+)
+from elbox.models.base import LatentModel
+
+__all__ = ["BetaBernoulli", "HierarchicalNormal", "NormalNormal"]
+
+
+def _positive(value, name: str) -> float:
+    value = float(value)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number; received {value}")
+    return value
+
+
+class BetaBernoulli(LatentModel):
+    r"""The coin: a bias z ~ Beta(a, b) and N flips x_i | z ~ Bernoulli(z).
+
+    A data point is one sequence of N flips, ``[N]``; sequences in a batch may have any common
+    length. The evidence is a ratio of Beta functions and the posterior a Beta:
+
+    .. math:: \log p(x) = \log B(a + h, b + t) - \log B(a, b), \quad
+              p(z \mid x) = \mathrm{Beta}(a + h, b + t),
+
+    with h heads and t tails.
+
+    Args:
+        concentration1: a, the prior's pseudo-count of heads.
+        concentration0: b, the prior's pseudo-count of tails.
+
+    Example:
+        >>> model = BetaBernoulli(2.0, 2.0)
+        >>> x = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+        >>> model.posterior(x).concentration1
+        tensor([5.])
+    """
+
+    data_shape = (None,)
+
+    def __init__(self, concentration1: float = 1.0, concentration0: float = 1.0):
+        super().__init__()
+        self.register_buffer("concentration1", torch.tensor(_positive(concentration1, "concentration1")))
+        self.register_buffer("concentration0", torch.tensor(_positive(concentration0, "concentration0")))
+
+    def prior(self) -> Beta:
+        return Beta(self.concentration1, self.concentration0)
+
+    def likelihood(self, z: Tensor) -> Bernoulli:
+        """Each flip is Bernoulli(z): batch ``z.shape + [1]``, broadcasting over the N flips."""
+        return Bernoulli(probs=z.unsqueeze(-1))
+
+    def check_data(self, x) -> Tensor:
+        x = super().check_data(x)
+        if ((x != 0) & (x != 1)).any():
+            bad = x[(x != 0) & (x != 1)][0].item()
+            raise ValueError(f"x must hold coin flips, each 0 or 1; received the value {bad}")
+        return x
+
+    def _counts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        heads = x.sum(-1)
+        return heads, x.shape[-1] - heads
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        heads, tails = self._counts(x)
+        return heads * z.log() + tails * torch.log1p(-z)
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        x = self.check_data(x)
+        heads, tails = self._counts(x)
+        a, b = self.concentration1, self.concentration0
+        return _log_beta(a + heads, b + tails) - _log_beta(a, b)
+
+    def posterior(self, x: Tensor) -> Beta:
+        x = self.check_data(x)
+        heads, tails = self._counts(x)
+        return Beta(self.concentration1 + heads, self.concentration0 + tails)
+
+    def sample(self, n: int, num_flips: int = 10) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        num_flips = check_positive_int(num_flips, "num_flips")
+        z = self.prior().sample((n,))  # [n]
+        x = Bernoulli(probs=z.unsqueeze(-1).expand(n, num_flips)).sample()  # [n, N]
+        return x, z
+
+
+def _log_beta(a: Tensor, b: Tensor) -> Tensor:
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+
+class NormalNormal(LatentModel):
+    r"""The conjugate Gaussian mean: z ~ N(m, S) in R^D and N draws x_i | z ~ N(z, R).
+
+    A data point is a set of N observations, ``[N, D]`` (N may differ between calls). The
+    evidence and posterior are Gaussian and computed in information form (nothing of size
+    ND × ND is formed):
+
+    .. math:: p(z \mid x) = \mathcal{N}\big(\Lambda^{-1}(S^{-1}m + R^{-1}\textstyle\sum_i x_i),
+              \Lambda^{-1}\big), \quad \Lambda = S^{-1} + N R^{-1}.
+
+    Args:
+        dim: D, the dimension of z and of each observation.
+        prior_loc: m, ``[D]`` (default zeros).
+        prior_covariance: S, ``[D, D]`` (default the identity).
+        noise_covariance: R, ``[D, D]`` (default the identity).
+        reg_covar: Added to the diagonal of covariances estimated by :meth:`m_step`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        prior_loc: Tensor | None = None,
+        prior_covariance: Tensor | None = None,
+        noise_covariance: Tensor | None = None,
+        reg_covar: float = 1e-6,
+    ):
+        super().__init__()
+        dim = check_positive_int(dim, "dim")
+        self.data_shape = (None, dim)
+        eye = torch.eye(dim)
+        loc = torch.zeros(dim) if prior_loc is None else as_data(prior_loc, "prior_loc", ndim=1)
+        if loc.shape != (dim,):
+            raise ValueError(f"prior_loc must have shape [{dim}]; received {tuple(loc.shape)}")
+        self.prior_loc = nn.Parameter(loc.to(torch.get_default_dtype()))
+        for name, value in (("prior_covariance", prior_covariance), ("noise_covariance", noise_covariance)):
+            cov = eye if value is None else as_data(value, name, ndim=2)
+            if cov.shape != (dim, dim):
+                raise ValueError(f"{name} must have shape [{dim}, {dim}]; received {tuple(cov.shape)}")
+            raw = covariance_to_raw(cov.to(torch.get_default_dtype()), name)
+            setattr(self, "_" + name.replace("covariance", "raw"), nn.Parameter(raw))
+        self.reg_covar = reg_covar
+
+    @property
+    def dim(self) -> int:
+        return self.prior_loc.shape[-1]
+
+    @property
+    def prior_scale_tril(self) -> Tensor:
+        return raw_to_tril(self._prior_raw)
+
+    @property
+    def noise_scale_tril(self) -> Tensor:
+        return raw_to_tril(self._noise_raw)
+
+    def prior(self) -> MultivariateNormal:
+        return MultivariateNormal(self.prior_loc, scale_tril=self.prior_scale_tril)
+
+    def likelihood(self, z: Tensor) -> Independent:
+        """The N draws given z; ``log_prob`` of ``[B, N, D]`` data sums over the N draws."""
+        base = MultivariateNormal(z.unsqueeze(-2), scale_tril=self.noise_scale_tril)
+        return Independent(base, 1)
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        return self.e_step(x)[1]
+
+    def posterior(self, x: Tensor) -> MultivariateNormal:
+        return self.e_step(x)[0]
+
+    def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
+        x = self.check_data(x)  # [B, N, D]
+        n = x.shape[1]
+        prior_L_inv = tril_inverse(self.prior_scale_tril)
+        noise_L_inv = tril_inverse(self.noise_scale_tril)
+        prior_prec = prior_L_inv.mT @ prior_L_inv
+        noise_prec = noise_L_inv.mT @ noise_L_inv
+        white_loc = prior_L_inv @ self.prior_loc
+        white_x = x @ noise_L_inv.mT  # [B, N, D]
+        return conjugate_gaussian(
+            prior_precision=prior_prec,
+            prior_eta=prior_prec @ self.prior_loc,
+            prior_quad=white_loc.square().sum(),
+            prior_logdet=tril_logdet(self.prior_scale_tril),
+            obs_precision=n * noise_prec,
+            obs_eta=x.sum(1) @ noise_prec,  # [B, D]
+            obs_quad=white_x.square().sum((-2, -1)),
+            obs_logdet=n * tril_logdet(self.noise_scale_tril),
+            obs_dim=n * self.dim,
+        )
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
+        """Empirical Bayes: the prior that best explains the posteriors, and the noise."""
+        x = self.check_data(x)
+        mean, cov = posterior.mean, posterior.covariance_matrix  # [B, D], [B, D, D]
+        eye = self.reg_covar * torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        loc = mean.mean(0)
+        centred = mean - loc
+        prior_cov = (cov + centred.unsqueeze(-1) * centred.unsqueeze(-2)).mean(0) + eye
+        resid = x - mean.unsqueeze(1)  # [B, N, D]
+        noise_cov = (resid.mT @ resid).sum(0) / (x.shape[0] * x.shape[1]) + cov.mean(0) + eye
+        hint = f"Increase reg_covar (now {self.reg_covar:g}) or give more data points."
+        self.prior_loc.copy_(loc)
+        self._prior_raw.copy_(tril_to_raw(safe_cholesky(prior_cov, "the estimated prior covariance", hint)))
+        self._noise_raw.copy_(tril_to_raw(safe_cholesky(noise_cov, "the estimated noise covariance", hint)))
+
+    def sample(self, n: int, num_obs: int = 1) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        num_obs = check_positive_int(num_obs, "num_obs")
+        with torch.no_grad():
+            z = self.prior().sample((n,))  # [n, D]
+            noise = torch.randn(n, num_obs, self.dim, dtype=z.dtype) @ self.noise_scale_tril.mT
+        return z.unsqueeze(1) + noise, z
+
+
+class HierarchicalNormal(LatentModel):
+    r"""Random effects: a population mean, group means drawn around it, observations per group.
+
+    .. math:: \mu \sim \mathcal{N}(m_0, s_0^2), \quad
+              \theta_j \mid \mu \sim \mathcal{N}(\mu, \tau^2), \quad
+              x_{ji} \mid \theta_j \sim \mathcal{N}(\theta_j, \sigma_j^2),
+
+    for J groups of N observations. The latent z = (μ, θ_1, …, θ_J) has dimension J + 1 and a
+    correlated Gaussian posterior (μ couples the groups), so a mean-field q keeps a gap that a
+    full-rank q closes. The evidence is exact. A data point is one study, ``[J, N]``.
+
+    Args:
+        num_groups: J.
+        group_size: N, the observations per group (N = 1 with known σ_j is "eight schools").
+        hyper_loc: m_0.
+        hyper_scale: s_0.
+        group_scale: τ, the spread of the group means (a parameter; EM and VI fit it).
+        noise_scale: σ_j, a float or ``[J]`` (a parameter unless ``fit_noise=False``).
+        fit_noise: Whether the M-step updates σ_j.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        group_size: int = 1,
+        hyper_loc: float = 0.0,
+        hyper_scale: float = 10.0,
+        group_scale: float = 1.0,
+        noise_scale: float | Tensor = 1.0,
+        fit_noise: bool = True,
+    ):
+        super().__init__()
+        J = check_positive_int(num_groups, "num_groups")
+        N = check_positive_int(group_size, "group_size")
+        self.data_shape = (J, N)
+        self.register_buffer("hyper_loc", torch.tensor(float(hyper_loc)))
+        self.register_buffer("hyper_scale", torch.tensor(_positive(hyper_scale, "hyper_scale")))
+        self.log_group_scale = nn.Parameter(torch.tensor(math.log(_positive(group_scale, "group_scale"))))
+        sigma = as_data(noise_scale, "noise_scale", ndim=(0, 1)).to(torch.get_default_dtype())
+        if (sigma <= 0).any():
+            raise ValueError(f"noise_scale must be positive; received {sigma.tolist()}")
+        sigma = sigma.expand(J).clone()
+        self.log_noise_scale = nn.Parameter(sigma.log(), requires_grad=fit_noise)
+        self.fit_noise = fit_noise
+
+    @property
+    def num_groups(self) -> int:
+        return self.data_shape[0]
+
+    @property
+    def group_size(self) -> int:
+        return self.data_shape[1]
+
+    def _prior_moments(self) -> tuple[Tensor, Tensor]:
+        J = self.num_groups
+        s2 = self.hyper_scale.square()
+        t2 = (2 * self.log_group_scale).exp()
+        loc = self.hyper_loc.expand(J + 1)
+        cov = s2 * torch.ones(J + 1, J + 1, dtype=t2.dtype, device=t2.device)
+        cov = cov + t2 * torch.diag(torch.cat([t2.new_zeros(1), t2.new_ones(J)]))
+        return loc, cov
+
+    def prior(self) -> MultivariateNormal:
+        loc, cov = self._prior_moments()
+        return MultivariateNormal(loc, covariance_matrix=cov)
+
+    def likelihood(self, z: Tensor) -> Independent:
+        theta = z[..., 1:].unsqueeze(-1).expand(*z.shape[:-1], *self.data_shape)
+        scale = self.log_noise_scale.exp().unsqueeze(-1).expand(self.data_shape)
+        return Independent(Normal(theta, scale), 2)
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        return self.e_step(x)[1]
+
+    def posterior(self, x: Tensor) -> MultivariateNormal:
+        return self.e_step(x)[0]
+
+    def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
+        x = self.check_data(x)  # [B, J, N]
+        J, N = self.data_shape
+        s2 = self.hyper_scale.square()
+        t2 = (2 * self.log_group_scale).exp()
+        # The prior precision of (μ, θ) in closed form, from p(μ) Π_j p(θ_j | μ).
+        prec = torch.zeros(J + 1, J + 1, dtype=x.dtype, device=x.device)
+        prec[0, 0] = 1 / s2 + J / t2
+        prec[0, 1:] = prec[1:, 0] = -1 / t2
+        prec[1:, 1:] = torch.eye(J, dtype=x.dtype, device=x.device) / t2
+        inv_noise = (-2 * self.log_noise_scale).exp()  # [J]
+        zero = inv_noise.new_zeros(1)
+        obs_eta = torch.cat([zero.expand(x.shape[0], 1), x.sum(-1) * inv_noise], -1)  # [B, J+1]
+        return conjugate_gaussian(
+            prior_precision=prec,
+            prior_eta=torch.cat([(self.hyper_loc / s2).reshape(1), zero.expand(J)]),
+            prior_quad=self.hyper_loc.square() / s2,
+            prior_logdet=s2.log() + J * t2.log(),
+            obs_precision=torch.diag(torch.cat([zero, N * inv_noise])),
+            obs_eta=obs_eta,
+            obs_quad=(x.square().sum(-1) * inv_noise).sum(-1),
+            obs_logdet=2 * N * self.log_noise_scale.sum(),
+            obs_dim=J * N,
+        )
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
+        """τ² and σ_j² set to their expected squared deviations under the posterior."""
+        x = self.check_data(x)
+        mean, cov = posterior.mean, posterior.covariance_matrix  # [B, J+1], [B, J+1, J+1]
+        mu, theta = mean[:, :1], mean[:, 1:]
+        var = cov.diagonal(dim1=-2, dim2=-1)
+        # E[(θ_j − μ)²] = (E θ_j − E μ)² + Var θ_j + Var μ − 2 Cov(μ, θ_j)
+        dev = (theta - mu).square() + var[:, 1:] + var[:, :1] - 2 * cov[:, 0, 1:]
+        self.log_group_scale.copy_(0.5 * dev.mean().log())
+        if self.fit_noise:
+            resid = (x - theta.unsqueeze(-1)).square().mean(-1) + var[:, 1:]  # [B, J]
+            self.log_noise_scale.copy_(0.5 * resid.mean(0).log())
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior().sample((n,))  # [n, J+1]
+            sigma = self.log_noise_scale.exp().unsqueeze(-1)  # [J, 1]
+            x = z[:, 1:].unsqueeze(-1) + sigma * torch.randn(n, *self.data_shape, dtype=z.dtype)
+        return x, z

@@ -1,0 +1,171 @@
+"""Factor analysis and probabilistic PCA: x = W z + μ + ε with diagonal or isotropic noise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from elbox._validation import as_data, check_positive_int
+from elbox.models._gaussian import conjugate_gaussian
+from elbox.models.base import LatentModel
+
+__all__ = ["FactorAnalysis"]
+
+
+class FactorAnalysis(LatentModel):
+    r"""Factor analysis, and probabilistic PCA as its isotropic-noise case.
+
+    .. math:: z \sim \mathcal{N}(0, I_K), \quad x \mid z \sim \mathcal{N}(W z + \mu, \Psi),
+              \quad p(x) = \mathcal{N}(x; \mu, W W^\top + \Psi),
+
+    with Ψ diagonal (factor analysis) or σ²I (PPCA, ``isotropic=True``). The evidence and the
+    posterior use the Woodbury identity, so their cost is linear in D.
+
+    References:
+        EM algorithms for ML factor analysis (Rubin & Thayer, 1982).
+        Probabilistic principal component analysis (Tipping & Bishop, 1999).
+
+    Args:
+        dim: D, the data dimension.
+        latent_dim: K, the number of factors.
+        isotropic: PPCA (one noise variance) instead of factor analysis.
+        min_noise: The floor on noise variances that the M-step enforces (Heywood cases).
+    """
+
+    def __init__(self, dim: int, latent_dim: int, isotropic: bool = False, min_noise: float = 1e-12):
+        super().__init__()
+        D = check_positive_int(dim, "dim")
+        K = check_positive_int(latent_dim, "latent_dim")
+        if K > D:
+            raise ValueError(f"latent_dim ({K}) must not exceed dim ({D})")
+        self.data_shape = (D,)
+        self.isotropic = isotropic
+        self.min_noise = float(min_noise)
+        dtype = torch.get_default_dtype()
+        self.loc = nn.Parameter(torch.zeros(D, dtype=dtype))
+        self.loading = nn.Parameter(torch.eye(D, K, dtype=dtype))
+        self.log_noise = nn.Parameter(torch.zeros(1 if isotropic else D, dtype=dtype))
+
+    @property
+    def dim(self) -> int:
+        return self.loading.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.loading.shape[1]
+
+    @property
+    def noise_variance(self) -> Tensor:
+        """Ψ's diagonal, ``[D]``."""
+        return self.log_noise.exp().expand(self.dim)
+
+    @noise_variance.setter
+    def noise_variance(self, value) -> None:
+        value = as_data(value, "noise_variance", ndim=(0, 1), dtype=self.loc.dtype).expand(self.dim)
+        if (value <= 0).any():
+            raise ValueError(f"noise_variance must be positive; received minimum {float(value.min())}")
+        if self.isotropic and not torch.allclose(value, value[0]):
+            raise ValueError("noise_variance must be one number for PPCA (isotropic=True)")
+        with torch.no_grad():
+            self.log_noise.copy_(value[: self.log_noise.numel()].log())
+
+    def prior(self) -> Independent:
+        zeros = self.loading.new_zeros(self.latent_dim)
+        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+    def likelihood(self, z: Tensor) -> Independent:
+        return Independent(Normal(z @ self.loading.T + self.loc, self.noise_variance.sqrt()), 1)
+
+    def marginal(self) -> MultivariateNormal:
+        """p(x) = N(μ, W Wᵀ + Ψ) as a distribution (forms the D × D covariance)."""
+        cov = self.loading @ self.loading.T + torch.diag(self.noise_variance)
+        return MultivariateNormal(self.loc, covariance_matrix=cov)
+
+    def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
+        x = self.check_data(x)
+        inv_psi = (-self.log_noise).exp().expand(self.dim)  # [D]
+        w_scaled = self.loading * inv_psi.unsqueeze(-1)  # Ψ⁻¹ W, [D, K]
+        xc = x - self.loc  # [B, D]
+        K = self.latent_dim
+        eye = torch.eye(K, dtype=x.dtype, device=x.device)
+        return conjugate_gaussian(
+            prior_precision=eye,
+            prior_eta=x.new_zeros(K),
+            prior_quad=x.new_zeros(()),
+            prior_logdet=x.new_zeros(()),
+            obs_precision=self.loading.T @ w_scaled,
+            obs_eta=xc @ w_scaled,
+            obs_quad=xc.square() @ inv_psi,
+            obs_logdet=self.log_noise.expand(self.dim).sum(),
+            obs_dim=self.dim,
+        )
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        return self.e_step(x)[1]
+
+    def posterior(self, x: Tensor) -> MultivariateNormal:
+        return self.e_step(x)[0]
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
+        """The exact M-step: regress x on (z, 1) under the posterior, then the residual noise."""
+        x = self.check_data(x)
+        B, K = x.shape[0], self.latent_dim
+        ez = posterior.mean  # [B, K]
+        ez1 = torch.cat([ez, ez.new_ones(B, 1)], -1)  # E[(z, 1)], [B, K+1]
+        second = ez1.T @ ez1  # Σ E[z̃] E[z̃]ᵀ, [K+1, K+1]
+        second[:K, :K] += posterior.covariance_matrix.expand(B, K, K).sum(0)
+        cross = ez1.T @ x  # Σ E[z̃] xᵀ, [K+1, D]
+        coef = torch.linalg.solve(second, cross)  # [W μ]ᵀ, [K+1, D]
+        psi = (x.square().sum(0) - (coef * cross).sum(0)) / B  # diag(Σ x xᵀ − [W μ] Σ E[z̃] xᵀ)/B
+        if self.isotropic:
+            psi = psi.mean(0, keepdim=True)
+        self.loading.copy_(coef[:K].T)
+        self.loc.copy_(coef[K])
+        self.log_noise.copy_(psi.clamp_min(self.min_noise).log())
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, method: str = "pca", generator: torch.Generator | None = None) -> None:
+        """Sets μ to the data mean and W, Ψ from principal components (or at random).
+
+        ``"pca"``: W = the top-K principal directions scaled by the square root of their excess
+        variance over the average of the rest, Ψ = the per-dimension residual variance (the
+        PPCA maximum-likelihood solution when noise is isotropic). ``"random"``: W ~ N(0, 0.1²)
+        and Ψ = the per-dimension variance.
+        """
+        x = self.check_data(x)
+        N, D, K = x.shape[0], self.dim, self.latent_dim
+        if N < 2:
+            raise ValueError(f"x must hold at least 2 data points to initialize; received {N}")
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False).clamp_min(self.min_noise)
+        self.loc.copy_(mean)
+        if method == "pca":
+            cov = (x - mean).T @ (x - mean) / N
+            evals, evecs = torch.linalg.eigh(cov)  # ascending
+            evals, evecs = evals.flip(0), evecs.flip(1)
+            rest = evals[K:].mean() if K < D else evals.new_tensor(self.min_noise)
+            scale = (evals[:K] - rest).clamp_min(0).sqrt()
+            self.loading.copy_(evecs[:, :K] * scale)
+            psi = (var - self.loading.square().sum(-1)).clamp_min(max(self.min_noise, 1e-3 * float(var.mean())))
+        elif method == "random":
+            self.loading.copy_(0.1 * torch.randn(D, K, generator=generator, dtype=x.dtype))
+            psi = var
+        else:
+            raise ValueError(f"method must be 'pca' or 'random'; received {method!r}")
+        if self.isotropic:
+            psi = psi.mean(0, keepdim=True)
+        self.log_noise.copy_(psi.log())
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior().sample((n,))  # [n, K]
+            x = self.likelihood(z).sample()  # [n, D]
+        return x, z
+
+    def extra_repr(self) -> str:
+        kind = "PPCA" if self.isotropic else "factor analysis"
+        return f"dim={self.dim}, latent_dim={self.latent_dim}, {kind}"
+

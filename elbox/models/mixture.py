@@ -1,0 +1,293 @@
+"""Gaussian mixtures: z is the component, x | z is Gaussian (full or diagonal covariance)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
+
+from elbox._validation import as_data, check_positive_int, check_probabilities
+from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
+from elbox.models.base import LatentModel
+
+__all__ = ["GaussianMixture"]
+
+_COVARIANCE_TYPES = ("full", "diag")
+
+
+class GaussianMixture(LatentModel):
+    r"""A mixture of K Gaussians in R^D.
+
+    .. math:: z \sim \mathrm{Categorical}(\pi), \quad x \mid z \sim \mathcal{N}(\mu_z, \Sigma_z),
+              \quad \log p(x) = \log \textstyle\sum_k \pi_k \mathcal{N}(x; \mu_k, \Sigma_k).
+
+    The E-step and M-step are written as two matrix products over moment features of the data
+    (x and the upper triangle of x xᵀ, taken about the data mean), so one EM iteration over
+    N points costs two GEMMs of size N × D(D+1)/2 × K rather than a loop over components.
+
+    Args:
+        num_components: K.
+        dim: D.
+        covariance_type: ``"full"`` or ``"diag"``.
+        reg_covar: Added to the diagonal of every covariance the M-step estimates
+            (scikit-learn's ``reg_covar``): raise it if a component collapses.
+        weights: π, ``[K]`` (default uniform).
+        loc: μ, ``[K, D]`` (default zeros; :meth:`initialize` sets them from data).
+        covariance: Σ, ``[K, D, D]`` for full or ``[K, D]`` variances for diag (default
+            identities).
+
+    Example:
+        >>> model = GaussianMixture(3, 2)
+        >>> x, z = model.sample(100)
+        >>> history = elbox.em(model, x, init="kmeans++", seed=0)
+    """
+
+    def __init__(
+        self,
+        num_components: int,
+        dim: int,
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        weights: Tensor | None = None,
+        loc: Tensor | None = None,
+        covariance: Tensor | None = None,
+    ):
+        super().__init__()
+        K = check_positive_int(num_components, "num_components")
+        D = check_positive_int(dim, "dim")
+        if covariance_type not in _COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {_COVARIANCE_TYPES}; received {covariance_type!r}"
+            )
+        if not reg_covar >= 0:
+            raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
+        self.data_shape = (D,)
+        self.covariance_type = covariance_type
+        self.reg_covar = float(reg_covar)
+        dtype = torch.get_default_dtype()
+        self.logits = nn.Parameter(torch.zeros(K, dtype=dtype))
+        self.loc = nn.Parameter(torch.zeros(K, D, dtype=dtype))
+        if covariance_type == "full":
+            self._raw = nn.Parameter(torch.zeros(K, D, D, dtype=dtype))
+        else:
+            self._log_var = nn.Parameter(torch.zeros(K, D, dtype=dtype))
+        with torch.no_grad():
+            if weights is not None:
+                self.weights = weights
+            if loc is not None:
+                self.loc.copy_(self._checked(loc, "loc", (K, D)))
+            if covariance is not None:
+                self.covariance = covariance
+
+    # Parameters, constrained.
+
+    @property
+    def num_components(self) -> int:
+        return self.loc.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.loc.shape[1]
+
+    def _checked(self, value, name: str, shape: tuple[int, ...]) -> Tensor:
+        value = as_data(value, name, dtype=self.loc.dtype)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}; received {list(value.shape)}")
+        return value
+
+    @property
+    def weights(self) -> Tensor:
+        return self.logits.softmax(-1)
+
+    @weights.setter
+    def weights(self, value) -> None:
+        value = check_probabilities(self._checked(value, "weights", (self.num_components,)), "weights", dim=0)
+        with torch.no_grad():
+            self.logits.copy_(value.clamp_min(torch.finfo(value.dtype).tiny).log())
+
+    @property
+    def covariance(self) -> Tensor:
+        """Σ: ``[K, D, D]`` (full) or the variances ``[K, D]`` (diag)."""
+        if self.covariance_type == "full":
+            L = self.scale_tril
+            return L @ L.mT
+        return self._log_var.exp()
+
+    @covariance.setter
+    def covariance(self, value) -> None:
+        K, D = self.num_components, self.dim
+        hint = f"Increase reg_covar (now {self.reg_covar:g}) or scale the input."
+        with torch.no_grad():
+            if self.covariance_type == "full":
+                value = self._checked(value, "covariance", (K, D, D))
+                self._raw.copy_(covariance_to_raw(value, "covariance", hint))
+            else:
+                value = self._checked(value, "covariance", (K, D))
+                if (value <= 0).any():
+                    raise ValueError(f"covariance (variances, diag) must be positive. {hint}")
+                self._log_var.copy_(value.log())
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """The Cholesky factors of the covariances, ``[K, D, D]``."""
+        if self.covariance_type == "full":
+            return raw_to_tril(self._raw)
+        return torch.diag_embed((0.5 * self._log_var).exp())
+
+    # The model.
+
+    def prior(self) -> Categorical:
+        return Categorical(logits=self.logits)
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        if self.covariance_type == "full":
+            return MultivariateNormal(self.loc[z], scale_tril=self.scale_tril[z])
+        return Independent(Normal(self.loc[z], (0.5 * self._log_var[z]).exp()), 1)
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """log N(x_n; μ_k, Σ_k) for every point and component, ``[B, K]``."""
+        D = self.dim
+        centre = x.mean(0).detach()
+        xc, mc = x - centre, self.loc - centre  # [B, D], [K, D]
+        if self.covariance_type == "full":
+            L_inv = tril_inverse(self.scale_tril)  # [K, D, D]
+            precision = L_inv.mT @ L_inv
+            logdet = -2 * L_inv.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log|Σ_k|
+            rows, cols = _triu(D, x.device)
+            weight = precision[:, rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(x.dtype)
+            quad = _features(xc, rows, cols) @ weight.T  # [B, K] = xᵀ P_k x
+            p_mu = (precision @ mc.unsqueeze(-1)).squeeze(-1)  # [K, D]
+        else:
+            precision = (-self._log_var).exp()  # [K, D]
+            logdet = self._log_var.sum(-1)
+            quad = xc.square() @ precision.T
+            p_mu = precision * mc
+        maha = quad - 2 * xc @ p_mu.T + (mc * p_mu).sum(-1)  # [B, K]
+        return -0.5 * (maha + logdet + D * math.log(2 * math.pi))
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        comp = self.component_log_prob(x)  # [B, K]
+        return comp.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1)
+
+    def e_step(self, x: Tensor) -> tuple[Categorical, Tensor]:
+        x = self.check_data(x)
+        log_joint = self.component_log_prob(x) + self.logits.log_softmax(-1)  # [B, K]
+        log_evidence = log_joint.logsumexp(-1)
+        return Categorical(logits=log_joint - log_evidence.unsqueeze(-1)), log_evidence
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        return self.e_step(x)[1]
+
+    def posterior(self, x: Tensor) -> Categorical:
+        return self.e_step(x)[0]
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor, posterior: Categorical) -> None:
+        """Weights, means and covariances from the responsibilities (scikit-learn's M-step)."""
+        x = self.check_data(x)
+        resp = posterior.probs  # [B, K]
+        if resp.shape != (x.shape[0], self.num_components):
+            raise ValueError(
+                f"posterior must have probs of shape [{x.shape[0]}, {self.num_components}]; "
+                f"received {list(resp.shape)}"
+            )
+        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps  # [K]
+        centre = x.mean(0)
+        xc = x - centre
+        mean_c = (resp.T @ xc) / nk.unsqueeze(-1)  # [K, D]
+        self.logits.copy_((nk / nk.sum()).log())
+        self.loc.copy_(mean_c + centre)
+        if self.covariance_type == "full":
+            D = self.dim
+            rows, cols = _triu(D, x.device)
+            second = (resp.T @ _features(xc, rows, cols)) / nk.unsqueeze(-1)  # [K, D(D+1)/2]
+            moment = x.new_zeros(self.num_components, D, D)
+            moment[:, rows, cols] = second
+            moment[:, cols, rows] = second
+            cov = moment - mean_c.unsqueeze(-1) * mean_c.unsqueeze(-2)
+            cov.diagonal(dim1=-2, dim2=-1).add_(self.reg_covar)
+            hint = (
+                f"A component has collapsed onto too few points: increase reg_covar "
+                f"(now {self.reg_covar:g}), use fewer components, or scale the input."
+            )
+            self._raw.copy_(tril_to_raw(safe_cholesky(cov, "an estimated component covariance", hint)))
+        else:
+            var = (resp.T @ xc.square()) / nk.unsqueeze(-1) - mean_c.square() + self.reg_covar
+            if (var <= 0).any():
+                raise ValueError(
+                    f"an estimated variance is not positive; increase reg_covar (now {self.reg_covar:g})"
+                )
+            self._log_var.copy_(var.log())
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, method: str = "kmeans++", generator: torch.Generator | None = None) -> None:
+        """Sets the parameters from data: k-means++ seeding and Lloyd steps, or random responsibilities.
+
+        Args:
+            x: Data, ``[N, D]``.
+            method: ``"kmeans++"`` (k-means++ seeds refined by 10 Lloyd iterations, then one
+                M-step on the hard assignments) or ``"random"`` (one M-step on random
+                responsibilities).
+            generator: The random generator (default torch's global one).
+        """
+        x = self.check_data(x)
+        N, K = x.shape[0], self.num_components
+        if K > N:
+            raise ValueError(
+                f"num_components ({K}) must not exceed the number of data points ({N}); "
+                "use fewer components or more data"
+            )
+        if method == "kmeans++":
+            labels = _kmeans(x, K, generator)
+            resp = nn.functional.one_hot(labels, K).to(x.dtype)
+        elif method == "random":
+            resp = torch.rand(N, K, generator=generator, dtype=x.dtype, device=x.device)
+            resp = resp / resp.sum(-1, keepdim=True)
+        else:
+            raise ValueError(f"method must be 'kmeans++' or 'random'; received {method!r}")
+        self.m_step(x, Categorical(probs=resp))
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior().sample((n,))  # [n]
+            noise = torch.randn(n, self.dim, 1, dtype=self.loc.dtype, device=self.loc.device)
+            x = self.loc[z] + (self.scale_tril[z] @ noise).squeeze(-1)  # [n, D]
+        return x, z
+
+
+def _triu(D: int, device) -> tuple[Tensor, Tensor]:
+    rows, cols = torch.triu_indices(D, D, device=device)
+    return rows, cols
+
+
+def _features(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The upper triangle of x xᵀ for every row of x, ``[N, D(D+1)/2]``."""
+    return x[:, rows] * x[:, cols]
+
+
+def _kmeans(x: Tensor, k: int, generator: torch.Generator | None, iterations: int = 10) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd steps; returns labels [N]."""
+    N = x.shape[0]
+    sq = x.square().sum(-1)  # [N]
+    first = torch.randint(N, (1,), generator=generator, device=x.device)
+    centres = [x[first[0]]]
+    d2 = (x - centres[0]).square().sum(-1)
+    for _ in range(1, k):
+        total = d2.sum()
+        probs = d2 / total if total > 0 else torch.full_like(d2, 1 / N)
+        pick = torch.multinomial(probs, 1, generator=generator)[0]
+        centres.append(x[pick])
+        d2 = torch.minimum(d2, (x - x[pick]).square().sum(-1))
+    centres = torch.stack(centres)  # [k, D]
+    for _ in range(iterations):
+        dist = sq.unsqueeze(-1) - 2 * x @ centres.T + centres.square().sum(-1)  # [N, k]
+        labels = dist.argmin(-1)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)  # [k]
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled].unsqueeze(-1)
+    dist = sq.unsqueeze(-1) - 2 * x @ centres.T + centres.square().sum(-1)
+    return dist.argmin(-1)
