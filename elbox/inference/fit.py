@@ -99,13 +99,14 @@ def fit(
                 index = order[begin : begin + batch_size]  # [B]
                 value, terms = _bound_value(bound, model, guide, x[index], index, bound_options)
                 mean = value.mean()
-                if not torch.isfinite(mean):
+                if not torch.isfinite(mean.detach()):
                     _raise_non_finite(bound, epoch, value, terms)
                 optimizer.zero_grad(set_to_none=True)
                 (-mean).backward()
                 optimizer.step()
-                history.steps.append(float(mean))
-                total += float(mean) * index.numel()
+                step_value = float(mean.detach())
+                history.steps.append(step_value)
+                total += step_value * index.numel()
             history.lower_bound.append(total / N)
             history.n_iter = epoch + 1
             if callback is not None:

@@ -1,0 +1,1 @@
+"""The ``elbox`` command line."""
