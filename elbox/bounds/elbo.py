@@ -12,7 +12,7 @@ from elbox.bounds._common import draw, prepare, score_surrogate
 __all__ = ["Terms", "elbo"]
 
 _KL_METHODS = ("analytic", "mc")
-_EXPECTATIONS = ("auto", "sample", "enumerate")
+_EXPECTATIONS = ("auto", "analytic", "enumerate", "sample")
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,12 @@ def elbo(
     .. math:: \mathcal{L}(x) = \mathbb{E}_{q(z|x)}[\log p_\theta(x \mid z)]
               - \mathrm{KL}(q(z \mid x) \,\|\, p(z)) \le \log p_\theta(x).
 
-    The expectation is an average over ``num_samples`` particles drawn along a leading
-    dimension, or, for a discrete q with enumerable support, an exact sum over its values
-    (``expectation="enumerate"``, the default for such q). The KL is taken in closed form from
+    The expectation E_q[log p_θ(x | z)] is taken, with ``expectation="auto"``, exactly where
+    that can be done: a sum over the values of a discrete q with enumerable support
+    (``"enumerate"``), or the model's closed form for this q (``"analytic"``, e.g. a Gaussian q
+    under a linear-Gaussian model; the KL is then analytic too); otherwise it is an average over
+    ``num_samples`` particles drawn along a leading dimension (``"sample"``, which can be
+    forced). The KL is taken in closed form from
     torch's ``kl_divergence`` registry when ``kl="analytic"`` and one is registered, else by
     Monte Carlo from the same particles (``Terms.kl_method`` says which). With ``kl="mc"`` the
     estimator is the mean of log w = log p(x, z) − log q(z | x), whose variance vanishes when
@@ -68,7 +71,7 @@ def elbo(
         x: Data, ``[B, *data_shape]``.
         num_samples: S, the particles per data point.
         kl: ``"analytic"`` or ``"mc"``.
-        expectation: ``"auto"``, ``"sample"`` or ``"enumerate"``.
+        expectation: ``"auto"``, ``"analytic"``, ``"enumerate"`` or ``"sample"``.
         index: The data points' indices, for local guides.
 
     Returns:
@@ -89,6 +92,18 @@ def elbo(
         raise ValueError(f"expectation='enumerate' needs a discrete q with enumerable support; q is {type(q).__name__}")
     if expectation == "enumerate" or (expectation == "auto" and enumerable):
         return _enumerated(model, x, q, p, kl)
+    if expectation in ("auto", "analytic"):
+        expected = model.expected_log_likelihood(x, q)
+        if expected is not None:
+            kl_value = _analytic_kl(q, p)
+            if kl_value is None:
+                raise ValueError(f"expectation='analytic' needs a registered KL({type(q).__name__} ‖ {type(p).__name__})")
+            return Terms(value=expected - kl_value, reconstruction=expected, kl=kl_value, kl_method="analytic")
+        if expectation == "analytic":
+            raise ValueError(
+                f"expectation='analytic': {type(model).__name__} has no closed-form E_q[log p(x | z)] "
+                f"for q = {type(q).__name__}; use expectation='sample'"
+            )
 
     z = draw(q, num_samples)  # [S, B, *event]
     log_lik = model.log_likelihood(x, z)  # [S, B]

@@ -16,11 +16,12 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import MultivariateNormal
+from torch.distributions import Independent, MultivariateNormal, Normal
 
 __all__ = [
     "conjugate_gaussian",
     "covariance_to_raw",
+    "gaussian_moments",
     "raw_to_tril",
     "safe_cholesky",
     "tril_inverse",
@@ -90,6 +91,15 @@ def conjugate_gaussian(
     scale_tril = torch.linalg.cholesky(covariance)
     posterior = MultivariateNormal(loc, scale_tril=scale_tril.expand(loc.shape + loc.shape[-1:]))
     return posterior, log_evidence
+
+
+def gaussian_moments(q) -> tuple[Tensor, Tensor] | None:
+    """The mean ``[B, D]`` and covariance ``[B, D, D]`` of a Gaussian q, or None if q is not one."""
+    if isinstance(q, MultivariateNormal):
+        return q.mean, q.covariance_matrix
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist.loc, torch.diag_embed(q.base_dist.scale.square())
+    return None
 
 
 def tril_to_raw(scale_tril: Tensor) -> Tensor:

@@ -39,6 +39,14 @@ class LatentModel(nn.Module):
         """log p_θ(x | z), shape ``z``'s sample and batch shape: ``[S, B]`` or ``[B]``."""
         return self.likelihood(z).log_prob(x)
 
+    def expected_log_likelihood(self, x: Tensor, q: Distribution) -> Tensor | None:
+        """E_q[log p_θ(x | z)] in closed form, ``[B]``, or None where this q has none.
+
+        :func:`elbox.elbo` uses it (``expectation="analytic"``, and by default where it exists),
+        so the bound carries no Monte Carlo noise.
+        """
+        return None
+
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p_θ(x, z) = log p(z) + log p_θ(x | z), shape ``[S, B]`` (or ``[B]``)."""
         return self.prior().log_prob(z) + self.log_likelihood(x, z)

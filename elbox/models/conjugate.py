@@ -12,6 +12,7 @@ from elbox._validation import as_data, check_positive_int
 from elbox.models._gaussian import (
     conjugate_gaussian,
     covariance_to_raw,
+    gaussian_moments,
     raw_to_tril,
     safe_cholesky,
     tril_inverse,
@@ -80,6 +81,15 @@ class BetaBernoulli(LatentModel):
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         heads, tails = self._counts(x)
         return heads * z.log() + tails * torch.log1p(-z)
+
+    def expected_log_likelihood(self, x: Tensor, q) -> Tensor | None:
+        """h E[log z] + t E[log(1 − z)] for a Beta q, through the digamma function."""
+        if not isinstance(q, Beta):
+            return None
+        heads, tails = self._counts(x)
+        a, b = q.concentration1, q.concentration0
+        total = torch.digamma(a + b)
+        return heads * (torch.digamma(a) - total) + tails * (torch.digamma(b) - total)
 
     def log_evidence(self, x: Tensor) -> Tensor:
         x = self.check_data(x)
@@ -165,6 +175,16 @@ class NormalNormal(LatentModel):
         """The N draws given z; ``log_prob`` of ``[B, N, D]`` data sums over the N draws."""
         base = MultivariateNormal(z.unsqueeze(-2), scale_tril=self.noise_scale_tril)
         return Independent(base, 1)
+
+    def expected_log_likelihood(self, x: Tensor, q) -> Tensor | None:
+        """Σ_i log N(x_i; m, R) − (N/2) tr(R⁻¹ S) for a Gaussian q = N(m, S)."""
+        moments = gaussian_moments(q)
+        if moments is None:
+            return None
+        mean, cov = moments
+        noise_L_inv = tril_inverse(self.noise_scale_tril)
+        trace = (noise_L_inv @ cov @ noise_L_inv.mT).diagonal(dim1=-2, dim2=-1).sum(-1)  # [B]
+        return self.likelihood(mean).log_prob(x) - 0.5 * x.shape[1] * trace
 
     def log_evidence(self, x: Tensor) -> Tensor:
         return self.e_step(x)[1]
@@ -288,6 +308,16 @@ class HierarchicalNormal(LatentModel):
         theta = z[..., 1:].unsqueeze(-1).expand(*z.shape[:-1], *self.data_shape)
         scale = self.log_noise_scale.exp().unsqueeze(-1).expand(self.data_shape)
         return Independent(Normal(theta, scale), 2)
+
+    def expected_log_likelihood(self, x: Tensor, q) -> Tensor | None:
+        """Σ_ji log N(x_ji; m_j, σ_j²) − (N/2) Σ_j S_jj / σ_j² for a Gaussian q = N(m, S)."""
+        moments = gaussian_moments(q)
+        if moments is None:
+            return None
+        mean, cov = moments
+        var = cov.diagonal(dim1=-2, dim2=-1)[..., 1:]  # Var θ_j, [B, J]
+        inv_noise = (-2 * self.log_noise_scale).exp()
+        return self.likelihood(mean).log_prob(x) - 0.5 * self.group_size * (var * inv_noise).sum(-1)
 
     def log_evidence(self, x: Tensor) -> Tensor:
         return self.e_step(x)[1]

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_positive_int
-from elbox.models._gaussian import conjugate_gaussian
+from elbox.models._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
 __all__ = ["FactorAnalysis"]
@@ -81,6 +81,15 @@ class FactorAnalysis(LatentModel):
         """p(x) = N(μ, W Wᵀ + Ψ) as a distribution (forms the D × D covariance)."""
         cov = self.loading @ self.loading.T + torch.diag(self.noise_variance)
         return MultivariateNormal(self.loc, covariance_matrix=cov)
+
+    def expected_log_likelihood(self, x: Tensor, q) -> Tensor | None:
+        """log N(x; W m + μ, Ψ) − ½ tr(Ψ⁻¹ W S Wᵀ) for a Gaussian q = N(m, S)."""
+        moments = gaussian_moments(q)
+        if moments is None:
+            return None
+        mean, cov = moments
+        spread = ((self.loading @ cov) * self.loading).sum(-1)  # diag(W S Wᵀ), [B, D]
+        return self.likelihood(mean).log_prob(x) - 0.5 * (spread / self.noise_variance).sum(-1)
 
     def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)
