@@ -15,6 +15,10 @@ from elbox.models.base import LatentModel
 __all__ = ["GaussianMixture"]
 
 _COVARIANCE_TYPES = ("full", "diag")
+_COLLAPSE_HINT = (
+    "A component has collapsed onto too few points: increase reg_covar (now {:g}), use fewer "
+    "components, or scale the input."
+)
 
 
 class GaussianMixture(LatentModel):
@@ -208,16 +212,22 @@ class GaussianMixture(LatentModel):
             moment[:, cols, rows] = second
             cov = moment - mean_c.unsqueeze(-1) * mean_c.unsqueeze(-2)
             cov.diagonal(dim1=-2, dim2=-1).add_(self.reg_covar)
-            hint = (
-                f"A component has collapsed onto too few points: increase reg_covar "
-                f"(now {self.reg_covar:g}), use fewer components, or scale the input."
-            )
-            self._raw.copy_(tril_to_raw(safe_cholesky(cov, "an estimated component covariance", hint)))
-        else:
-            var = (resp.T @ xc.square()) / nk.unsqueeze(-1) - mean_c.square() + self.reg_covar
-            if (var <= 0).any():
+            L = safe_cholesky(cov, "an estimated component covariance", _COLLAPSE_HINT.format(self.reg_covar))
+            # Moments minus the squared mean carry a rounding error of about D ε |moment|: a
+            # pivot below that is noise, and the component has in fact collapsed.
+            floor = 10 * D * torch.finfo(x.dtype).eps * moment.diagonal(dim1=-2, dim2=-1).amax(-1)
+            if (L.diagonal(dim1=-2, dim2=-1).square().amin(-1) <= floor).any():
                 raise ValueError(
-                    f"an estimated variance is not positive; increase reg_covar (now {self.reg_covar:g})"
+                    "an estimated component covariance is not positive definite (numerically "
+                    "singular). " + _COLLAPSE_HINT.format(self.reg_covar)
+                )
+            self._raw.copy_(tril_to_raw(L))
+        else:
+            second = (resp.T @ xc.square()) / nk.unsqueeze(-1)
+            var = second - mean_c.square() + self.reg_covar
+            if (var <= 10 * torch.finfo(x.dtype).eps * second).any():
+                raise ValueError(
+                    "an estimated variance is not positive. " + _COLLAPSE_HINT.format(self.reg_covar)
                 )
             self._log_var.copy_(var.log())
 

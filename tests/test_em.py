@@ -1,0 +1,91 @@
+"""EM: coordinate ascent on the ELBO, never decreasing, equal to the log-likelihood after E-steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import elbox
+from elbox.guides import Guide
+from tests.conftest import CASES
+
+
+class Fixed(Guide):
+    """A guide that returns one stored distribution: q held fixed across an M-step."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x, index=None):
+        return self.q
+
+
+EM_CASES = [c for c in CASES if c.name != "BetaBernoulli"]
+
+
+@pytest.mark.filterwarnings("ignore::elbox.ConvergenceWarning")
+@pytest.mark.parametrize("case", EM_CASES, ids=[c.name for c in EM_CASES])
+def test_em_is_coordinate_ascent_on_the_elbo(case):
+    model, x, _, _ = case.make()
+    x = model.sample(60)[0] if case.name not in ("NormalNormal",) else model.sample(60, num_obs=3)[0]
+    if hasattr(model, "initialize"):
+        model.initialize(x, "random", generator=torch.Generator().manual_seed(0))
+    trace = []
+
+    def record(iteration, model, posterior, log_evidence):
+        q = copy.deepcopy(posterior)
+        after_e = float(elbox.elbo(model, Fixed(q), x).value.mean())
+        trace.append((q, after_e, float(log_evidence.mean())))
+        if iteration > 0:  # the previous q under the new θ: the M-step's value
+            previous_q = trace[-2][0]
+            after_m = float(elbox.elbo(model, Fixed(previous_q), x).value.mean())
+            trace[-2] = trace[-2] + (after_m,)
+
+    history = elbox.em(model, x, max_iter=25, tol=0.0, callback=record)
+    bounds = history.lower_bound
+    for t, entry in enumerate(trace):
+        _, after_e, log_lik = entry[:3]
+        assert abs(after_e - log_lik) < 1e-8 * max(1.0, abs(log_lik))  # E-step: gap closed
+        assert log_lik == bounds[t]
+        if len(entry) == 4:  # M-step raised the bound with q fixed; next E-step raised it again
+            slack = 1e-10 * max(1.0, abs(log_lik))
+            assert entry[3] >= after_e - slack
+            assert bounds[t + 1] >= entry[3] - slack
+    assert all(b >= a - 1e-10 * max(1.0, abs(a)) for a, b in zip(bounds, bounds[1:]))
+    torch.testing.assert_close(model.log_evidence(x).detach().mean(), torch.tensor(history.final), rtol=0, atol=1e-10)
+
+
+def test_em_restarts_keep_the_best_bound_and_warn_when_not_converged():
+    truth = elbox.GaussianMixture(4, 2, loc=4 * torch.randn(4, 2))
+    x, _ = truth.sample(400)
+    model = elbox.GaussianMixture(4, 2)
+    with pytest.warns(elbox.ConvergenceWarning, match="did not converge in max_iter=3"):
+        history = elbox.em(model, x, init="kmeans++", n_init=4, seed=0, max_iter=3, tol=1e-12)
+    assert len(history.restarts) == 4
+    assert history.final == max(history.restarts)
+    assert abs(float(model.log_evidence(x).detach().mean()) - history.final) < 1e-10
+
+
+def test_em_is_reproducible_from_a_seed():
+    truth = elbox.GaussianMixture(3, 2, loc=3 * torch.randn(3, 2))
+    x, _ = truth.sample(300)
+    a = elbox.em(elbox.GaussianMixture(3, 2), x, init="kmeans++", seed=7)
+    b = elbox.em(elbox.GaussianMixture(3, 2), x, init="kmeans++", seed=7)
+    assert a.lower_bound == b.lower_bound
+
+
+def test_em_refuses_models_without_m_step_and_bad_arguments():
+    coin = elbox.BetaBernoulli()
+    with pytest.raises(TypeError, match="no closed-form M-step"):
+        elbox.em(coin, torch.ones(2, 3))
+    model = elbox.GaussianMixture(2, 2)
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="n_init > 1 needs init="):
+        elbox.em(model, x, n_init=3)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+        elbox.em(model, x, max_iter=0)
+    with pytest.raises(ValueError, match="tol must be non-negative"):
+        elbox.em(model, x, tol=-1.0)

@@ -1,0 +1,77 @@
+"""log_evidence: exact values, and importance sampling converging within its standard error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import elbox
+from elbox.guides import Exact
+from tests.conftest import case_params
+
+
+class Overdispersed(elbox.guides.Guide):
+    """The posterior, widened and shifted: a proposal whose importance weights have finite
+    variance, so that the delta-method standard error is trustworthy. (A q narrower than the
+    posterior in some direction gives heavy-tailed weights, which PSIS k-hat diagnoses.)"""
+
+    def __init__(self, model):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+
+    def forward(self, x, index=None):
+        post = self.model.posterior(x)
+        if isinstance(post, torch.distributions.Beta):
+            return torch.distributions.Beta(0.6 * post.concentration1, 0.5 * post.concentration0)
+        if isinstance(post, torch.distributions.Categorical):
+            return torch.distributions.Categorical(probs=0.5 * post.probs + 0.5 / post.probs.shape[-1])
+        L = post.scale_tril
+        shift = (L @ torch.full(L.shape[:-1], 0.3).unsqueeze(-1)).squeeze(-1)
+        return torch.distributions.MultivariateNormal(post.loc + shift, scale_tril=1.3 * L)
+
+
+@case_params()
+def test_importance_estimate_agrees_with_exact_within_its_standard_error(case):
+    model, x, _, _ = case.make()
+    guide = Overdispersed(model)
+    exact = elbox.log_evidence(model, x)
+    assert exact.method == "exact" and (exact.stderr == 0).all()
+    estimate = elbox.log_evidence(model, x, guide=guide, method="importance", num_samples=20000, chunk_size=5000)
+    assert estimate.value.shape == exact.value.shape
+    # The estimator is biased low by about se²/2 (Jensen); allow that plus 4 standard errors.
+    error = estimate.value - exact.value
+    assert (error.abs() < 4 * estimate.stderr + estimate.stderr**2).all(), error / estimate.stderr
+
+
+@case_params()
+def test_importance_with_the_exact_posterior_has_no_error(case):
+    model, x, _, _ = case.make()
+    estimate = elbox.log_evidence(model, x, guide=Exact(model), method="importance", num_samples=50)
+    torch.testing.assert_close(estimate.value, model.log_evidence(x).detach(), rtol=0, atol=1e-10)
+    assert (estimate.stderr < 1e-10).all()
+
+
+def test_prior_as_proposal():
+    model = elbox.BetaBernoulli(2.0, 2.0)
+    x, _ = model.sample(4, num_flips=5)
+    estimate = elbox.log_evidence(model, x, method="importance", num_samples=50000)
+    error = (estimate.value - model.log_evidence(x)).abs()
+    assert (error < 4 * estimate.stderr + estimate.stderr**2).all()
+    value, se = estimate.mean()
+    assert abs(value - float(model.log_evidence(x).mean())) < 4 * se + 1e-3
+
+
+def test_log_evidence_rejects_bad_arguments():
+    model = elbox.BetaBernoulli()
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        elbox.log_evidence(model, x, method="ais")
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        elbox.log_evidence(model, x, method="importance", num_samples=0)
+
+    class Opaque(elbox.LatentModel):
+        def prior(self):
+            return torch.distributions.Normal(0.0, 1.0)
+
+    with pytest.raises(ValueError, match="has no exact evidence"):
+        elbox.log_evidence(Opaque(), x)

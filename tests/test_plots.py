@@ -1,0 +1,25 @@
+"""The traces figure: one line per fit, the exact evidence as a reference."""
+
+from __future__ import annotations
+
+import torch
+
+import elbox
+from elbox.guides import Categorical
+from elbox.plots import plot_traces
+
+
+def test_em_and_vi_traces_on_one_figure(tmp_path):
+    truth = elbox.GaussianMixture(2, 2, loc=3 * torch.randn(2, 2))
+    x, _ = truth.sample(100)
+    em_model, vi_model = elbox.GaussianMixture(2, 2), elbox.GaussianMixture(2, 2)
+    h_em = elbox.em(em_model, x, init="kmeans++", seed=0)
+    vi_model.initialize(x, "kmeans++", generator=torch.Generator().manual_seed(0))
+    h_vi = elbox.fit(vi_model, Categorical(2, num_points=100), x, epochs=30, lr=0.05)
+    path = tmp_path / "traces.png"
+    fig = plot_traces({"EM": h_em, "VI": h_vi}, path, log_evidence=h_em.final)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3
+    assert list(ax.lines[0].get_ydata()) == h_em.lower_bound
+    assert list(ax.lines[1].get_ydata()) == h_vi.lower_bound
+    assert path.read_bytes()[:4] == b"\x89PNG"
