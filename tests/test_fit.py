@@ -91,6 +91,8 @@ def test_iwae_and_renyi_bounds_train():
     x, _ = model.sample(50)
     for bound, extra in (("iwae", {}), ("renyi", {"alpha": 0.5})):
         guide = MeanFieldNormal(2, num_points=50)
-        h = elbox.fit(model, guide, x, bound=bound, epochs=200, num_samples=8, lr=0.05, optimize_model=False, seed=0, **extra)
+        h = elbox.fit(
+            model, guide, x, bound=bound, epochs=200, num_samples=8, lr=0.05, optimize_model=False, seed=0, **extra
+        )
         assert h.lower_bound[-1] > h.lower_bound[0]
         assert h.final < float(model.log_evidence(x).detach().mean()) + 0.05

@@ -97,7 +97,9 @@ def elbo(
         if expected is not None:
             kl_value = _analytic_kl(q, p)
             if kl_value is None:
-                raise ValueError(f"expectation='analytic' needs a registered KL({type(q).__name__} ‖ {type(p).__name__})")
+                raise ValueError(
+                    f"expectation='analytic' needs a registered KL({type(q).__name__} ‖ {type(p).__name__})"
+                )
             return Terms(value=expected - kl_value, reconstruction=expected, kl=kl_value, kl_method="analytic")
         if expectation == "analytic":
             raise ValueError(
