@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +69,7 @@ class GaussianMixture(LatentModel):
         if not reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
         self.data_shape = (D,)
+        self._moment_cache = None
         self.covariance_type = covariance_type
         self.reg_covar = float(reg_covar)
         dtype = torch.get_default_dtype()
@@ -150,26 +152,54 @@ class GaussianMixture(LatentModel):
             return MultivariateNormal(self.loc[z], scale_tril=self.scale_tril[z])
         return Independent(Normal(self.loc[z], (0.5 * self._log_var[z]).exp()), 1)
 
-    def component_log_prob(self, x: Tensor) -> Tensor:
-        """log N(x_n; μ_k, Σ_k) for every point and component, ``[B, K]``."""
+    def _moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The data mean c, and the features F = [1, x − c, second moments of x − c] per point
+        (the upper triangle of (x − c)(x − c)ᵀ for full covariances, (x − c)² for diagonal).
+
+        Every Gaussian log-density is linear in F, so the E-step is F @ W and the M-step's
+        statistics are Rᵀ F: one matrix product each. F depends on x alone, so it is kept for
+        the last x seen (held weakly, and checked against its version counter so that an
+        in-place change is noticed): across EM iterations it is computed once.
+        """
+        cache = self._moment_cache
+        if cache is not None and cache[0]() is x and cache[1] == x._version:
+            return cache[2]
+        with torch.no_grad():
+            centre = x.mean(0)
+            xc = x - centre  # [B, D]
+            if self.covariance_type == "full":
+                rows, cols = _triu(self.dim, x.device)
+                second = xc[:, rows] * xc[:, cols]  # [B, D(D+1)/2]
+            else:
+                second = xc.square()  # [B, D]
+            features = torch.cat([xc.new_ones(xc.shape[0], 1), xc, second], -1)  # [B, 1 + D + M]
+        self._moment_cache = (weakref.ref(x), x._version, (centre, features))
+        return centre, features
+
+    def _weights(self, centre: Tensor) -> Tensor:
+        """W such that F @ W = log N(x; μ_k, Σ_k), ``[1 + D + M, K]`` (M second moments)."""
         D = self.dim
-        centre = x.mean(0).detach()
-        xc, mc = x - centre, self.loc - centre  # [B, D], [K, D]
+        mc = self.loc - centre  # [K, D]
         if self.covariance_type == "full":
             L_inv = tril_inverse(self.scale_tril)  # [K, D, D]
             precision = L_inv.mT @ L_inv
             logdet = -2 * L_inv.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log|Σ_k|
-            rows, cols = _triu(D, x.device)
-            weight = precision[:, rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(x.dtype)
-            quad = _features(xc, rows, cols) @ weight.T  # [B, K] = xᵀ P_k x
+            rows, cols = _triu(D, centre.device)
+            quad = precision[:, rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(centre.dtype)  # [K, M]
             p_mu = (precision @ mc.unsqueeze(-1)).squeeze(-1)  # [K, D]
         else:
             precision = (-self._log_var).exp()  # [K, D]
             logdet = self._log_var.sum(-1)
-            quad = xc.square() @ precision.T
+            quad = precision
             p_mu = precision * mc
-        maha = quad - 2 * xc @ p_mu.T + (mc * p_mu).sum(-1)  # [B, K]
-        return -0.5 * (maha + logdet + D * math.log(2 * math.pi))
+        const = -0.5 * ((mc * p_mu).sum(-1) + logdet + D * math.log(2 * math.pi))  # [K]
+        # log N = −½ (xᵀPx − 2 xᵀPμ + μᵀPμ + log|Σ| + D log 2π), with x, μ centred.
+        return torch.cat([const.unsqueeze(-1), p_mu, -0.5 * quad], -1).T
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """log N(x_n; μ_k, Σ_k) for every point and component, ``[B, K]``."""
+        centre, features = self._moments(x)
+        return features @ self._weights(centre)
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         comp = self.component_log_prob(x)  # [B, K]
@@ -177,7 +207,10 @@ class GaussianMixture(LatentModel):
 
     def e_step(self, x: Tensor) -> tuple[Categorical, Tensor]:
         x = self.check_data(x)
-        log_joint = self.component_log_prob(x) + self.logits.log_softmax(-1)  # [B, K]
+        centre, features = self._moments(x)
+        weights = self._weights(centre)
+        weights[0] = weights[0] + self.logits.log_softmax(-1)  # the constant row takes log π_k
+        log_joint = features @ weights  # [B, K]
         log_evidence = log_joint.logsumexp(-1)
         return Categorical(logits=log_joint - log_evidence.unsqueeze(-1)), log_evidence
 
@@ -197,16 +230,16 @@ class GaussianMixture(LatentModel):
                 f"posterior must have probs of shape [{x.shape[0]}, {self.num_components}]; "
                 f"received {list(resp.shape)}"
             )
-        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps  # [K]
-        centre = x.mean(0)
-        xc = x - centre
-        mean_c = (resp.T @ xc) / nk.unsqueeze(-1)  # [K, D]
+        D = self.dim
+        centre, features = self._moments(x)
+        stats = resp.T @ features  # [K, 1 + D + M]: Σ r, Σ r x, Σ r (second moments)
+        nk = stats[:, 0] + 10 * torch.finfo(x.dtype).eps  # [K]
+        mean_c = stats[:, 1 : 1 + D] / nk.unsqueeze(-1)  # [K, D]
+        second = stats[:, 1 + D :] / nk.unsqueeze(-1)  # [K, M]
         self.logits.copy_((nk / nk.sum()).log())
         self.loc.copy_(mean_c + centre)
         if self.covariance_type == "full":
-            D = self.dim
             rows, cols = _triu(D, x.device)
-            second = (resp.T @ _features(xc, rows, cols)) / nk.unsqueeze(-1)  # [K, D(D+1)/2]
             moment = x.new_zeros(self.num_components, D, D)
             moment[:, rows, cols] = second
             moment[:, cols, rows] = second
@@ -223,7 +256,6 @@ class GaussianMixture(LatentModel):
                 )
             self._raw.copy_(tril_to_raw(L))
         else:
-            second = (resp.T @ xc.square()) / nk.unsqueeze(-1)
             var = second - mean_c.square() + self.reg_covar
             if (var <= 10 * torch.finfo(x.dtype).eps * second).any():
                 raise ValueError(
@@ -271,11 +303,6 @@ class GaussianMixture(LatentModel):
 def _triu(D: int, device) -> tuple[Tensor, Tensor]:
     rows, cols = torch.triu_indices(D, D, device=device)
     return rows, cols
-
-
-def _features(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """The upper triangle of x xᵀ for every row of x, ``[N, D(D+1)/2]``."""
-    return x[:, rows] * x[:, cols]
 
 
 def _kmeans(x: Tensor, k: int, generator: torch.Generator | None, iterations: int = 10) -> Tensor:
