@@ -20,8 +20,9 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import elbox  # noqa: E402
 from _common import environment, timed  # noqa: E402
+
+import elbox  # noqa: E402
 
 
 def main() -> None:

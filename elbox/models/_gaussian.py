@@ -73,12 +73,16 @@ def conjugate_gaussian(
     L = safe_cholesky(precision, "the posterior precision")
     eta = prior_eta + obs_eta  # [B, D]
     # Λ⁻¹η through the factor: u = L⁻¹η, so ηᵀΛ⁻¹η = |u|² and the mean is L⁻ᵀu.
-    L_b = L.expand(eta.shape[:-1] + L.shape[-2:])
-    u = torch.linalg.solve_triangular(L_b, eta.unsqueeze(-1), upper=False)  # [B, D, 1]
-    loc = torch.linalg.solve_triangular(L_b.mT, u, upper=True).squeeze(-1)  # [B, D]
+    if L.dim() == 2:  # one precision for the batch: one solve with B right-hand sides
+        u = torch.linalg.solve_triangular(L, eta.mT, upper=False)  # [D, B]
+        loc = torch.linalg.solve_triangular(L.mT, u, upper=True).mT  # [B, D]
+        u = u.mT
+    else:
+        u = torch.linalg.solve_triangular(L, eta.unsqueeze(-1), upper=False).squeeze(-1)  # [B, D]
+        loc = torch.linalg.solve_triangular(L.mT, u.unsqueeze(-1), upper=True).squeeze(-1)
     logdet_precision = tril_logdet(L)
     log_evidence = (
-        -0.5 * (obs_quad + prior_quad - u.squeeze(-1).square().sum(-1))
+        -0.5 * (obs_quad + prior_quad - u.square().sum(-1))
         - 0.5 * obs_logdet
         - 0.5 * prior_logdet
         - 0.5 * logdet_precision
@@ -89,7 +93,11 @@ def conjugate_gaussian(
     L_inv = tril_inverse(L)
     covariance = L_inv.mT @ L_inv
     scale_tril = torch.linalg.cholesky(covariance)
-    posterior = MultivariateNormal(loc, scale_tril=scale_tril.expand(loc.shape + loc.shape[-1:]))
+    # Valid by construction (a Cholesky factor), so torch's check, which would scan the
+    # batch-expanded [B, D, D] factor on every call, is skipped.
+    posterior = MultivariateNormal(
+        loc, scale_tril=scale_tril.expand(loc.shape + loc.shape[-1:]), validate_args=False
+    )
     return posterior, log_evidence
 
 

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from elbox._validation import as_data
+from elbox.models._cache import TensorCache
 
 __all__ = ["LatentModel"]
 
@@ -96,7 +97,21 @@ class LatentModel(nn.Module):
         return torch.empty(0)
 
     def check_data(self, x) -> Tensor:
-        """Converts ``x`` to the model's dtype and checks it is a finite batch of data points."""
+        """Converts ``x`` to the model's dtype and checks it is a finite batch of data points.
+
+        The last tensor accepted is remembered (weakly, with its version counter), so that
+        the E-step and M-step of every EM iteration do not scan the same data again.
+        """
+        if not isinstance(x, Tensor):
+            return self._check_data(x)
+        cache = self.__dict__.setdefault("_data_cache", TensorCache())
+        checked = cache.get(x, self._check_data)
+        if checked.dtype != self._reference().dtype:  # the model was converted since
+            cache.clear()
+            checked = cache.get(x, self._check_data)
+        return checked
+
+    def _check_data(self, x) -> Tensor:
         ref = self._reference()
         x = as_data(x, "x", ndim=1 + len(self.data_shape), dtype=ref.dtype, device=ref.device)
         if any(want is not None and want != got for want, got in zip(self.data_shape, x.shape[1:])):

@@ -67,8 +67,8 @@ class BetaBernoulli(LatentModel):
         """Each flip is Bernoulli(z): batch ``z.shape + [1]``, broadcasting over the N flips."""
         return Bernoulli(probs=z.unsqueeze(-1))
 
-    def check_data(self, x) -> Tensor:
-        x = super().check_data(x)
+    def _check_data(self, x) -> Tensor:
+        x = super()._check_data(x)
         if ((x != 0) & (x != 1)).any():
             bad = x[(x != 0) & (x != 1)][0].item()
             raise ValueError(f"x must hold coin flips, each 0 or 1; received the value {bad}")

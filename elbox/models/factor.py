@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_positive_int
+from elbox.models._cache import TensorCache
 from elbox.models._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
@@ -46,6 +47,7 @@ class FactorAnalysis(LatentModel):
         self.loc = nn.Parameter(torch.zeros(D, dtype=dtype))
         self.loading = nn.Parameter(torch.eye(D, K, dtype=dtype))
         self.log_noise = nn.Parameter(torch.zeros(1 if isotropic else D, dtype=dtype))
+        self._moments = TensorCache()
 
     @property
     def dim(self) -> int:
@@ -93,9 +95,10 @@ class FactorAnalysis(LatentModel):
 
     def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)
+        centre, xc, xc2 = self._moments.get(x, _centred_moments)
         inv_psi = (-self.log_noise).exp().expand(self.dim)  # [D]
         w_scaled = self.loading * inv_psi.unsqueeze(-1)  # Ψ⁻¹ W, [D, K]
-        xc = x - self.loc  # [B, D]
+        shift = self.loc - centre  # x − μ = xc − shift, without forming it
         K = self.latent_dim
         eye = torch.eye(K, dtype=x.dtype, device=x.device)
         return conjugate_gaussian(
@@ -104,8 +107,8 @@ class FactorAnalysis(LatentModel):
             prior_quad=x.new_zeros(()),
             prior_logdet=x.new_zeros(()),
             obs_precision=self.loading.T @ w_scaled,
-            obs_eta=xc @ w_scaled,
-            obs_quad=xc.square() @ inv_psi,
+            obs_eta=xc @ w_scaled - shift @ w_scaled,
+            obs_quad=xc2 @ inv_psi - 2 * xc @ (shift * inv_psi) + (shift.square() * inv_psi).sum(),
             obs_logdet=self.log_noise.expand(self.dim).sum(),
             obs_dim=self.dim,
         )
@@ -124,14 +127,17 @@ class FactorAnalysis(LatentModel):
         ez = posterior.mean  # [B, K]
         ez1 = torch.cat([ez, ez.new_ones(B, 1)], -1)  # E[(z, 1)], [B, K+1]
         second = ez1.T @ ez1  # Σ E[z̃] E[z̃]ᵀ, [K+1, K+1]
-        second[:K, :K] += posterior.covariance_matrix.expand(B, K, K).sum(0)
-        cross = ez1.T @ x  # Σ E[z̃] xᵀ, [K+1, D]
-        coef = torch.linalg.solve(second, cross)  # [W μ]ᵀ, [K+1, D]
-        psi = (x.square().sum(0) - (coef * cross).sum(0)) / B  # diag(Σ x xᵀ − [W μ] Σ E[z̃] xᵀ)/B
+        cov = posterior.covariance_matrix.expand(B, K, K)
+        second[:K, :K] += B * cov[0] if cov.stride(0) == 0 else cov.sum(0)  # shared: no sum needed
+        # The regression of x on z̃ = (z, 1), done on the centred data xc = x − c (then μ = b + c).
+        centre, xc, xc2 = self._moments.get(x, _centred_moments)
+        cross = ez1.T @ xc  # Σ E[z̃] xcᵀ, [K+1, D]
+        coef = torch.linalg.solve(second, cross)  # [W b]ᵀ, [K+1, D]
+        psi = (xc2.sum(0) - (coef * cross).sum(0)) / B  # diag(Σ xc xcᵀ − [W b] Σ E[z̃] xcᵀ)/B
         if self.isotropic:
             psi = psi.mean(0, keepdim=True)
         self.loading.copy_(coef[:K].T)
-        self.loc.copy_(coef[K])
+        self.loc.copy_(coef[K] + centre)
         self.log_noise.copy_(psi.clamp_min(self.min_noise).log())
 
     @torch.no_grad()
@@ -178,3 +184,11 @@ class FactorAnalysis(LatentModel):
         kind = "PPCA" if self.isotropic else "factor analysis"
         return f"dim={self.dim}, latent_dim={self.latent_dim}, {kind}"
 
+
+
+@torch.no_grad()
+def _centred_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The data mean c, the centred data x − c and its squares (cached across EM iterations)."""
+    centre = x.mean(0)
+    xc = x - centre
+    return centre, xc, xc.square()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_positive_int, check_probabilities
+from elbox.models._cache import TensorCache
 from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
 from elbox.models.base import LatentModel
 
@@ -69,7 +69,7 @@ class GaussianMixture(LatentModel):
         if not reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
         self.data_shape = (D,)
-        self._moment_cache = None
+        self._moment_cache = TensorCache()
         self.covariance_type = covariance_type
         self.reg_covar = float(reg_covar)
         dtype = torch.get_default_dtype()
@@ -161,20 +161,18 @@ class GaussianMixture(LatentModel):
         the last x seen (held weakly, and checked against its version counter so that an
         in-place change is noticed): across EM iterations it is computed once.
         """
-        cache = self._moment_cache
-        if cache is not None and cache[0]() is x and cache[1] == x._version:
-            return cache[2]
-        with torch.no_grad():
-            centre = x.mean(0)
-            xc = x - centre  # [B, D]
-            if self.covariance_type == "full":
-                rows, cols = _triu(self.dim, x.device)
-                second = xc[:, rows] * xc[:, cols]  # [B, D(D+1)/2]
-            else:
-                second = xc.square()  # [B, D]
-            features = torch.cat([xc.new_ones(xc.shape[0], 1), xc, second], -1)  # [B, 1 + D + M]
-        self._moment_cache = (weakref.ref(x), x._version, (centre, features))
-        return centre, features
+        return self._moment_cache.get(x, self._compute_moments)
+
+    @torch.no_grad()
+    def _compute_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        centre = x.mean(0)
+        xc = x - centre  # [B, D]
+        if self.covariance_type == "full":
+            rows, cols = _triu(self.dim, x.device)
+            second = xc[:, rows] * xc[:, cols]  # [B, D(D+1)/2]
+        else:
+            second = xc.square()  # [B, D]
+        return centre, torch.cat([xc.new_ones(xc.shape[0], 1), xc, second], -1)  # [B, 1 + D + M]
 
     def _weights(self, centre: Tensor) -> Tensor:
         """W such that F @ W = log N(x; μ_k, Σ_k), ``[1 + D + M, K]`` (M second moments)."""
