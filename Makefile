@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/fa_em.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check elbox tests bench
+	$(VENV)/bin/ruff check elbox tests bench examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
