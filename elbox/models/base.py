@@ -60,10 +60,14 @@ class LatentModel(nn.Module):
 
     def log_evidence(self, x: Tensor) -> Tensor:
         """The exact log p_θ(x), shape ``[B]``."""
+        if self._overrides_e_step:
+            return self.e_step(x)[1]
         raise NotImplementedError(f"{type(self).__name__} has no exact log-evidence")
 
     def posterior(self, x: Tensor) -> Distribution:
         """The exact posterior p_θ(z | x), with batch shape ``[B]``."""
+        if self._overrides_e_step:
+            return self.e_step(x)[0]
         raise NotImplementedError(f"{type(self).__name__} has no exact posterior")
 
     def m_step(self, x: Tensor, posterior: Distribution) -> None:
@@ -73,13 +77,22 @@ class LatentModel(nn.Module):
         )
 
     def e_step(self, x: Tensor) -> tuple[Distribution, Tensor]:
-        """The exact posterior and log-evidence together (models may share the work)."""
+        """The exact posterior and log-evidence together.
+
+        Tractable models implement either this (when the two share their work, as a Kalman
+        filter or a conjugate update does; :meth:`posterior` and :meth:`log_evidence` then
+        follow) or those two methods.
+        """
         return self.posterior(x), self.log_evidence(x)
+
+    @property
+    def _overrides_e_step(self) -> bool:
+        return type(self).e_step is not LatentModel.e_step
 
     @property
     def has_exact_evidence(self) -> bool:
         """Whether :meth:`log_evidence` and :meth:`posterior` are implemented."""
-        return type(self).log_evidence is not LatentModel.log_evidence
+        return self._overrides_e_step or type(self).log_evidence is not LatentModel.log_evidence
 
     @property
     def has_m_step(self) -> bool:

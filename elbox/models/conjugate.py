@@ -186,12 +186,6 @@ class NormalNormal(LatentModel):
         trace = (noise_L_inv @ cov @ noise_L_inv.mT).diagonal(dim1=-2, dim2=-1).sum(-1)  # [B]
         return self.likelihood(mean).log_prob(x) - 0.5 * x.shape[1] * trace
 
-    def log_evidence(self, x: Tensor) -> Tensor:
-        return self.e_step(x)[1]
-
-    def posterior(self, x: Tensor) -> MultivariateNormal:
-        return self.e_step(x)[0]
-
     def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)  # [B, N, D]
         n = x.shape[1]
@@ -318,12 +312,6 @@ class HierarchicalNormal(LatentModel):
         var = cov.diagonal(dim1=-2, dim2=-1)[..., 1:]  # Var θ_j, [B, J]
         inv_noise = (-2 * self.log_noise_scale).exp()
         return self.likelihood(mean).log_prob(x) - 0.5 * self.group_size * (var * inv_noise).sum(-1)
-
-    def log_evidence(self, x: Tensor) -> Tensor:
-        return self.e_step(x)[1]
-
-    def posterior(self, x: Tensor) -> MultivariateNormal:
-        return self.e_step(x)[0]
 
     def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)  # [B, J, N]

@@ -113,12 +113,6 @@ class FactorAnalysis(LatentModel):
             obs_dim=self.dim,
         )
 
-    def log_evidence(self, x: Tensor) -> Tensor:
-        return self.e_step(x)[1]
-
-    def posterior(self, x: Tensor) -> MultivariateNormal:
-        return self.e_step(x)[0]
-
     @torch.no_grad()
     def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
         """The exact M-step: regress x on (z, 1) under the posterior, then the residual noise."""

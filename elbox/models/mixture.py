@@ -212,12 +212,6 @@ class GaussianMixture(LatentModel):
         log_evidence = log_joint.logsumexp(-1)
         return Categorical(logits=log_joint - log_evidence.unsqueeze(-1)), log_evidence
 
-    def log_evidence(self, x: Tensor) -> Tensor:
-        return self.e_step(x)[1]
-
-    def posterior(self, x: Tensor) -> Categorical:
-        return self.e_step(x)[0]
-
     @torch.no_grad()
     def m_step(self, x: Tensor, posterior: Categorical) -> None:
         """Weights, means and covariances from the responsibilities (scikit-learn's M-step)."""
