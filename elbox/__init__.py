@@ -1,21 +1,25 @@
 """elbox: latent-variable models fitted by the ELBO, with the gap to the evidence reported."""
 
-from elbox import guides, models
+from elbox import distributions, guides, models
 from elbox.bounds import Terms, elbo, iwae, renyi
+from elbox.data import Sequences
 from elbox.evidence import Estimate, log_evidence
 from elbox.inference import ConvergenceWarning, History, em, fit
 from elbox.models import (
     BetaBernoulli,
+    HMM,
     FactorAnalysis,
     GaussianMixture,
     HierarchicalNormal,
     LatentModel,
+    LinearGaussianSSM,
     NormalNormal,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HMM",
     "BetaBernoulli",
     "ConvergenceWarning",
     "Estimate",
@@ -24,9 +28,12 @@ __all__ = [
     "HierarchicalNormal",
     "History",
     "LatentModel",
+    "LinearGaussianSSM",
     "NormalNormal",
+    "Sequences",
     "Terms",
     "elbo",
+    "distributions",
     "em",
     "fit",
     "guides",

@@ -32,7 +32,7 @@ def prepare(model, guide, x, index=None) -> tuple[Tensor, Distribution, Distribu
     """
     x = model.check_data(x)
     q = guide(x, index=index) if index is not None else guide(x)
-    p = model.prior()
+    p = model.prior_for(x)
     name = type(guide).__name__
     if tuple(q.batch_shape) != (x.shape[0],):
         raise ValueError(

@@ -87,8 +87,9 @@ def log_evidence(
     chunk = S if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     if guide is None:
         x = model.check_data(x)
-        prior = model.prior()
-        proposal = prior.expand(torch.Size([x.shape[0]]) + prior.batch_shape)
+        prior = model.prior_for(x)
+        B = x.shape[0]
+        proposal = prior if tuple(prior.batch_shape) == (B,) else prior.expand(torch.Size([B]) + prior.batch_shape)
     else:
         x, proposal, _ = prepare(model, guide, x, index)
     log_w = []

@@ -3,13 +3,18 @@
 from elbox.models.base import LatentModel
 from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, NormalNormal
 from elbox.models.factor import FactorAnalysis
+from elbox.models.hmm import HMM, HMMPosterior
+from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
 
 __all__ = [
+    "HMM",
     "BetaBernoulli",
     "FactorAnalysis",
     "GaussianMixture",
+    "HMMPosterior",
     "HierarchicalNormal",
     "LatentModel",
+    "LinearGaussianSSM",
     "NormalNormal",
 ]

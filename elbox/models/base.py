@@ -32,6 +32,12 @@ class LatentModel(nn.Module):
         """The prior p(z), with an empty batch shape."""
         raise NotImplementedError
 
+    def prior_for(self, x: Tensor) -> Distribution:
+        """p(z) over the latents of the data ``x``: :meth:`prior`, except in models whose latent
+        shape depends on the data (a sequence model's on the sequences' lengths and inputs).
+        The bounds call this one."""
+        return self.prior()
+
     def likelihood(self, z: Tensor) -> Distribution:
         """The observation model p_θ(x | z), batched over the leading dimensions of ``z``."""
         raise NotImplementedError
@@ -50,7 +56,7 @@ class LatentModel(nn.Module):
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p_θ(x, z) = log p(z) + log p_θ(x | z), shape ``[S, B]`` (or ``[B]``)."""
-        return self.prior().log_prob(z) + self.log_likelihood(x, z)
+        return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """Draws ``n`` pairs (x, z) from the model."""

@@ -222,13 +222,20 @@ class GaussianMixture(LatentModel):
                 f"posterior must have probs of shape [{x.shape[0]}, {self.num_components}]; "
                 f"received {list(resp.shape)}"
             )
+        nk = self.fit_components(x, resp)
+        self.logits.copy_((nk / nk.sum()).log())
+
+    @torch.no_grad()
+    def fit_components(self, x: Tensor, resp: Tensor) -> Tensor:
+        """Sets each component's mean and covariance to the weighted moments of ``x [B, D]``
+        under the weights ``resp [B, K]`` (any non-negative weights; rows need not sum to one,
+        which is how an HMM's state occupancies use it). Returns the total weights ``[K]``."""
         D = self.dim
         centre, features = self._moments(x)
         stats = resp.T @ features  # [K, 1 + D + M]: Σ r, Σ r x, Σ r (second moments)
         nk = stats[:, 0] + 10 * torch.finfo(x.dtype).eps  # [K]
         mean_c = stats[:, 1 : 1 + D] / nk.unsqueeze(-1)  # [K, D]
         second = stats[:, 1 + D :] / nk.unsqueeze(-1)  # [K, M]
-        self.logits.copy_((nk / nk.sum()).log())
         self.loc.copy_(mean_c + centre)
         if self.covariance_type == "full":
             rows, cols = _triu(D, x.device)
@@ -254,6 +261,7 @@ class GaussianMixture(LatentModel):
                     "an estimated variance is not positive. " + _COLLAPSE_HINT.format(self.reg_covar)
                 )
             self._log_var.copy_(var.log())
+        return nk
 
     @torch.no_grad()
     def initialize(self, x: Tensor, method: str = "kmeans++", generator: torch.Generator | None = None) -> None:

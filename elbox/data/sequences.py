@@ -1,0 +1,163 @@
+"""A batch of sequences of different lengths, padded to one tensor with a prefix mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from elbox._validation import describe
+
+__all__ = ["Sequences"]
+
+
+class Sequences:
+    """B sequences padded to a common length T: ``values [B, T, *event]``, ``mask [B, T]``.
+
+    ``mask[b, t]`` is True where step t of sequence b exists; it must be a *prefix* mask (each
+    row True up to the sequence's length, then False), which is what ragged lengths mean. The
+    padded entries of ``values`` are never read as data. ``inputs [B, T, U]`` are optional
+    exogenous inputs (controls), used by :class:`~elbox.models.LinearGaussianSSM`.
+
+    The sequence models accept a plain tensor ``[B, T, *event]`` (every sequence of length
+    T), a :class:`Sequences`, or a list of ``[T_b, *event]`` arrays (padded for you). Indexing
+    with ``seqs[index]`` picks sequences, so mini-batching in :func:`elbox.fit` works as for
+    tensors.
+
+    Args:
+        values: ``[B, T, *event]``.
+        mask: ``[B, T]`` booleans (default: all True, unless ``lengths`` is given).
+        lengths: ``[B]`` sequence lengths, instead of ``mask``.
+        inputs: ``[B, T, U]`` inputs, or None.
+
+    Example:
+        >>> seqs = Sequences.from_list([torch.randn(5, 2), torch.randn(3, 2)])
+        >>> seqs.lengths
+        tensor([5, 3])
+    """
+
+    def __init__(self, values, mask=None, *, lengths=None, inputs=None):
+        if not isinstance(values, Tensor):
+            values = torch.as_tensor(np.asarray(values))
+        if values.dim() < 2:
+            raise ValueError(f"values must be [B, T, ...] (batch and time first); received {describe(values)}")
+        B, T = values.shape[:2]
+        if mask is not None and lengths is not None:
+            raise ValueError("pass mask or lengths, not both")
+        if lengths is not None:
+            lengths = torch.as_tensor(np.asarray(lengths) if not isinstance(lengths, Tensor) else lengths)
+            if lengths.shape != (B,) or lengths.is_floating_point():
+                raise ValueError(f"lengths must be B={B} integers; received {describe(lengths)}")
+            if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+                raise ValueError(
+                    f"lengths must lie in [1, T={T}]; received values in [{int(lengths.min())}, {int(lengths.max())}]"
+                )
+            mask = torch.arange(T, device=values.device) < lengths.to(values.device).unsqueeze(-1)
+        elif mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=values.device)
+        else:
+            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+            if mask.shape != (B, T):
+                raise ValueError(f"mask must have shape [B, T] = [{B}, {T}]; received {describe(mask)}")
+            if mask.dtype != torch.bool:
+                if not ((mask == 0) | (mask == 1)).all():
+                    raise ValueError(f"mask must hold booleans (or 0/1); received {describe(mask)}")
+                mask = mask.bool()
+            mask = mask.to(values.device)
+        _check_prefix(mask)
+        if inputs is not None:
+            if not isinstance(inputs, Tensor):
+                inputs = torch.as_tensor(np.asarray(inputs))
+            if inputs.dim() != 3 or tuple(inputs.shape[:2]) != (B, T):
+                raise ValueError(f"inputs must have shape [B, T, U] = [{B}, {T}, U]; received {describe(inputs)}")
+        self.values, self.mask, self.inputs = values, mask, inputs
+
+    @classmethod
+    def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0) -> Sequences:
+        """Pads a list of ``[T_b, *event]`` arrays (and of ``[T_b, U]`` inputs) to one batch."""
+        if len(sequences) == 0:
+            raise ValueError("sequences must hold at least one sequence; received an empty list")
+        items = [s if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s)) for s in sequences]
+        for i, s in enumerate(items):
+            if s.dim() < 1 or s.shape[0] < 1 or s.shape[1:] != items[0].shape[1:]:
+                raise ValueError(
+                    f"sequences[{i}] must be [T_b, *event] with T_b >= 1 and the event shape "
+                    f"{list(items[0].shape[1:])} of sequences[0]; received {describe(s)}"
+                )
+        lengths = torch.tensor([s.shape[0] for s in items])
+        values = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=padding)
+        padded_inputs = None
+        if inputs is not None:
+            if len(inputs) != len(items):
+                raise ValueError(f"inputs must hold one array per sequence ({len(items)}); received {len(inputs)}")
+            u = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in inputs]
+            padded_inputs = torch.nn.utils.rnn.pad_sequence(u, batch_first=True)
+        return cls(values, lengths=lengths, inputs=padded_inputs)
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``values``, ``[B, T, *event]``."""
+        return self.values.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def lengths(self) -> Tensor:
+        """``[B]``, the number of steps of each sequence."""
+        return self.mask.sum(-1)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether some sequence is shorter than T."""
+        return not bool(self.mask.all())
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __getitem__(self, index) -> Sequences:
+        """The sequences named by ``index`` (an int, slice or index tensor over B)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        inputs = None if self.inputs is None else self.inputs[index]
+        picked = Sequences.__new__(Sequences)
+        picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
+        return picked
+
+    def to(self, *args, **kwargs) -> Sequences:
+        """Converts ``values`` and ``inputs`` (the mask keeps its dtype) as ``Tensor.to`` does."""
+        moved = Sequences.__new__(Sequences)
+        moved.values = self.values.to(*args, **kwargs)
+        moved.mask = self.mask.to(moved.values.device)
+        moved.inputs = None if self.inputs is None else self.inputs.to(*args, **kwargs)
+        return moved
+
+    def __repr__(self) -> str:
+        lengths = self.lengths
+        span = f"{int(lengths.min())}..{int(lengths.max())}" if len(self) else "-"
+        inputs = "" if self.inputs is None else f", inputs {list(self.inputs.shape)}"
+        return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs})"
+
+
+def _check_prefix(mask: Tensor) -> None:
+    """Raises unless every row of ``mask`` is True up to some length >= 1, then False."""
+    if mask.shape[1] == 0:
+        raise ValueError("sequences must have at least one step; received T = 0")
+    lengths = mask.sum(-1)
+    expected = torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(-1)
+    bad = (mask != expected).any(-1) | (lengths == 0)
+    if bad.any():
+        b = int(bad.nonzero()[0])
+        row = "".join("1" if v else "0" for v in mask[b, :40].tolist())
+        raise ValueError(
+            f"mask must be a prefix mask (each row True for the first T_b steps, then False, "
+            f"with T_b >= 1); row {b} is {row}{'…' if mask.shape[1] > 40 else ''}. Gaps inside a "
+            "sequence are not supported: split it into separate sequences."
+        )

@@ -1,0 +1,443 @@
+"""Hidden Markov models: a discrete Markov chain of states, each emitting an observation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent
+from torch.distributions.utils import lazy_property
+
+from elbox._validation import as_data, check_positive_int, check_probabilities
+from elbox.data.sequences import Sequences
+from elbox.distributions.markov import MarkovChain, viterbi
+from elbox.models._sequence import as_sequences
+from elbox.models.base import LatentModel
+from elbox.models.mixture import GaussianMixture
+
+__all__ = ["HMM", "HMMPosterior"]
+
+_EMISSIONS = ("gaussian", "categorical")
+
+
+class HMM(LatentModel):
+    r"""A hidden Markov model with K states and categorical or Gaussian emissions.
+
+    .. math:: z_1 \sim \pi, \quad z_{t+1} \mid z_t \sim A_{z_t,\cdot}, \quad
+              x_t \mid z_t \sim p(x \mid \theta_{z_t}), \qquad
+              \log p(x) = \log \textstyle\sum_{z} \pi_{z_1} \prod_t A_{z_t z_{t+1}} \prod_t p(x_t \mid z_t).
+
+    A data point is a whole sequence: x is ``[B, T, D]`` (Gaussian) or ``[B, T]`` (symbols), or
+    a :class:`~elbox.data.Sequences` for ragged lengths. The latent z is the state path
+    ``[B, T]``. Steps past a sequence's end carry no data; their states are uniform and
+    independent of θ under the prior and the posterior alike, so they change neither the
+    evidence, nor the ELBO's gap, nor the M-step.
+
+    ``log_evidence`` runs the forward algorithm batched over sequences, in log space (filtered
+    probabilities normalized at each step, their log normalizers summed; a log-sum-exp
+    recursion takes over if they underflow). ``posterior`` is an :class:`HMMPosterior`, a
+    distribution over whole paths that forward-filtering backward-sampling draws from, with
+    smoothed and pairwise marginals; :meth:`viterbi` decodes; :meth:`m_step` is Baum–Welch.
+
+    Args:
+        num_states: K.
+        emission: ``"gaussian"`` or ``"categorical"``.
+        dim: D, for Gaussian emissions.
+        num_symbols: M, for categorical emissions.
+        covariance_type: ``"diag"`` or ``"full"`` (Gaussian emissions).
+        reg_covar: Added to the variances the M-step estimates.
+        initial_probs: π, ``[K]`` (default uniform).
+        transition_matrix: A, ``[K, K]``, rows summing to one (default uniform).
+        loc: Emission means ``[K, D]``; covariance: ``[K, D]`` (diag) or ``[K, D, D]`` (full).
+        emission_probs: ``[K, M]``, rows summing to one (categorical; default random).
+
+    References:
+        A Tutorial on Hidden Markov Models (Rabiner, 1989), https://doi.org/10.1109/5.18626
+
+    Example:
+        >>> model = HMM(3, "gaussian", dim=2, loc=3 * torch.randn(3, 2))
+        >>> x, z = model.sample(10, num_steps=50)
+        >>> model.log_evidence(x).shape
+        torch.Size([10])
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        emission: str = "gaussian",
+        *,
+        dim: int | None = None,
+        num_symbols: int | None = None,
+        covariance_type: str = "diag",
+        reg_covar: float = 1e-6,
+        initial_probs=None,
+        transition_matrix=None,
+        loc=None,
+        covariance=None,
+        emission_probs=None,
+    ):
+        super().__init__()
+        K = check_positive_int(num_states, "num_states")
+        if emission not in _EMISSIONS:
+            raise ValueError(f"emission must be one of {_EMISSIONS}; received {emission!r}")
+        self.emission = emission
+        dtype = torch.get_default_dtype()
+        self.initial_logits = nn.Parameter(torch.zeros(K, dtype=dtype))
+        self.transition_logits = nn.Parameter(torch.zeros(K, K, dtype=dtype))
+        if emission == "gaussian":
+            if dim is None or num_symbols is not None:
+                raise ValueError("emission='gaussian' needs dim= (and no num_symbols)")
+            self.emissions = GaussianMixture(K, check_positive_int(dim, "dim"), covariance_type, reg_covar)
+            self.emissions.logits.requires_grad_(False)  # the mixture's weights play no part here
+            self.data_shape = (None, self.emissions.dim)
+            with torch.no_grad():
+                if loc is not None:
+                    self.emissions.loc.copy_(self.emissions._checked(loc, "loc", (K, self.emissions.dim)))
+                if covariance is not None:
+                    self.emissions.covariance = covariance
+        else:
+            if num_symbols is None or dim is not None or loc is not None or covariance is not None:
+                raise ValueError("emission='categorical' needs num_symbols= (and no dim, loc or covariance)")
+            M = check_positive_int(num_symbols, "num_symbols")
+            self.emission_logits = nn.Parameter(torch.randn(K, M, dtype=dtype))
+            self.data_shape = (None,)
+            if emission_probs is not None:
+                self.emission_probs = emission_probs
+        if initial_probs is not None:
+            self.initial_probs = initial_probs
+        if transition_matrix is not None:
+            self.transition_matrix = transition_matrix
+
+    # Parameters, constrained.
+
+    @property
+    def num_states(self) -> int:
+        return self.initial_logits.shape[0]
+
+    @property
+    def dim(self) -> int | None:
+        return self.emissions.dim if self.emission == "gaussian" else None
+
+    @property
+    def num_symbols(self) -> int | None:
+        return self.emission_logits.shape[1] if self.emission == "categorical" else None
+
+    def _set_probs(self, param: nn.Parameter, value, name: str) -> None:
+        value = as_data(value, name, dtype=param.dtype)
+        if value.shape != param.shape:
+            raise ValueError(f"{name} must have shape {list(param.shape)}; received {list(value.shape)}")
+        value = check_probabilities(value, name + (" (each row)" if value.dim() == 2 else ""), dim=-1)
+        with torch.no_grad():
+            param.copy_(value.clamp_min(torch.finfo(value.dtype).tiny).log())
+
+    @property
+    def initial_probs(self) -> Tensor:
+        """π, ``[K]``."""
+        return self.initial_logits.softmax(-1)
+
+    @initial_probs.setter
+    def initial_probs(self, value) -> None:
+        self._set_probs(self.initial_logits, value, "initial_probs")
+
+    @property
+    def transition_matrix(self) -> Tensor:
+        """A, ``[K, K]``: A[i, j] = p(z_{t+1} = j | z_t = i)."""
+        return self.transition_logits.softmax(-1)
+
+    @transition_matrix.setter
+    def transition_matrix(self, value) -> None:
+        self._set_probs(self.transition_logits, value, "transition_matrix")
+
+    @property
+    def emission_probs(self) -> Tensor:
+        """``[K, M]`` (categorical emissions)."""
+        return self.emission_logits.softmax(-1)
+
+    @emission_probs.setter
+    def emission_probs(self, value) -> None:
+        self._set_probs(self.emission_logits, value, "emission_probs")
+
+    # Data.
+
+    def check_data(self, x) -> Sequences:
+        """``x`` as a checked :class:`~elbox.data.Sequences` (see :func:`as_sequences`)."""
+        if self.emission == "categorical":
+            return as_sequences(self, x, event_shape=(self.num_symbols,), integer=True)
+        return as_sequences(self, x, event_shape=(self.dim,))
+
+    def emission_log_prob(self, x) -> Tensor:
+        """log p(x_t | z_t = k) for every step and state, ``[B, T, K]``; zero past a sequence's end."""
+        x = self.check_data(x)
+        B, T = x.mask.shape
+        if self.emission == "categorical":
+            table = self.emission_logits.log_softmax(-1).T  # [M, K]
+            log_e = table[x.values]  # [B, T, K]
+        else:
+            flat = x.__dict__.get("_flat")
+            if flat is None:  # one flattened view per checked batch, so the mixture's cache holds
+                flat = x._flat = x.values.reshape(B * T, self.dim)
+            log_e = self.emissions.component_log_prob(flat).reshape(B, T, -1)
+        return torch.where(x.mask.unsqueeze(-1), log_e, 0.0)
+
+    # The model.
+
+    def prior(self, num_steps: int = 1) -> MarkovChain:
+        """The Markov chain over paths of ``num_steps`` states."""
+        T = check_positive_int(num_steps, "num_steps")
+        K = self.num_states
+        return MarkovChain(self.initial_logits, self.transition_logits.expand(T - 1, K, K))
+
+    def prior_for(self, x) -> MarkovChain:
+        """The prior over the padded batch's paths: uniform, θ-free states past each end."""
+        x = self.check_data(x)
+        T = x.mask.shape[1]
+        if not x.ragged:
+            return self.prior(T)
+        keep = x.mask[:, 1:, None, None]  # [B, T-1, 1, 1]: the step into t+1 is real
+        K = self.num_states
+        logits = torch.where(keep, self.transition_logits.expand(T - 1, K, K), 0.0)  # [B, T-1, K, K]
+        return MarkovChain(self.initial_logits, logits)
+
+    def log_likelihood(self, x, z: Tensor) -> Tensor:
+        """log p(x | z) = Σ_t log p(x_t | z_t) for paths ``[*S, B, T]``, ``[*S, B]``."""
+        log_e = self.emission_log_prob(x)  # [B, T, K]
+        z = z.long()
+        return log_e.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def log_joint(self, x, z: Tensor) -> Tensor:
+        return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
+
+    def expected_log_likelihood(self, x, q) -> Tensor | None:
+        """Σ_t Σ_k q(z_t = k) log p(x_t | k) for q a chain over paths or mean-field over steps."""
+        marginals = _marginals(q)
+        if marginals is None:
+            return None
+        return (marginals * self.emission_log_prob(x)).sum((-2, -1))
+
+    # Exact inference.
+
+    def _forward(self, log_e: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward pass: filtered p(z_t | x_{1:t}) ``[B, T, K]`` and the log normalizers
+        log p(x_t | x_{1:t-1}) ``[B, T]``, whose sum over t is log p(x)."""
+        shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
+        e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
+        A = self.transition_matrix
+        a = self.initial_probs * e[:, 0]
+        c = a.sum(-1, keepdim=True)
+        alpha, norms = [a / c], [c]
+        for t in range(1, e.shape[1]):
+            a = (alpha[-1] @ A) * e[:, t]  # [B, K]
+            c = a.sum(-1, keepdim=True)
+            alpha.append(a / c)
+            norms.append(c)
+        log_c = torch.cat(norms, -1).log() + shift.squeeze(-1)  # [B, T]
+        if not torch.isfinite(log_c).all():  # scaled probabilities underflowed: redo in log space
+            return self._forward_log_space(log_e)
+        return torch.stack(alpha, 1), log_c
+
+    def _forward_log_space(self, log_e: Tensor) -> tuple[Tensor, Tensor]:
+        log_A = self.transition_logits.log_softmax(-1)
+        log_a = self.initial_logits.log_softmax(-1) + log_e[:, 0]
+        log_alpha, log_c = [], []
+        for t in range(log_e.shape[1]):
+            if t:
+                log_a = (log_alpha[-1].unsqueeze(-1) + log_A).logsumexp(-2) + log_e[:, t]
+            norm = log_a.logsumexp(-1, keepdim=True)
+            log_alpha.append(log_a - norm)
+            log_c.append(norm)
+        return torch.stack(log_alpha, 1).exp(), torch.cat(log_c, -1)
+
+    def log_evidence(self, x) -> Tensor:
+        """log p(x) by the forward algorithm, ``[B]``."""
+        return self._forward(self.emission_log_prob(x))[1].sum(-1)
+
+    def e_step(self, x) -> tuple[HMMPosterior, Tensor]:
+        """Forward–backward: the posterior over paths and log p(x), ``[B]``."""
+        x = self.check_data(x)
+        log_e = self.emission_log_prob(x)
+        alpha, log_c = self._forward(log_e)
+        ratio = (log_e - log_c.unsqueeze(-1)).exp()  # p(x_t | z_t) / p(x_t | x_{1:t-1}), [B, T, K]
+        A = self.transition_matrix
+        # Backward: β_t = A (r_{t+1} β_{t+1}), kept as w_t = r_t β_t; β is 1 past the end.
+        T = ratio.shape[1]
+        w = [ratio[:, -1]]
+        beta = [torch.ones_like(alpha[:, -1])]
+        for t in range(T - 2, -1, -1):
+            b = w[-1] @ A.T
+            beta.append(b)
+            w.append(ratio[:, t] * b)
+        beta.reverse()
+        w.reverse()
+        beta, w = torch.stack(beta, 1), torch.stack(w, 1)  # [B, T, K]
+        mask = x.mask.unsqueeze(-1)
+        K = self.num_states
+        gamma = torch.where(mask, alpha * beta, 1.0 / K)
+        gamma = gamma / gamma.sum(-1, keepdim=True)
+        # Expected transitions of the observed steps: Σ_t α_t(i) A_ij w_{t+1}(j), [B, K, K].
+        counts = (alpha[:, :-1].mT @ (w[:, 1:] * mask[:, 1:])) * A if T > 1 else alpha.new_zeros(len(alpha), K, K)
+        posterior = HMMPosterior(alpha, self.transition_logits.log_softmax(-1), x.mask, gamma, counts)
+        return posterior, log_c.sum(-1)
+
+    def posterior(self, x) -> HMMPosterior:
+        return self.e_step(x)[0]
+
+    def viterbi(self, x) -> tuple[Tensor, Tensor]:
+        """The most probable state paths and their log p(x, z*): ``([B, T], [B])``.
+
+        Entries past a sequence's end are -1.
+        """
+        x = self.check_data(x)
+        log_e = self.emission_log_prob(x)
+        T, K = log_e.shape[1], self.num_states
+        logits = torch.where(x.mask[:, 1:, None, None], self.transition_logits.log_softmax(-1), 0.0) if T > 1 \
+            else log_e.new_zeros(len(log_e), 0, K, K)
+        path, log_p = viterbi(self.initial_logits.log_softmax(-1), logits, log_e)
+        return torch.where(x.mask, path, -1), log_p
+
+    # EM.
+
+    @torch.no_grad()
+    def m_step(self, x, posterior: Distribution) -> None:
+        """Baum–Welch: π, A and the emissions maximizing E_q[log p(x, z)] for q = ``posterior``
+        (an :class:`HMMPosterior`, any :class:`~elbox.distributions.MarkovChain`, or a
+        mean-field categorical q over the steps)."""
+        x = self.check_data(x)
+        gamma = _marginals(posterior)
+        B, T = x.mask.shape
+        K = self.num_states
+        if gamma is None or gamma.shape != (B, T, K):
+            raise ValueError(
+                f"posterior must be a distribution over paths with marginals [{B}, {T}, {K}]; "
+                f"received {type(posterior).__name__}"
+            )
+        if isinstance(posterior, HMMPosterior):
+            counts = posterior.transition_counts
+        elif isinstance(posterior, MarkovChain):
+            counts = (posterior.pairwise_marginals() * x.mask[:, 1:, None, None]).sum(1)
+        else:  # factorizes over time
+            counts = (gamma[:, :-1].mT @ (gamma[:, 1:] * x.mask[:, 1:, None]))
+        tiny = torch.finfo(gamma.dtype).tiny
+        start = gamma[:, 0].sum(0)
+        self.initial_logits.copy_((start / start.sum()).clamp_min(tiny).log())
+        totals = counts.sum(0)  # [K, K]
+        rows = totals.sum(-1, keepdim=True)
+        new_A = torch.where(rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix)  # states never left keep their row
+        self.transition_logits.copy_(new_A.clamp_min(tiny).log())
+        weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
+        if self.emission == "gaussian":
+            flat = x.__dict__.get("_flat")
+            if flat is None:
+                flat = x._flat = x.values.reshape(B * T, self.dim)
+            self.emissions.fit_components(flat, weights.reshape(B * T, K))
+        else:
+            M = self.num_symbols
+            counts_km = weights.new_zeros(K, M).index_add_(1, x.values.reshape(-1), weights.reshape(B * T, K).T)
+            self.emission_logits.copy_((counts_km / counts_km.sum(-1, keepdim=True).clamp_min(tiny)).clamp_min(tiny).log())
+
+    @torch.no_grad()
+    def initialize(self, x, method: str = "kmeans++", generator: torch.Generator | None = None) -> None:
+        """Sets the parameters from data before EM.
+
+        ``"kmeans++"`` (Gaussian emissions): emission means and covariances from k-means++ on the
+        observed frames (as a mixture's), π uniform, A with 0.5 on the diagonal. ``"random"``:
+        π and the rows of A (and of the emission table) from a flat Dirichlet, Gaussian
+        emissions from random responsibilities.
+        """
+        if method not in ("kmeans++", "random"):
+            raise ValueError(f"method must be 'kmeans++' or 'random'; received {method!r}")
+        x = self.check_data(x)
+        K = self.num_states
+        dtype = self.initial_logits.dtype
+        dirichlet = _Dirichlet(generator, dtype)
+        if method == "kmeans++":
+            if self.emission == "categorical":
+                raise ValueError("method='kmeans++' needs Gaussian emissions; use 'random' for categorical ones")
+            self.initial_probs = torch.full((K,), 1.0 / K, dtype=dtype)
+            self.transition_matrix = 0.5 * torch.eye(K, dtype=dtype) + 0.5 / K
+        else:
+            self.initial_probs = dirichlet((K,))
+            self.transition_matrix = dirichlet((K, K))
+        if self.emission == "gaussian":
+            frames = x.values[x.mask]  # [N, D], observed steps only
+            self.emissions.initialize(frames, method=method, generator=generator)
+        else:
+            self.emission_probs = dirichlet((K, self.num_symbols))
+
+    def sample(self, n: int, num_steps: int = 10) -> tuple[Tensor, Tensor]:
+        """``n`` sequences of ``num_steps`` steps: (x ``[n, T, D]`` or ``[n, T]``, z ``[n, T]``)."""
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior(num_steps).sample((n,))  # [n, T]
+            if self.emission == "categorical":
+                x = Categorical(logits=self.emission_logits[z]).sample()
+            else:
+                x = self.emissions.likelihood(z).sample()
+        return x, z
+
+    def extra_repr(self) -> str:
+        detail = f"dim={self.dim}" if self.emission == "gaussian" else f"num_symbols={self.num_symbols}"
+        return f"num_states={self.num_states}, emission={self.emission!r}, {detail}"
+
+
+class HMMPosterior(MarkovChain):
+    r"""The exact posterior p(z | x) over an HMM's state paths, as forward filtering leaves it:
+
+    .. math:: p(z \mid x) = p(z_T \mid x_{1:T}) \prod_t p(z_t \mid z_{t+1}, x_{1:t}), \quad
+              p(z_t = i \mid z_{t+1} = j, x_{1:t}) \propto p(z_t = i \mid x_{1:t}) A_{ij},
+
+    a reverse :class:`~elbox.distributions.MarkovChain`: ``sample`` is forward-filtering
+    backward-sampling, ``log_prob`` is exact, :meth:`marginals` are the smoothed
+    p(z_t | x) from the forward–backward pass and :meth:`pairwise_marginals` p(z_t, z_{t+1} | x).
+    States past a sequence's end are uniform.
+    """
+
+    def __init__(self, filtered: Tensor, log_transition: Tensor, mask: Tensor, marginals: Tensor, counts: Tensor):
+        B, T, K = filtered.shape
+        self._filtered, self._log_A, self._mask = filtered, log_transition, mask
+        self._setup(torch.Size([B]), T, K, reverse=True)
+        self._moments["marginals"] = marginals
+        #: Expected numbers of each transition between observed steps, per sequence, ``[B, K, K]``.
+        self.transition_counts = counts
+
+    @lazy_property
+    def _log_filtered(self) -> Tensor:
+        K = self.num_states
+        return torch.where(self._mask.unsqueeze(-1), self._filtered, 1.0 / K).log()  # [B, T, K]
+
+    @property
+    def initial_logits(self) -> Tensor:
+        return self._log_filtered[:, -1]
+
+    @lazy_property
+    def transition_logits(self) -> Tensor:
+        # [t, z_{t+1} = j, z_t = i] = log p(z_t = i | x_{1:t}) + log A_ij (past the end: z_t alone).
+        log_A = torch.where(self._mask[:, 1:, None, None], self._log_A.T, 0.0)  # [B, T-1, j, i]
+        logits = (self._log_filtered[:, :-1].unsqueeze(-2) + log_A).log_softmax(-1)
+        return logits.nan_to_num(nan=-math.log(self.num_states))  # rows of unreachable states
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return MarkovChain(self.initial_logits, self.transition_logits, reverse=True).expand(batch_shape)
+
+
+def _marginals(q) -> Tensor | None:
+    """q(z_t = k), ``[B, T, K]``, for a chain or a mean-field categorical q; else None."""
+    if isinstance(q, MarkovChain):
+        return q.marginals()
+    if isinstance(q, Independent) and isinstance(q.base_dist, Categorical) and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist.probs
+    return None
+
+
+class _Dirichlet:
+    """Draws from a flat Dirichlet with an optional generator (rows along the last dimension)."""
+
+    def __init__(self, generator: torch.Generator | None, dtype: torch.dtype):
+        self.generator, self.dtype = generator, dtype
+
+    def __call__(self, shape: tuple[int, ...]) -> Tensor:
+        u = torch.rand(shape, generator=self.generator, dtype=self.dtype).clamp_min(1e-12)
+        g = -u.log()  # Exp(1) draws, normalized: Dirichlet(1, …, 1)
+        return g / g.sum(-1, keepdim=True)

@@ -1,0 +1,466 @@
+"""Linear-Gaussian state-space models: the Kalman filter, the RTS smoother and their EM."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from elbox._validation import as_data, check_positive_int
+from elbox.data.sequences import Sequences
+from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan
+from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
+from elbox.models._sequence import as_sequences
+from elbox.models.base import LatentModel
+
+__all__ = ["LinearGaussianSSM"]
+
+_PD_HINT = "Raise reg_covar, or check the data's scale."
+
+
+class LinearGaussianSSM(LatentModel):
+    r"""A linear-Gaussian state-space model (a Kalman filter model), with optional inputs u_t.
+
+    .. math:: z_1 \sim \mathcal{N}(\mu_0, P_0), \quad
+              z_t = A z_{t-1} + B u_t + w_t,\ w_t \sim \mathcal{N}(0, Q), \quad
+              x_t = C z_t + v_t,\ v_t \sim \mathcal{N}(0, R).
+
+    A data point is a whole sequence x ``[B, T, obs_dim]`` (or a :class:`~elbox.data.Sequences`
+    for ragged lengths and inputs ``[B, T, input_dim]``; u_1 is unused); z is the trajectory
+    ``[B, T, state_dim]``. Steps past a sequence's end carry no data; their states are
+    N(0, I), independent of θ, under the prior and the posterior alike.
+
+    ``log_evidence`` is the Kalman filter's prediction-error decomposition, Σ_t log N(x_t;
+    C m_{t|t-1}, S_t), with Cholesky-factored innovation covariances and the Joseph-form
+    update. The covariance recursion does not depend on the data, so it is run once for the
+    whole batch, and stops once it has reached its steady state (to rounding); the means, a
+    linear recurrence, are solved by a parallel scan over time rather than step by step.
+    ``posterior`` is a reverse :class:`~elbox.distributions.GaussMarkovChain` built from the
+    RTS smoother (sampled by forward-filtering backward-sampling); :meth:`m_step` is the EM
+    of Shumway & Stoffer (1982) for A, B, C, Q, R, μ_0 and P_0.
+
+    Args:
+        state_dim: The dimension of z.
+        obs_dim: The dimension of x.
+        input_dim: The dimension of u (0: no inputs).
+        transition_matrix: A (default the identity); control_matrix: B (default zeros);
+        observation_matrix: C (default the identity's first rows); transition_covariance: Q,
+        observation_covariance: R, initial_covariance: P_0 (default identities);
+        initial_loc: μ_0 (default zeros).
+        reg_covar: Added to the diagonals of Q, R and P_0 estimated by the M-step.
+
+    References:
+        An Approach to Time Series Smoothing and Forecasting Using the EM Algorithm
+        (Shumway & Stoffer, 1982), https://doi.org/10.1111/j.1467-9892.1982.tb00349.x
+
+    Example:
+        >>> model = LinearGaussianSSM(2, 1, transition_matrix=0.9 * torch.eye(2))
+        >>> x, z = model.sample(8, num_steps=100)
+        >>> model.log_evidence(x).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        obs_dim: int,
+        input_dim: int = 0,
+        *,
+        transition_matrix=None,
+        observation_matrix=None,
+        control_matrix=None,
+        transition_covariance=None,
+        observation_covariance=None,
+        initial_loc=None,
+        initial_covariance=None,
+        reg_covar: float = 0.0,
+    ):
+        super().__init__()
+        Dz = check_positive_int(state_dim, "state_dim")
+        Dx = check_positive_int(obs_dim, "obs_dim")
+        U = check_positive_int(input_dim, "input_dim", minimum=0)
+        if not reg_covar >= 0:
+            raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
+        self.reg_covar = float(reg_covar)
+        self.data_shape = (None, Dx)
+        dtype = torch.get_default_dtype()
+        self.transition_matrix = nn.Parameter(self._matrix(transition_matrix, "transition_matrix", (Dz, Dz), torch.eye(Dz)))
+        self.observation_matrix = nn.Parameter(
+            self._matrix(observation_matrix, "observation_matrix", (Dx, Dz), torch.eye(Dx, Dz))
+        )
+        self.control_matrix = nn.Parameter(self._matrix(control_matrix, "control_matrix", (Dz, U), torch.zeros(Dz, U)))
+        self.initial_loc = nn.Parameter(self._matrix(initial_loc, "initial_loc", (Dz,), torch.zeros(Dz)))
+        self._q_raw = nn.Parameter(torch.zeros(Dz, Dz, dtype=dtype))
+        self._r_raw = nn.Parameter(torch.zeros(Dx, Dx, dtype=dtype))
+        self._p0_raw = nn.Parameter(torch.zeros(Dz, Dz, dtype=dtype))
+        for name, value in (
+            ("transition_covariance", transition_covariance),
+            ("observation_covariance", observation_covariance),
+            ("initial_covariance", initial_covariance),
+        ):
+            if value is not None:
+                setattr(self, name, value)
+
+    @staticmethod
+    def _matrix(value, name: str, shape: tuple[int, ...], default: Tensor) -> Tensor:
+        dtype = torch.get_default_dtype()
+        if value is None:
+            return default.to(dtype)
+        value = as_data(value, name, dtype=dtype)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}; received {list(value.shape)}")
+        return value
+
+    # Dimensions and covariances.
+
+    @property
+    def state_dim(self) -> int:
+        return self.transition_matrix.shape[0]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observation_matrix.shape[0]
+
+    @property
+    def input_dim(self) -> int:
+        return self.control_matrix.shape[1]
+
+    def _set_covariance(self, raw: nn.Parameter, value, name: str) -> None:
+        value = self._matrix(value, name, tuple(raw.shape), torch.empty(0))
+        with torch.no_grad():
+            raw.copy_(covariance_to_raw(value.to(raw.dtype), name, "A covariance must be symmetric positive definite."))
+
+    @property
+    def transition_covariance(self) -> Tensor:
+        """Q, ``[state_dim, state_dim]``."""
+        L = raw_to_tril(self._q_raw)
+        return L @ L.mT
+
+    @transition_covariance.setter
+    def transition_covariance(self, value) -> None:
+        self._set_covariance(self._q_raw, value, "transition_covariance")
+
+    @property
+    def observation_covariance(self) -> Tensor:
+        """R, ``[obs_dim, obs_dim]``."""
+        L = raw_to_tril(self._r_raw)
+        return L @ L.mT
+
+    @observation_covariance.setter
+    def observation_covariance(self, value) -> None:
+        self._set_covariance(self._r_raw, value, "observation_covariance")
+
+    @property
+    def initial_covariance(self) -> Tensor:
+        """P_0, ``[state_dim, state_dim]``."""
+        L = raw_to_tril(self._p0_raw)
+        return L @ L.mT
+
+    @initial_covariance.setter
+    def initial_covariance(self, value) -> None:
+        self._set_covariance(self._p0_raw, value, "initial_covariance")
+
+    # Data.
+
+    def check_data(self, x) -> Sequences:
+        """``x`` as a checked :class:`~elbox.data.Sequences` of ``[B, T, obs_dim]`` observations."""
+        return as_sequences(self, x, event_shape=(self.obs_dim,), num_inputs=self.input_dim)
+
+    def _drive(self, x: Sequences) -> Tensor | None:
+        """B u_t for t ≥ 2 (the input driving the step into z_t), ``[B, T-1, state_dim]``, or None."""
+        if x.inputs is None:
+            return None
+        return x.inputs[:, 1:] @ self.control_matrix.T
+
+    # The model.
+
+    def prior(self, num_steps: int = 1) -> GaussMarkovChain:
+        """The Gauss–Markov prior over trajectories of ``num_steps`` states (no inputs)."""
+        T = check_positive_int(num_steps, "num_steps")
+        D = self.state_dim
+        L_q = raw_to_tril(self._q_raw)
+        return GaussMarkovChain(
+            self.initial_loc, raw_to_tril(self._p0_raw), self.transition_matrix.expand(T - 1, D, D),
+            self.initial_loc.new_zeros(T - 1, D), L_q.expand(T - 1, D, D),
+        )
+
+    def prior_for(self, x) -> GaussMarkovChain:
+        """The prior over the batch's trajectories: driven by its inputs, N(0, I) past each end."""
+        x = self.check_data(x)
+        B, T = x.mask.shape
+        drive = self._drive(x)
+        if not x.ragged and drive is None:
+            return self.prior(T)
+        D = self.state_dim
+        keep = x.mask[:, 1:, None, None] if x.ragged else x.mask.new_ones(1, T - 1, 1, 1)  # [B or 1, T-1, 1, 1]
+        eye = torch.eye(D, dtype=self.initial_loc.dtype, device=self.initial_loc.device)
+        F = torch.where(keep, self.transition_matrix, 0.0)
+        L = torch.where(keep, raw_to_tril(self._q_raw), eye)
+        offset = self.initial_loc.new_zeros(B, T - 1, D) if drive is None else drive * keep.squeeze(-1)
+        return GaussMarkovChain(self.initial_loc, raw_to_tril(self._p0_raw), F, offset, L)
+
+    def likelihood(self, z: Tensor) -> Independent:
+        """x_t | z_t ~ N(C z_t, R) at every step (of full-length sequences), event ``[T, obs_dim]``."""
+        loc = z @ self.observation_matrix.T
+        return Independent(MultivariateNormal(loc, scale_tril=raw_to_tril(self._r_raw)), 1)
+
+    def log_likelihood(self, x, z: Tensor) -> Tensor:
+        """Σ_t log N(x_t; C z_t, R) over observed steps, for trajectories ``[*S, B, T, D]``."""
+        x = self.check_data(x)
+        L_r = raw_to_tril(self._r_raw)
+        resid = x.values - z @ self.observation_matrix.T  # [*S, B, T, obs]
+        w = torch.linalg.solve_triangular(L_r, resid.unsqueeze(-1), upper=False).squeeze(-1)
+        per_step = -0.5 * w.square().sum(-1) - L_r.diagonal().log().sum() - 0.5 * self.obs_dim * math.log(2 * math.pi)
+        return (per_step * x.mask).sum(-1)
+
+    def log_joint(self, x, z: Tensor) -> Tensor:
+        return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
+
+    def expected_log_likelihood(self, x, q) -> Tensor | None:
+        """Σ_t [log N(x_t; C m_t, R) − ½ tr(R⁻¹ C P_t Cᵀ)] for a Gaussian q over trajectories."""
+        if isinstance(q, GaussMarkovChain):
+            means, covs, _ = q.moments()
+        elif isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 2:
+            means, covs = q.base_dist.loc, torch.diag_embed(q.base_dist.scale.square())
+        else:
+            return None
+        x = self.check_data(x)
+        C, L_r = self.observation_matrix, raw_to_tril(self._r_raw)
+        L_inv = torch.linalg.solve_triangular(L_r, torch.eye(self.obs_dim, dtype=C.dtype, device=C.device), upper=False)
+        W = L_inv @ C  # [obs, state]: R⁻¹ = L⁻ᵀL⁻¹
+        w = (x.values - means @ C.T) @ L_inv.T  # [B, T, obs]
+        trace = ((W @ covs) * W).sum((-2, -1))  # tr(R⁻¹ C P_t Cᵀ), [B, T]
+        per_step = -0.5 * (w.square().sum(-1) + trace) - L_r.diagonal().log().sum() - 0.5 * self.obs_dim * math.log(2 * math.pi)
+        return (per_step * x.mask).sum(-1)
+
+    # The Kalman filter.
+
+    def _covariances(self, T: int) -> dict[str, Tensor]:
+        """The data-free half of the filter, shared by every sequence: predicted and filtered
+        covariances ``[T, D, D]``, gains ``[T, D, obs]`` and chol(S_t) ``[T, obs, obs]``.
+
+        Once the predicted covariance stops changing (to ~100 ε, relative), every later step
+        repeats the last one, so the recursion stops there and the rest is a broadcast view.
+        """
+        A, C = self.transition_matrix, self.observation_matrix
+        Q, R = self.transition_covariance, self.observation_covariance
+        eye = torch.eye(self.state_dim, dtype=A.dtype, device=A.device)
+        tol = 100 * torch.finfo(A.dtype).eps
+        P_pred = self.initial_covariance
+        out = {"pred": [], "filt": [], "gain": [], "chol_s": []}
+        for t in range(T):
+            S = C @ P_pred @ C.T + R
+            L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", _PD_HINT)
+            gain = torch.cholesky_solve(C @ P_pred, L_s).T  # P Cᵀ S⁻¹, [D, obs]
+            I_KC = eye - gain @ C
+            P = I_KC @ P_pred @ I_KC.T + gain @ R @ gain.T  # Joseph form: stays symmetric PD
+            for key, value in zip(out, (P_pred, P, gain, L_s)):
+                out[key].append(value)
+            P_next = A @ P @ A.T + Q
+            if t > 0 and bool(((P_next - P_pred).abs().max() <= tol * P_pred.abs().max())):
+                break
+            P_pred = P_next
+        steady = T - len(out["pred"])
+        return {
+            key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
+            for key, v in out.items()
+        }
+
+    def _filter(self, x: Sequences) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """Filtered means ``[B, T, D]``, predicted means ``[B, T, D]`` and log p(x_t | x_{<t}) ``[B, T]``."""
+        B, T = x.mask.shape
+        cov = self._covariances(T)
+        A, C = self.transition_matrix, self.observation_matrix
+        gain = cov["gain"]  # [T, D, obs]
+        I_KC = torch.eye(self.state_dim, dtype=A.dtype, device=A.device) - gain @ C  # [T, D, D]
+        # m_t = (I − K_t C)(A m_{t-1} + B u_t) + K_t x_t: an affine recurrence, solved by a scan.
+        drive = self._drive(x)
+        pred_offset = self.initial_loc.expand(B, 1, -1)
+        if drive is not None:
+            pred_offset = torch.cat([pred_offset, drive], 1)  # [B, T, D]: μ_0, then B u_t
+        else:
+            pred_offset = torch.cat([pred_offset, pred_offset.new_zeros(B, T - 1, self.state_dim)], 1)
+        g = (I_KC @ pred_offset.unsqueeze(-1)).squeeze(-1) + (gain @ x.values.unsqueeze(-1)).squeeze(-1)
+        means = affine_scan(I_KC @ A, g)  # [B, T, D]
+        predicted = torch.cat([pred_offset[:, :1], means[:, :-1] @ A.T + pred_offset[:, 1:]], 1)  # [B, T, D]
+        innovation = x.values - predicted @ C.T  # [B, T, obs]
+        L_s = cov["chol_s"]  # [T, obs, obs]
+        w = torch.linalg.solve_triangular(L_s, innovation.unsqueeze(-1), upper=False).squeeze(-1)
+        log_norm = -0.5 * w.square().sum(-1) - L_s.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_norm = (log_norm - 0.5 * self.obs_dim * math.log(2 * math.pi)) * x.mask  # [B, T]
+        return cov, means, predicted, log_norm
+
+    def log_evidence(self, x) -> Tensor:
+        """log p(x) by the Kalman filter, ``[B]``."""
+        return self._filter(self.check_data(x))[3].sum(-1)
+
+    def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
+        """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
+        x = self.check_data(x)
+        cov, means, predicted, log_norm = self._filter(x)
+        B, T = x.mask.shape
+        D = self.state_dim
+        A = self.transition_matrix
+        eye = torch.eye(D, dtype=A.dtype, device=A.device)
+        P, P_pred = cov["filt"], cov["pred"]  # [T, D, D]
+        if T > 1:
+            L_pred = safe_cholesky(P_pred[1:], "a predicted state covariance", _PD_HINT)
+            J = torch.cholesky_solve(A @ P[:-1], L_pred).mT  # J_t = P_t Aᵀ P_{t+1|t}⁻¹, [T-1, D, D]
+        else:
+            J = P.new_zeros(0, D, D)
+        ragged = x.ragged
+        keep = x.mask[:, 1:, None, None] if ragged else x.mask.new_ones(1, T - 1, 1, 1)  # [b, T-1, 1, 1]
+        J_kept = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
+        # Smoothed means: m^s_t = J_t m^s_{t+1} + (m_t − J_t m_{t+1|t}), a scan run backwards.
+        h = means[:, :-1] - (J_kept @ predicted[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1, D]
+        g_rev = torch.cat([means[:, -1:], h.flip(1)], 1)
+        M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)
+        smoothed = affine_scan(M_rev, g_rev).flip(1)  # [B, T, D]
+        # Smoothed covariances: P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards.
+        b = keep.shape[0]
+        P_s = [P[-1].expand(b, D, D)]
+        for t in range(T - 2, -1, -1):
+            update = P[t] + J[t] @ (P_s[-1] - P_pred[t + 1]) @ J[t].T
+            P_s.append(torch.where(keep[:, t], update, P[t]))
+        P_s.reverse()
+        P_s = torch.stack(P_s, 1)  # [b, T, D, D]
+        cross = J_kept @ P_s[:, 1:]  # Cov(z_t, z_{t+1} | x), [b, T-1, D, D]
+        # The posterior as a reverse chain: z_T, then z_t | z_{t+1} ~ N(J z_{t+1} + m_t − J m_{t+1|t}, Σ_t).
+        I_JA = eye - J @ A
+        cond = I_JA @ P[:-1] @ I_JA.mT + J @ self.transition_covariance @ J.mT  # Joseph form of P_t − J P_{t+1|t} Jᵀ
+        cond = torch.where(keep, cond, P[:-1])
+        valid = x.mask[:, :, None] if ragged else x.mask.new_ones(1, T, 1)
+        cond = torch.where(valid[:, :-1, :, None], cond, eye)
+        offset = torch.where(valid[:, :-1], torch.where(keep.squeeze(-1), h, means[:, :-1]), 0.0)
+        last = valid[:, -1]
+        moments = (
+            torch.where(valid, smoothed, 0.0),
+            torch.where(valid.unsqueeze(-1), P_s, eye),
+            torch.where(keep, cross, 0.0),
+        )
+        posterior = GaussMarkovChain(
+            torch.where(last, means[:, -1], 0.0),
+            safe_cholesky(torch.where(last.unsqueeze(-1), P[-1], eye), "a filtered state covariance", _PD_HINT),
+            J_kept,
+            offset,
+            safe_cholesky(cond, "a smoothing covariance", _PD_HINT),
+            reverse=True,
+            moments=moments,
+        )
+        return posterior, log_norm.sum(-1)
+
+    # EM.
+
+    @torch.no_grad()
+    def m_step(self, x, posterior) -> None:
+        """A, B, C, Q, R, μ_0 and P_0 maximizing E_q[log p(x, z)] for a Gaussian q over
+        trajectories (the RTS posterior, or any :class:`~elbox.distributions.GaussMarkovChain`
+        or mean-field normal q)."""
+        x = self.check_data(x)
+        B, T = x.mask.shape
+        if isinstance(posterior, GaussMarkovChain):
+            means, covs, cross = posterior.moments()
+        elif isinstance(posterior, Independent) and isinstance(posterior.base_dist, Normal):
+            means, covs = posterior.base_dist.loc, torch.diag_embed(posterior.base_dist.scale.square())
+            cross = None
+        else:
+            raise ValueError(f"posterior must be a Gaussian over trajectories; received {type(posterior).__name__}")
+        D, Dx = self.state_dim, self.obs_dim
+        if means.shape != (B, T, D):
+            raise ValueError(f"posterior must have means [{B}, {T}, {D}]; received {list(means.shape)}")
+        w = x.mask.to(means.dtype)  # [B, T]
+        covs = covs.expand(B, T, D, D)
+        second = covs + means.unsqueeze(-1) * means.unsqueeze(-2)  # E[z_t z_tᵀ], [B, T, D, D]
+        eye_z, eye_x = torch.eye(D, dtype=means.dtype), torch.eye(Dx, dtype=means.dtype)
+        # Observation model: C = Σ x E[z]ᵀ (Σ E[z zᵀ])⁻¹, then R from the new C.
+        xv = x.values
+        S_xz = torch.einsum("bt,bti,btj->ij", w, xv, means)
+        S_zz = torch.einsum("bt,btij->ij", w, second)
+        C = torch.linalg.solve(S_zz, S_xz.T).T
+        resid = xv - means @ C.T
+        R = (torch.einsum("bt,bti,btj->ij", w, resid, resid) + torch.einsum("bt,ij,btjk,lk->il", w, C, covs, C)) / w.sum()
+        # Dynamics: regress z_{t+1} on [z_t, u_{t+1}] over the steps between observed states.
+        if T > 1:
+            pair = w[:, 1:]  # [B, T-1]
+            cov_next_prev = cross.expand(B, T - 1, D, D).mT if cross is not None else torch.zeros_like(covs[:, 1:])
+            E_next_prev = cov_next_prev + means[:, 1:].unsqueeze(-1) * means[:, :-1].unsqueeze(-2)
+            S_prev = torch.einsum("bt,btij->ij", pair, second[:, :-1])
+            S_np = torch.einsum("bt,btij->ij", pair, E_next_prev)
+            if self.input_dim:
+                u = x.inputs[:, 1:]
+                S_zu = torch.einsum("bt,bti,btj->ij", pair, means[:, :-1], u)
+                S_uu = torch.einsum("bt,bti,btj->ij", pair, u, u)
+                S_nu = torch.einsum("bt,bti,btj->ij", pair, means[:, 1:], u)
+                gram = torch.cat([torch.cat([S_prev, S_zu], 1), torch.cat([S_zu.T, S_uu], 1)], 0)
+                AB = torch.linalg.solve(gram, torch.cat([S_np, S_nu], 1).T).T
+                A, Bm = AB[:, :D], AB[:, D:]
+                drive = u @ Bm.T
+            else:
+                A = torch.linalg.solve(S_prev, S_np.T).T
+                Bm, drive = self.control_matrix, 0.0
+            r = means[:, 1:] - means[:, :-1] @ A.T - drive  # [B, T-1, D]
+            cov_r = covs[:, 1:] + A @ covs[:, :-1] @ A.T
+            if cross is not None:
+                AC = A @ cross.expand(B, T - 1, D, D)
+                cov_r = cov_r - AC - AC.mT
+            Q = (torch.einsum("bt,bti,btj->ij", pair, r, r) + torch.einsum("bt,btij->ij", pair, cov_r)) / pair.sum()
+            self.transition_matrix.copy_(A)
+            self.control_matrix.copy_(Bm)
+            self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_z, "the estimated Q", _PD_HINT)))
+        # Initial state.
+        mu0 = means[:, 0].mean(0)
+        d0 = means[:, 0] - mu0
+        P0 = (covs[:, 0] + d0.unsqueeze(-1) * d0.unsqueeze(-2)).mean(0)
+        self.observation_matrix.copy_(C)
+        self._r_raw.copy_(tril_to_raw(safe_cholesky(_sym(R) + self.reg_covar * eye_x, "the estimated R", _PD_HINT)))
+        self.initial_loc.copy_(mu0)
+        self._p0_raw.copy_(tril_to_raw(safe_cholesky(_sym(P0) + self.reg_covar * eye_z, "the estimated P_0", _PD_HINT)))
+
+    @torch.no_grad()
+    def initialize(self, x, method: str = "random", generator: torch.Generator | None = None) -> None:
+        """Random parameters for EM: A a random contraction (spectral norm 0.9), C Gaussian
+        scaled to the data, Q = I, R the data's covariance, μ_0 = 0, P_0 = I."""
+        if method != "random":
+            raise ValueError(f"method must be 'random'; received {method!r}")
+        x = self.check_data(x)
+        D, Dx = self.state_dim, self.obs_dim
+        dtype = self.transition_matrix.dtype
+        A = torch.randn(D, D, generator=generator, dtype=dtype)
+        self.transition_matrix.copy_(0.9 * A / torch.linalg.matrix_norm(A, 2))
+        frames = x.values[x.mask]  # [N, obs]
+        scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
+        self.observation_matrix.copy_(torch.randn(Dx, D, generator=generator, dtype=dtype) * scale.unsqueeze(-1) / D**0.5)
+        self.control_matrix.zero_()
+        self.initial_loc.zero_()
+        eye = torch.eye(D, dtype=dtype)
+        self._q_raw.copy_(tril_to_raw(eye))
+        self._p0_raw.copy_(tril_to_raw(eye))
+        R = torch.cov(frames.T).reshape(Dx, Dx) if len(frames) > 1 else torch.eye(Dx, dtype=dtype)
+        self._r_raw.copy_(tril_to_raw(safe_cholesky(R + 1e-6 * torch.eye(Dx, dtype=dtype), "the data's covariance", _PD_HINT)))
+
+    def sample(self, n: int, num_steps: int = 10, inputs=None) -> tuple[Tensor, Tensor]:
+        """``n`` sequences: (x ``[n, T, obs_dim]``, z ``[n, T, state_dim]``); ``inputs [n, T, input_dim]``
+        where the model has inputs (pass them on as ``Sequences(x, inputs=inputs)``)."""
+        n = check_positive_int(n, "n")
+        T = check_positive_int(num_steps, "num_steps")
+        with torch.no_grad():
+            if self.input_dim:
+                if inputs is None:
+                    raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs [n, T, {self.input_dim}]")
+                seqs = as_sequences(self, Sequences(torch.zeros(n, T, self.obs_dim), inputs=inputs),
+                                    event_shape=(self.obs_dim,), num_inputs=self.input_dim)
+                prior = self.prior_for(seqs)
+            else:
+                prior = None
+            z = prior.sample() if prior is not None else self.prior(T).sample((n,))  # [n, T, D]
+            x = self.likelihood(z).sample()
+        return x, z
+
+    def extra_repr(self) -> str:
+        return f"state_dim={self.state_dim}, obs_dim={self.obs_dim}, input_dim={self.input_dim}"
+
+
+def _sym(m: Tensor) -> Tensor:
+    return 0.5 * (m + m.mT)
