@@ -6,8 +6,8 @@ from elbox.data import Sequences
 from elbox.evidence import Estimate, log_evidence
 from elbox.inference import ConvergenceWarning, History, em, fit
 from elbox.models import (
-    BetaBernoulli,
     HMM,
+    BetaBernoulli,
     FactorAnalysis,
     GaussianMixture,
     HierarchicalNormal,

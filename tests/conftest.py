@@ -29,6 +29,7 @@ class Case:
 
     name: str
     make: Callable[[], tuple]  # () -> (model, x, guide with random parameters, random z [S, B, ...])
+    draw: Callable | None = None  # (model, n) -> n data points, where model.sample(n)[0] is not it
 
 
 def _perturb(module: torch.nn.Module, scale: float = 0.5) -> None:
@@ -102,6 +103,58 @@ def _factor(isotropic: bool):
     return make
 
 
+def _dirichlet(*shape):
+    return torch.distributions.Dirichlet(torch.ones(shape[-1])).sample(shape[:-1])
+
+
+LENGTHS = torch.tensor([5, 3, 1, 5, 4, 2])  # ragged: the mask and the uniform states past each end are exercised
+
+
+def _hmm(emission: str, covariance_type: str = "diag", ragged: bool = True):
+    def make():
+        K, D, M, T = 3, 2, 4, 5
+        common = dict(initial_probs=_dirichlet(K), transition_matrix=_dirichlet(K, K))
+        if emission == "categorical":
+            model = elbox.HMM(K, "categorical", num_symbols=M, emission_probs=_dirichlet(K, M), **common)
+        else:
+            full = torch.stack([_random_covariance(D) for _ in range(K)])
+            cov = 0.3 + torch.rand(K, D) if covariance_type == "diag" else full
+            model = elbox.HMM(K, "gaussian", dim=D, covariance_type=covariance_type, loc=2 * torch.randn(K, D),
+                              covariance=cov, **common)
+        x, _ = model.sample(len(LENGTHS), num_steps=T)
+        x = elbox.Sequences(x, lengths=LENGTHS) if ragged else x
+        guide = guides.Categorical(K, num_points=len(LENGTHS), event_shape=(T,))
+        _perturb(guide, 1.0)
+        return model, x, guide, torch.randint(K, (7, len(LENGTHS), T))
+
+    return make
+
+
+def _lgssm(inputs: bool):
+    def make():
+        D, Dx, U, T = 3, 2, 2, 5
+        model = elbox.LinearGaussianSSM(
+            D, Dx, U if inputs else 0, transition_matrix=0.5 * torch.randn(D, D), observation_matrix=torch.randn(Dx, D),
+            control_matrix=torch.randn(D, U) if inputs else None, transition_covariance=_random_covariance(D),
+            observation_covariance=_random_covariance(Dx), initial_loc=torch.randn(D),
+            initial_covariance=_random_covariance(D),
+        )
+        x = _draw_lgssm(model, len(LENGTHS), T)
+        if not inputs:
+            x = elbox.Sequences(x.values, lengths=LENGTHS)
+        guide = guides.MeanFieldNormal((T, D), num_points=len(LENGTHS), init_scale=0.5)
+        _perturb(guide)
+        return model, x, guide, 2 * torch.randn(7, len(LENGTHS), T, D)
+
+    return make
+
+
+def _draw_lgssm(model, n, num_steps=10):
+    u = torch.randn(n, num_steps, model.input_dim) if model.input_dim else None
+    x, _ = model.sample(n, num_steps, inputs=u)
+    return elbox.Sequences(x, inputs=u)
+
+
 CASES = [
     Case("BetaBernoulli", _beta_bernoulli),
     Case("NormalNormal", _normal_normal),
@@ -110,6 +163,11 @@ CASES = [
     Case("GaussianMixture-diag", _mixture("diag")),
     Case("FactorAnalysis", _factor(False)),
     Case("PPCA", _factor(True)),
+    Case("HMM-gaussian-diag", _hmm("gaussian", "diag")),
+    Case("HMM-gaussian-full", _hmm("gaussian", "full", ragged=False)),
+    Case("HMM-categorical", _hmm("categorical")),
+    Case("LinearGaussianSSM", _lgssm(inputs=False), draw=_draw_lgssm),
+    Case("LinearGaussianSSM-inputs", _lgssm(inputs=True), draw=_draw_lgssm),
 ]
 
 

@@ -30,7 +30,10 @@ EM_CASES = [c for c in CASES if c.name != "BetaBernoulli"]
 @pytest.mark.parametrize("case", EM_CASES, ids=[c.name for c in EM_CASES])
 def test_em_is_coordinate_ascent_on_the_elbo(case):
     model, x, _, _ = case.make()
-    x = model.sample(60)[0] if case.name not in ("NormalNormal",) else model.sample(60, num_obs=3)[0]
+    if case.draw is not None:
+        x = case.draw(model, 60)
+    else:
+        x = model.sample(60)[0] if case.name not in ("NormalNormal",) else model.sample(60, num_obs=3)[0]
     if hasattr(model, "initialize"):
         model.initialize(x, "random", generator=torch.Generator().manual_seed(0))
     trace = []

@@ -25,6 +25,15 @@ class Overdispersed(elbox.guides.Guide):
             return torch.distributions.Beta(0.6 * post.concentration1, 0.5 * post.concentration0)
         if isinstance(post, torch.distributions.Categorical):
             return torch.distributions.Categorical(probs=0.5 * post.probs + 0.5 / post.probs.shape[-1])
+        if isinstance(post, elbox.distributions.MarkovChain):  # every step mixed with uniform
+            K = post.num_states
+            mix = lambda logits: (0.5 * logits.exp() + 0.5 / K).log()  # noqa: E731
+            return elbox.distributions.MarkovChain(mix(post.initial_logits), mix(post.transition_logits), reverse=True)
+        if isinstance(post, elbox.distributions.GaussMarkovChain):  # every step widened, the start shifted
+            return elbox.distributions.GaussMarkovChain(
+                post.initial_loc + 0.3, 1.3 * post.initial_scale_tril, post.transition_matrix,
+                post.transition_offset, 1.3 * post.transition_scale_tril, reverse=True,
+            )
         L = post.scale_tril
         shift = (L @ torch.full(L.shape[:-1], 0.3).unsqueeze(-1)).squeeze(-1)
         return torch.distributions.MultivariateNormal(post.loc + shift, scale_tril=1.3 * L)

@@ -80,7 +80,7 @@ class GaussMarkovChain(Distribution):
             ("transition_offset", transition_offset, (D,)),
             ("transition_scale_tril", transition_scale_tril, (D, D)),
         ):
-            if tuple(t.shape[-len(tail):]) != tail:
+            if tuple(t.shape[-len(tail) :]) != tail:
                 raise ValueError(f"{name} must end in {list(tail)}; received shape {tuple(t.shape)}")
         self.initial_loc, self.initial_scale_tril = initial_loc, initial_scale_tril
         self.transition_matrix, self.transition_offset = transition_matrix, transition_offset
@@ -88,8 +88,11 @@ class GaussMarkovChain(Distribution):
         self.reverse = bool(reverse)
         self._moments = moments
         batch = torch.broadcast_shapes(
-            initial_loc.shape[:-1], initial_scale_tril.shape[:-2], transition_matrix.shape[:-3],
-            transition_offset.shape[:-2], transition_scale_tril.shape[:-3],
+            initial_loc.shape[:-1],
+            initial_scale_tril.shape[:-2],
+            transition_matrix.shape[:-3],
+            transition_offset.shape[:-2],
+            transition_scale_tril.shape[:-3],
         )
         super().__init__(batch, torch.Size([T, D]), validate_args=False)
 
@@ -102,12 +105,19 @@ class GaussMarkovChain(Distribution):
         moments = None
         if self._moments is not None:
             means, covs, cross = self._moments
-            moments = (means.expand(*batch, *means.shape[-2:]), covs.expand(*batch, *covs.shape[-3:]),
-                       cross.expand(*batch, *cross.shape[-3:]))
+            moments = (
+                means.expand(*batch, *means.shape[-2:]),
+                covs.expand(*batch, *covs.shape[-3:]),
+                cross.expand(*batch, *cross.shape[-3:]),
+            )
         return GaussMarkovChain(
-            self.initial_loc.expand(*batch, -1), self.initial_scale_tril.expand(*batch, -1, -1),
-            self.transition_matrix.expand(*batch, -1, -1, -1), self.transition_offset.expand(*batch, -1, -1),
-            self.transition_scale_tril.expand(*batch, -1, -1, -1), reverse=self.reverse, moments=moments,
+            self.initial_loc.expand(*batch, -1),
+            self.initial_scale_tril.expand(*batch, -1, -1),
+            self.transition_matrix.expand(*batch, -1, -1, -1),
+            self.transition_offset.expand(*batch, -1, -1),
+            self.transition_scale_tril.expand(*batch, -1, -1, -1),
+            reverse=self.reverse,
+            moments=moments,
         )
 
     def _pairs(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -132,7 +142,7 @@ class GaussMarkovChain(Distribution):
             log_p = log_p + step.sum(-1)
         return log_p
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape=()) -> Tensor:
         """One ancestral pass in the chain's direction (pathwise differentiable), ``[*sample, *batch, T, D]``."""
         shape = self._extended_shape(sample_shape)  # [*sample, *batch, T, D]
         T = self.num_steps
@@ -145,7 +155,7 @@ class GaussMarkovChain(Distribution):
         drive = self.transition_offset + (self.transition_scale_tril @ rest.unsqueeze(-1)).squeeze(-1)  # [*, T-1, D]
         F = self.transition_matrix
         path = [state]
-        for t in (range(T - 2, -1, -1) if self.reverse else range(T - 1)):
+        for t in range(T - 2, -1, -1) if self.reverse else range(T - 1):
             state = (F[..., t, :, :] @ state.unsqueeze(-1)).squeeze(-1) + drive[..., t, :]
             path.append(state)
         if self.reverse:
@@ -161,7 +171,7 @@ class GaussMarkovChain(Distribution):
             F, b, L = self.transition_matrix, self.transition_offset, self.transition_scale_tril
             Sigma = L @ L.mT
             means, covs, cross = [m], [P], []
-            for t in (range(self.num_steps - 2, -1, -1) if self.reverse else range(self.num_steps - 1)):
+            for t in range(self.num_steps - 2, -1, -1) if self.reverse else range(self.num_steps - 1):
                 Ft = F[..., t, :, :]
                 cross.append(P @ Ft.mT)  # Cov(prev, next)
                 m = (Ft @ m.unsqueeze(-1)).squeeze(-1) + b[..., t, :]
@@ -200,12 +210,12 @@ class GaussMarkovChain(Distribution):
         const = 0.5 * D * math.log(2 * math.pi)
         first_m, prev_m, next_m = self._pairs(means)
         first_c = covs[..., -1, :, :] if self.reverse else covs[..., 0, :, :]
-        value = _expected_gaussian(
-            first_m - self.initial_loc, first_c, self.initial_scale_tril
-        ) - const
+        value = _expected_gaussian(first_m - self.initial_loc, first_c, self.initial_scale_tril) - const
         if self.num_steps == 1:
             return value
-        prev_c, next_c = (covs[..., 1:, :, :], covs[..., :-1, :, :]) if self.reverse else (covs[..., :-1, :, :], covs[..., 1:, :, :])
+        prev_c, next_c = (
+            (covs[..., 1:, :, :], covs[..., :-1, :, :]) if self.reverse else (covs[..., :-1, :, :], covs[..., 1:, :, :])
+        )
         F = self.transition_matrix
         resid_mean = next_m - (F @ prev_m.unsqueeze(-1)).squeeze(-1) - self.transition_offset
         resid_cov = next_c + F @ prev_c @ F.mT

@@ -99,7 +99,7 @@ class MarkovChain(Distribution):
         return log_p
 
     @torch.no_grad()
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape=()) -> Tensor:
         """Ancestral sampling along the chain's direction (Gumbel-max at each step), ``[*sample, *batch, T]``."""
         shape = self._extended_shape(sample_shape)[:-1]  # [*sample, *batch]
         K, T = self.num_states, self.num_steps
@@ -155,7 +155,7 @@ class MarkovChain(Distribution):
         if self.reverse:
             log_P = log_P.mT  # now [t, z_t, z_{t+1}]
         if pairwise is None:
-            inner = (marginals[..., :-1, :].unsqueeze(-2) @ log_P @ marginals[..., 1:, :].unsqueeze(-1))
+            inner = marginals[..., :-1, :].unsqueeze(-2) @ log_P @ marginals[..., 1:, :].unsqueeze(-1)
             return value + inner.squeeze(-1).squeeze(-1).sum(-1)
         return value + (pairwise * log_P).sum((-3, -2, -1))
 
@@ -168,8 +168,9 @@ class MarkovChain(Distribution):
         return viterbi(self.initial_logits, self.transition_logits, reverse=self.reverse)[0]
 
 
-def viterbi(initial_logits: Tensor, transition_logits: Tensor, emission_logits: Tensor | None = None,
-            reverse: bool = False) -> tuple[Tensor, Tensor]:
+def viterbi(
+    initial_logits: Tensor, transition_logits: Tensor, emission_logits: Tensor | None = None, reverse: bool = False
+) -> tuple[Tensor, Tensor]:
     """The most probable path of a chain (times per-step emission log-likelihoods ``[*, T, K]``)
     and its log-probability: max-product forward pass, then backtracking. Returns ``([*, T], [*])``."""
     T = transition_logits.shape[-3] + 1

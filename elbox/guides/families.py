@@ -22,14 +22,21 @@ def _init_param(shape: tuple[int, ...], num_points: int | None, value: Tensor) -
     return nn.Parameter(value.expand(torch.Size(lead + shape)).clone())
 
 
-def _initial_loc(init_loc, latent_dim: int, num_points: int | None) -> Tensor:
-    """Zeros, or ``init_loc`` of shape [D] (shared) or [P, D] (one row per local q)."""
+def _latent_shape(latent_dim) -> tuple[int, ...]:
+    if isinstance(latent_dim, tuple | list | torch.Size):
+        return tuple(check_positive_int(d, "latent_dim") for d in latent_dim)
+    return (check_positive_int(latent_dim, "latent_dim"),)
+
+
+def _initial_loc(init_loc, shape, num_points: int | None) -> Tensor:
+    """Zeros, or ``init_loc`` of shape [*shape] (shared) or [P, *shape] (one row per local q)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if init_loc is None:
-        return torch.zeros(latent_dim)
-    loc = as_data(init_loc, "init_loc", ndim=(1, 2), dtype=torch.get_default_dtype())
-    if loc.shape[-1] != latent_dim or (loc.dim() == 2 and loc.shape[0] != num_points):
+        return torch.zeros(shape)
+    loc = as_data(init_loc, "init_loc", ndim=(len(shape), len(shape) + 1), dtype=torch.get_default_dtype())
+    if tuple(loc.shape[-len(shape):]) != shape or (loc.dim() > len(shape) and loc.shape[0] != num_points):
         raise ValueError(
-            f"init_loc must have shape [{latent_dim}] or [num_points, {latent_dim}]; "
+            f"init_loc must have shape {list(shape)} or [num_points, {', '.join(map(str, shape))}]; "
             f"received {list(loc.shape)}"
         )
     return loc
@@ -39,21 +46,22 @@ class MeanFieldNormal(Guide):
     r"""A diagonal Gaussian :math:`q(z) = \prod_d \mathcal{N}(z_d; m_d, s_d^2)`.
 
     Args:
-        latent_dim: D.
+        latent_dim: D, or a latent shape such as ``(T, D)`` for a sequence of states (the
+            mean-field q over a :class:`~elbox.models.LinearGaussianSSM`'s trajectory).
         num_points: None for one global q, or the training set's size for a local q per point.
         init_scale: The initial s_d.
-        init_loc: The initial means, ``[D]`` or ``[num_points, D]`` (default zeros).
+        init_loc: The initial means, ``[*shape]`` or ``[num_points, *shape]`` (default zeros).
     """
 
-    def __init__(self, latent_dim: int, num_points: int | None = None, init_scale: float = 1.0, init_loc=None):
+    def __init__(self, latent_dim, num_points: int | None = None, init_scale: float = 1.0, init_loc=None):
         super().__init__(num_points)
-        D = check_positive_int(latent_dim, "latent_dim")
-        self.loc = _init_param((D,), self.num_points, _initial_loc(init_loc, D, self.num_points))
-        self.log_scale = _init_param((D,), self.num_points, torch.tensor(math.log(init_scale)))
+        shape = _latent_shape(latent_dim)
+        self.loc = _init_param(shape, self.num_points, _initial_loc(init_loc, shape, self.num_points))
+        self.log_scale = _init_param(shape, self.num_points, torch.tensor(math.log(init_scale)))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Independent:
         loc, log_scale = self._rows(self.loc, x, index), self._rows(self.log_scale, x, index)
-        return Independent(Normal(loc, log_scale.exp()), 1)
+        return Independent(Normal(loc, log_scale.exp()), self.loc.dim() - (1 if self.is_local else 0))
 
 
 class FullRankNormal(Guide):
@@ -69,7 +77,7 @@ class FullRankNormal(Guide):
     def __init__(self, latent_dim: int, num_points: int | None = None, init_scale: float = 1.0, init_loc=None):
         super().__init__(num_points)
         D = check_positive_int(latent_dim, "latent_dim")
-        self.loc = _init_param((D,), self.num_points, _initial_loc(init_loc, D, self.num_points))
+        self.loc = _init_param((D,), self.num_points, _initial_loc(init_loc, (D,), self.num_points))
         raw = math.log(init_scale) * torch.eye(D)  # log-diagonal, zero off-diagonal
         self._raw = _init_param((D, D), self.num_points, raw)
 
@@ -83,24 +91,37 @@ class FullRankNormal(Guide):
 
 
 class Categorical(Guide):
-    """A categorical q over K values (a discrete latent such as a mixture component).
+    """A categorical q over K values (a discrete latent such as a mixture component), or a
+    mean-field product of them over ``event_shape`` (an HMM's state path: ``event_shape=(T,)``).
 
     Args:
         num_categories: K.
         num_points: None for one global q, or the training set's size for a local q per point.
-        init_logits: ``[K]`` or ``[num_points, K]`` (default uniform).
+        init_logits: ``[*event_shape, K]`` or ``[num_points, *event_shape, K]`` (default uniform).
+        event_shape: The shape of the latent (default a single value).
     """
 
-    def __init__(self, num_categories: int, num_points: int | None = None, init_logits=None):
+    def __init__(self, num_categories: int, num_points: int | None = None, init_logits=None, event_shape=()):
         super().__init__(num_points)
         K = check_positive_int(num_categories, "num_categories")
-        logits = torch.zeros(K) if init_logits is None else as_data(init_logits, "init_logits", ndim=(1, 2))
-        if logits.shape[-1] != K or (logits.dim() == 2 and logits.shape[0] != self.num_points):
-            raise ValueError(f"init_logits must have shape [{K}] or [num_points, {K}]; received {list(logits.shape)}")
-        self.logits = _init_param((K,), self.num_points, logits.to(torch.get_default_dtype()))
+        event = tuple(check_positive_int(d, "event_shape") for d in event_shape)
+        shape = (*event, K)
+        if init_logits is None:
+            logits = torch.zeros(shape)
+        else:
+            logits = as_data(init_logits, "init_logits", ndim=(len(shape), len(shape) + 1))
+            per_point = logits.dim() > len(shape)
+            if tuple(logits.shape[-len(shape) :]) != shape or (per_point and logits.shape[0] != self.num_points):
+                raise ValueError(
+                    f"init_logits must have shape {list(shape)} or [num_points, {', '.join(map(str, shape))}]; "
+                    f"received {list(logits.shape)}"
+                )
+        self.event_shape = event
+        self.logits = _init_param(shape, self.num_points, logits.to(torch.get_default_dtype()))
 
-    def forward(self, x: Tensor, index: Tensor | None = None) -> _Categorical:
-        return _Categorical(logits=self._rows(self.logits, x, index))
+    def forward(self, x: Tensor, index: Tensor | None = None):
+        q = _Categorical(logits=self._rows(self.logits, x, index))
+        return Independent(q, len(self.event_shape)) if self.event_shape else q
 
 
 class Beta(Guide):

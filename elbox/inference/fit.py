@@ -78,7 +78,7 @@ def fit(
         raise ValueError(f"lr must be positive; received {lr}")
     if bound != "elbo" or num_samples != 1:
         bound_options["num_samples"] = num_samples
-    guide.to(dtype=x.dtype, device=x.device)
+    guide.to(dtype=x.dtype if x.dtype.is_floating_point else model._reference().dtype, device=x.device)
     params = list(guide.parameters())
     if optimize_model:
         params += [p for p in model.parameters() if p.requires_grad]

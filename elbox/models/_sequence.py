@@ -43,7 +43,9 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
         if values.is_floating_point():
             values = as_data(torch.where(valid, values, 0), "x")
             if (values != values.round()).any():
-                raise ValueError(f"x must hold integer symbols for {name} (categorical emissions); received {describe(values)}")
+                raise ValueError(
+                    f"x must hold integer symbols for {name} (categorical emissions); received {describe(values)}"
+                )
         values = torch.where(valid, values, 0).long()
         M = event_shape[0]
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= M):

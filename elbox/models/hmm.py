@@ -290,8 +290,11 @@ class HMM(LatentModel):
         x = self.check_data(x)
         log_e = self.emission_log_prob(x)
         T, K = log_e.shape[1], self.num_states
-        logits = torch.where(x.mask[:, 1:, None, None], self.transition_logits.log_softmax(-1), 0.0) if T > 1 \
+        logits = (
+            torch.where(x.mask[:, 1:, None, None], self.transition_logits.log_softmax(-1), 0.0)
+            if T > 1
             else log_e.new_zeros(len(log_e), 0, K, K)
+        )
         path, log_p = viterbi(self.initial_logits.log_softmax(-1), logits, log_e)
         return torch.where(x.mask, path, -1), log_p
 
@@ -316,13 +319,15 @@ class HMM(LatentModel):
         elif isinstance(posterior, MarkovChain):
             counts = (posterior.pairwise_marginals() * x.mask[:, 1:, None, None]).sum(1)
         else:  # factorizes over time
-            counts = (gamma[:, :-1].mT @ (gamma[:, 1:] * x.mask[:, 1:, None]))
+            counts = gamma[:, :-1].mT @ (gamma[:, 1:] * x.mask[:, 1:, None])
         tiny = torch.finfo(gamma.dtype).tiny
         start = gamma[:, 0].sum(0)
         self.initial_logits.copy_((start / start.sum()).clamp_min(tiny).log())
         totals = counts.sum(0)  # [K, K]
         rows = totals.sum(-1, keepdim=True)
-        new_A = torch.where(rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix)  # states never left keep their row
+        new_A = torch.where(
+            rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix
+        )  # states never left keep their row
         self.transition_logits.copy_(new_A.clamp_min(tiny).log())
         weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
         if self.emission == "gaussian":
@@ -333,7 +338,9 @@ class HMM(LatentModel):
         else:
             M = self.num_symbols
             counts_km = weights.new_zeros(K, M).index_add_(1, x.values.reshape(-1), weights.reshape(B * T, K).T)
-            self.emission_logits.copy_((counts_km / counts_km.sum(-1, keepdim=True).clamp_min(tiny)).clamp_min(tiny).log())
+            self.emission_logits.copy_(
+                (counts_km / counts_km.sum(-1, keepdim=True).clamp_min(tiny)).clamp_min(tiny).log()
+            )
 
     @torch.no_grad()
     def initialize(self, x, method: str = "kmeans++", generator: torch.Generator | None = None) -> None:

@@ -86,7 +86,9 @@ class LinearGaussianSSM(LatentModel):
         self.reg_covar = float(reg_covar)
         self.data_shape = (None, Dx)
         dtype = torch.get_default_dtype()
-        self.transition_matrix = nn.Parameter(self._matrix(transition_matrix, "transition_matrix", (Dz, Dz), torch.eye(Dz)))
+        self.transition_matrix = nn.Parameter(
+            self._matrix(transition_matrix, "transition_matrix", (Dz, Dz), torch.eye(Dz))
+        )
         self.observation_matrix = nn.Parameter(
             self._matrix(observation_matrix, "observation_matrix", (Dx, Dz), torch.eye(Dx, Dz))
         )
@@ -182,8 +184,11 @@ class LinearGaussianSSM(LatentModel):
         D = self.state_dim
         L_q = raw_to_tril(self._q_raw)
         return GaussMarkovChain(
-            self.initial_loc, raw_to_tril(self._p0_raw), self.transition_matrix.expand(T - 1, D, D),
-            self.initial_loc.new_zeros(T - 1, D), L_q.expand(T - 1, D, D),
+            self.initial_loc,
+            raw_to_tril(self._p0_raw),
+            self.transition_matrix.expand(T - 1, D, D),
+            self.initial_loc.new_zeros(T - 1, D),
+            L_q.expand(T - 1, D, D),
         )
 
     def prior_for(self, x) -> GaussMarkovChain:
@@ -232,12 +237,16 @@ class LinearGaussianSSM(LatentModel):
         W = L_inv @ C  # [obs, state]: R⁻¹ = L⁻ᵀL⁻¹
         w = (x.values - means @ C.T) @ L_inv.T  # [B, T, obs]
         trace = ((W @ covs) * W).sum((-2, -1))  # tr(R⁻¹ C P_t Cᵀ), [B, T]
-        per_step = -0.5 * (w.square().sum(-1) + trace) - L_r.diagonal().log().sum() - 0.5 * self.obs_dim * math.log(2 * math.pi)
+        per_step = (
+            -0.5 * (w.square().sum(-1) + trace)
+            - L_r.diagonal().log().sum()
+            - 0.5 * self.obs_dim * math.log(2 * math.pi)
+        )
         return (per_step * x.mask).sum(-1)
 
     # The Kalman filter.
 
-    def _covariances(self, T: int) -> dict[str, Tensor]:
+    def _covariances(self, T: int) -> dict:
         """The data-free half of the filter, shared by every sequence: predicted and filtered
         covariances ``[T, D, D]``, gains ``[T, D, obs]`` and chol(S_t) ``[T, obs, obs]``.
 
@@ -259,16 +268,18 @@ class LinearGaussianSSM(LatentModel):
             for key, value in zip(out, (P_pred, P, gain, L_s)):
                 out[key].append(value)
             P_next = A @ P @ A.T + Q
-            if t > 0 and bool(((P_next - P_pred).abs().max() <= tol * P_pred.abs().max())):
+            if t > 0 and bool((P_next - P_pred).abs().max() <= tol * P_pred.abs().max()):
                 break
             P_pred = P_next
         steady = T - len(out["pred"])
-        return {
+        result = {
             key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
             for key, v in out.items()
         }
+        result["steps"] = T - steady  # how many steps the recursion ran before its steady state
+        return result
 
-    def _filter(self, x: Sequences) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    def _filter(self, x: Sequences) -> tuple[dict, Tensor, Tensor, Tensor]:
         """Filtered means ``[B, T, D]``, predicted means ``[B, T, D]`` and log p(x_t | x_{<t}) ``[B, T]``."""
         B, T = x.mask.shape
         cov = self._covariances(T)
@@ -380,7 +391,9 @@ class LinearGaussianSSM(LatentModel):
         S_zz = torch.einsum("bt,btij->ij", w, second)
         C = torch.linalg.solve(S_zz, S_xz.T).T
         resid = xv - means @ C.T
-        R = (torch.einsum("bt,bti,btj->ij", w, resid, resid) + torch.einsum("bt,ij,btjk,lk->il", w, C, covs, C)) / w.sum()
+        R = (
+            torch.einsum("bt,bti,btj->ij", w, resid, resid) + torch.einsum("bt,ij,btjk,lk->il", w, C, covs, C)
+        ) / w.sum()
         # Dynamics: regress z_{t+1} on [z_t, u_{t+1}] over the steps between observed states.
         if T > 1:
             pair = w[:, 1:]  # [B, T-1]
@@ -431,14 +444,18 @@ class LinearGaussianSSM(LatentModel):
         self.transition_matrix.copy_(0.9 * A / torch.linalg.matrix_norm(A, 2))
         frames = x.values[x.mask]  # [N, obs]
         scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
-        self.observation_matrix.copy_(torch.randn(Dx, D, generator=generator, dtype=dtype) * scale.unsqueeze(-1) / D**0.5)
+        self.observation_matrix.copy_(
+            torch.randn(Dx, D, generator=generator, dtype=dtype) * scale.unsqueeze(-1) / D**0.5
+        )
         self.control_matrix.zero_()
         self.initial_loc.zero_()
         eye = torch.eye(D, dtype=dtype)
         self._q_raw.copy_(tril_to_raw(eye))
         self._p0_raw.copy_(tril_to_raw(eye))
         R = torch.cov(frames.T).reshape(Dx, Dx) if len(frames) > 1 else torch.eye(Dx, dtype=dtype)
-        self._r_raw.copy_(tril_to_raw(safe_cholesky(R + 1e-6 * torch.eye(Dx, dtype=dtype), "the data's covariance", _PD_HINT)))
+        self._r_raw.copy_(
+            tril_to_raw(safe_cholesky(R + 1e-6 * torch.eye(Dx, dtype=dtype), "the data's covariance", _PD_HINT))
+        )
 
     def sample(self, n: int, num_steps: int = 10, inputs=None) -> tuple[Tensor, Tensor]:
         """``n`` sequences: (x ``[n, T, obs_dim]``, z ``[n, T, state_dim]``); ``inputs [n, T, input_dim]``
@@ -449,8 +466,12 @@ class LinearGaussianSSM(LatentModel):
             if self.input_dim:
                 if inputs is None:
                     raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs [n, T, {self.input_dim}]")
-                seqs = as_sequences(self, Sequences(torch.zeros(n, T, self.obs_dim), inputs=inputs),
-                                    event_shape=(self.obs_dim,), num_inputs=self.input_dim)
+                seqs = as_sequences(
+                    self,
+                    Sequences(torch.zeros(n, T, self.obs_dim), inputs=inputs),
+                    event_shape=(self.obs_dim,),
+                    num_inputs=self.input_dim,
+                )
                 prior = self.prior_for(seqs)
             else:
                 prior = None
