@@ -27,6 +27,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/gmm_em.py
 	$(PY) bench/fa_em.py
+	$(PY) bench/hmm.py
+	$(PY) bench/lgssm.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check elbox tests bench examples

