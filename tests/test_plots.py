@@ -23,3 +23,25 @@ def test_em_and_vi_traces_on_one_figure(tmp_path):
     assert list(ax.lines[0].get_ydata()) == h_em.lower_bound
     assert list(ax.lines[1].get_ydata()) == h_vi.lower_bound
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_state_path_and_trajectory_figures(tmp_path):
+    from elbox.plots import plot_state_path, plot_trajectory
+
+    hmm = elbox.HMM(2, "gaussian", dim=1, loc=torch.tensor([[-2.0], [2.0]]))
+    x, z = hmm.sample(1, num_steps=30)
+    post = hmm.posterior(x)
+    path, _ = hmm.viterbi(x)
+    fig = plot_state_path(post.marginals()[0], tmp_path / "states.png", true_states=z[0], decoded=path[0],
+                          observations=x[0])
+    ax = fig.axes[-1]
+    assert list(ax.lines[0].get_ydata()) == z[0].tolist() and list(ax.lines[1].get_ydata()) == path[0].tolist()
+    assert (tmp_path / "states.png").read_bytes()[:4] == b"\x89PNG"
+
+    ssm = elbox.LinearGaussianSSM(2, 1, transition_matrix=0.9 * torch.eye(2))
+    x, z = ssm.sample(1, num_steps=25)
+    post = ssm.posterior(x)
+    fig = plot_trajectory(post.mean[0], post.variance[0], tmp_path / "traj.png", true_states=z[0])
+    assert len(fig.axes) == 2
+    assert list(fig.axes[1].lines[1].get_ydata()) == z[0, :, 1].tolist()
+    assert (tmp_path / "traj.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,5 +1,6 @@
 """Figures (matplotlib, imported lazily; nothing in the core imports this package)."""
 
+from elbox.plots.sequences import plot_state_path, plot_trajectory
 from elbox.plots.traces import plot_traces
 
-__all__ = ["plot_traces"]
+__all__ = ["plot_state_path", "plot_trajectory", "plot_traces"]

@@ -27,11 +27,9 @@ def plot_traces(
     Returns:
         The matplotlib ``Figure`` (no pyplot state is touched).
     """
-    import io
-
     from matplotlib.figure import Figure
 
-    from elbox.io import atomic_write_bytes
+    from elbox.plots._common import save_png
 
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -46,8 +44,5 @@ def plot_traces(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    if path is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-        atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
     return fig

@@ -1,0 +1,110 @@
+"""Inferred latent sequences against the truth: HMM state paths and state-space trajectories."""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from elbox.plots._common import save_png
+
+__all__ = ["plot_state_path", "plot_trajectory"]
+
+
+def plot_state_path(
+    marginals: Tensor,
+    path: str | os.PathLike | None = None,
+    *,
+    true_states: Tensor | None = None,
+    decoded: Tensor | None = None,
+    observations: Tensor | None = None,
+    title: str = "HMM: posterior state probabilities",
+):
+    """One sequence's smoothed p(z_t = k | x) as a heat map, with the true and Viterbi paths.
+
+    Args:
+        marginals: ``[T, K]``, e.g. ``model.posterior(x).marginals()[b]``.
+        path: If given, the PNG is written there (atomically).
+        true_states: ``[T]``, the states that generated the data, where known.
+        decoded: ``[T]``, e.g. the Viterbi path.
+        observations: ``[T, D]`` or ``[T]``, drawn in a panel above.
+        title: The figure's title.
+
+    Returns:
+        The matplotlib ``Figure`` (no pyplot state is touched).
+    """
+    from matplotlib.figure import Figure
+
+    probs = marginals.detach().cpu().numpy()
+    T, K = probs.shape
+    rows = 2 if observations is not None else 1
+    fig = Figure(figsize=(9, 2.2 + 1.8 * rows), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    if observations is not None:
+        obs = observations.detach().cpu().numpy().reshape(T, -1)
+        axes[0].plot(obs, lw=0.9)
+        axes[0].set_ylabel("x_t")
+    ax = axes[-1]
+    ax.imshow(
+        probs.T,
+        aspect="auto",
+        origin="lower",
+        cmap="Blues",
+        vmin=0,
+        vmax=1.4,
+        extent=(-0.5, T - 0.5, -0.5, K - 0.5),
+        interpolation="nearest",
+    )
+    if true_states is not None:
+        ax.plot(true_states.detach().cpu().numpy(), "o", ms=3, color="tab:orange", label="true state")
+    if decoded is not None:
+        ax.plot(decoded.detach().cpu().numpy(), "-", lw=1, color="tab:red", label="Viterbi path")
+    ax.set_xlabel("t")
+    ax.set_yticks(range(K))
+    ax.set_ylabel("state (shade: p(z_t | x))")
+    if true_states is not None or decoded is not None:
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_title(title)
+    save_png(fig, path)
+    return fig
+
+
+def plot_trajectory(
+    mean: Tensor,
+    variance: Tensor,
+    path: str | os.PathLike | None = None,
+    *,
+    true_states: Tensor | None = None,
+    title: str = "State-space model: smoothed states",
+):
+    """Each state dimension's smoothed mean with a ±2 sd band, against the true trajectory.
+
+    Args:
+        mean: ``[T, D]``, e.g. ``model.posterior(x).mean[b]``.
+        variance: ``[T, D]``, e.g. ``model.posterior(x).variance[b]``.
+        path: If given, the PNG is written there (atomically).
+        true_states: ``[T, D]``, where known.
+        title: The figure's title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    m = mean.detach().cpu().numpy()
+    sd = variance.detach().cpu().numpy() ** 0.5
+    T, D = m.shape
+    fig = Figure(figsize=(9, 1.2 + 1.6 * D), layout="constrained")
+    axes = fig.subplots(D, 1, sharex=True, squeeze=False)[:, 0]
+    t = range(T)
+    for d, ax in enumerate(axes):
+        ax.fill_between(t, m[:, d] - 2 * sd[:, d], m[:, d] + 2 * sd[:, d], color="tab:blue", alpha=0.2, lw=0)
+        ax.plot(t, m[:, d], color="tab:blue", lw=1.2, label="smoothed mean ± 2 sd")
+        if true_states is not None:
+            ax.plot(t, true_states[:, d].detach().cpu().numpy(), color="tab:orange", lw=1, label="true state")
+        ax.set_ylabel(f"z[{d}]")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("t")
+    save_png(fig, path)
+    return fig
