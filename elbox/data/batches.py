@@ -1,0 +1,89 @@
+"""Binarization, draws from a model, and an in-memory batch iterator over one tensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from elbox._validation import as_data, check_positive_int
+
+__all__ = ["BatchIterator", "binarize", "draws"]
+
+
+def binarize(x: Tensor, *, method: str = "dynamic", generator: torch.Generator | None = None) -> Tensor:
+    """Binary data from intensities in [0, 1].
+
+    ``"dynamic"`` draws x ~ Bernoulli(intensity), a fresh draw on every call (Salakhutdinov &
+    Murray's dynamic binarization: call it once per epoch); ``"fixed"`` is one such draw,
+    made reproducible by ``generator``; ``"threshold"`` is intensity > 0.5.
+    """
+    x = as_data(x, "x")
+    if (x < 0).any() or (x > 1).any():
+        raise ValueError(
+            f"binarize needs intensities in [0, 1]; received values in [{float(x.min())}, {float(x.max())}]"
+        )
+    if method == "threshold":
+        return (x > 0.5).to(x.dtype)
+    if method not in ("dynamic", "fixed"):
+        raise ValueError(f"method must be 'dynamic', 'fixed' or 'threshold'; received {method!r}")
+    return torch.bernoulli(x, generator=generator)
+
+
+def draws(model, n: int, **options) -> tuple[Tensor, Tensor]:
+    """``n`` pairs (x, z) drawn from any :class:`~elbox.models.LatentModel`: synthetic data whose
+    generating model (and, for exact models, evidence) is known."""
+    n = check_positive_int(n, "n")
+    with torch.no_grad():
+        return model.sample(n, **options)
+
+
+class BatchIterator:
+    """Mini-batches of one in-memory tensor: an index permutation per epoch and one gather per
+    batch, never a Python loop over data points.
+
+    Args:
+        x: ``[N, ...]``.
+        batch_size: The batch size (the last batch may be smaller unless ``drop_last``).
+        shuffle: A fresh permutation each epoch.
+        binarization: None, or ``"dynamic"`` to redraw binary data from the intensities for
+            every batch.
+        generator: The random generator for shuffling and binarization.
+        drop_last: Skip the last, smaller batch.
+
+    Yields:
+        ``(batch, index)``: the data ``[b, ...]`` and their positions ``[b]`` in ``x``.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        binarization: str | None = None,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ):
+        if binarization not in (None, "dynamic"):
+            raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
+        self.x, self.batch_size = x, check_positive_int(batch_size, "batch_size")
+        self.shuffle, self.binarization, self.generator, self.drop_last = shuffle, binarization, generator, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        device = self.x.device
+        order = (
+            torch.randperm(n, generator=self.generator, device=device)
+            if self.shuffle
+            else torch.arange(n, device=device)
+        )
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = self.x[index]
+            if self.binarization == "dynamic":
+                batch = torch.bernoulli(batch, generator=self.generator)
+            yield batch, index
