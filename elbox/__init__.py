@@ -14,6 +14,7 @@ from elbox.models import (
     LatentModel,
     LinearGaussianSSM,
     NormalNormal,
+    VAE,
 )
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "NormalNormal",
     "Sequences",
     "Terms",
+    "VAE",
     "elbo",
     "distributions",
     "em",

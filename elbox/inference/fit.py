@@ -16,14 +16,25 @@ __all__ = ["fit"]
 _BOUNDS = ("elbo", "iwae", "renyi")
 
 
-def _bound_value(bound: str, model, guide, x, index, options: dict):
-    """The bound per data point, and the ELBO's terms when the bound is the ELBO."""
+def _bound_value(bound: str, model, guide, x, index, options: dict, beta: float):
+    """The bound per data point, the objective to maximize, and the ELBO's terms.
+
+    For the ELBO the objective is reconstruction − β·KL (the bound itself when β = 1); where q
+    is a point mass (a deterministic encoder) the KL is +∞ and the objective is the
+    reconstruction alone, while the bound is reported as −∞.
+    """
     if bound == "elbo":
         terms = elbo(model, guide, x, index=index, **options)
-        return terms.value, {"reconstruction": terms.reconstruction, "kl": terms.kl}
+        parts = {"reconstruction": terms.reconstruction, "kl": terms.kl}
+        if bool(torch.isposinf(terms.kl).all()):  # a point-mass q: train the reconstruction
+            return terms.value, terms.reconstruction, parts
+        objective = terms.value if beta == 1.0 else terms.reconstruction - beta * terms.kl
+        return terms.value, objective, parts
     if bound == "iwae":
-        return iwae(model, guide, x, index=index, **options), {}
-    return renyi(model, guide, x, index=index, **options), {}
+        value = iwae(model, guide, x, index=index, **options)
+    else:
+        value = renyi(model, guide, x, index=index, **options)
+    return value, value, {}
 
 
 def fit(
@@ -39,6 +50,9 @@ def fit(
     optimize_model: bool = True,
     seed: int | None = None,
     callback: Callable | None = None,
+    beta: float | None = None,
+    kl_warmup: int = 0,
+    clip_grad_norm: float | None = None,
     **bound_options,
 ) -> History:
     r"""Maximizes a bound over the guide's parameters (and the model's) by stochastic gradient.
@@ -59,6 +73,11 @@ def fit(
         optimize_model: Whether θ is fitted too, or only the guide.
         seed: Seeds the shuffling and the particles (torch's global RNG is left as it was).
         callback: Called as ``callback(epoch, history)`` after each epoch.
+        beta: The KL weight of the ELBO objective (default the model's ``beta``, else 1). The
+            recorded bound is always the true ELBO.
+        kl_warmup: Epochs over which the KL weight rises linearly from 0 to ``beta``
+            (Sønderby et al. 2016); 0 for none.
+        clip_grad_norm: If given, gradients are clipped to this total norm.
         **bound_options: Passed to the bound (``kl=``, ``expectation=``, ``alpha=``).
 
     Returns:
@@ -76,6 +95,12 @@ def fit(
     batch_size = N if batch_size is None else min(check_positive_int(batch_size, "batch_size"), N)
     if not lr > 0:
         raise ValueError(f"lr must be positive; received {lr}")
+    beta = float(getattr(model, "beta", 1.0) if beta is None else beta)
+    if not beta >= 0:
+        raise ValueError(f"beta must be non-negative; received {beta}")
+    kl_warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"clip_grad_norm must be positive; received {clip_grad_norm}")
     if bound != "elbo" or num_samples != 1:
         bound_options["num_samples"] = num_samples
     guide.to(dtype=x.dtype if x.dtype.is_floating_point else model._reference().dtype, device=x.device)
@@ -95,14 +120,17 @@ def fit(
         for epoch in range(epochs):
             order = torch.randperm(N, device=x.device)
             total = 0.0
+            weight = beta * min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else beta
             for begin in range(0, N, batch_size):
                 index = order[begin : begin + batch_size]  # [B]
-                value, terms = _bound_value(bound, model, guide, x[index], index, bound_options)
-                mean = value.mean()
-                if not torch.isfinite(mean.detach()):
-                    _raise_non_finite(bound, epoch, value, terms)
+                value, objective, terms = _bound_value(bound, model, guide, x[index], index, bound_options, weight)
+                mean, loss = value.mean(), -objective.mean()
+                if not torch.isfinite(loss.detach()):
+                    _raise_non_finite(bound, epoch, objective, terms)
                 optimizer.zero_grad(set_to_none=True)
-                (-mean).backward()
+                loss.backward()
+                if clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
                 step_value = float(mean.detach())
                 history.steps.append(step_value)

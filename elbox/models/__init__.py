@@ -1,4 +1,4 @@
-"""Generative models p_θ(x, z): the base class and the models with exact evidence."""
+"""Generative models p_θ(x, z): the base class, the models with exact evidence, and the VAE."""
 
 from elbox.models.base import LatentModel
 from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, NormalNormal
@@ -6,6 +6,7 @@ from elbox.models.factor import FactorAnalysis
 from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
+from elbox.models.vae import VAE
 
 __all__ = [
     "HMM",
@@ -17,4 +18,5 @@ __all__ = [
     "LatentModel",
     "LinearGaussianSSM",
     "NormalNormal",
+    "VAE",
 ]

@@ -1,0 +1,59 @@
+"""Amortized guides: an encoder network maps each x to the parameters of its q(z | x)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
+
+from elbox._validation import check_positive_int
+from elbox.distributions.point_mass import PointMass
+from elbox.guides.base import Guide
+
+__all__ = ["Amortized", "mlp"]
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus}
+
+
+def mlp(sizes: list[int], activation: str = "tanh") -> nn.Sequential:
+    """Linear layers between consecutive ``sizes``, with ``activation`` between them (none after
+    the last)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; received {activation!r}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class Amortized(Guide):
+    r"""q_φ(z | x) = N(μ_φ(x), diag σ_φ(x)²), one encoder shared by every x (Kingma & Welling).
+
+    With ``deterministic=True`` the encoder gives a point: q = δ(z − f_φ(x)), a plain
+    autoencoder's code, whose KL to the prior (and so whose ELBO) is infinite.
+
+    Args:
+        encoder: A module mapping ``[B, *data_shape]`` to ``[B, 2 D]`` (means and log-scales;
+            ``[B, D]`` when deterministic).
+        latent_dim: D.
+        deterministic: A point mass instead of a Gaussian.
+    """
+
+    def __init__(self, encoder: nn.Module, latent_dim: int, deterministic: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.deterministic = bool(deterministic)
+
+    def forward(self, x: Tensor, index: Tensor | None = None):
+        out = self.encoder(x)  # [B, 2D] or [B, D]
+        D = self.latent_dim
+        if self.deterministic:
+            return PointMass(out)
+        loc, log_scale = out[..., :D], out[..., D:]
+        return Independent(Normal(loc, log_scale.clamp(-15.0, 15.0).exp()), 1)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, deterministic={self.deterministic}"
