@@ -7,6 +7,7 @@ from elbox.evidence import Estimate, log_evidence
 from elbox.inference import ConvergenceWarning, History, em, fit
 from elbox.models import (
     HMM,
+    VAE,
     BetaBernoulli,
     FactorAnalysis,
     GaussianMixture,
@@ -14,7 +15,6 @@ from elbox.models import (
     LatentModel,
     LinearGaussianSSM,
     NormalNormal,
-    VAE,
 )
 
 __version__ = "0.1.0"

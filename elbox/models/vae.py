@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import check_positive_int
 from elbox.guides.amortized import Amortized, mlp
 from elbox.models.base import LatentModel
 
@@ -92,9 +92,8 @@ class VAE(LatentModel):
                 self.log_variance = nn.Parameter(torch.zeros(D, dtype=torch.get_default_dtype()))
             else:
                 if isinstance(observation_variance, str) or not observation_variance > 0:
-                    raise ValueError(
-                        f"observation_variance must be a positive number or 'learned'; received {observation_variance!r}"
-                    )
+                    received = repr(observation_variance)
+                    raise ValueError(f"observation_variance must be a positive number or 'learned'; received {received}")
                 self.register_buffer("log_variance", torch.full((D,), math.log(observation_variance)))
         elif observation_variance not in (1.0, "learned"):
             raise ValueError(f"observation_variance applies to decoder='gaussian' only; this VAE's is {decoder!r}")
