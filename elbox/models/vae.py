@@ -93,7 +93,9 @@ class VAE(LatentModel):
             else:
                 if isinstance(observation_variance, str) or not observation_variance > 0:
                     received = repr(observation_variance)
-                    raise ValueError(f"observation_variance must be a positive number or 'learned'; received {received}")
+                    raise ValueError(
+                        f"observation_variance must be a positive number or 'learned'; received {received}"
+                    )
                 self.register_buffer("log_variance", torch.full((D,), math.log(observation_variance)))
         elif observation_variance not in (1.0, "learned"):
             raise ValueError(f"observation_variance applies to decoder='gaussian' only; this VAE's is {decoder!r}")
