@@ -45,3 +45,11 @@ def test_state_path_and_trajectory_figures(tmp_path):
     assert len(fig.axes) == 2
     assert list(fig.axes[1].lines[1].get_ydata()) == z[0, :, 1].tolist()
     assert (tmp_path / "traj.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rate_distortion_figure(tmp_path):
+    from elbox.plots import plot_rate_distortion
+
+    fig = plot_rate_distortion([("a", 3.0, 1.0), ("b", 1.0, 2.0)], tmp_path / "rd.png")
+    assert list(fig.axes[0].lines[0].get_xdata()) == [1.0, 2.0]
+    assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
