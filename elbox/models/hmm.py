@@ -174,10 +174,7 @@ class HMM(LatentModel):
             table = self.emission_logits.log_softmax(-1).T  # [M, K]
             log_e = table[x.values]  # [B, T, K]
         else:
-            flat = x.__dict__.get("_flat")
-            if flat is None:  # one flattened view per checked batch, so the mixture's cache holds
-                flat = x._flat = x.values.reshape(B * T, self.dim)
-            log_e = self.emissions.component_log_prob(flat).reshape(B, T, -1)
+            log_e = self.emissions.component_log_prob(_frames(x)).reshape(B, T, -1)
         return torch.where(x.mask.unsqueeze(-1), log_e, 0.0)
 
     # The model.
@@ -331,10 +328,7 @@ class HMM(LatentModel):
         self.transition_logits.copy_(new_A.clamp_min(tiny).log())
         weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
         if self.emission == "gaussian":
-            flat = x.__dict__.get("_flat")
-            if flat is None:
-                flat = x._flat = x.values.reshape(B * T, self.dim)
-            self.emissions.fit_components(flat, weights.reshape(B * T, K))
+            self.emissions.fit_components(_frames(x), weights.reshape(B * T, K))
         else:
             M = self.num_symbols
             counts_km = weights.new_zeros(K, M).index_add_(1, x.values.reshape(-1), weights.reshape(B * T, K).T)
@@ -427,6 +421,15 @@ class HMMPosterior(MarkovChain):
         if torch.Size(batch_shape) == self.batch_shape:
             return self
         return MarkovChain(self.initial_logits, self.transition_logits, reverse=True).expand(batch_shape)
+
+
+def _frames(x: Sequences) -> Tensor:
+    """The checked batch's steps as rows ``[B T, D]``: one view per batch, kept on it, so that the
+    emission mixture's moment cache (keyed on the tensor) holds across EM iterations."""
+    flat = x.__dict__.get("_flat")
+    if flat is None:
+        flat = x._flat = x.values.reshape(-1, x.values.shape[-1])
+    return flat
 
 
 def _marginals(q) -> Tensor | None:
