@@ -52,7 +52,9 @@ class Amortized(Guide):
         if self.deterministic:
             return PointMass(out)
         loc, log_scale = out[..., :D], out[..., D:]
-        return Independent(Normal(loc, log_scale.clamp(-15.0, 15.0).exp()), 1)
+        # the scale is an exp, so positive: torch's argument checks (each a device sync) are skipped
+        scale = log_scale.clamp(-15.0, 15.0).exp()
+        return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, deterministic={self.deterministic}"

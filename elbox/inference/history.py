@@ -24,6 +24,12 @@ class History:
         n_iter: EM iterations or VI epochs run.
         seconds: Wall time of the fit.
         restarts: For EM with ``n_init > 1``, each restart's final bound; the best is kept.
+        reconstruction: For VI with the ELBO, E_q[log p(x | z)] per epoch (mean per point).
+        kl: For VI with the ELBO, KL(q ‖ p(z)) per epoch (mean per point).
+        validation: For VI with held-out data, its bound after each epoch.
+        lr: For VI, the learning rate of each epoch.
+        best_epoch: For VI, the epoch (from 1) with the best validation (else training) bound.
+        stopped_early: For VI, whether early stopping ended the run.
     """
 
     method: str
@@ -33,6 +39,12 @@ class History:
     n_iter: int = 0
     seconds: float = 0.0
     restarts: list[float] = field(default_factory=list)
+    reconstruction: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
 
     @property
     def final(self) -> float:

@@ -112,7 +112,7 @@ class VAE(LatentModel):
     # The model.
 
     def prior(self) -> Independent:
-        return Independent(Normal(self._zero, torch.ones_like(self._zero)), 1)
+        return Independent(Normal(self._zero, torch.ones_like(self._zero), validate_args=False), 1, validate_args=False)
 
     def likelihood(self, z: Tensor):
         out = self.decoder(z)  # [*S, B, D]

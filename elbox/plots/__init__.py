@@ -3,5 +3,15 @@
 from elbox.plots.rate_distortion import plot_rate_distortion
 from elbox.plots.sequences import plot_state_path, plot_trajectory
 from elbox.plots.traces import plot_traces
+from elbox.plots.vae import plot_latent_space, plot_reconstructions, plot_samples, plot_training
 
-__all__ = ["plot_rate_distortion", "plot_state_path", "plot_trajectory", "plot_traces"]
+__all__ = [
+    "plot_latent_space",
+    "plot_rate_distortion",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_state_path",
+    "plot_training",
+    "plot_traces",
+    "plot_trajectory",
+]

@@ -1,0 +1,58 @@
+"""The training progress bar (rich, imported only when one is shown)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """A bar over epochs and steps, its text the last epoch's bound, reconstruction and KL.
+
+    A no-op when ``enabled`` is False, so the engine calls it unconditionally.
+    """
+
+    def __init__(self, enabled: bool, epochs: int):
+        self.enabled, self.epochs = enabled, epochs
+        self._bar = self._task = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Progress._rich(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[terms]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("fit", total=self.epochs, epoch=f"0/{self.epochs}", terms="")
+        return self
+
+    @staticmethod
+    def _rich(*columns):
+        from rich.progress import Progress as RichProgress
+
+        return RichProgress(*columns, transient=False, refresh_per_second=4)
+
+    def resume(self, epoch: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=epoch, epoch=f"{epoch}/{self.epochs}")
+
+    def epoch(self, epoch: int, history) -> None:
+        if self._bar is None:
+            return
+        parts = [f"bound {history.lower_bound[-1]:.3f}"]
+        if history.reconstruction and not math.isnan(history.reconstruction[-1]):
+            parts += [f"recon {history.reconstruction[-1]:.3f}", f"KL {history.kl[-1]:.3f}"]
+        if history.validation:
+            parts.append(f"valid {history.validation[-1]:.3f}")
+        self._bar.update(self._task, completed=epoch + 1, epoch=f"{epoch + 1}/{self.epochs}", terms=" · ".join(parts))
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

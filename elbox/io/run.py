@@ -1,0 +1,125 @@
+"""The run directory: config.toml, metrics.jsonl, checkpoints/*.safetensors and figures.
+
+Every file is written atomically (a temporary beside it, then a rename), so an interrupted run
+leaves the previous checkpoint whole; metrics are appended one complete line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from torch import Tensor
+
+from elbox.io.files import atomic_write_bytes, write_jsonl
+
+__all__ = ["NotARunError", "RunDirectory", "load_checkpoint", "save_checkpoint"]
+
+_METADATA_KEY = "elbox"
+
+
+class NotARunError(FileNotFoundError):
+    """A path given as a run directory holds no run."""
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict) -> Path:
+    """Writes ``tensors`` and JSON ``metadata`` to one safetensors file, atomically."""
+    from safetensors.torch import save
+
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write_bytes(path, save(data, metadata={_METADATA_KEY: json.dumps(metadata)}))
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """Reads a checkpoint written by :func:`save_checkpoint`: ``(tensors, metadata)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {}).get(_METADATA_KEY, "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path} is not a readable elbox checkpoint: {error}") from error
+    return tensors, metadata
+
+
+class RunDirectory:
+    """Paths and files of one run.
+
+    Layout::
+
+        RUN_DIR/config.toml               what was run (the CLI writes it)
+        RUN_DIR/metrics.jsonl             one JSON record per epoch
+        RUN_DIR/checkpoints/last.safetensors   the latest completed epoch (resume from it)
+        RUN_DIR/checkpoints/best.safetensors   the best validation bound so far
+        RUN_DIR/*.png, evaluation.json    figures and evaluations
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def checkpoint(self, name: str = "last") -> Path:
+        return self.path / "checkpoints" / f"{name}.safetensors"
+
+    def has_checkpoint(self, name: str = "last") -> bool:
+        return self.checkpoint(name).is_file()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDirectory:
+        """An existing run: a directory with config.toml and a checkpoint.
+
+        Raises:
+            NotARunError: naming what is missing.
+        """
+        run = cls(path)
+        if not run.path.is_dir():
+            raise NotARunError(f"run directory {run.path} does not exist")
+        missing = [str(p.relative_to(run.path)) for p in (run.config, run.checkpoint()) if not p.is_file()]
+        if missing:
+            raise NotARunError(
+                f"{run.path} is not an elbox run directory: it lacks {' and '.join(missing)} "
+                "(a run directory is what `elbox fit CONFIG.toml` writes)"
+            )
+        return run
+
+    def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl (an incomplete last line, from a crash, is dropped)."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def append_metrics(self, record: dict) -> None:
+        """Appends one record as one line, flushed to disk (NaN, which JSON lacks, as null)."""
+        record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_metrics(self, epochs: int) -> None:
+        """Keeps the records of the first ``epochs`` epochs (on resume: those the checkpoint has)."""
+        records = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs]
+        write_jsonl(self.metrics, records)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
