@@ -93,7 +93,8 @@ def test_fit_errors_name_the_key_and_overwrite_nothing(tmp_path):
     before = _snapshot(tmp_path)
 
     cases = {
-        "typo.toml": (SMALL.replace("latent_dim", "latnt_dim"), "unknown key 'latnt_dim' in [model]; did you mean 'latent_dim'"),
+        "typo.toml": (SMALL.replace("latent_dim", "latnt_dim"),
+                      "unknown key 'latnt_dim' in [model]; did you mean 'latent_dim'"),
         "value.toml": (SMALL.replace("lr = 3e-3", "lr = -1"), "[train] lr must be a positive number; received -1"),
         "type.toml": (SMALL.replace("epochs = 4", 'epochs = "four"'), "[train] epochs must be a positive integer"),
         "section.toml": (SMALL + "\n[trian]\n", "unknown section [trian]; did you mean 'train'"),
@@ -173,7 +174,8 @@ def test_vae_demo_end_to_end(tmp_path):
 
 def test_gmm_demo_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["demo", "--model", "gmm", "--out", str(out), "--vi-epochs", "150", "--components", "4"])
+    args = ["demo", "--model", "gmm", "--out", str(out), "--vi-epochs", "150", "--components", "4"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "log p(x)" in result.output and "ELBO" in result.output and "EM" in result.output
     for name in ("config.toml", "metrics.jsonl", "report.json", "traces.png"):
