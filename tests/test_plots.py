@@ -1,7 +1,8 @@
-"""The traces figure: one line per fit, the exact evidence as a reference."""
+"""Figures: the traces of EM and VI, and the figures of a trained VAE."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import elbox
@@ -53,3 +54,25 @@ def test_rate_distortion_figure(tmp_path):
     fig = plot_rate_distortion([("a", 3.0, 1.0), ("b", 1.0, 2.0)], tmp_path / "rd.png")
     assert list(fig.axes[0].lines[0].get_xdata()) == [1.0, 2.0]
     assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_vae_figures_for_images_signals_and_any_latent_size(tmp_path):
+    from elbox.plots import plot_latent_space, plot_reconstructions, plot_samples, plot_training
+
+    records = [{"epoch": e, "bound": -10.0 + e, "reconstruction": -8.0 + e, "kl": 2.0, "validation": None}
+               for e in range(1, 4)]  # fmt: skip
+    plot_training(records, tmp_path / "training.png")
+    images, signals = torch.rand(6, 64), torch.randn(6, 40)
+    plot_reconstructions(images, images.flip(0), tmp_path / "recon_images.png")
+    plot_samples(signals, tmp_path / "samples_signals.png", columns=3)  # 40 is not square: curves
+    labels = torch.arange(6) % 3
+    for dim in (1, 2, 5):
+        fig = plot_latent_space(torch.randn(6, dim), labels, tmp_path / f"latent_{dim}.png")
+        xlabel = fig.axes[0].get_xlabel()
+        assert xlabel == {1: "z", 2: "z₁", 5: "PC 1"}[dim]
+    for path in tmp_path.iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with pytest.raises(ValueError, match="at least one epoch"):
+        plot_training([])
+    with pytest.raises(ValueError, match="codes must be"):
+        plot_latent_space(torch.randn(6))
