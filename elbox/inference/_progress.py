@@ -35,9 +35,13 @@ class Progress:
 
     @staticmethod
     def _rich(*columns):
+        import sys
+
+        from rich.console import Console
         from rich.progress import Progress as RichProgress
 
-        return RichProgress(*columns, transient=False, refresh_per_second=4)
+        console = None if sys.stdout.isatty() else Console(width=120)  # piped: room for the terms
+        return RichProgress(*columns, console=console, transient=False, refresh_per_second=4)
 
     def resume(self, epoch: int) -> None:
         if self._bar is not None:
