@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/fa_em.py
 	$(PY) bench/hmm.py
 	$(PY) bench/lgssm.py
+	$(PY) bench/vae_vs_pyro.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check elbox tests bench examples
