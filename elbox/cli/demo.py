@@ -3,6 +3,7 @@ the digits, fitted by EM and by VI, with the exact gap."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -130,7 +131,6 @@ def run_vae_demo(
     reconstruction, KL, log p(x) by importance sampling), draws its figures, and sweeps β to show
     the rate/distortion trade-off. Returns the evaluation, the sweep and the figure names."""
     from elbox.cli.experiment import demo_config, evaluate_run, load_data, train_run
-    from elbox.models import VAE
 
     out = Path(out)
     start = time.perf_counter()
@@ -142,24 +142,9 @@ def run_vae_demo(
     if sweep_epochs:
         x, _ = load_data(config, "train")
         x_test, _ = load_data(config, "test")
-        m = config["model"]
-        status = console.status("β sweep") if console is not None else None
-        if status is not None:
-            status.start()
-        for beta in betas:
-            if status is not None:
-                status.update(f"β sweep: training at β = {beta:g}")
-            torch.manual_seed(seed)
-            vae = VAE(64, m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"], beta=beta)
-            fit(vae, vae.guide, x, epochs=sweep_epochs, batch_size=100, lr=1e-3, seed=seed, binarization="dynamic")
-            with torch.no_grad():
-                terms = elbo(vae, vae.guide, x_test)
-            sweep.append({
-                "beta": beta, "kl": float(terms.kl.mean()), "distortion": float(-terms.reconstruction.mean()),
-                "elbo": float(terms.value.mean()),
-            })  # fmt: skip
-        if status is not None:
-            status.stop()
+        status = console.status("β sweep") if console is not None else contextlib.nullcontext()
+        with status:
+            sweep = [_sweep_point(config, x, x_test, beta, sweep_epochs, seed, status) for beta in betas]
         from elbox.plots import plot_rate_distortion
 
         plot_rate_distortion(
@@ -171,3 +156,21 @@ def run_vae_demo(
         write_json(out / "beta_sweep.json", sweep)
     figures = sorted(p.name for p in out.glob("*.png"))
     return {"evaluation": evaluation, "sweep": sweep, "figures": figures, "seconds": time.perf_counter() - start}
+
+
+def _sweep_point(config: dict, x, x_test, beta: float, epochs: int, seed: int, status) -> dict:
+    """One β of the sweep: a VAE like the demo's, trained at that β; its test rate and distortion."""
+    from elbox.models import VAE
+
+    if hasattr(status, "update"):
+        status.update(f"β sweep: training at β = {beta:g}")
+    m = config["model"]
+    torch.manual_seed(seed)
+    vae = VAE(x.shape[1], m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"], beta=beta)
+    fit(vae, vae.guide, x, epochs=epochs, batch_size=100, lr=1e-3, seed=seed, binarization="dynamic")
+    with torch.no_grad():
+        terms = elbo(vae, vae.guide, x_test)
+    return {
+        "beta": beta, "kl": float(terms.kl.mean()), "distortion": float(-terms.reconstruction.mean()),
+        "elbo": float(terms.value.mean()),
+    }  # fmt: skip

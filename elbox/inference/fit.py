@@ -4,6 +4,7 @@ gradient, with schedules, validation, early stopping, a run directory and exact 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -350,9 +351,7 @@ def _restore(run, modules, optimizer, history, best, options, devices) -> int:
                 f"cannot resume {run.path} exactly: it was fitted with {key}={saved[key]!r}, and this call "
                 f"passes {key}={options[key]!r}"
             )
-    for key, module in modules.items():
-        prefix = key + "."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    _load_modules(modules, tensors)
     slots: dict = {}
     for k, v in tensors.items():
         if k.startswith("optimizer."):
@@ -372,18 +371,20 @@ def _restore(run, modules, optimizer, history, best, options, devices) -> int:
 def _restore_best(run, modules, best) -> None:
     """Puts the best epoch's parameters back (early stopping)."""
     if run is not None:
-        tensors, _ = load_checkpoint(run.checkpoint("best"))
-        for key, module in modules.items():
-            prefix = key + "."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        _load_modules(modules, load_checkpoint(run.checkpoint("best"))[0])
     elif best["state"] is not None:
         for key, module in modules.items():
             module.load_state_dict(best["state"][key])
 
 
-def _jsonable(value):
-    import json
+def _load_modules(modules: dict, tensors: dict) -> None:
+    """Loads each module's state from the checkpoint tensors under its prefix ("model.", "guide.")."""
+    for key, module in modules.items():
+        prefix = key + "."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
+
+def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
