@@ -1,10 +1,10 @@
 """elbox: latent-variable models fitted by the ELBO, with the gap to the evidence reported."""
 
 from elbox import distributions, guides, models
-from elbox.bounds import Terms, elbo, iwae, renyi
+from elbox.bounds import Terms, cubo, elbo, iwae, renyi
 from elbox.data import Sequences
-from elbox.evidence import Estimate, log_evidence
-from elbox.inference import ConvergenceWarning, History, em, fit
+from elbox.evidence import Estimate, EvidenceReport, bdmc, evidence_report, log_evidence
+from elbox.inference import ConvergenceWarning, History, em, fit, refine
 from elbox.models import (
     HMM,
     VAE,
@@ -24,6 +24,7 @@ __all__ = [
     "BetaBernoulli",
     "ConvergenceWarning",
     "Estimate",
+    "EvidenceReport",
     "FactorAnalysis",
     "GaussianMixture",
     "HierarchicalNormal",
@@ -34,13 +35,17 @@ __all__ = [
     "Sequences",
     "Terms",
     "VAE",
+    "bdmc",
+    "cubo",
     "elbo",
     "distributions",
     "em",
+    "evidence_report",
     "fit",
     "guides",
     "iwae",
     "log_evidence",
     "models",
+    "refine",
     "renyi",
 ]

@@ -19,6 +19,6 @@ per-particle quantities ``[S, B]``.
 
 from elbox.bounds import _kl  # noqa: F401  (registers the closed-form KLs torch lacks)
 from elbox.bounds.elbo import Terms, elbo
-from elbox.bounds.importance import iwae, log_weights, renyi
+from elbox.bounds.importance import cubo, iwae, log_weights, renyi
 
-__all__ = ["Terms", "elbo", "iwae", "log_weights", "renyi"]
+__all__ = ["Terms", "cubo", "elbo", "iwae", "log_weights", "renyi"]

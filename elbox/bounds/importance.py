@@ -8,7 +8,7 @@ from torch import Tensor
 
 from elbox.bounds._common import draw, leave_one_out_log_mean, log_mean_exp, prepare, score_surrogate
 
-__all__ = ["iwae", "log_weights", "renyi"]
+__all__ = ["cubo", "iwae", "log_weights", "renyi"]
 
 
 def log_weights(model, guide, x: Tensor, *, num_samples: int, index: Tensor | None = None):
@@ -93,3 +93,37 @@ def renyi(model, guide, x: Tensor, *, alpha: float, num_samples: int, index: Ten
     a = (1 - alpha) * log_w
     return _with_score(log_mean_exp(a) / (1 - alpha), a, log_q, scale=1 / (1 - alpha))
 
+
+
+def cubo(model, guide, x: Tensor, *, num_samples: int, n: float = 2.0, index: Tensor | None = None) -> Tensor:
+    r"""The χ upper bound (CUBO) of order n > 1, per data point.
+
+    .. math:: \mathrm{CUBO}_n(x) = \frac{1}{n}\log \mathbb{E}_{q(z|x)}\Big[
+              \Big(\frac{p_\theta(x, z)}{q(z \mid x)}\Big)^n\Big] \ge \log p_\theta(x),
+
+    with equality when q is the exact posterior; it is the Rényi bound of order α = 1 − n, and
+    finite only when q's tails are heavy enough that E_q[w^n] is (for n = 2: the χ² divergence
+    from q to the posterior is finite). The estimate with S particles,
+    (1/n) log (1/S) Σ_s w_s^n, is biased *low* (Jensen) and converges slowly when the weights
+    are heavy-tailed, so it is an upper bound in the limit of S, not for every S: report it
+    beside a large S, and read it with the PSIS k-hat of the same weights.
+
+    References:
+        Variational Inference via χ Upper Bound Minimization (Dieng et al., 2017),
+        https://arxiv.org/abs/1611.00328
+
+    Args:
+        model: A :class:`~elbox.models.LatentModel`.
+        guide: A guide.
+        x: Data, ``[B, *data_shape]``.
+        num_samples: S.
+        n: The order, greater than 1 (default 2, the χ² bound).
+        index: The data points' indices, for local guides.
+
+    Returns:
+        ``[B]``.
+    """
+    n = float(n)
+    if not (n > 1 and math.isfinite(n)):
+        raise ValueError(f"n must be a finite number greater than 1; received {n}")
+    return renyi(model, guide, x, alpha=1 - n, num_samples=num_samples, index=index)

@@ -1,8 +1,10 @@
-"""Estimates of the evidence log p_θ(x): exact where tractable, else by importance sampling."""
+r"""Estimates of the evidence log p_θ(x): exact where tractable, else by importance sampling or
+annealed importance sampling; and bidirectional Monte Carlo's bracket on simulated data."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,10 +12,15 @@ from torch import Tensor
 
 from elbox._validation import check_positive_int
 from elbox.bounds._common import prepare
+from elbox.evidence.ais import AIS
 
-__all__ = ["Estimate", "log_evidence"]
+__all__ = ["Estimate", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
 
-_METHODS = ("exact", "importance")
+_METHODS = ("exact", "importance", "ais")
+
+#: Particles × data points × data size held at once by default (float32: 16 MB). Chunks of this
+#: size stay in the allocator's reused memory; much larger ones are fresh pages every time.
+_ELEMENT_BUDGET = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -23,8 +30,8 @@ class Estimate:
     Attributes:
         value: ``[B]``.
         stderr: ``[B]``; zero for exact values.
-        method: ``"exact"`` or ``"importance"``.
-        num_samples: Particles per data point (None for exact).
+        method: ``"exact"``, ``"importance"``, ``"ais"``, or ``"bdmc-upper"`` (reverse AIS).
+        num_samples: Particles (or AIS chains) per data point; None for exact values.
     """
 
     value: Tensor
@@ -38,6 +45,43 @@ class Estimate:
         return float(self.value.mean()), float(self.stderr.square().sum().sqrt() / n)
 
 
+def _log_mean_and_stderr(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """log of the mean of the weights over dim 0, and its delta-method standard error
+    sd(w) / (√S · mean(w))."""
+    S = log_w.shape[0]
+    value = log_w.logsumexp(0) - math.log(S)
+    if S == 1:
+        return value, torch.full_like(value, math.inf)
+    w = (log_w - log_w.max(0).values).exp()
+    return value, w.std(0) / (math.sqrt(S) * w.mean(0))
+
+
+def particle_chunk(x, num_samples: int) -> int:
+    """Particles drawn at a time for a batch ``x``: at most ``num_samples``, and few enough that
+    particles × points × data size stays within a fixed budget (16 MB of float32)."""
+    size = len(x) * max(1, x.shape[1:].numel() if isinstance(x, Tensor) else x.values.shape[1:].numel())
+    return max(1, min(num_samples, _ELEMENT_BUDGET // size))
+
+
+def importance_log_weights(model, guide, x, *, num_samples: int, chunk_size: int | None = None, index=None) -> Tensor:
+    """log w_s = log p_θ(x, z_s) − log q(z_s | x) for S particles from the guide (the prior when
+    ``guide`` is None), drawn ``chunk_size`` at a time: ``[S, B]``."""
+    S = check_positive_int(num_samples, "num_samples")
+    if guide is None:
+        x = model.check_data(x)
+        prior = model.prior_for(x)
+        B = len(x)
+        proposal = prior if tuple(prior.batch_shape) == (B,) else prior.expand(torch.Size([B]) + prior.batch_shape)
+    else:
+        x, proposal, _ = prepare(model, guide, x, index)
+    chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    log_w = []
+    for begin in range(0, S, chunk):
+        z = proposal.sample((min(chunk, S - begin),))  # [s, B, *event]
+        log_w.append(model.log_joint(x, z) - proposal.log_prob(z))  # [s, B]
+    return torch.cat(log_w)
+
+
 @torch.no_grad()
 def log_evidence(
     model,
@@ -47,7 +91,13 @@ def log_evidence(
     method: str = "exact",
     num_samples: int = 1000,
     chunk_size: int | None = None,
+    batch_size: int | None = None,
     index: Tensor | None = None,
+    schedule=200,
+    kernel: str = "hmc",
+    leapfrog_steps: int = 10,
+    step_size: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Estimate:
     r"""log p_θ(x) per data point.
 
@@ -61,14 +111,29 @@ def log_evidence(
     (the delta method). The estimate is the IWAE bound of that S, biased low by about
     se²/2, so it is consistent but a lower bound in expectation.
 
+    ``"ais"`` runs ``num_samples`` chains of annealed importance sampling from the prior to the
+    posterior along the geometric path p(z) p_θ(x | z)^β (:mod:`elbox.evidence.ais`), with HMC
+    or MALA moves for continuous latents and Gibbs sweeps for discrete ones; its standard error
+    is the same delta-method one, over chains. It needs no guide.
+
+    Data points are taken ``batch_size`` at a time and particles ``chunk_size`` at a time, so
+    the memory held is bounded whatever B and S are.
+
     Args:
         model: A :class:`~elbox.models.LatentModel`.
-        x: Data, ``[B, *data_shape]``.
+        x: Data, ``[B, *data_shape]`` (or :class:`~elbox.data.Sequences`).
         guide: The proposal, for ``"importance"``.
-        method: ``"exact"`` or ``"importance"``.
-        num_samples: S, for ``"importance"``.
-        chunk_size: Particles drawn at a time (default: all), to bound memory.
+        method: ``"exact"``, ``"importance"`` or ``"ais"``.
+        num_samples: S, the particles (or AIS chains) per data point.
+        chunk_size: Particles drawn at a time (default: as many as fit in 16 MB of data-sized
+            tensors).
+        batch_size: Data points at a time (default: all).
         index: The data points' indices, for local guides.
+        schedule: AIS: T moves (a sigmoid schedule) or the β's, rising strictly from 0 to 1.
+        kernel: AIS: ``"hmc"`` or ``"mala"``.
+        leapfrog_steps: AIS: leapfrog steps per HMC move.
+        step_size: AIS: the initial step size (adapted per data point).
+        progress: Called as ``progress(points_done, points_total)`` after each batch.
 
     Returns:
         An :class:`Estimate`.
@@ -78,26 +143,82 @@ def log_evidence(
     if method == "exact":
         if not getattr(model, "has_exact_evidence", False):
             raise ValueError(
-                f"{type(model).__name__} has no exact evidence; use method='importance' with a guide"
+                f"{type(model).__name__} has no exact evidence; use method='importance' with a guide, or 'ais'"
             )
         value = model.log_evidence(x)
         return Estimate(value=value, stderr=torch.zeros_like(value), method="exact")
-
     S = check_positive_int(num_samples, "num_samples")
-    chunk = S if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
-    if guide is None:
-        x = model.check_data(x)
-        prior = model.prior_for(x)
-        B = x.shape[0]
-        proposal = prior if tuple(prior.batch_shape) == (B,) else prior.expand(torch.Size([B]) + prior.batch_shape)
-    else:
-        x, proposal, _ = prepare(model, guide, x, index)
-    log_w = []
-    for begin in range(0, S, chunk):
-        z = proposal.sample((min(chunk, S - begin),))  # [s, B, *event]
-        log_w.append(model.log_joint(x, z) - proposal.log_prob(z))  # [s, B]
-    log_w = torch.cat(log_w)  # [S, B]
-    value = log_w.logsumexp(0) - math.log(S)
-    w = (log_w - log_w.max(0).values).exp()  # [S, B], scaled weights
-    stderr = w.std(0) / (math.sqrt(S) * w.mean(0)) if S > 1 else torch.full_like(value, math.inf)
-    return Estimate(value=value, stderr=stderr, method="importance", num_samples=S)
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+    ais = AIS(model, schedule=schedule, kernel=kernel, leapfrog_steps=leapfrog_steps, step_size=step_size) \
+        if method == "ais" else None  # fmt: skip
+    x = model.check_data(x)
+    B = len(x)
+    step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
+    values, errors = [], []
+    for begin in range(0, B, step):
+        batch = x[begin : begin + step]
+        if ais is not None:
+            log_w = ais.forward(batch, S)
+        else:
+            rows = None if index is None else index[begin : begin + step]
+            log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size, index=rows)
+        value, stderr = _log_mean_and_stderr(log_w)
+        values.append(value)
+        errors.append(stderr)
+        if progress is not None:
+            progress(min(begin + step, B), B)
+    return Estimate(value=torch.cat(values), stderr=torch.cat(errors), method=method, num_samples=S)
+
+
+@torch.no_grad()
+def bdmc(
+    model,
+    x,
+    z: Tensor,
+    *,
+    num_chains: int = 10,
+    schedule=200,
+    kernel: str = "hmc",
+    leapfrog_steps: int = 10,
+    step_size: float = 0.1,
+) -> tuple[Estimate, Estimate]:
+    r"""Bidirectional Monte Carlo: log p(x) bracketed by forward and reverse AIS.
+
+    Forward AIS from the prior gives a stochastic lower bound; reverse AIS from exact posterior
+    samples ``z`` gives an unbiased estimate of 1/p(x), so minus the log of its mean is a
+    stochastic upper bound. For data simulated from the model, the latent that drew each x is an
+    exact posterior sample (Grosse et al., 2015). The true log p(x) lies between the two in
+    expectation, and they meet as the schedule lengthens.
+
+    Args:
+        model: A :class:`~elbox.models.LatentModel` with continuous or discrete latents.
+        x: Data, ``[B, *data_shape]``.
+        z: Exact posterior samples: ``[B, *latent_shape]`` (one per point, shared by every reverse
+            chain) or ``[C, B, *latent_shape]``.
+        num_chains: C, chains per data point in each direction.
+        schedule, kernel, leapfrog_steps, step_size: As for ``log_evidence(method="ais")``.
+
+    Returns:
+        (lower, upper): two :class:`Estimate`, ``method`` ``"ais"`` and ``"bdmc-upper"``.
+    """
+    C = check_positive_int(num_chains, "num_chains")
+    x = model.check_data(x)
+    prior = model.prior_for(x)
+    event = tuple(prior.event_shape)
+    z = torch.as_tensor(z)
+    if tuple(z.shape[-len(event) or z.dim() :]) != event or z.dim() - len(event) not in (1, 2) or \
+            z.shape[z.dim() - len(event) - 1] != len(x):  # fmt: skip
+        raise ValueError(
+            f"z must be posterior samples of shape [B, *latent_shape] = {[len(x), *event]} or [C, B, *latent_shape]; "
+            f"received {list(z.shape)}"
+        )
+    if z.dim() == len(event) + 1:
+        z = z.expand(C, *z.shape)
+    ais = AIS(model, schedule=schedule, kernel=kernel, leapfrog_steps=leapfrog_steps, step_size=step_size)
+    lower = _log_mean_and_stderr(ais.forward(x, C))
+    neg_upper, stderr = _log_mean_and_stderr(ais.reverse(x, z))
+    return (
+        Estimate(value=lower[0], stderr=lower[1], method="ais", num_samples=C),
+        Estimate(value=-neg_upper, stderr=stderr, method="bdmc-upper", num_samples=z.shape[0]),
+    )

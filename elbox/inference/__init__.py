@@ -3,5 +3,6 @@
 from elbox.inference.em import em
 from elbox.inference.fit import fit
 from elbox.inference.history import ConvergenceWarning, History
+from elbox.inference.refine import local_guide, refine
 
-__all__ = ["ConvergenceWarning", "History", "em", "fit"]
+__all__ = ["ConvergenceWarning", "History", "em", "fit", "local_guide", "refine"]

@@ -1,0 +1,317 @@
+r"""The evidence report: how far a fitted model's ELBO is from log p(x), bracketed from both
+sides, the gap split into its approximation and amortization parts, with diagnostics."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from elbox._validation import check_positive_int
+from elbox.bounds import elbo
+from elbox.bounds._common import log_mean_exp, prepare
+from elbox.evidence.diagnostics import (
+    active_units,
+    collapse_warning,
+    kl_per_dimension,
+    mutual_information,
+    psis_khat,
+    warn_collapse,
+)
+from elbox.evidence.estimate import _log_mean_and_stderr, importance_log_weights, log_evidence
+
+__all__ = ["EvidenceReport", "evidence_report"]
+
+_METHODS = ("auto", "exact", "importance", "ais")
+
+
+def _summary(values: Tensor) -> dict:
+    """The mean over data points and its standard error (the spread over the points)."""
+    v = values.double()
+    n = v.numel()
+    return {"mean": float(v.mean()), "stderr": float(v.std() / math.sqrt(n)) if n > 1 else math.nan}
+
+
+@dataclass
+class EvidenceReport:
+    """What :func:`evidence_report` measured, every number in nats per data point.
+
+    Each summary is a dict with ``mean`` and ``stderr`` (the standard error of the mean over the
+    data points); ``log_evidence`` adds ``mc_stderr``, the Monte Carlo part alone. The bracket
+    is ``elbo`` ≤ ``iwae`` ≤ ``log_evidence`` ≤ ``upper_bound``: the first two are lower bounds
+    (in expectation), the third an estimate (``exact``, or ``importance``/``ais``, which are
+    lower bounds in expectation too), the last the CUBO, an upper bound in expectation as S
+    grows.
+
+    Attributes:
+        model, guide: Their class names.
+        num_points: The data points evaluated.
+        elbo, reconstruction, kl: The ELBO and its terms.
+        iwae: The IWAE bound with ``num_samples`` K particles.
+        log_evidence: The estimate of log p(x), with ``method`` and ``num_samples``.
+        upper_bound: The CUBO of order ``n`` from ``num_samples`` particles.
+        gap: log p̂(x) − ELBO.
+        approximation_gap, amortization_gap: Over the ``refined_points`` first points (None
+            without refinement); they sum to ``gap_refined``, the gap on those points.
+        psis_khat: Summary of the per-point k̂ (mean, max, fraction above 0.7), None when the
+            weights are constant.
+        active_units, latent_units, unit_variance: Burda et al.'s count, and each unit's
+            Cov_x(E_q[z_u]).
+        kl_per_dim: The mean over points of KL(q(z_u | x) ‖ p(z_u)), per latent unit.
+        mutual_information: The estimate of I(x; z) under q, from ``mi_points`` points.
+        warnings: Posterior collapse and unreliable importance weights, in words.
+        per_point: Per data point: elbo, log_evidence, log_evidence_stderr, cubo, khat; and
+            elbo_refined for the refined points.
+        seconds: Wall-clock time of the evaluation.
+    """
+
+    model: str
+    guide: str
+    num_points: int
+    elbo: dict
+    reconstruction: dict
+    kl: dict
+    iwae: dict
+    log_evidence: dict
+    upper_bound: dict
+    gap: float
+    approximation_gap: dict | None = None
+    amortization_gap: dict | None = None
+    gap_refined: float | None = None
+    refined_points: int = 0
+    refine_steps: int = 0
+    psis_khat: dict | None = None
+    active_units: int | None = None
+    latent_units: int | None = None
+    unit_variance: list | None = None
+    kl_per_dim: list | None = None
+    mutual_information: float | None = None
+    mi_points: int = 0
+    warnings: list = field(default_factory=list)
+    per_point: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain JSON types; a non-finite number becomes None."""
+        return _finite(asdict(self))
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvidenceReport:
+        return cls(**data)
+
+    def bracket(self) -> list[tuple[str, float, float, str]]:
+        """(name, mean, stderr, what it is) from the lowest to the highest."""
+        e = self.log_evidence
+        kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
+        return [
+            ("ELBO", self.elbo["mean"], self.elbo["stderr"], "a lower bound"),
+            (f"IWAE-{self.iwae['num_samples']}", self.iwae["mean"], self.iwae["stderr"], "a lower bound"),
+            ("log p(x)", e["mean"], e["stderr"], kind),
+            (f"CUBO-{self.upper_bound['n']:g}", self.upper_bound["mean"], self.upper_bound["stderr"],
+             f"an upper bound as S grows (S = {self.upper_bound['num_samples']})"),
+        ]  # fmt: skip
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+@torch.no_grad()
+def evidence_report(
+    model,
+    guide,
+    x,
+    *,
+    num_samples: int = 1000,
+    iwae_samples: int = 50,
+    cubo_order: float = 2.0,
+    elbo_samples: int = 10,
+    method: str = "auto",
+    ais_schedule=200,
+    refine_steps: int = 200,
+    refine_points: int = 500,
+    refine_lr: float = 1e-2,
+    mi_points: int = 1000,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EvidenceReport:
+    r"""Evaluates a fitted model and guide on data ``x``: the bracket ELBO ≤ IWAE-K ≤ log p̂(x) ≤
+    CUBO, the gap and its split, and diagnostics.
+
+    One pass over the data, ``batch_size`` points and ``chunk_size`` particles at a time,
+    draws ``num_samples`` importance weights per point with the guide as proposal; from them
+    come log p̂(x) (unless the model's exact value or AIS is asked for), the IWAE bound of the
+    first ``iwae_samples``, the CUBO, and the PSIS k-hat. The ELBO's expectation is analytic
+    where the model and q allow, else an average of ``elbo_samples`` particles. Then
+    :func:`~elbox.inference.refine` optimizes a q per point on the first ``refine_points``
+    points (``refine_steps`` Adam steps; 0 skips it) to split the gap there.
+
+    Args:
+        model: A :class:`~elbox.models.LatentModel`.
+        guide: Its guide q(z | x) (a global or amortized one; local guides need their own data).
+        x: Data, ``[N, *data_shape]``.
+        num_samples: S, importance samples per point.
+        iwae_samples: K ≤ S for the IWAE bound in the bracket.
+        cubo_order: n > 1 for the CUBO.
+        elbo_samples: Particles for an ELBO that is not analytic (and for L[q*]).
+        method: log p(x) by ``"exact"``, ``"importance"``, ``"ais"``, or ``"auto"`` (exact
+            where the model has it, else importance).
+        ais_schedule: The AIS schedule (T or the β's), for ``method="ais"``.
+        refine_steps, refine_points, refine_lr: The per-point refinement.
+        mi_points: Points for the mutual-information estimate.
+        batch_size: Data points at a time.
+        chunk_size: Particles at a time (default: 16 MB worth).
+        progress: Called as ``progress(stage, done, total)``.
+
+    Returns:
+        An :class:`EvidenceReport`.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}; received {method!r}")
+    S = check_positive_int(num_samples, "num_samples")
+    K = check_positive_int(iwae_samples, "iwae_samples")
+    if K > S:
+        raise ValueError(f"iwae_samples must be at most num_samples = {S}; received {K}")
+    if S < 5:
+        raise ValueError(f"num_samples must be at least 5 for the PSIS k-hat; received {S}")
+    n = float(cubo_order)
+    if not (n > 1 and math.isfinite(n)):
+        raise ValueError(f"cubo_order must be a finite number greater than 1; received {cubo_order!r}")
+    step = check_positive_int(batch_size, "batch_size")
+    if method == "auto":
+        method = "exact" if getattr(model, "has_exact_evidence", False) else "importance"
+    start = time.perf_counter()
+    x = model.check_data(x)
+    N = len(x)
+    if N < 2:
+        raise ValueError(f"x must hold at least two data points for a report; received {N}")
+    prepare(model, guide, x[:1])  # a guide that does not fit the model fails here, before any work
+    report = progress or (lambda stage, done, total: None)
+
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "reconstruction", "kl", "log_p", "log_p_se", "iwae",
+                                                      "cubo", "khat", "means", "kl_dims")}  # fmt: skip
+    with model.trusting_data():
+        for begin in range(0, N, step):
+            batch = x[begin : begin + step]
+            terms = elbo(model, guide, batch, num_samples=elbo_samples)
+            log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size)
+            log_p, log_p_se = _log_mean_and_stderr(log_w)
+            q, prior = guide(batch), model.prior_for(batch)
+            for name, value in (
+                ("elbo", terms.value), ("reconstruction", terms.reconstruction), ("kl", terms.kl),
+                ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", log_mean_exp(log_w[:K])),
+                ("cubo", log_mean_exp(n * log_w) / n), ("khat", psis_khat(log_w)),
+            ):  # fmt: skip
+                parts[name].append(value.detach().double().cpu())
+            if not q.support.is_discrete:
+                parts["means"].append(q.mean.detach().double().cpu())
+            kl_dims = kl_per_dimension(q, prior)
+            if kl_dims is not None:
+                parts["kl_dims"].append(kl_dims.double().cpu())
+            report("importance sampling", min(begin + step, N), N)
+    v = {k: torch.cat(p) for k, p in parts.items() if p}
+
+    if method == "importance":
+        log_p, log_p_se = v["log_p"], v["log_p_se"]
+        evidence_samples = S
+    else:
+        estimate = log_evidence(
+            model, x, guide=guide, method=method, num_samples=S if method == "ais" else 1000, batch_size=step,
+            schedule=ais_schedule, chunk_size=chunk_size, progress=lambda d, t: report(method, d, t),
+        )  # fmt: skip
+        log_p, log_p_se = estimate.value.double().cpu(), estimate.stderr.double().cpu()
+        evidence_samples = estimate.num_samples
+    log_evidence_summary = {
+        **_summary(log_p),
+        "mc_stderr": float(log_p_se.square().sum().sqrt() / N),
+        "method": method,
+        "num_samples": evidence_samples,
+    }
+    khat = v["khat"]
+    fitted = khat[khat > -math.inf]  # −∞: constant weights, q is the posterior
+    khat_summary = None
+    if fitted.numel():
+        khat_summary = {
+            "mean": float(fitted.mean()),
+            "max": float(fitted.max()),
+            "fraction_above_0.7": float((khat > 0.7).double().mean()),
+            "fraction_above_0.5": float((khat > 0.5).double().mean()),
+        }
+    messages = []
+    if khat_summary is not None and khat_summary["fraction_above_0.7"] > 0:
+        messages.append(
+            f"PSIS k-hat > 0.7 for {100 * khat_summary['fraction_above_0.7']:.1f}% of points: there the importance "
+            "weights are heavy-tailed and log p̂(x) may be far too low, whatever its standard error"
+        )
+
+    result = EvidenceReport(
+        model=type(model).__name__,
+        guide=type(guide).__name__,
+        num_points=N,
+        elbo=_summary(v["elbo"]),
+        reconstruction=_summary(v["reconstruction"]),
+        kl=_summary(v["kl"]),
+        iwae={**_summary(v["iwae"]), "num_samples": K},
+        log_evidence=log_evidence_summary,
+        upper_bound={**_summary(v["cubo"]), "method": "cubo", "n": n, "num_samples": S},
+        gap=float((log_p - v["elbo"]).mean()),
+        psis_khat=khat_summary,
+        per_point={
+            "elbo": v["elbo"].tolist(),
+            "log_evidence": log_p.tolist(),
+            "log_evidence_stderr": log_p_se.tolist(),
+            "cubo": v["cubo"].tolist(),
+            "khat": khat.tolist(),
+        },
+    )
+
+    if "means" in v:
+        count, variance = active_units(v["means"])
+        result.active_units, result.latent_units, result.unit_variance = count, variance.numel(), variance.tolist()
+        message = collapse_warning(count, variance.numel(), result.kl["mean"])
+        if message is not None:
+            messages.append(message)
+            warn_collapse(message)
+    if "kl_dims" in v:
+        result.kl_per_dim = v["kl_dims"].mean(0).tolist()
+    M = min(N, check_positive_int(mi_points, "mi_points"))
+    if M >= 2:
+        result.mutual_information = mutual_information(guide(x[:M]))
+        result.mi_points = M
+
+    if refine_steps:
+        from elbox.inference.refine import refine
+
+        R = min(N, check_positive_int(refine_points, "refine_points"))
+        with torch.enable_grad():
+            refined = refine(model, guide, x[:R], steps=refine_steps, lr=refine_lr, num_samples=elbo_samples,
+                             batch_size=step, progress=lambda d, t: report("refining q per point", d, t))  # fmt: skip
+        with model.trusting_data():
+            refined_elbo = torch.cat([
+                elbo(model, refined, x[b : min(b + step, R)], num_samples=elbo_samples,
+                     index=torch.arange(b, min(b + step, R))).value.double().cpu()
+                for b in range(0, R, step)
+            ])  # fmt: skip
+        result.approximation_gap = _summary(log_p[:R] - refined_elbo)
+        result.amortization_gap = _summary(refined_elbo - v["elbo"][:R])
+        result.gap_refined = float((log_p[:R] - v["elbo"][:R]).mean())
+        result.refined_points, result.refine_steps = R, int(refine_steps)
+        result.per_point["elbo_refined"] = refined_elbo.tolist()
+    result.warnings = messages
+    result.seconds = time.perf_counter() - start
+    return result
