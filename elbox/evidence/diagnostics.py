@@ -81,7 +81,7 @@ def active_units(means: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
     Returns:
         (the number of active units, the variance of each unit's mean across x ``[U]``).
     """
-    if means.dim() < 2 or means.shape[0] < 2:
+    if means.dim() < 1 or means.shape[0] < 2:
         raise ValueError(f"means must be [N, *latent_shape] with N >= 2; received shape {list(means.shape)}")
     variance = means.detach().reshape(means.shape[0], -1).double().var(0)
     return int((variance > threshold).sum()), variance
