@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/elbox demo
 
-test: $(STAMP)
+# Headless Chromium, which the HTML report's test renders the page in (Debian's package).
+browser:
+	command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
@@ -31,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/hmm.py
 	$(PY) bench/lgssm.py
 	$(PY) bench/vae_vs_pyro.py
+	$(PY) bench/evidence.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check elbox tests bench examples

@@ -94,9 +94,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "evaluate": {
         "num_samples": Key(1000, _positive_int, "a positive integer", "importance samples per test point"),
-        "chunk_size": Key(250, _positive_int, "a positive integer", "particles drawn at a time (memory)"),
-        "batch_size": Key(500, _positive_int, "a positive integer", "test points evaluated at a time"),
+        "chunk_size": Key(0, _non_negative_int, "a non-negative integer",
+                          "particles drawn at a time (0: as many as fit in 16 MB)"),
+        "batch_size": Key(100, _positive_int, "a positive integer", "test points evaluated at a time"),
         "max_points": Key(0, _non_negative_int, "a non-negative integer", "evaluate the first N test points (0: all)"),
+        "iwae_samples": Key(50, _positive_int, "a positive integer", "K of the IWAE bound in the bracket"),
+        "cubo_order": Key(2.0, lambda v: _number(v) and v > 1, "a number greater than 1", "n of the CUBO"),
+        "method": Key("importance", _one_of("importance", "ais"), "'importance' or 'ais'",
+                      "how log p(x) is estimated"),
+        "ais_steps": Key(200, _positive_int, "a positive integer", "AIS: moves along the sigmoid schedule"),
+        "refine_steps": Key(200, _non_negative_int, "a non-negative integer",
+                            "Adam steps of per-point refinement, for the gap split (0: none)"),
+        "refine_points": Key(500, _positive_int, "a positive integer", "test points refined"),
     },
 }  # fmt: skip
 

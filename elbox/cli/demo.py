@@ -129,8 +129,9 @@ def run_vae_demo(
 ) -> dict:
     """Trains a VAE on the embedded digits into the run directory ``out``, evaluates it (ELBO,
     reconstruction, KL, log p(x) by importance sampling), draws its figures, and sweeps β to show
-    the rate/distortion trade-off. Returns the evaluation, the sweep and the figure names."""
-    from elbox.cli.experiment import demo_config, evaluate_run, load_data, train_run
+    the rate/distortion trade-off, and ends by writing the evidence report (report.html,
+    report.json). Returns the evaluation, the sweep, the figure names and the report's path."""
+    from elbox.cli.experiment import demo_config, evaluate_run, load_data, report_run, train_run
 
     out = Path(out)
     start = time.perf_counter()
@@ -154,8 +155,10 @@ def run_vae_demo(
             distortion_label="distortion: −E_q[log p(x|z)] (nats)",
         )
         write_json(out / "beta_sweep.json", sweep)
+    report_run(out)  # report.html and report.json, from the evaluation above
     figures = sorted(p.name for p in out.glob("*.png"))
-    return {"evaluation": evaluation, "sweep": sweep, "figures": figures, "seconds": time.perf_counter() - start}
+    return {"evaluation": evaluation, "sweep": sweep, "figures": figures, "report": out / "report.html",
+            "seconds": time.perf_counter() - start}  # fmt: skip
 
 
 def _sweep_point(config: dict, x, x_test, beta: float, epochs: int, seed: int, status) -> dict:

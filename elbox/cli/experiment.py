@@ -3,21 +3,18 @@ into a run directory, evaluated from it, and drawn."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from elbox.bounds import elbo
 from elbox.cli.config import ConfigError, load_config, parse_config, to_toml
-from elbox.evidence import log_evidence
 from elbox.inference import fit
 from elbox.io import RunDirectory, atomic_write_text, load_checkpoint, write_json
 from elbox.models import VAE
 
-__all__ = ["evaluate_run", "load_data", "load_run", "make_figures", "train_run"]
+__all__ = ["evaluate_run", "load_data", "load_run", "make_figures", "report_run", "train_run"]
 
 _DATA_DIM = {"digits": 64, "mnist": 784, "mnist1d": 40}
 _SPLIT_SEED = 0  # the digits' fixed train/test split does not depend on the run's seed
@@ -171,16 +168,20 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[RunD
     return run, config, model
 
 
-@torch.no_grad()
 def evaluate_run(
     run_dir: str | os.PathLike, *, num_samples: int | None = None, max_points: int | None = None, progress=None
 ) -> dict:
-    """Test ELBO, reconstruction and KL, and log p(x) by importance sampling with the encoder as
-    proposal, each averaged over the test set with its standard error; written to
-    ``evaluation.json`` in the run directory.
+    """The evidence report of a run's model on its test set (:func:`elbox.evidence_report` with
+    the config's ``[evaluate]`` settings), written to ``evaluation.json`` in the run directory.
 
-    ``progress`` is called as ``progress(done, total)`` after each batch of test points.
+    ``progress`` is called as ``progress(stage, done, total)``.
+
+    Returns:
+        evaluation.json's content: ``run``, ``data``, ``checkpoint`` and ``report`` (the
+        :class:`~elbox.evidence.EvidenceReport` as a dict).
     """
+    from elbox.evidence import evidence_report
+
     run, config, model = load_run(run_dir)
     e = config["evaluate"]
     S = e["num_samples"] if num_samples is None else num_samples
@@ -188,42 +189,44 @@ def evaluate_run(
     x, _ = load_data(config, "test")
     if limit:
         x = x[:limit]
-    N = x.shape[0]
-    start = time.perf_counter()
-    parts: dict[str, list[torch.Tensor]] = {"elbo": [], "reconstruction": [], "kl": [], "log_px": [], "se": []}
-    for begin in range(0, N, e["batch_size"]):
-        batch = x[begin : begin + e["batch_size"]]
-        terms = elbo(model, model.guide, batch)
-        estimate = log_evidence(model, batch, guide=model.guide, method="importance", num_samples=S,
-                                chunk_size=min(e["chunk_size"], S))  # fmt: skip
-        for name, value in (("elbo", terms.value), ("reconstruction", terms.reconstruction), ("kl", terms.kl),
-                            ("log_px", estimate.value), ("se", estimate.stderr)):  # fmt: skip
-            parts[name].append(value.double())
-        if progress is not None:
-            progress(min(begin + e["batch_size"], N), N)
-    values = {k: torch.cat(v) for k, v in parts.items()}
-    rows = {}
-    for name in ("elbo", "reconstruction", "kl"):
-        v = values[name]
-        rows[name] = {"mean": float(v.mean()), "stderr": float(v.std() / math.sqrt(N)) if N > 1 else math.nan}
-    # log p̂ averaged over points: its error combines the spread of log p(x) over the test set
-    # (sampling of the test set) and each point's Monte Carlo error.
-    log_px = values["log_px"]
-    rows["log_px"] = {
-        "mean": float(log_px.mean()),
-        "stderr": float(log_px.std() / math.sqrt(N)) if N > 1 else math.nan,
-        "mc_stderr": float(values["se"].square().sum().sqrt() / N),
-    }
+    report = evidence_report(
+        model, model.guide, x, num_samples=S, iwae_samples=min(e["iwae_samples"], S), cubo_order=e["cubo_order"],
+        method=e["method"], ais_schedule=e["ais_steps"], refine_steps=e["refine_steps"],
+        refine_points=e["refine_points"], batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None,
+        progress=progress,
+    )  # fmt: skip
     result = {
         "run": str(run.path),
-        "data": f"{config['data']['name']} test set, {N} points",
-        "num_samples": S,
-        "rows": rows,
-        "gap": rows["log_px"]["mean"] - rows["elbo"]["mean"],
-        "seconds": time.perf_counter() - start,
+        "data": f"{config['data']['name']} test set, {x.shape[0]} points",
+        "checkpoint": "best" if run.has_checkpoint("best") else "last",
+        "report": report.to_dict(),
     }
     write_json(run.path / "evaluation.json", result)
     return result
+
+
+def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, progress=None) -> dict:
+    """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
+    per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
+    (evaluated first when there is none, or when ``fresh``)."""
+    from elbox.plots import write_html_report
+
+    run = RunDirectory.open(run_dir)
+    path = run.path / "evaluation.json"
+    if fresh or not path.is_file():
+        evaluation = evaluate_run(run_dir, progress=progress)
+    else:
+        import json
+
+        evaluation = json.loads(path.read_text())
+    metrics = run.read_metrics()
+    content = {**evaluation, "training": metrics}
+    write_json(run.path / "report.json", content)
+    context = {"run directory": evaluation["run"], "data": evaluation["data"], "checkpoint": evaluation["checkpoint"],
+               "epochs trained": len(metrics)}  # fmt: skip
+    write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
+                      training=metrics, context=context)  # fmt: skip
+    return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}
 
 
 @torch.no_grad()
@@ -254,7 +257,7 @@ def demo_config(epochs: int = 300, seed: int = 0) -> dict:
             "data": {"name": "digits", "binarization": "dynamic", "validation": 200, "test": 297},
             "model": {"latent_dim": 8, "hidden": [256, 256], "activation": "tanh", "decoder": "bernoulli"},
             "train": {"epochs": epochs, "batch_size": 100, "lr": 1e-3, "seed": seed, "patience": 50},
-            "evaluate": {"num_samples": 1000, "chunk_size": 250, "batch_size": 300},
+            "evaluate": {"num_samples": 1000, "batch_size": 100, "refine_points": 297},
         },
         "the demo's config",
     )

@@ -63,29 +63,68 @@ def fit(
     console.print(f"Run directory: {out}; evaluate it with `elbox evaluate {out}`")
 
 
-def _evaluation_table(result: dict) -> Table:
-    rows = result["rows"]
+def _evaluation_table(evaluation: dict) -> Table:
+    """The evidence report as a table: the bracket, the gap and its split, the diagnostics."""
+    r = evaluation["report"]
     table = Table(
-        title=f"{result['data']} (nats per data point)",
-        caption=(
-            f"log p(x): importance sampling with the encoder as proposal, S = {result['num_samples']}; "
-            f"± is the standard error over test points (Monte Carlo error {rows['log_px']['mc_stderr']:.1e})"
-        ),
+        title=f"Evidence report: {evaluation['data']} (nats per data point)",
+        caption="± is the standard error over the points; bounds are bounds in expectation over the sampling",
     )
     for column in ("quantity", "value", "± s.e.", "what it is"):
         table.add_column(column, justify="left" if column in ("quantity", "what it is") else "right")
-    table.add_row("ELBO", f"{rows['elbo']['mean']:.3f}", f"{rows['elbo']['stderr']:.3f}", "a lower bound")
-    table.add_row(
-        "reconstruction", f"{rows['reconstruction']['mean']:.3f}", f"{rows['reconstruction']['stderr']:.3f}",
-        escape("E_q[log p(x|z)]"),
-    )  # fmt: skip
-    table.add_row("KL", f"{rows['kl']['mean']:.3f}", f"{rows['kl']['stderr']:.3f}", "KL(q(z|x) ‖ p(z))")
-    table.add_row(
-        "log p(x)", f"{rows['log_px']['mean']:.3f}", f"{rows['log_px']['stderr']:.3f}",
-        "an estimate (IWAE-S, low by ≈ s.e.²/2)",
-    )  # fmt: skip
-    table.add_row("gap", f"{result['gap']:.3f}", "", "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))")
+
+    def number(value, digits=3):
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    e, u = r["log_evidence"], r["upper_bound"]
+    kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
+    table.add_row("ELBO", number(r["elbo"]["mean"]), number(r["elbo"]["stderr"]), "a lower bound")
+    recon = r["reconstruction"]
+    table.add_row("  reconstruction", number(recon["mean"]), number(recon["stderr"]), escape("E_q[log p(x|z)]"))
+    table.add_row("  KL", number(r["kl"]["mean"]), number(r["kl"]["stderr"]), "KL(q(z|x) ‖ p(z))")
+    table.add_row(f"IWAE-{r['iwae']['num_samples']}", number(r["iwae"]["mean"]), number(r["iwae"]["stderr"]),
+                  "a lower bound")  # fmt: skip
+    table.add_row("log p(x)", number(e["mean"]), number(e["stderr"]),
+                  f"{kind}; Monte Carlo s.e. {number(e.get('mc_stderr'), 4)}")  # fmt: skip
+    table.add_row(f"CUBO-{u['n']:g}", number(u["mean"]), number(u["stderr"]),
+                  f"an upper bound as S grows (S = {u['num_samples']})")  # fmt: skip
+    table.add_row("gap", number(r["gap"]), "", "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))", end_section=True)
+    if r.get("approximation_gap"):
+        table.add_row("  approximation gap", number(r["approximation_gap"]["mean"]),
+                      number(r["approximation_gap"]["stderr"]),
+                      escape(f"log p̂ − L[q*], q* refined per point ({r['refined_points']} points)"))  # fmt: skip
+        table.add_row("  amortization gap", number(r["amortization_gap"]["mean"]),
+                      number(r["amortization_gap"]["stderr"]), escape("L[q*] − L[q]: the encoder's share"))  # fmt: skip
+    k = r.get("psis_khat")
+    above = f"{100 * k['fraction_above_0.7']:.1f}% of points above 0.7" if k else "constant weights"
+    table.add_row("PSIS k̂ (mean, max)", f"{number(k['mean'], 2)}, {number(k['max'], 2)}" if k else "—", "", above)
+    if r.get("active_units") is not None:
+        table.add_row("active units", f"{r['active_units']} / {r['latent_units']}", "", escape("Cov_x(E_q[z_u]) > 0.01"))
+    if r.get("mutual_information") is not None:
+        table.add_row("I(x; z) under q", number(r["mutual_information"]), "", f"at most log {r['mi_points']}")
     return table
+
+
+def _print_warnings(evaluation: dict) -> None:
+    for message in evaluation["report"].get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+@contextmanager
+def _stage_progress():
+    """A rich bar per stage of an evaluation; yields the ``progress(stage, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
 
 
 @app.command()
@@ -94,19 +133,31 @@ def evaluate(
     num_samples: int = typer.Option(None, min=1, help="Importance samples per point (default: the config's)."),
     max_points: int = typer.Option(None, min=0, help="Evaluate the first N test points (0: all)."),
 ) -> None:
-    """Test ELBO, reconstruction, KL and log p(x) ± s.e. by importance sampling; writes evaluation.json."""
-    from rich.progress import Progress
-
+    """The evidence report on the test set: ELBO ≤ IWAE ≤ log p̂(x) ≤ CUBO, the gap split, k-hat,
+    active units; writes evaluation.json."""
     from elbox.cli.experiment import evaluate_run
 
-    with _user_errors(), Progress(console=console, transient=True) as bar:
-        task = bar.add_task("evaluating the test set", total=None)
-        result = evaluate_run(
-            run_dir, num_samples=num_samples, max_points=max_points,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
+    with _user_errors(), _stage_progress() as progress:
+        result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points, progress=progress)
     console.print(_evaluation_table(result))
-    console.print(f"Written: {run_dir / 'evaluation.json'} ({result['seconds']:.1f} s)")
+    _print_warnings(result)
+    console.print(f"Written: {run_dir / 'evaluation.json'} ({result['report']['seconds']:.1f} s)")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
+    fresh: bool = typer.Option(False, help="Evaluate again even if evaluation.json exists."),
+) -> None:
+    """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
+    curves) and report.json to the run directory."""
+    from elbox.cli.experiment import report_run
+
+    with _user_errors(), _stage_progress() as progress:
+        result = report_run(run_dir, fresh=fresh, progress=progress)
+    console.print(_evaluation_table(result["evaluation"]))
+    _print_warnings(result["evaluation"])
+    console.print(f"Written: {', '.join(str(p) for p in result['paths'])}")
 
 
 @app.command()
@@ -135,6 +186,7 @@ def demo(
         result = run_vae_demo(out, epochs=epochs, sweep_epochs=sweep_epochs, seed=seed, progress=progress,
                               console=console)  # fmt: skip
     console.print(_evaluation_table(result["evaluation"]))
+    _print_warnings(result["evaluation"])
     if result["sweep"]:
         table = Table(title="β sweep: the reconstruction/KL trade-off on the test set (nats)")
         for column in ("β", "rate KL", escape("distortion −E_q[log p(x|z)]"), "ELBO"):
@@ -143,6 +195,7 @@ def demo(
             table.add_row(f"{row['beta']:g}", f"{row['kl']:.3f}", f"{row['distortion']:.3f}", f"{row['elbo']:.3f}")
         console.print(table)
     console.print(f"Run directory: {out} ({', '.join(result['figures'])}); {result['seconds']:.0f} s in all")
+    console.print(f"Evidence report: {result['report']} (open it in a browser)")
 
 
 def _gmm_demo(out: Path, components: int, pca: int, vi_epochs: int, seed: int) -> None:

@@ -1,11 +1,16 @@
 """Figures (matplotlib, imported lazily; nothing in the core imports this package)."""
 
 from elbox.plots.rate_distortion import plot_rate_distortion
+from elbox.plots.report import plot_bracket, plot_gaps, plot_khat, plot_kl_per_dim, render_html, write_html_report
 from elbox.plots.sequences import plot_state_path, plot_trajectory
 from elbox.plots.traces import plot_traces
 from elbox.plots.vae import plot_latent_space, plot_reconstructions, plot_samples, plot_training
 
 __all__ = [
+    "plot_bracket",
+    "plot_gaps",
+    "plot_khat",
+    "plot_kl_per_dim",
     "plot_latent_space",
     "plot_rate_distortion",
     "plot_reconstructions",
@@ -14,4 +19,6 @@ __all__ = [
     "plot_training",
     "plot_traces",
     "plot_trajectory",
+    "render_html",
+    "write_html_report",
 ]
