@@ -99,7 +99,8 @@ def _evaluation_table(evaluation: dict) -> Table:
     above = f"{100 * k['fraction_above_0.7']:.1f}% of points above 0.7" if k else "constant weights"
     table.add_row("PSIS k̂ (mean, max)", f"{number(k['mean'], 2)}, {number(k['max'], 2)}" if k else "—", "", above)
     if r.get("active_units") is not None:
-        table.add_row("active units", f"{r['active_units']} / {r['latent_units']}", "", escape("Cov_x(E_q[z_u]) > 0.01"))
+        units = f"{r['active_units']} / {r['latent_units']}"
+        table.add_row("active units", units, "", escape("Cov_x(E_q[z_u]) > 0.01"))
     if r.get("mutual_information") is not None:
         table.add_row("I(x; z) under q", number(r["mutual_information"]), "", f"at most log {r['mi_points']}")
     return table
