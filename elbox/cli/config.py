@@ -95,7 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "evaluate": {
         "num_samples": Key(1000, _positive_int, "a positive integer", "importance samples per test point"),
         "chunk_size": Key(0, _non_negative_int, "a non-negative integer",
-                          "particles drawn at a time (0: as many as fit in 16 MB)"),
+                          "particles drawn at a time (0: as many as fit in 4 MB)"),
         "batch_size": Key(100, _positive_int, "a positive integer", "test points evaluated at a time"),
         "max_points": Key(0, _non_negative_int, "a non-negative integer", "evaluate the first N test points (0: all)"),
         "iwae_samples": Key(50, _positive_int, "a positive integer", "K of the IWAE bound in the bracket"),

@@ -18,9 +18,9 @@ __all__ = ["Estimate", "bdmc", "importance_log_weights", "log_evidence", "partic
 
 _METHODS = ("exact", "importance", "ais")
 
-#: Particles × data points × data size held at once by default (float32: 16 MB). Chunks of this
+#: Particles × data points × data size held at once by default (float32: 4 MB). Chunks of this
 #: size stay in the allocator's reused memory; much larger ones are fresh pages every time.
-_ELEMENT_BUDGET = 1 << 22
+_ELEMENT_BUDGET = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _log_mean_and_stderr(log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 def particle_chunk(x, num_samples: int) -> int:
     """Particles drawn at a time for a batch ``x``: at most ``num_samples``, and few enough that
-    particles × points × data size stays within a fixed budget (16 MB of float32)."""
+    particles × points × data size stays within a fixed budget (4 MB of float32)."""
     size = len(x) * max(1, x.shape[1:].numel() if isinstance(x, Tensor) else x.values.shape[1:].numel())
     return max(1, min(num_samples, _ELEMENT_BUDGET // size))
 
@@ -125,7 +125,7 @@ def log_evidence(
         guide: The proposal, for ``"importance"``.
         method: ``"exact"``, ``"importance"`` or ``"ais"``.
         num_samples: S, the particles (or AIS chains) per data point.
-        chunk_size: Particles drawn at a time (default: as many as fit in 16 MB of data-sized
+        chunk_size: Particles drawn at a time (default: as many as fit in 4 MB of data-sized
             tensors).
         batch_size: Data points at a time (default: all).
         index: The data points' indices, for local guides.

@@ -175,7 +175,7 @@ def evidence_report(
         refine_steps, refine_points, refine_lr: The per-point refinement.
         mi_points: Points for the mutual-information estimate.
         batch_size: Data points at a time.
-        chunk_size: Particles at a time (default: 16 MB worth).
+        chunk_size: Particles at a time (default: 4 MB worth).
         progress: Called as ``progress(stage, done, total)``.
 
     Returns:
