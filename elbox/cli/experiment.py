@@ -212,13 +212,12 @@ def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, progress=None
     from elbox.plots import write_html_report
 
     run = RunDirectory.open(run_dir)
-    path = run.path / "evaluation.json"
-    if fresh or not path.is_file():
-        evaluation = evaluate_run(run_dir, progress=progress)
-    else:
-        import json
+    import json
 
-        evaluation = json.loads(path.read_text())
+    path = run.path / "evaluation.json"
+    evaluation = None if fresh or not path.is_file() else json.loads(path.read_text())
+    if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
+        evaluation = evaluate_run(run_dir, progress=progress)
     metrics = run.read_metrics()
     content = {**evaluation, "training": metrics}
     write_json(run.path / "report.json", content)
