@@ -167,8 +167,8 @@ class _Gibbs:
         upper = getattr(support, "upper_bound", None)
         if upper is None:
             raise ValueError(f"AIS needs a finite discrete support to enumerate; the prior's is {support}")
-        self.target, self.num_values = target, int(upper) + 1 - int(getattr(support, "lower_bound", 0))
         self.lower = int(getattr(support, "lower_bound", 0))
+        self.target, self.num_values = target, int(upper) + 1 - self.lower
         self.z = z.clone()
         self.log_prior, self.log_lik = target.terms(self.z)
 

@@ -207,13 +207,13 @@ def bdmc(
     prior = model.prior_for(x)
     event = tuple(prior.event_shape)
     z = torch.as_tensor(z)
-    if tuple(z.shape[-len(event) or z.dim() :]) != event or z.dim() - len(event) not in (1, 2) or \
-            z.shape[z.dim() - len(event) - 1] != len(x):  # fmt: skip
+    lead = z.dim() - len(event)  # 1: [B, *event]; 2: [C, B, *event]
+    if lead not in (1, 2) or tuple(z.shape[lead:]) != event or z.shape[lead - 1] != len(x):
         raise ValueError(
             f"z must be posterior samples of shape [B, *latent_shape] = {[len(x), *event]} or [C, B, *latent_shape]; "
             f"received {list(z.shape)}"
         )
-    if z.dim() == len(event) + 1:
+    if lead == 1:
         z = z.expand(C, *z.shape)
     ais = AIS(model, schedule=schedule, kernel=kernel, leapfrog_steps=leapfrog_steps, step_size=step_size)
     lower = _log_mean_and_stderr(ais.forward(x, C))

@@ -20,14 +20,9 @@ def _report(report):
 
 
 def _bracket(r: dict) -> list[tuple[str, float, float, str]]:
-    e, u = r["log_evidence"], r["upper_bound"]
-    kind = "exact" if e["method"] == "exact" else f"estimate ({e['method']}, S = {e['num_samples']})"
-    return [
-        ("ELBO", r["elbo"]["mean"], r["elbo"]["stderr"], "lower bound"),
-        (f"IWAE-{r['iwae']['num_samples']}", r["iwae"]["mean"], r["iwae"]["stderr"], "lower bound"),
-        ("log p(x)", e["mean"], e["stderr"], kind),
-        (f"CUBO-{u['n']:g}", u["mean"], u["stderr"], f"upper bound as S grows (S = {u['num_samples']})"),
-    ]
+    from elbox.evidence import EvidenceReport
+
+    return EvidenceReport.from_dict(r).bracket()
 
 
 def plot_bracket(report, path: str | os.PathLike | None = None):
