@@ -3,7 +3,6 @@ early stopping."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 
@@ -13,8 +12,7 @@ import torch
 import elbox
 from elbox.inference.schedules import iwae_schedule, kl_weight, lr_schedule
 from elbox.io import RunDirectory, load_checkpoint
-
-fit_module = importlib.import_module("elbox.inference.fit")  # the module (elbox.inference.fit is the function)
+from elbox.objectives import ELBO, Output
 
 
 def _data(n=240, seed=0):
@@ -37,16 +35,16 @@ def _same_parameters(a, b) -> bool:
 
 
 def _interrupt_after(calls: int, monkeypatch):
-    """Makes the engine's bound raise KeyboardInterrupt on its ``calls + 1``-th call (mid-epoch)."""
-    real, count = fit_module._bound_value, {"n": 0}
+    """Makes the engine's objective raise KeyboardInterrupt on its ``calls + 1``-th call (mid-epoch)."""
+    real, count = ELBO.forward, {"n": 0}
 
-    def interrupted(*args, **kwargs):
+    def interrupted(self, batch):
         count["n"] += 1
         if count["n"] > calls:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, batch)
 
-    monkeypatch.setattr(fit_module, "_bound_value", interrupted)
+    monkeypatch.setattr(ELBO, "forward", interrupted)
 
 
 # Each epoch calls the bound 6 times: 5 steps and one validation. 12: interrupted as epoch 3
@@ -105,20 +103,19 @@ def test_resume_refuses_changed_options_and_fresh_fits_refuse_an_existing_run(tm
 def test_nan_guard_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     x = _data()
     vae = _vae()
-    real, calls, saved = fit_module._bound_value, {"n": 0}, {}
+    real, calls, saved = ELBO.forward, {"n": 0}, {}
 
-    def poisoned(*args, **kwargs):
-        value, objective, terms = real(*args, **kwargs)
+    def poisoned(self, batch):
+        out = real(self, batch)
         calls["n"] += 1
         if calls["n"] == 12:  # epoch 3 (from 1), second step
-            terms = {**terms, "kl": terms["kl"] * math.nan}
-            objective = objective * math.nan
-        return value, objective, terms
+            out = Output(out.value, out.surrogate * math.nan, {**out.parts, "kl": out.parts["kl"] * math.nan})
+        return out
 
     def remember(epoch, history):
         saved[epoch] = RunDirectory(tmp_path).checkpoint().read_bytes()
 
-    monkeypatch.setattr(fit_module, "_bound_value", poisoned)
+    monkeypatch.setattr(ELBO, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite in epoch 2, step 1 \(non-finite term: kl\).*intact"):
         elbox.fit(vae, vae.guide, x, run_dir=tmp_path, callback=remember, **OPTIONS)
     assert RunDirectory(tmp_path).checkpoint().read_bytes() == saved[1]

@@ -24,12 +24,16 @@ class Terms:
         reconstruction: E_q[log p_θ(x | z)].
         kl: KL(q(z | x) ‖ p(z)), the regularization term.
         kl_method: How ``kl`` was computed: ``"analytic"``, ``"mc"`` or ``"enumerate"``.
+        score: Where q is not reparameterized, the score-function surrogate already inside
+            ``value``: zero in value, its gradient the estimator's (None otherwise). An objective
+            that reweights the terms (β ≠ 1) adds it back.
     """
 
     value: Tensor
     reconstruction: Tensor
     kl: Tensor
     kl_method: str
+    score: Tensor | None = None
 
 
 def elbo(
@@ -117,9 +121,11 @@ def elbo(
         log_ratio = q.log_prob(z) - p.log_prob(z)  # [S, B]
         kl_value, kl_method, signal = log_ratio.mean(0), "mc", log_lik - log_ratio
     value = reconstruction - kl_value
+    score = None
     if not q.has_rsample:
-        value = value + score_surrogate(q.log_prob(z), signal)
-    return Terms(value=value, reconstruction=reconstruction, kl=kl_value, kl_method=kl_method)
+        score = score_surrogate(q.log_prob(z), signal)
+        value = value + score
+    return Terms(value=value, reconstruction=reconstruction, kl=kl_value, kl_method=kl_method, score=score)
 
 
 def _analytic_kl(q, p) -> Tensor | None:

@@ -1,10 +1,10 @@
 """Datasets and data handling: the embedded digits, MNIST (offline), MNIST-1D, draws from a model,
 binarization, an in-memory batch iterator, and padded batches of sequences."""
 
-from elbox.data.batches import BatchIterator, binarize, draws
+from elbox.data.batches import Batch, BatchIterator, as_batch, binarize, draws
 from elbox.data.digits import digits
 from elbox.data.mnist import load_idx, mnist
 from elbox.data.mnist1d import mnist1d
 from elbox.data.sequences import Sequences
 
-__all__ = ["BatchIterator", "Sequences", "binarize", "digits", "draws", "load_idx", "mnist", "mnist1d"]
+__all__ = ["Batch", "BatchIterator", "as_batch", "Sequences", "binarize", "digits", "draws", "load_idx", "mnist", "mnist1d"]

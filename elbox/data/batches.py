@@ -1,13 +1,52 @@
-"""Binarization, draws from a model, and an in-memory batch iterator over one tensor."""
+"""Batches, binarization, draws from a model, and an in-memory batch iterator over one tensor."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_positive_int, describe
 
-__all__ = ["BatchIterator", "binarize", "draws"]
+__all__ = ["Batch", "BatchIterator", "as_batch", "binarize", "draws"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of data points and what travels with them.
+
+    Attributes:
+        data: ``[B, *data_shape]``, or :class:`~elbox.data.Sequences` (which carry their own
+            inputs, for state-space models with controls).
+        index: The points' positions ``[B]`` in the training set, for local guides (one q per
+            data point); None for new points or global and amortized guides.
+    """
+
+    data: object
+    index: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        """``data, index = batch``."""
+        return iter((self.data, self.index))
+
+    def __post_init__(self) -> None:
+        if self.index is not None:
+            index = self.index
+            if not isinstance(index, Tensor) or index.dtype not in (torch.int32, torch.int64) or index.dim() != 1:
+                raise ValueError(f"Batch.index must be an integer tensor [B]; received {describe(index)}")
+            if index.shape[0] != len(self.data):
+                raise ValueError(
+                    f"Batch.index must name one position per data point ({len(self.data)}); received {index.shape[0]}"
+                )
+
+
+def as_batch(batch) -> Batch:
+    """``batch`` as a :class:`Batch`: a Batch is returned as it is, anything else is its data."""
+    return batch if isinstance(batch, Batch) else Batch(batch)
 
 
 def binarize(x: Tensor, *, method: str = "dynamic", generator: torch.Generator | None = None) -> Tensor:
@@ -51,7 +90,8 @@ class BatchIterator:
         drop_last: Skip the last, smaller batch.
 
     Yields:
-        ``(batch, index)``: the data ``[b, ...]`` and their positions ``[b]`` in ``x``.
+        :class:`Batch`: the data ``[b, ...]`` and their positions ``[b]`` in ``x`` (a Batch
+        unpacks as ``data, index = batch`` too).
     """
 
     def __init__(
@@ -86,4 +126,4 @@ class BatchIterator:
             batch = self.x[index]
             if self.binarization == "dynamic":
                 batch = torch.bernoulli(batch, generator=self.generator)
-            yield batch, index
+            yield Batch(batch, index)

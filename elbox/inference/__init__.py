@@ -1,8 +1,22 @@
 """Fitting: EM for models with a closed-form M-step, stochastic VI for everything."""
 
+from elbox.inference.callbacks import Callback, FitState, Interrupted
 from elbox.inference.em import em
 from elbox.inference.fit import fit
-from elbox.inference.history import ConvergenceWarning, History
+from elbox.inference.history import ConvergenceWarning, DivergenceWarning, History
 from elbox.inference.refine import local_guide, refine
+from elbox.inference.schedules import Schedule
 
-__all__ = ["ConvergenceWarning", "History", "em", "fit", "local_guide", "refine"]
+__all__ = [
+    "Callback",
+    "ConvergenceWarning",
+    "DivergenceWarning",
+    "FitState",
+    "History",
+    "Interrupted",
+    "Schedule",
+    "em",
+    "fit",
+    "local_guide",
+    "refine",
+]

@@ -1,67 +1,55 @@
-"""The training engine: maximize a bound over the guide's (and model's) parameters by stochastic
-gradient, with schedules, validation, early stopping, a run directory and exact resume."""
+"""The training engine: maximize an objective by stochastic gradient, one readable loop that
+composes schedules, checkpoints, early stopping, metrics and progress."""
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 
 from elbox._validation import as_data, check_positive_int
-from elbox.bounds import elbo, iwae, renyi
+from elbox.data.batches import Batch
 from elbox.inference._progress import Progress
-from elbox.inference.history import History
-from elbox.inference.schedules import LRSchedule, kl_weight, lr_schedule
-from elbox.io.run import RunDirectory, load_checkpoint, save_checkpoint
+from elbox.inference.callbacks import (
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    FitState,
+    FunctionCallback,
+    Interrupted,
+    MetricsLog,
+    SignalGuard,
+)
+from elbox.inference.history import DivergenceWarning, History
+from elbox.inference.schedules import LRSchedule, Schedule, lr_schedule
+from elbox.inference.schedules import kl_warmup as warmup_schedule
+from elbox.io.run import RunDirectory, RunLock, remove_stale_temporaries
+from elbox.objectives import Objective, make_objective
 
 __all__ = ["fit"]
 
-_BOUNDS = ("elbo", "iwae", "renyi")
 # Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
 _RESUME_KEYS = (
-    "bound", "batch_size", "lr", "num_samples", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
-    "adam_eps", "binarization", "optimize_model", "bound_options",
+    "bound", "objective_options", "batch_size", "lr", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
+    "adam_eps", "binarization", "optimize_model",
 )  # fmt: skip
 
 
-def _bound_value(bound: str, model, guide, x, index, options: dict, beta: float):
-    """The bound per data point, the objective to maximize, and the ELBO's terms.
-
-    For the ELBO the objective is reconstruction − β·KL (the bound itself when β = 1); where q
-    is a point mass (a deterministic encoder) the KL is +∞ and the objective is the
-    reconstruction alone, while the bound is reported as −∞.
-    """
-    if bound == "elbo":
-        terms = elbo(model, guide, x, index=index, **options)
-        parts = {"reconstruction": terms.reconstruction, "kl": terms.kl}
-        if getattr(guide, "deterministic", False):  # a point-mass q: train the reconstruction
-            return terms.value, terms.reconstruction, parts
-        objective = terms.value if beta == 1.0 else terms.reconstruction - beta * terms.kl
-        return terms.value, objective, parts
-    if bound == "iwae":
-        value = iwae(model, guide, x, index=index, **options)
-    else:
-        value = renyi(model, guide, x, index=index, **options)
-    return value, value, {}
-
-
 def fit(
-    model,
-    guide,
-    data,
-    *,
-    bound: str = "elbo",
+    objective,
+    *args,
+    bound: str | None = None,
     epochs: int | None = 100,
     batch_size: int | None = None,
     lr: float = 1e-2,
-    num_samples: int = 1,
     optimize_model: bool = True,
     seed: int | None = None,
+    callbacks: Sequence[Callback | Callable] = (),
     callback: Callable | None = None,
+    schedules: Sequence[Schedule] = (),
     beta: float | None = None,
     kl_warmup: int = 0,
     clip_grad_norm: float | None = None,
@@ -75,68 +63,81 @@ def fit(
     checkpoint_every: int = 1,
     config: str | None = None,
     progress: bool = False,
-    **bound_options,
+    tensorboard: bool = False,
+    **objective_options,
 ) -> History:
-    r"""Maximizes a bound over the guide's parameters (and the model's) by stochastic gradient.
+    r"""Maximizes an objective over the guide's parameters (and the model's) by stochastic gradient.
+
+    Called as ``fit(objective, data)`` with an :class:`~elbox.objectives.Objective`, or as
+    ``fit(model, guide, data, bound="elbo", **options)``, which builds the objective registered
+    under ``bound`` (``"elbo"``, ``"iwae"``, ``"renyi"``, ``"max_likelihood"`` with
+    ``guide=None``, or one registered by user code) from ``options`` (``num_samples=``,
+    ``beta=``, ``kl=``, ``expectation=``, ``alpha=``, …).
 
     Each epoch visits the data once in shuffled mini-batches; each step maximizes the batch mean
-    of the bound with (fused) Adam, its particles drawn as one ``[S, B, ...]`` tensor. Local
-    guides receive the batch's indices. The value recorded per step and per epoch is the bound
-    itself, not a surrogate (with β ≠ 1 the objective is reconstruction − β·KL, and the true
-    ELBO is still what is recorded).
+    of the objective's surrogate with (fused) Adam. What is recorded, per step and per epoch, is
+    the bound itself, never the surrogate. Schedules set the learning rate and any attribute of
+    the objective (β, a temperature) at the start of each epoch.
 
-    With ``run_dir`` the run is kept on disk: one record per epoch appended to
-    ``metrics.jsonl``, and ``checkpoints/last.safetensors`` (every ``checkpoint_every`` epochs)
-    and ``checkpoints/best.safetensors`` (at each new best validation bound) written
-    atomically, holding the parameters, the optimizer's state, the RNG state, the history and
-    ``config``. ``resume=True`` continues from ``last``: the result equals an uninterrupted
-    run's, bit for bit.
+    With ``run_dir`` the run is kept on disk under a lock (one writer): a checkpoint before the
+    first step (so that every interrupted run can be resumed), one record per epoch appended to
+    ``metrics.jsonl``, ``checkpoints/last.safetensors`` every ``checkpoint_every`` epochs and
+    ``best.safetensors`` at each new best, written atomically with the objective's state, the
+    optimizer's, the RNG's, the history and ``config``. SIGTERM or SIGINT finishes the current
+    step, writes ``last`` (mid-epoch position included) and raises
+    :class:`~elbox.inference.Interrupted`. ``resume=True`` continues from ``last``: the result
+    equals an uninterrupted run's, bit for bit.
 
     Args:
-        model: A :class:`~elbox.models.LatentModel`.
-        guide: A guide over the model's latents.
-        data: ``[N, *data_shape]``.
-        bound: ``"elbo"``, ``"iwae"`` or ``"renyi"`` (give ``alpha=`` for the last).
+        objective: An :class:`~elbox.objectives.Objective`, or a model (then ``guide`` and
+            ``data`` follow).
+        *args: ``data``, or ``guide, data``.
+        bound: The registered objective's name when a model is given (default ``"elbo"``).
         epochs: Passes over the data (None: the schedule's length, e.g. 3,280 for ``"iwae"``).
         batch_size: Points per step (default: all of them).
         lr: Adam's learning rate (the schedule multiplies it).
-        num_samples: Particles per data point.
         optimize_model: Whether θ is fitted too, or only the guide.
         seed: Seeds the shuffling, binarization and particles (torch's global RNG is left as
             it was).
-        callback: Called as ``callback(epoch, history)`` after each epoch.
-        beta: The KL weight of the ELBO objective (default the model's ``beta``, else 1).
-        kl_warmup: Epochs over which the KL weight rises linearly from 0 to ``beta``
-            (Sønderby et al. 2016); 0 for none.
+        callbacks: :class:`~elbox.inference.callbacks.Callback` objects or ``f(epoch, history)``
+            functions, called after each epoch.
+        callback: One more ``f(epoch, history)``.
+        schedules: :class:`~elbox.inference.schedules.Schedule` objects driving attributes of
+            the objective.
+        beta: The ELBO's KL weight (default the model's ``beta``, else 1).
+        kl_warmup: Epochs over which β rises linearly from 0 (Sønderby et al. 2016); 0 for none.
         clip_grad_norm: If given, gradients are clipped to this total norm.
         schedule: The learning-rate schedule: None or ``"constant"``, ``"iwae"`` (Burda et al.
-            2016: 3^i passes at lr·10^(−i/7), i = 0..7), ``"cosine"``, ``"exponential"``, or an
-            :class:`~elbox.inference.schedules.LRSchedule`.
+            2016), ``"cosine"``, ``"exponential"``, or an :class:`LRSchedule`.
         adam_eps: Adam's ε (Burda et al. use 1e-4).
         binarization: ``"dynamic"``: each batch is a fresh Bernoulli draw from the intensities
             in ``data`` (and ``validation`` is binarized once, reproducibly).
-        validation: Held-out data, ``[M, *data_shape]``: its bound is computed after each epoch
-            (needs a guide that takes new points, e.g. an amortized one).
-        patience: Early stopping: stop when the validation bound (the training bound without
-            validation) has not improved for this many epochs, and restore the best parameters.
+        validation: Held-out data: its bound is computed after each epoch (needs a guide that
+            takes new points, e.g. an amortized one).
+        patience: Early stopping after this many epochs without a better validation (else
+            training) bound; the best parameters are put back.
         run_dir: A directory for metrics and checkpoints (see above).
         resume: Continue the run in ``run_dir`` from its last checkpoint.
         checkpoint_every: Epochs between checkpoints of ``last``.
-        config: Text saved in each checkpoint (the CLI saves its TOML config).
-        progress: Show a progress bar with the bound, reconstruction and KL.
-        **bound_options: Passed to the bound (``kl=``, ``expectation=``, ``alpha=``).
+        config: Text saved in each checkpoint: the config of record (the CLI's TOML).
+        progress: Show a progress bar with the bound and its parts.
+        tensorboard: Also write TensorBoard event files to ``run_dir/tensorboard``.
+        **objective_options: Options of the objective built by name.
 
     Returns:
-        A :class:`History`: the bound per epoch (data-weighted mean over the epoch's steps), per
-        step, and per epoch the reconstruction, KL, validation bound and learning rate.
+        A :class:`History`: the bound per epoch (data-weighted mean over the epoch's steps) and
+        per step, and per epoch the reconstruction, KL, validation bound and learning rate;
+        ``diverged`` when the final bound fell far below the first epoch's.
 
     Raises:
         FloatingPointError: If the bound or a parameter becomes non-finite; the message names
             the term, and the last good checkpoint is left as it was.
         FileExistsError: If ``run_dir`` already holds a checkpoint and ``resume`` is False.
+        RunLockedError: If another process is writing ``run_dir``.
+        Interrupted: On SIGTERM or SIGINT, after the checkpoint is written.
     """
-    if bound not in _BOUNDS:
-        raise ValueError(f"bound must be one of {_BOUNDS}; received {bound!r}")
+    objective, data = _objective(objective, args, bound, beta, objective_options)
+    model = objective.model
     schedule = lr_schedule(schedule, epochs)
     if epochs is None:
         if schedule.epochs is None:
@@ -146,145 +147,226 @@ def fit(
     if binarization not in (None, "dynamic"):
         raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
     x = _checked_data(model, data, binarization, "data")
-    N = x.shape[0]
+    N = len(x)
     batch_size = N if batch_size is None else min(check_positive_int(batch_size, "batch_size"), N)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; received {lr}")
-    if not adam_eps > 0:
-        raise ValueError(f"adam_eps must be positive; received {adam_eps}")
-    beta = float(getattr(model, "beta", 1.0) if beta is None else beta)
-    if not beta >= 0:
-        raise ValueError(f"beta must be non-negative; received {beta}")
-    kl_warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
-    if clip_grad_norm is not None and not clip_grad_norm > 0:
-        raise ValueError(f"clip_grad_norm must be positive; received {clip_grad_norm}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive and finite; received {lr}")
+    if not (adam_eps > 0 and math.isfinite(adam_eps)):
+        raise ValueError(f"adam_eps must be positive and finite; received {adam_eps}")
+    warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
+    if clip_grad_norm is not None and not (clip_grad_norm > 0 and math.isfinite(clip_grad_norm)):
+        raise ValueError(f"clip_grad_norm must be positive and finite; received {clip_grad_norm}")
     if patience is not None:
         patience = check_positive_int(patience, "patience")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     valid = None if validation is None else _checked_data(model, validation, binarization, "validation")
-    if bound != "elbo" or num_samples != 1:
-        bound_options["num_samples"] = check_positive_int(num_samples, "num_samples")
+    schedules = list(schedules)
+    if warmup:
+        if not hasattr(objective, "beta"):
+            raise ValueError(f"kl_warmup schedules β, which the {objective.name!r} objective does not have")
+        schedules.append(warmup_schedule(float(objective.beta), warmup))
     run = None if run_dir is None else RunDirectory(run_dir)
     if resume and run is None:
         raise ValueError("resume=True needs run_dir, the run to continue")
-    if run is not None and not resume and run.has_checkpoint():
-        raise FileExistsError(
-            f"{run.checkpoint()} exists: {run.path} holds a run already. Pass resume=True to continue it, "
-            "or choose a new run directory (nothing was overwritten)"
-        )
-    if resume and not run.has_checkpoint():
-        raise FileNotFoundError(f"nothing to resume in {run.path}: {run.checkpoint()} does not exist")
 
-    guide.to(dtype=x.dtype if x.dtype.is_floating_point else model._reference().dtype, device=x.device)
-    params = list(guide.parameters())
-    if optimize_model:
-        params += [p for p in model.parameters() if p.requires_grad]
-    params = list({id(p): p for p in params if p.requires_grad}.values())
+    reference = model._reference() if hasattr(model, "_reference") else next(model.parameters())
+    objective.to(dtype=x.dtype if torch.is_tensor(x) and x.dtype.is_floating_point else reference.dtype,
+                 device=reference.device)  # fmt: skip
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if not optimize_model:
+        own = {id(p) for p in model.parameters()}
+        guide_params = {id(p) for p in objective.guide.parameters()} if objective.guide is not None else set()
+        params = [p for p in params if id(p) not in own or id(p) in guide_params]
     if not params:
         raise ValueError("nothing to optimize: neither the guide nor the model has trainable parameters")
     optimizer = _adam(params, lr, adam_eps)
     options = {
-        "bound": bound, "batch_size": batch_size, "lr": lr, "num_samples": num_samples, "seed": seed,
-        "beta": beta, "kl_warmup": kl_warmup, "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
+        "bound": objective.name or type(objective).__name__, "objective_options": objective.options(),
+        "batch_size": batch_size, "lr": lr, "seed": seed,
+        "beta": float(objective.beta) if hasattr(objective, "beta") else None, "kl_warmup": warmup,
+        "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
         "schedule": [schedule.name, schedule.epochs, schedule.stages, schedule.gamma, schedule.final],
         "binarization": binarization, "optimize_model": optimize_model,
-        "bound_options": {k: v for k, v in bound_options.items() if isinstance(v, int | float | str | bool)},
     }  # fmt: skip
-    modules = {"model": model} if any(m is guide for m in model.modules()) else {"model": model, "guide": guide}
+    state = FitState(objective, optimizer, History(method=f"vi:{options['bound']}"), options)
+    # the pieces the loop calls after each epoch, in order: stopping decides, then files are written
+    checkpointer = None
+    if run is not None:
+        checkpointer = Checkpointer(run, checkpoint_every, config, epochs, valid is not None or patience is not None)
+    elif tensorboard:
+        raise ValueError("tensorboard=True needs run_dir, where the event files are written")
+    pieces: list[Callback] = [EarlyStopping(patience, checkpointer)] if patience is not None else []
+    pieces += [MetricsLog(run, tensorboard), checkpointer] if run is not None else []
+    pieces += [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
 
-    history = History(method=f"vi:{bound}")
-    best = {"value": -math.inf, "epoch": 0, "state": None, "waited": 0}
-    devices = [x.device] if x.device.type == "cuda" else []
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=devices), Progress(progress, epochs) as bar:
-        first = 0
-        if resume:
-            first = _restore(run, modules, optimizer, history, best, options, devices)
-            run.truncate_metrics(first)
-            bar.resume(first)
-        elif seed is not None:
-            torch.manual_seed(seed)
+    with _run_lock(run), torch.random.fork_rng(devices=[]), SignalGuard(run is not None) as signals, \
+            Progress(progress, epochs) as bar:  # fmt: skip
+        partial = _start(run, resume, checkpointer, state, epochs, seed)
+        bar.resume(state.epoch)
         if valid is not None and binarization == "dynamic":
             generator = torch.Generator(device=valid.device).manual_seed(0 if seed is None else seed)
             valid = torch.bernoulli(valid, generator=generator)
-        for epoch in range(first, epochs):
+        for epoch in range(state.epoch, epochs):
             epoch_start = time.perf_counter()
+            # the epoch's settings: learning rate, then every scheduled attribute of the objective
             rate = lr * schedule.multiplier(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            weight = kl_weight(epoch, beta, kl_warmup)
-            order = torch.randperm(N, device=x.device)
-            values, means = [], {}
-            for begin in range(0, N, batch_size):  # batches of checked data: not checked again
+            scheduled = {s.attribute: s.apply(objective, epoch) for s in schedules}
+            # a fresh order (or, resuming mid-epoch, the interrupted epoch's order and steps so far)
+            if partial is None:
+                partial = {"order": torch.randperm(N, device=_device(x)), "values": [], "parts": {}}
+            order, values, parts = partial["order"], partial["values"], partial["parts"]
+            for begin in range(len(values) * batch_size, N, batch_size):
                 index = order[begin : begin + batch_size]  # [B]
                 batch = x[index]
                 if binarization == "dynamic":
                     batch = torch.bernoulli(batch)
-                with model.trusting_data():
-                    value, objective, terms = _bound_value(bound, model, guide, batch, index, bound_options, weight)
-                loss = -objective.mean()
+                # one step: the objective on the batch, the NaN guard, the gradient step
+                out = objective(Batch(batch, index))
+                loss = -out.surrogate.mean()
                 if not torch.isfinite(loss.detach()):
-                    _raise_non_finite(bound, epoch, len(values), terms, run)
+                    _raise_non_finite(state, epoch, len(values), out.parts, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
-                values.append(-loss.detach() if objective is value else value.detach().mean())
-                for name, term in terms.items():
-                    means.setdefault(name, []).append(term.detach().mean())
+                values.append(out.value.detach().mean())
+                for name, term in out.parts.items():
+                    parts.setdefault(name, []).append(term.detach().mean())
+                if signals.received is not None:  # SIGTERM / SIGINT: checkpoint mid-epoch, then stop
+                    state.epoch, state.partial = epoch, partial
+                    checkpointer.save(state)
+                    raise Interrupted(signals.received, run.checkpoint())
+            partial = state.partial = None
             if not all(bool(torch.isfinite(p).all()) for p in params):
-                _raise_non_finite(bound, epoch, len(values), {"parameters": torch.tensor(math.nan)}, run)
-            step_values = torch.stack(values).double()  # [steps]
-            sizes = torch.full_like(step_values, batch_size)
-            sizes[-1] = N - batch_size * (len(values) - 1)
-            history.steps.extend(step_values.tolist())
-            history.lower_bound.append(float((step_values * sizes).sum() / N))
-            for name in ("reconstruction", "kl"):
-                mean = float((torch.stack(means[name]).double() * sizes).sum() / N) if name in means else math.nan
-                getattr(history, name).append(mean)
-            history.lr.append(rate)
-            if valid is not None:
-                history.validation.append(_validate(bound, model, guide, valid, bound_options, batch_size))
-            history.n_iter = epoch + 1
-            monitored = history.validation[-1] if valid is not None else history.lower_bound[-1]
-            improved = monitored > best["value"]
-            if improved:
-                best.update(value=monitored, epoch=epoch + 1, waited=0)
-                history.best_epoch = epoch + 1
-                if patience is not None and run is None:
-                    best["state"] = {k: copy.deepcopy(m.state_dict()) for k, m in modules.items()}
-            else:
-                best["waited"] += 1
-            stop = patience is not None and best["waited"] >= patience
-            history.stopped_early = stop
-            seconds = time.perf_counter() - epoch_start
-            if run is not None:
-                record = {
-                    "epoch": epoch + 1, "step": len(history.steps), "lr": rate, "beta": weight,
-                    "bound": history.lower_bound[-1], "reconstruction": history.reconstruction[-1],
-                    "kl": history.kl[-1], "validation": history.validation[-1] if valid is not None else None,
-                    "seconds": seconds,
-                }  # fmt: skip
-                run.append_metrics(record)
-                if improved and (valid is not None or patience is not None):
-                    _save(run, "best", modules, optimizer, history, best, options, devices, config, epoch + 1)
-                if stop or epoch + 1 == epochs or (epoch + 1) % checkpoint_every == 0:
-                    _save(run, "last", modules, optimizer, history, best, options, devices, config, epoch + 1)
-            bar.epoch(epoch, history)
-            if callback is not None:
-                callback(epoch, history)
-            if stop:
+                _raise_non_finite(state, epoch, len(values), {"parameters": torch.tensor(math.nan)}, run)
+            # the epoch's record: the bound and its parts (data-weighted), validation, best so far
+            _record(state, epoch, values, parts, N, batch_size, rate, scheduled, valid, objective)
+            state.record["seconds"] = time.perf_counter() - epoch_start
+            for piece in pieces:
+                piece.on_epoch_end(state)
+            bar.epoch(epoch, state.history)
+            if state.stop:
                 break
-    if patience is not None and best["epoch"] and best["epoch"] != history.n_iter:
-        _restore_best(run, modules, best)
+        for piece in pieces:
+            piece.on_fit_end(state)
+    history = state.history
     history.seconds = time.perf_counter() - start
     history.converged = history.stopped_early
+    if history.diverged:
+        warnings.warn(
+            f"the run diverged: the bound fell from {history.lower_bound[0]:.4g} in the first epoch to "
+            f"{history.lower_bound[-1]:.4g}; lower lr, or clip gradients (clip_grad_norm)",
+            DivergenceWarning,
+            stacklevel=2,
+        )
     return history
 
 
+def _objective(objective, args: tuple, bound: str | None, beta, options: dict) -> tuple[Objective, object]:
+    """The objective and the data from ``fit``'s positional arguments."""
+    if isinstance(objective, Objective):
+        if len(args) != 1:
+            raise TypeError(f"fit(objective, data) takes the data alone after an objective; received {len(args)} "
+                            "positional arguments")  # fmt: skip
+        given = dict(options, **({"bound": bound} if bound else {}), **({"beta": beta} if beta is not None else {}))
+        if given:
+            raise TypeError(
+                f"fit(objective, data): {', '.join(sorted(given))} belong to the objective; set them when building it"
+            )
+        return objective, args[0]
+    if len(args) != 2:
+        raise TypeError(f"fit(model, guide, data) needs a guide (None for 'max_likelihood') and the data; received "
+                        f"{len(args)} positional arguments after the model")  # fmt: skip
+    guide, data = args
+    name = bound or "elbo"
+    if beta is not None:
+        options["beta"] = beta
+    return make_objective(name, objective, guide, argument="bound", **options), data
+
+
+def _start(run, resume: bool, checkpointer, state: FitState, epochs: int, seed) -> dict | None:
+    """Opens the run: a resumed run's state, or a fresh one's seed and epoch-0 checkpoint."""
+    if run is None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return None
+    remove_stale_temporaries(run.path)
+    if not resume:
+        if run.has_checkpoint():
+            raise FileExistsError(
+                f"{run.checkpoint()} exists: {run.path} holds a run already. Pass resume=True to continue it, "
+                "or choose a new run directory (nothing was overwritten)"
+            )
+        if seed is not None:
+            torch.manual_seed(seed)
+        run.truncate_metrics(0)
+        checkpointer.save(state)  # epoch 0: every interrupted run can be resumed
+        return None
+    if not run.has_checkpoint():
+        raise FileNotFoundError(f"nothing to resume in {run.path}: {run.checkpoint()} does not exist")
+    partial = checkpointer.restore(state, _RESUME_KEYS)
+    if state.epoch > epochs or (state.epoch == epochs and partial is not None):
+        raise ValueError(
+            f"cannot resume {run.path} with epochs={epochs}: it has done {state.epoch} epochs already "
+            f"(resume with epochs >= {state.epoch}; nothing was changed)"
+        )
+    run.truncate_metrics(state.epoch)
+    return partial
+
+
+class _run_lock:
+    def __init__(self, run):
+        self.lock = None if run is None else RunLock(run.path)
+
+    def __enter__(self):
+        return self.lock.__enter__() if self.lock is not None else None
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.__exit__(*exc)
+
+
+def _device(x):
+    return x.device if torch.is_tensor(x) else x.values.device
+
+
+def _record(state: FitState, epoch, values, parts, N, batch_size, rate, scheduled, valid, objective) -> None:
+    """Appends the epoch to the history, updates the best, and builds the metrics record."""
+    history = state.history
+    step_values = torch.stack(values).double()  # [steps]
+    sizes = torch.full_like(step_values, batch_size)
+    sizes[-1] = N - batch_size * (len(values) - 1)
+    history.steps.extend(step_values.tolist())
+    history.lower_bound.append(float((step_values * sizes).sum() / N))
+    for name in ("reconstruction", "kl"):
+        mean = float((torch.stack(parts[name]).double() * sizes).sum() / N) if name in parts else math.nan
+        getattr(history, name).append(mean)
+    history.lr.append(rate)
+    if valid is not None:
+        history.validation.append(_validate(objective, valid, batch_size))
+    history.n_iter = state.epoch = epoch + 1
+    monitored = history.validation[-1] if valid is not None else history.lower_bound[-1]
+    if monitored > state.best["value"]:
+        state.best.update(value=monitored, epoch=epoch + 1, waited=0)
+        history.best_epoch = epoch + 1
+    else:
+        state.best["waited"] += 1
+    first, last = history.lower_bound[0], history.lower_bound[-1]
+    history.diverged = bool(len(history.lower_bound) > 1 and last < first - (abs(first) + 1.0))
+    state.record = {
+        "epoch": epoch + 1, "step": len(history.steps), "lr": rate,
+        "beta": float(objective.beta) if hasattr(objective, "beta") else None, **scheduled,
+        "bound": history.lower_bound[-1], "reconstruction": history.reconstruction[-1], "kl": history.kl[-1],
+        "validation": history.validation[-1] if valid is not None else None, "diverged": history.diverged,
+    }  # fmt: skip
+
+
 def _checked_data(model, data, binarization: str | None, name: str):
-    """The data in the model's dtype, checked once (batches of it are then trusted)."""
+    """The data in the model's dtype, checked once here, at the entry point."""
     if binarization is None:
         return model.check_data(data)
     x = as_data(data, name, dtype=model._reference().dtype, device=model._reference().device)
@@ -306,94 +388,22 @@ def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
 
 
 @torch.no_grad()
-def _validate(bound: str, model, guide, x, options: dict, batch_size: int) -> float:
+def _validate(objective, x, batch_size: int) -> float:
     """The bound's mean over held-out data, in chunks."""
     chunk = max(batch_size, 1000)
     total = 0.0
-    with model.trusting_data():
-        for begin in range(0, x.shape[0], chunk):
-            value, _, _ = _bound_value(bound, model, guide, x[begin : begin + chunk], None, options, 1.0)
-            total += float(value.sum())
-    return total / x.shape[0]
+    for begin in range(0, len(x), chunk):
+        total += float(objective(x[begin : begin + chunk]).value.sum())
+    return total / len(x)
 
 
-def _save(run, name, modules, optimizer, history, best, options, devices, config, epoch) -> None:
-    tensors = {f"{key}.{k}": v for key, m in modules.items() for k, v in m.state_dict().items()}
-    state = optimizer.state_dict()
-    for index, slots in state["state"].items():
-        for k, v in slots.items():
-            tensors[f"optimizer.{index}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    for i, device in enumerate(devices):
-        tensors[f"rng.cuda.{i}"] = torch.cuda.get_rng_state(device)
-    tensors["history.steps"] = torch.tensor(history.steps, dtype=torch.float64)
-    record = history.to_dict()
-    record.pop("steps")
-    metadata = {
-        "format": "elbox-checkpoint-1",
-        "epoch": epoch,
-        "options": options,
-        "optimizer_groups": state["param_groups"],
-        "history": record,
-        "best": {k: v for k, v in best.items() if k != "state"},
-        "config": config,
-    }
-    save_checkpoint(run.checkpoint(name), tensors, metadata)
-
-
-def _restore(run, modules, optimizer, history, best, options, devices) -> int:
-    """Loads ``last`` into the modules, the optimizer, the RNG and the history; returns its epoch."""
-    tensors, meta = load_checkpoint(run.checkpoint())
-    saved = meta.get("options", {})
-    for key in _RESUME_KEYS:
-        if key in saved and _jsonable(saved[key]) != _jsonable(options[key]):
-            raise ValueError(
-                f"cannot resume {run.path} exactly: it was fitted with {key}={saved[key]!r}, and this call "
-                f"passes {key}={options[key]!r}"
-            )
-    _load_modules(modules, tensors)
-    slots: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optimizer."):
-            _, index, name = k.split(".", 2)
-            slots.setdefault(int(index), {})[name] = v
-    optimizer.load_state_dict({"state": slots, "param_groups": meta["optimizer_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    for i, device in enumerate(devices):
-        torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], device)
-    for k, v in meta["history"].items():
-        setattr(history, k, v)
-    history.steps = tensors["history.steps"].tolist()
-    best.update(meta["best"])
-    return int(meta["epoch"])
-
-
-def _restore_best(run, modules, best) -> None:
-    """Puts the best epoch's parameters back (early stopping)."""
-    if run is not None:
-        _load_modules(modules, load_checkpoint(run.checkpoint("best"))[0])
-    elif best["state"] is not None:
-        for key, module in modules.items():
-            module.load_state_dict(best["state"][key])
-
-
-def _load_modules(modules: dict, tensors: dict) -> None:
-    """Loads each module's state from the checkpoint tensors under its prefix ("model.", "guide.")."""
-    for key, module in modules.items():
-        prefix = key + "."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def _raise_non_finite(bound: str, epoch: int, step: int, terms: dict, run) -> None:
-    bad = [name for name, t in terms.items() if not torch.isfinite(t).all()] or [bound]
+def _raise_non_finite(state: FitState, epoch: int, step: int, terms: dict, run) -> None:
+    name = state.options["bound"]
+    bad = [k for k, t in terms.items() if not torch.isfinite(t).all()] or [name]
     kept = ""
     if run is not None and run.has_checkpoint():
         kept = f"; the last good checkpoint, {run.checkpoint()}, is intact"
     raise FloatingPointError(
-        f"the {bound} became non-finite in epoch {epoch}, step {step} (non-finite term: {', '.join(bad)}); "
+        f"the {name} became non-finite in epoch {epoch}, step {step} (non-finite term: {', '.join(bad)}); "
         f"lower lr, clip gradients (clip_grad_norm), or check the data and the model's parameters{kept}"
     )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["ConvergenceWarning", "History"]
+__all__ = ["ConvergenceWarning", "DivergenceWarning", "History"]
 
 
 class ConvergenceWarning(UserWarning):
     """An iterative fit stopped at its iteration limit before meeting its tolerance."""
+
+
+class DivergenceWarning(UserWarning):
+    """A fit ended with its bound far below the first epoch's: it diverged."""
 
 
 @dataclass
@@ -30,6 +34,8 @@ class History:
         lr: For VI, the learning rate of each epoch.
         best_epoch: For VI, the epoch (from 1) with the best validation (else training) bound.
         stopped_early: For VI, whether early stopping ended the run.
+        diverged: For VI, whether the last epoch's bound fell below the first's by more than the
+            first's magnitude (plus one nat): the run diverged.
     """
 
     method: str
@@ -45,6 +51,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    diverged: bool = False
 
     @property
     def final(self) -> float:

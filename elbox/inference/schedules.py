@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from elbox._validation import check_positive_int
 
-__all__ = ["LRSchedule", "SCHEDULES", "iwae_schedule", "kl_weight", "lr_schedule"]
+__all__ = ["LRSchedule", "SCHEDULES", "Schedule", "iwae_schedule", "kl_warmup", "kl_weight", "lr_schedule"]
 
 SCHEDULES = ("constant", "iwae", "cosine", "exponential")
 
@@ -92,3 +92,46 @@ def kl_weight(epoch: int, beta: float, warmup: int) -> float:
     """β during KL warm-up: rising linearly to ``beta`` over the first ``warmup`` epochs
     (Sønderby et al. 2016; reached at epoch ``warmup − 1``), then constant."""
     return beta * min(1.0, (epoch + 1) / warmup) if warmup else beta
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Sets an attribute of the objective at the start of every epoch: ``objective.<attribute> =
+    value(epoch)`` (epochs counted from 0). The attribute can be anything the objective holds: β,
+    a temperature, a number of particles; a tensor attribute (a buffer, so checkpointed) is
+    filled in place.
+
+    Example:
+        >>> anneal = Schedule("beta", lambda epoch: min(1.0, (epoch + 1) / 10))
+        >>> elbox.fit(model, guide, x, schedules=[anneal])
+
+    Attributes:
+        attribute: The objective's attribute, a dotted path for a submodule's (``"model.beta"``).
+        value: ``value(epoch) -> float``.
+    """
+
+    attribute: str
+    value: object
+
+    def apply(self, objective, epoch: int) -> float:
+        *path, name = self.attribute.split(".")
+        owner = objective
+        for part in path:
+            owner = getattr(owner, part)
+        if not hasattr(owner, name):
+            raise AttributeError(
+                f"the schedule drives {self.attribute!r}, which {type(objective).__name__} does not have"
+            )
+        value = float(self.value(epoch))
+        current = getattr(owner, name)
+        if hasattr(current, "fill_"):
+            current.fill_(value)
+        else:
+            setattr(owner, name, type(current)(value) if isinstance(current, int | float) else value)
+        return value
+
+
+def kl_warmup(beta: float, epochs: int) -> Schedule:
+    """The KL weight rising linearly to ``beta`` over ``epochs`` epochs (Sønderby et al. 2016),
+    as a :class:`Schedule` of the objective's ``beta``."""
+    return Schedule("beta", lambda epoch: kl_weight(epoch, beta, epochs))

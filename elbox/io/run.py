@@ -15,7 +15,15 @@ from torch import Tensor
 
 from elbox.io.files import atomic_write_bytes, write_jsonl
 
-__all__ = ["NotARunError", "RunDirectory", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "NotARunError",
+    "RunDirectory",
+    "RunLock",
+    "RunLockedError",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+]
 
 _METADATA_KEY = "elbox"
 
@@ -123,3 +131,72 @@ class RunDirectory:
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+_HELD: dict[str, list] = {}  # run directories this process has locked: [file, depth]
+
+
+class RunLock:
+    """An OS file lock on ``RUN_DIR/.lock`` (``flock``), so that one process at a time writes a
+    run. The operating system releases it when the process exits in any way (a crash or a
+    SIGKILL included), so a stale lock never blocks a later run. Re-entrant within a process
+    (the demo trains, then evaluates, the same run).
+
+    Raises:
+        RunLockedError: On entry, when another process holds the lock; the message names it.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return self
+        lock = self.path / ".lock"
+        f = open(lock, "a+", encoding="utf-8")  # noqa: SIM115  (held for the lock's lifetime)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunLockedError(
+                f"{self.path} is being written by {holder}; wait for it to finish (or stop it), or choose "
+                "another run directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = str(self.path.resolve())
+        entry = _HELD.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _HELD[key]
+            entry[0].close()  # closing the descriptor releases the flock
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Removes the temporaries that an interrupted atomic write left in a run directory (named
+    ``.NAME.*.tmp``; a finished write renames its temporary, so any left is stale). Call it with
+    the run's lock held."""
+    path = Path(path)
+    stale = [p for p in path.rglob(".*.tmp") if p.is_file()] if path.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
