@@ -7,4 +7,15 @@ from elbox.data.mnist import load_idx, mnist
 from elbox.data.mnist1d import mnist1d
 from elbox.data.sequences import Sequences
 
-__all__ = ["Batch", "BatchIterator", "as_batch", "Sequences", "binarize", "digits", "draws", "load_idx", "mnist", "mnist1d"]
+__all__ = [
+    "Batch",
+    "BatchIterator",
+    "Sequences",
+    "as_batch",
+    "binarize",
+    "digits",
+    "draws",
+    "load_idx",
+    "mnist",
+    "mnist1d",
+]

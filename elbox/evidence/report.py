@@ -23,7 +23,7 @@ from elbox.evidence.diagnostics import (
     psis_khat,
     warn_collapse,
 )
-from elbox.evidence.estimate import _log_mean_and_stderr, importance_log_weights, log_evidence
+from elbox.evidence.estimate import _log_mean_and_stderr, log_evidence, particle_chunk
 
 __all__ = ["EvidenceReport", "evidence_report"]
 
@@ -41,8 +41,11 @@ def _summary(values: Tensor) -> dict:
 class EvidenceReport:
     """What :func:`evidence_report` measured, every number in nats per data point.
 
-    Each summary is a dict with ``mean`` and ``stderr`` (the standard error of the mean over the
-    data points); ``log_evidence`` adds ``mc_stderr``, the Monte Carlo part alone. The bracket
+    Each summary is a dict with ``mean`` and ``stderr``, the standard error of the mean over the
+    data points (the spread of the points, which says how the mean would move on other data
+    from the same source); ``elbo`` and ``log_evidence`` add ``mc_stderr``, the Monte Carlo
+    standard error alone (how the mean would move with other particles on the same data; zero
+    where a term is a closed form). The bracket
     is ``elbo`` ≤ ``iwae`` ≤ ``log_evidence`` ≤ ``upper_bound``: the first two are lower bounds
     (in expectation), the third an estimate (``exact``, or ``importance``/``ais``, which are
     lower bounds in expectation too), the last the CUBO, an upper bound in expectation as S
@@ -55,7 +58,7 @@ class EvidenceReport:
         iwae: The IWAE bound with ``num_samples`` K particles.
         log_evidence: The estimate of log p(x), with ``method`` and ``num_samples``.
         upper_bound: The CUBO of order ``n`` from ``num_samples`` particles.
-        gap: log p̂(x) − ELBO.
+        gap: log p̂(x) − ELBO; ``gap_stderr`` its standard error over the points.
         approximation_gap, amortization_gap: Over the ``refined_points`` first points (None
             without refinement); they sum to ``gap_refined``, the gap on those points.
         psis_khat: Summary of the per-point k̂ (mean, max, fraction above 0.7), None when the
@@ -80,6 +83,7 @@ class EvidenceReport:
     log_evidence: dict
     upper_bound: dict
     gap: float
+    gap_stderr: float = math.nan
     approximation_gap: dict | None = None
     amortization_gap: dict | None = None
     gap_refined: float | None = None
@@ -105,6 +109,23 @@ class EvidenceReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvidenceReport:
+        """The inverse of :meth:`to_dict`: a ``null`` where the schema holds a bound is read back
+        as the infinity it stood for (−∞ for the ELBO, IWAE and log p̂; +∞ for the KL, the CUBO
+        and the gap), and as NaN elsewhere."""
+        data = json.loads(json.dumps(data))  # a copy
+        for key, sign in _INFINITE_WHEN_NULL.items():
+            entry = data.get(key)
+            if isinstance(entry, dict) and entry.get("mean") is None:
+                entry["mean"] = sign * math.inf
+            elif key in data and entry is None:
+                data[key] = sign * math.inf
+        for entry in data.values():
+            if isinstance(entry, dict):
+                for k in ("stderr", "mc_stderr"):
+                    if k in entry and entry[k] is None:
+                        entry[k] = math.nan
+        if data.get("gap_stderr", 0) is None:
+            data["gap_stderr"] = math.nan
         return cls(**data)
 
     def bracket(self) -> list[tuple[str, float, float, str]]:
@@ -118,6 +139,11 @@ class EvidenceReport:
             (f"CUBO-{self.upper_bound['n']:g}", self.upper_bound["mean"], self.upper_bound["stderr"],
              f"an upper bound as S grows (S = {self.upper_bound['num_samples']})"),
         ]  # fmt: skip
+
+
+#: The fields whose JSON ``null`` stands for an infinity, and its sign.
+_INFINITE_WHEN_NULL = {"elbo": -1, "iwae": -1, "log_evidence": -1, "reconstruction": -1, "kl": 1,
+                       "upper_bound": 1, "gap": 1}  # fmt: skip
 
 
 def _finite(value):
@@ -203,27 +229,25 @@ def evidence_report(
     prepare(model, guide, x[:1])  # a guide that does not fit the model fails here, before any work
     report = progress or (lambda stage, done, total: None)
 
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "reconstruction", "kl", "log_p", "log_p_se", "iwae",
-                                                      "cubo", "khat", "means", "kl_dims")}  # fmt: skip
-    with model.trusting_data():
-        for begin in range(0, N, step):
-            batch = x[begin : begin + step]
-            terms = elbo(model, guide, batch, num_samples=elbo_samples)
-            log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size)
-            log_p, log_p_se = _log_mean_and_stderr(log_w)
-            q, prior = guide(batch), model.prior_for(batch)
-            for name, value in (
-                ("elbo", terms.value), ("reconstruction", terms.reconstruction), ("kl", terms.kl),
-                ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", log_mean_exp(log_w[:K])),
-                ("cubo", log_mean_exp(n * log_w) / n), ("khat", psis_khat(log_w)),
-            ):  # fmt: skip
-                parts[name].append(value.detach().double().cpu())
-            if not q.support.is_discrete:
-                parts["means"].append(q.mean.detach().double().cpu())
-            kl_dims = kl_per_dimension(q, prior)
-            if kl_dims is not None:
-                parts["kl_dims"].append(kl_dims.double().cpu())
-            report("importance sampling", min(begin + step, N), N)
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "elbo_mc", "reconstruction", "kl", "log_p", "log_p_se",
+                                                      "iwae", "cubo", "khat", "means", "kl_dims")}  # fmt: skip
+    proposals = set()
+    for begin in range(0, N, step):
+        batch = x[begin : begin + step]
+        terms, log_w, means, kl_dims, proposal = _shared_pass(model, guide, batch, S, K, chunk_size)
+        proposals.add(proposal)
+        log_p, log_p_se = _log_mean_and_stderr(log_w)
+        for name, value in (
+            ("elbo", terms["elbo"]), ("elbo_mc", terms["elbo_mc"]), ("reconstruction", terms["reconstruction"]),
+            ("kl", terms["kl"]), ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", terms["iwae"]),
+            ("cubo", log_mean_exp(n * log_w) / n), ("khat", psis_khat(log_w)),
+        ):  # fmt: skip
+            parts[name].append(value.detach().double().cpu())
+        if means is not None:
+            parts["means"].append(means.detach().double().cpu())
+        if kl_dims is not None:
+            parts["kl_dims"].append(kl_dims.double().cpu())
+        report("importance sampling", min(begin + step, N), N)
     v = {k: torch.cat(p) for k, p in parts.items() if p}
 
     if method == "importance":
@@ -242,6 +266,14 @@ def evidence_report(
         "method": method,
         "num_samples": evidence_samples,
     }
+    if method == "importance" and proposals == {"prior"}:
+        log_evidence_summary["proposal"] = "prior"
+        messages_proposal = [
+            "q has no density (a point mass: a deterministic encoder), so its ELBO and IWAE bound are −∞ and "
+            "log p̂(x), the CUBO and k̂ use the prior as the proposal"
+        ]
+    else:
+        messages_proposal = []
     khat = v["khat"]
     fitted = khat[khat > -math.inf]  # −∞: constant weights, q is the posterior
     khat_summary = None
@@ -252,7 +284,7 @@ def evidence_report(
             "fraction_above_0.7": float((khat > 0.7).double().mean()),
             "fraction_above_0.5": float((khat > 0.5).double().mean()),
         }
-    messages = []
+    messages = list(messages_proposal)
     if khat_summary is not None and khat_summary["fraction_above_0.7"] > 0:
         messages.append(
             f"PSIS k-hat > 0.7 for {100 * khat_summary['fraction_above_0.7']:.1f}% of points: there the importance "
@@ -263,13 +295,14 @@ def evidence_report(
         model=type(model).__name__,
         guide=type(guide).__name__,
         num_points=N,
-        elbo=_summary(v["elbo"]),
+        elbo={**_summary(v["elbo"]), "mc_stderr": _mc_stderr(v["elbo"], v["elbo_mc"])},
         reconstruction=_summary(v["reconstruction"]),
         kl=_summary(v["kl"]),
         iwae={**_summary(v["iwae"]), "num_samples": K},
         log_evidence=log_evidence_summary,
         upper_bound={**_summary(v["cubo"]), "method": "cubo", "n": n, "num_samples": S},
         gap=float((log_p - v["elbo"]).mean()),
+        gap_stderr=_summary(log_p - v["elbo"])["stderr"],
         psis_khat=khat_summary,
         per_point={
             "elbo": v["elbo"].tolist(),
@@ -290,9 +323,12 @@ def evidence_report(
     if "kl_dims" in v:
         result.kl_per_dim = v["kl_dims"].mean(0).tolist()
     M = min(N, check_positive_int(mi_points, "mi_points"))
-    if M >= 2:
-        result.mutual_information = mutual_information(guide(x[:M]))
-        result.mi_points = M
+    if M >= 2 and "means" in v:
+        try:
+            result.mutual_information = mutual_information(guide(x[:M]))
+            result.mi_points = M
+        except (NotImplementedError, ValueError, TypeError):  # a q without the densities it needs
+            result.mutual_information = None
 
     if refine_steps:
         from elbox.inference.refine import refine
@@ -301,12 +337,11 @@ def evidence_report(
         with torch.enable_grad():
             refined = refine(model, guide, x[:R], steps=refine_steps, lr=refine_lr, num_samples=elbo_samples,
                              batch_size=step, progress=lambda d, t: report("refining q per point", d, t))  # fmt: skip
-        with model.trusting_data():
-            refined_elbo = torch.cat([
-                elbo(model, refined, x[b : min(b + step, R)], num_samples=elbo_samples,
-                     index=torch.arange(b, min(b + step, R))).value.double().cpu()
-                for b in range(0, R, step)
-            ])  # fmt: skip
+        refined_elbo = torch.cat([
+            elbo(model, refined, x[b : min(b + step, R)], num_samples=elbo_samples,
+                 index=torch.arange(b, min(b + step, R))).value.double().cpu()
+            for b in range(0, R, step)
+        ])  # fmt: skip
         result.approximation_gap = _summary(log_p[:R] - refined_elbo)
         result.amortization_gap = _summary(refined_elbo - v["elbo"][:R])
         result.gap_refined = float((log_p[:R] - v["elbo"][:R]).mean())
@@ -315,3 +350,75 @@ def evidence_report(
     result.warnings = messages
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _mc_stderr(values: Tensor, mc_stderr: Tensor) -> float:
+    """The Monte Carlo standard error of a mean over points from each point's own (0 where exact)."""
+    return float(mc_stderr.square().sum().sqrt() / values.numel())
+
+
+def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
+    """One call of the guide on the batch and S particles from its q, shared by every estimate.
+
+    Returns the ELBO and its terms (closed forms where the model and q have them, else the
+    particles' average), with the IWAE bound of the first K particles; the log-weights ``[S, B]``
+    for log p̂, the CUBO and k̂; q's means (for active units; the particles' mean where q has no
+    closed-form mean); the KL per latent unit; and which proposal gave the weights (``"q"``, or
+    ``"prior"`` where q has no density, a point mass).
+    """
+    x, q, p = prepare(model, guide, x)
+    B = len(x)
+    chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    # q's density at its own draws: infinite for a point mass, which cannot serve as a proposal
+    z0 = q.sample((1,))
+    degenerate = bool(torch.isinf(q.log_prob(z0)).any())
+    prior = p if tuple(p.batch_shape) == (B,) else p.expand(torch.Size([B]) + p.batch_shape)
+    proposal = prior if degenerate else q
+    log_lik, log_ratio, log_w, total = [], [], [], None
+    for begin in range(0, S, chunk):
+        z = proposal.sample((min(chunk, S - begin),))  # [s, B, *event]
+        lik = model.log_likelihood(x, z)  # [s, B]
+        log_p = p.log_prob(z)
+        log_w.append(lik + log_p - proposal.log_prob(z))
+        if not degenerate:
+            log_lik.append(lik)
+            log_ratio.append(q.log_prob(z) - log_p)
+        total = z.sum(0) if total is None else total + z.sum(0)
+    log_w = torch.cat(log_w)  # [S, B]
+    means = _mean(q, total / S if not degenerate else None)
+    if degenerate:
+        minus_inf = torch.full((B,), -math.inf, dtype=log_w.dtype, device=log_w.device)
+        lik = model.log_likelihood(x, q.sample((1,)))[0]
+        terms = {"elbo": minus_inf, "elbo_mc": torch.zeros_like(minus_inf), "reconstruction": lik,
+                 "kl": -minus_inf, "iwae": minus_inf}  # fmt: skip
+        return terms, log_w, means, None, "prior"
+    log_lik, log_ratio = torch.cat(log_lik), torch.cat(log_ratio)  # [S, B]
+    expected = model.expected_log_likelihood(x, q)
+    kl = _closed_form_kl(q, p)
+    reconstruction = log_lik.mean(0) if expected is None else expected
+    kl_value = log_ratio.mean(0) if kl is None else kl
+    # the Monte Carlo error of the ELBO per point: zero where both terms are closed forms
+    sampled = (log_lik if expected is None else 0) - (log_ratio if kl is None else 0)
+    mc = sampled.std(0) / math.sqrt(S) if torch.is_tensor(sampled) else torch.zeros(B, dtype=log_w.dtype)
+    terms = {"elbo": reconstruction - kl_value, "elbo_mc": mc, "reconstruction": reconstruction, "kl": kl_value,
+             "iwae": log_mean_exp(log_w[:K])}  # fmt: skip
+    return terms, log_w, means, kl_per_dimension(q, p), "q"
+
+
+def _closed_form_kl(q, p) -> Tensor | None:
+    from torch.distributions import kl_divergence
+
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
+def _mean(q, particle_mean: Tensor | None) -> Tensor | None:
+    """E_q[z]: q's closed form where it has one, else the particles' mean; None for discrete q."""
+    if q.support.is_discrete:
+        return None
+    try:
+        return q.mean
+    except NotImplementedError:
+        return particle_mean

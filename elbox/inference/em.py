@@ -73,10 +73,11 @@ def em(
     best, best_state = None, None
     finals = []
     start = time.perf_counter()
+    statistics = model.em_statistics(x)  # what every iteration of every restart reuses
     for _ in range(n_init):
         if init is not None:
             model.initialize(x, method=init, generator=generator)
-        history = _run(model, x, max_iter, tol, callback)
+        history = _run(model, x, max_iter, tol, callback, statistics)
         finals.append(history.final)
         if best is None or history.final > best.final:
             best, best_state = history, copy.deepcopy(model.state_dict())
@@ -94,11 +95,14 @@ def em(
     return best
 
 
-def _run(model, x, max_iter: int, tol: float, callback) -> History:
+def _run(model, x, max_iter: int, tol: float, callback, statistics) -> History:
+    """One EM run from the model's current parameters; ``statistics`` (the model's
+    :meth:`~elbox.models.LatentModel.em_statistics` of x, held by this run) go to every step."""
     history = History(method="em")
+    reuse = {} if statistics is None else {"statistics": statistics}
     with torch.no_grad():
         for iteration in range(max_iter):
-            posterior, log_evidence = model.e_step(x)
+            posterior, log_evidence = model.e_step(x, **reuse)
             bound = float(log_evidence.mean())
             if not math.isfinite(bound):
                 raise FloatingPointError(
@@ -113,7 +117,7 @@ def _run(model, x, max_iter: int, tol: float, callback) -> History:
                 history.converged = True
                 break
             if iteration + 1 < max_iter:
-                model.m_step(x, posterior)
+                model.m_step(x, posterior, **reuse)
     return history
 
 

@@ -121,12 +121,11 @@ def refine(
                 _, q, _ = prepare(model, guide, batch, rows)
             local = local_guide(q)
             optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-            with model.trusting_data():
-                for _ in range(steps):
-                    loss = -elbo(model, local, batch, num_samples=num_samples).value.sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+            for _ in range(steps):
+                loss = -elbo(model, local, batch, num_samples=num_samples).value.sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             states.append({k: v.detach() for k, v in local.state_dict().items()})
             if progress is not None:
                 progress(min(begin + step, B), B)

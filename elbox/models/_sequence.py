@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
@@ -19,13 +17,10 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
     (padded entries are zeroed, never read), of the right event shape, and, with ``integer``,
     symbols in ``[0, event_shape[0])`` stored as int64 ``[B, T]``.
 
-    The checked batch is marked, so passing it back (EM does, every iteration) costs nothing.
+    Every call checks (nothing is remembered about the tensors): one pass over the values.
     """
     ref = model._reference()
     if isinstance(x, Sequences):
-        mark = getattr(x, "_checked", None)
-        if mark is not None and mark[0]() is model and mark[1] == ref.dtype and mark[2] == x.values._version:
-            return x
         seqs = x
     elif isinstance(x, list | tuple) and len(x) > 0 and not isinstance(x[0], int | float):
         seqs = Sequences.from_list(x)
@@ -68,5 +63,4 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
         raise ValueError(f"{name} has no inputs (input_dim=0) but the sequences carry inputs {describe(inputs)}")
     checked = Sequences.__new__(Sequences)
     checked.values, checked.mask, checked.inputs = values, mask, inputs
-    checked._checked = (weakref.ref(model), ref.dtype, values._version)
     return checked

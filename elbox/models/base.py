@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from elbox._validation import as_data
-from elbox.models._cache import TensorCache
 
 __all__ = ["LatentModel"]
 
@@ -120,30 +117,18 @@ class LatentModel(nn.Module):
     def check_data(self, x) -> Tensor:
         """Converts ``x`` to the model's dtype and checks it is a finite batch of data points.
 
-        The last tensor accepted is remembered (weakly, with its version counter), so that
-        the E-step and M-step of every EM iteration do not scan the same data again.
+        Every call checks: nothing is remembered about a tensor (its memory can change behind
+        torch's back, through numpy or ``.data``), and the check is a single pass over the data,
+        small beside any model's own work on it.
         """
-        if not isinstance(x, Tensor):
-            return self._check_data(x)
-        if self.__dict__.get("_trusted", False) and x.dtype == self._reference().dtype:
-            return x
-        cache = self.__dict__.setdefault("_data_cache", TensorCache())
-        checked = cache.get(x, self._check_data)
-        if checked.dtype != self._reference().dtype:  # the model was converted since
-            cache.clear()
-            checked = cache.get(x, self._check_data)
-        return checked
+        return self._check_data(x)
 
-    @contextlib.contextmanager
-    def trusting_data(self):
-        """Within this context, tensors in the model's dtype pass :meth:`check_data` unchecked:
-        the training engine checks a dataset once, then passes batches gathered from it."""
-        before = self.__dict__.get("_trusted", False)
-        self.__dict__["_trusted"] = True
-        try:
-            yield
-        finally:
-            self.__dict__["_trusted"] = before
+    def em_statistics(self, x) -> object | None:
+        """What EM may compute once from the checked data ``x`` and reuse in every iteration (the
+        mixture's moment features, say), passed back as ``e_step(x, statistics=…)`` and
+        ``m_step(x, posterior, statistics=…)``; None where there is nothing to reuse. The EM
+        run holds it, not the model or the data."""
+        return None
 
     def _check_data(self, x) -> Tensor:
         ref = self._reference()

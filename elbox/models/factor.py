@@ -7,7 +7,6 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_positive_int
-from elbox.models._cache import TensorCache
 from elbox.models._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
@@ -47,7 +46,6 @@ class FactorAnalysis(LatentModel):
         self.loc = nn.Parameter(torch.zeros(D, dtype=dtype))
         self.loading = nn.Parameter(torch.eye(D, K, dtype=dtype))
         self.log_noise = nn.Parameter(torch.zeros(1 if isotropic else D, dtype=dtype))
-        self._moments = TensorCache()
 
     @property
     def dim(self) -> int:
@@ -93,9 +91,14 @@ class FactorAnalysis(LatentModel):
         spread = ((self.loading @ cov) * self.loading).sum(-1)  # diag(W S Wᵀ), [B, D]
         return self.likelihood(mean).log_prob(x) - 0.5 * (spread / self.noise_variance).sum(-1)
 
-    def e_step(self, x: Tensor) -> tuple[MultivariateNormal, Tensor]:
+    def em_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The data mean c, the centred data x − c and its squares: what every E-step and M-step
+        of an EM run reads."""
+        return _centred_moments(self.check_data(x))
+
+    def e_step(self, x: Tensor, statistics=None) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)
-        centre, xc, xc2 = self._moments.get(x, _centred_moments)
+        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics
         inv_psi = (-self.log_noise).exp().expand(self.dim)  # [D]
         w_scaled = self.loading * inv_psi.unsqueeze(-1)  # Ψ⁻¹ W, [D, K]
         shift = self.loc - centre  # x − μ = xc − shift, without forming it
@@ -114,7 +117,7 @@ class FactorAnalysis(LatentModel):
         )
 
     @torch.no_grad()
-    def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
+    def m_step(self, x: Tensor, posterior: MultivariateNormal, statistics=None) -> None:
         """The exact M-step: regress x on (z, 1) under the posterior, then the residual noise."""
         x = self.check_data(x)
         B, K = x.shape[0], self.latent_dim
@@ -124,7 +127,7 @@ class FactorAnalysis(LatentModel):
         cov = posterior.covariance_matrix.expand(B, K, K)
         second[:K, :K] += B * cov[0] if cov.stride(0) == 0 else cov.sum(0)  # shared: no sum needed
         # The regression of x on z̃ = (z, 1), done on the centred data xc = x − c (then μ = b + c).
-        centre, xc, xc2 = self._moments.get(x, _centred_moments)
+        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics
         cross = ez1.T @ xc  # Σ E[z̃] xcᵀ, [K+1, D]
         coef = torch.linalg.solve(second, cross)  # [W b]ᵀ, [K+1, D]
         psi = (xc2.sum(0) - (coef * cross).sum(0)) / B  # diag(Σ xc xcᵀ − [W b] Σ E[z̃] xcᵀ)/B
@@ -182,7 +185,7 @@ class FactorAnalysis(LatentModel):
 
 @torch.no_grad()
 def _centred_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The data mean c, the centred data x − c and its squares (cached across EM iterations)."""
+    """The data mean c, the centred data x − c and its squares."""
     centre = x.mean(0)
     xc = x - centre
     return centre, xc, xc.square()

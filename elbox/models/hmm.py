@@ -168,14 +168,24 @@ class HMM(LatentModel):
 
     def emission_log_prob(self, x) -> Tensor:
         """log p(x_t | z_t = k) for every step and state, ``[B, T, K]``; zero past a sequence's end."""
-        x = self.check_data(x)
+        return self._emission_log_prob(self.check_data(x))
+
+    def _emission_log_prob(self, x: Sequences, statistics=None) -> Tensor:
         B, T = x.mask.shape
         if self.emission == "categorical":
             table = self.emission_logits.log_softmax(-1).T  # [M, K]
             log_e = table[x.values]  # [B, T, K]
         else:
-            log_e = self.emissions.component_log_prob(_frames(x)).reshape(B, T, -1)
+            log_e = self.emissions.component_log_prob(_frames(x), statistics).reshape(B, T, -1)
         return torch.where(x.mask.unsqueeze(-1), log_e, 0.0)
+
+    def em_statistics(self, x):
+        """Gaussian emissions: the emission mixture's moment features of every frame, which each
+        E-step and M-step of an EM run reads (None for categorical emissions)."""
+        if self.emission == "categorical":
+            return None
+        with torch.no_grad():
+            return self.emissions._moments(_frames(self.check_data(x)))
 
     # The model.
 
@@ -249,10 +259,10 @@ class HMM(LatentModel):
         """log p(x) by the forward algorithm, ``[B]``."""
         return self._forward(self.emission_log_prob(x))[1].sum(-1)
 
-    def e_step(self, x) -> tuple[HMMPosterior, Tensor]:
+    def e_step(self, x, statistics=None) -> tuple[HMMPosterior, Tensor]:
         """Forward–backward: the posterior over paths and log p(x), ``[B]``."""
         x = self.check_data(x)
-        log_e = self.emission_log_prob(x)
+        log_e = self._emission_log_prob(x, statistics)
         alpha, log_c = self._forward(log_e)
         ratio = (log_e - log_c.unsqueeze(-1)).exp()  # p(x_t | z_t) / p(x_t | x_{1:t-1}), [B, T, K]
         A = self.transition_matrix
@@ -285,7 +295,7 @@ class HMM(LatentModel):
         Entries past a sequence's end are -1.
         """
         x = self.check_data(x)
-        log_e = self.emission_log_prob(x)
+        log_e = self._emission_log_prob(x)
         T, K = log_e.shape[1], self.num_states
         logits = (
             torch.where(x.mask[:, 1:, None, None], self.transition_logits.log_softmax(-1), 0.0)
@@ -298,7 +308,7 @@ class HMM(LatentModel):
     # EM.
 
     @torch.no_grad()
-    def m_step(self, x, posterior: Distribution) -> None:
+    def m_step(self, x, posterior: Distribution, statistics=None) -> None:
         """Baum–Welch: π, A and the emissions maximizing E_q[log p(x, z)] for q = ``posterior``
         (an :class:`HMMPosterior`, any :class:`~elbox.distributions.MarkovChain`, or a
         mean-field categorical q over the steps)."""
@@ -328,7 +338,7 @@ class HMM(LatentModel):
         self.transition_logits.copy_(new_A.clamp_min(tiny).log())
         weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
         if self.emission == "gaussian":
-            self.emissions.fit_components(_frames(x), weights.reshape(B * T, K))
+            self.emissions.fit_components(_frames(x), weights.reshape(B * T, K), statistics)
         else:
             M = self.num_symbols
             counts_km = weights.new_zeros(K, M).index_add_(1, x.values.reshape(-1), weights.reshape(B * T, K).T)
@@ -424,12 +434,8 @@ class HMMPosterior(MarkovChain):
 
 
 def _frames(x: Sequences) -> Tensor:
-    """The checked batch's steps as rows ``[B T, D]``: one view per batch, kept on it, so that the
-    emission mixture's moment cache (keyed on the tensor) holds across EM iterations."""
-    flat = x.__dict__.get("_flat")
-    if flat is None:
-        flat = x._flat = x.values.reshape(-1, x.values.shape[-1])
-    return flat
+    """The checked batch's steps as rows ``[B T, D]`` (a view)."""
+    return x.values.reshape(-1, x.values.shape[-1])
 
 
 def _marginals(q) -> Tensor | None:

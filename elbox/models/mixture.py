@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_positive_int, check_probabilities
-from elbox.models._cache import TensorCache
 from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
 from elbox.models.base import LatentModel
 
@@ -69,7 +68,6 @@ class GaussianMixture(LatentModel):
         if not reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
         self.data_shape = (D,)
-        self._moment_cache = TensorCache()
         self.covariance_type = covariance_type
         self.reg_covar = float(reg_covar)
         dtype = torch.get_default_dtype()
@@ -152,19 +150,18 @@ class GaussianMixture(LatentModel):
             return MultivariateNormal(self.loc[z], scale_tril=self.scale_tril[z])
         return Independent(Normal(self.loc[z], (0.5 * self._log_var[z]).exp()), 1)
 
-    def _moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def em_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The data mean c, and the features F = [1, x − c, second moments of x − c] per point
         (the upper triangle of (x − c)(x − c)ᵀ for full covariances, (x − c)² for diagonal).
 
         Every Gaussian log-density is linear in F, so the E-step is F @ W and the M-step's
-        statistics are Rᵀ F: one matrix product each. F depends on x alone, so it is kept for
-        the last x seen (held weakly, and checked against its version counter so that an
-        in-place change is noticed): across EM iterations it is computed once.
+        statistics are Rᵀ F: one matrix product each. F depends on x alone, so an EM run
+        computes it once and passes it to every E-step and M-step.
         """
-        return self._moment_cache.get(x, self._compute_moments)
+        with torch.no_grad():
+            return self._moments(self.check_data(x))
 
-    @torch.no_grad()
-    def _compute_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         centre = x.mean(0)
         xc = x - centre  # [B, D]
         if self.covariance_type == "full":
@@ -194,18 +191,19 @@ class GaussianMixture(LatentModel):
         # log N = −½ (xᵀPx − 2 xᵀPμ + μᵀPμ + log|Σ| + D log 2π), with x, μ centred.
         return torch.cat([const.unsqueeze(-1), p_mu, -0.5 * quad], -1).T
 
-    def component_log_prob(self, x: Tensor) -> Tensor:
-        """log N(x_n; μ_k, Σ_k) for every point and component, ``[B, K]``."""
-        centre, features = self._moments(x)
+    def component_log_prob(self, x: Tensor, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """log N(x_n; μ_k, Σ_k) for every point and component, ``[B, K]`` (``statistics``: the
+        :meth:`em_statistics` of ``x``, when the caller holds them)."""
+        centre, features = self._moments(x) if statistics is None else statistics
         return features @ self._weights(centre)
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         comp = self.component_log_prob(x)  # [B, K]
         return comp.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1)
 
-    def e_step(self, x: Tensor) -> tuple[Categorical, Tensor]:
+    def e_step(self, x: Tensor, statistics: tuple[Tensor, Tensor] | None = None) -> tuple[Categorical, Tensor]:
         x = self.check_data(x)
-        centre, features = self._moments(x)
+        centre, features = self._moments(x) if statistics is None else statistics
         weights = self._weights(centre)
         weights[0] = weights[0] + self.logits.log_softmax(-1)  # the constant row takes log π_k
         log_joint = features @ weights  # [B, K]
@@ -213,7 +211,7 @@ class GaussianMixture(LatentModel):
         return Categorical(logits=log_joint - log_evidence.unsqueeze(-1)), log_evidence
 
     @torch.no_grad()
-    def m_step(self, x: Tensor, posterior: Categorical) -> None:
+    def m_step(self, x: Tensor, posterior: Categorical, statistics: tuple[Tensor, Tensor] | None = None) -> None:
         """Weights, means and covariances from the responsibilities (scikit-learn's M-step)."""
         x = self.check_data(x)
         resp = posterior.probs  # [B, K]
@@ -222,16 +220,16 @@ class GaussianMixture(LatentModel):
                 f"posterior must have probs of shape [{x.shape[0]}, {self.num_components}]; "
                 f"received {list(resp.shape)}"
             )
-        nk = self.fit_components(x, resp)
+        nk = self.fit_components(x, resp, statistics)
         self.logits.copy_((nk / nk.sum()).log())
 
     @torch.no_grad()
-    def fit_components(self, x: Tensor, resp: Tensor) -> Tensor:
+    def fit_components(self, x: Tensor, resp: Tensor, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Sets each component's mean and covariance to the weighted moments of ``x [B, D]``
         under the weights ``resp [B, K]`` (any non-negative weights; rows need not sum to one,
         which is how an HMM's state occupancies use it). Returns the total weights ``[K]``."""
         D = self.dim
-        centre, features = self._moments(x)
+        centre, features = self._moments(x) if statistics is None else statistics
         stats = resp.T @ features  # [K, 1 + D + M]: Σ r, Σ r x, Σ r (second moments)
         nk = stats[:, 0] + 10 * torch.finfo(x.dtype).eps  # [K]
         mean_c = stats[:, 1 : 1 + D] / nk.unsqueeze(-1)  # [K, D]

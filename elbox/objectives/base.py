@@ -115,7 +115,8 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 def get_objective(name: str, argument: str = "objective") -> type[Objective]:
     """The objective class registered as ``name``; the error lists the registered names."""
     if name not in OBJECTIVES:
-        raise ValueError(f"{argument} must be one of {tuple(OBJECTIVES)} (the registered objectives); received {name!r}")
+        names = tuple(OBJECTIVES)
+        raise ValueError(f"{argument} must be one of {names} (the registered objectives); received {name!r}")
     return OBJECTIVES[name]
 
 
