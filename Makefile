@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/elbox demo
+	$(VENV)/bin/elbox demo --force
 
 # Headless Chromium, which the HTML report's test renders the page in (Debian's package).
 browser:

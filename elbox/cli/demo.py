@@ -15,7 +15,7 @@ from elbox.bounds import elbo
 from elbox.data import digits
 from elbox.guides import Categorical, Exact
 from elbox.inference import em, fit
-from elbox.io import atomic_write_text, write_json, write_jsonl
+from elbox.io import RunLock, atomic_write_text, write_json, write_jsonl
 from elbox.models import GaussianMixture
 
 __all__ = ["run_demo", "run_vae_demo"]
@@ -46,6 +46,7 @@ def run_demo(
     vi_epochs: int = 400,
     lr: float = 0.05,
     seed: int = 0,
+    force: bool = False,
 ) -> dict:
     """Fits a full-covariance Gaussian mixture to the PCA-reduced digits by EM and by VI.
 
@@ -55,7 +56,12 @@ def run_demo(
     ``out`` and returns the report.
     """
     out = Path(out)
-    _fresh(out)
+    _fresh(out, force)
+    with RunLock(out):
+        return _gmm_demo(out, components, pca, vi_epochs, lr, seed)
+
+
+def _gmm_demo(out: Path, components: int, pca: int, vi_epochs: int, lr: float, seed: int) -> dict:
     x, _ = digits(pca_components=pca, dtype=torch.float64)  # [1797, pca]
     N = x.shape[0]
     start = time.perf_counter()
@@ -105,16 +111,25 @@ def run_demo(
     return report
 
 
-def _fresh(out: Path) -> None:
-    """Clears a previous run in ``out``; refuses a directory that holds anything else."""
-    if not out.exists() or not any(out.iterdir()):
+def _fresh(out: Path, force: bool) -> None:
+    """Refuses an ``out`` that holds anything, as ``elbox fit`` does; with ``force``, replaces a
+    previous elbox run there (never a directory of other files). Holds the run's lock meanwhile."""
+    if not out.exists() or not any(p.name != ".lock" for p in out.iterdir()):
         return
     if not (out / "config.toml").is_file():
         raise FileExistsError(
-            f"{out} is not empty and holds no elbox run; the demo writes only to a new directory or over a "
-            "previous run (nothing was overwritten)"
+            f"{out} is not empty and holds no elbox run; the demo writes only to a new directory or, with --force, "
+            "over a previous run (nothing was overwritten)"
         )
-    shutil.rmtree(out)
+    if not force:
+        raise FileExistsError(
+            f"run directory {out} holds a run already; choose another --out, or pass --force to replace it "
+            "(nothing was overwritten)"
+        )
+    with RunLock(out):
+        for path in out.iterdir():
+            if path.name != ".lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def run_vae_demo(
@@ -126,6 +141,7 @@ def run_vae_demo(
     seed: int = 0,
     progress: bool = False,
     console=None,
+    force: bool = False,
 ) -> dict:
     """Trains a VAE on the embedded digits into the run directory ``out``, evaluates it (ELBO,
     reconstruction, KL, log p(x) by importance sampling), draws its figures, and sweeps β to show
@@ -136,26 +152,27 @@ def run_vae_demo(
     out = Path(out)
     start = time.perf_counter()
     config = demo_config(epochs=epochs, seed=seed)
-    _fresh(out)
-    train_run(None, out, config=config, progress=progress)
-    evaluation = evaluate_run(out)
-    sweep = []
-    if sweep_epochs:
-        x, _ = load_data(config, "train")
-        x_test, _ = load_data(config, "test")
-        status = console.status("β sweep") if console is not None else contextlib.nullcontext()
-        with status:
-            sweep = [_sweep_point(config, x, x_test, beta, sweep_epochs, seed, status) for beta in betas]
-        from elbox.plots import plot_rate_distortion
+    _fresh(out, force)
+    with RunLock(out):  # one writer for the whole demo
+        train_run(None, out, config=config, progress=progress)
+        evaluation = evaluate_run(out)
+        sweep = []
+        if sweep_epochs:
+            x, _ = load_data(config, "train")
+            x_test, _ = load_data(config, "test")
+            status = console.status("β sweep") if console is not None else contextlib.nullcontext()
+            with status:
+                sweep = [_sweep_point(config, x, x_test, beta, sweep_epochs, seed, status) for beta in betas]
+            from elbox.plots import plot_rate_distortion
 
-        plot_rate_distortion(
-            [(f"β={row['beta']:g}", row["kl"], row["distortion"]) for row in sweep],
-            out / "beta_sweep.png",
-            title=f"β-VAE on the digits: rate against distortion ({sweep_epochs} epochs each)",
-            distortion_label="distortion: −E_q[log p(x|z)] (nats)",
-        )
-        write_json(out / "beta_sweep.json", sweep)
-    report_run(out)  # report.html and report.json, from the evaluation above
+            plot_rate_distortion(
+                [(f"β={row['beta']:g}", row["kl"], row["distortion"]) for row in sweep],
+                out / "beta_sweep.png",
+                title=f"β-VAE on the digits: rate against distortion ({sweep_epochs} epochs each)",
+                distortion_label="distortion: −E_q[log p(x|z)] (nats)",
+            )
+            write_json(out / "beta_sweep.json", sweep)
+        report_run(out)  # report.html and report.json, from the evaluation above
     figures = sorted(p.name for p in out.glob("*.png"))
     return {"evaluation": evaluation, "sweep": sweep, "figures": figures, "report": out / "report.html",
             "seconds": time.perf_counter() - start}  # fmt: skip

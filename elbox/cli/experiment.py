@@ -1,29 +1,50 @@
-"""What `elbox fit`, `elbox evaluate` and `elbox demo` run: a config's data and VAE, trained
-into a run directory, evaluated from it, and drawn."""
+"""What `elbox fit`, `elbox evaluate`, `elbox report` and `elbox demo` run: a config's data and
+model, trained by EM or VI into a run directory, loaded back from it, evaluated and drawn."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
 import torch
+from torch import nn
 
-from elbox.cli.config import ConfigError, load_config, parse_config, to_toml
-from elbox.inference import fit
-from elbox.io import RunDirectory, atomic_write_text, load_checkpoint, write_json
-from elbox.models import VAE
+from elbox.cli.config import RECORD, ConfigError, config_differences, load_config, parse_config, to_toml
+from elbox.cli.models import MODEL_TYPES, DataInfo
+from elbox.data.sequences import Sequences
+from elbox.inference import History, em, fit
+from elbox.io import (
+    NotARunError,
+    RunDirectory,
+    RunLock,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+)
 
-__all__ = ["evaluate_run", "load_data", "load_run", "make_figures", "report_run", "train_run"]
+__all__ = ["Run", "evaluate_run", "load_data", "load_run", "make_figures", "report_run", "train_run"]
 
-_DATA_DIM = {"digits": 64, "mnist": 784, "mnist1d": 40}
-_SPLIT_SEED = 0  # the digits' fixed train/test split does not depend on the run's seed
+_SPLIT_SEED = 0  # the train/test split does not depend on the run's seed
+_DIGITS_TEST = 297
+#: What a run directory may hold before its first checkpoint: such a directory is started afresh.
+_OWN_FILES = {"config.toml", "metrics.jsonl", ".lock", "checkpoints"}
 
 
-def load_data(config: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split ``"train"``, ``"validation"`` or ``"test"`` of the config's data, ``[N, D]``,
-    and its labels. Training data keeps its intensities under dynamic binarization (the engine
-    draws per batch); held-out splits are binarized once, reproducibly."""
+# Data.
+
+
+def load_data(config: dict, split: str):
+    """The split ``"train"``, ``"validation"`` or ``"test"`` of the config's data (``[N, D]``, or
+    :class:`Sequences` for sequence models) and its labels (None for a user's file). Training
+    data keep their intensities under dynamic binarization (the engine draws per batch);
+    held-out splits are binarized once, reproducibly."""
     data = config["data"]
     name, held_out = data["name"], data["validation"]
     if split == "validation" and held_out == 0:
@@ -35,32 +56,64 @@ def load_data(config: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if root is not None and not Path(root).expanduser().is_dir():
             raise FileNotFoundError(f"[data] root: the MNIST directory {root} does not exist")
         x, y = mnist(root, split=split, validation=held_out)
+        return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
+    if name == "file":
+        x, y = _user_file(config), None
+        N = len(x)
+        test = data["test"] or max(1, N // 5)
+        if test + held_out >= N:
+            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training points of {N} in "
+                              f"{data['path']}")  # fmt: skip
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        train_index, test_index = order[:-test], order[-test:]
+    elif name == "digits":
+        from elbox.data import digits
+
+        x, y = digits()
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        test = data["test"] or _DIGITS_TEST
+        if test + held_out >= x.shape[0]:
+            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training digits of {x.shape[0]}")
+        train_index, test_index = order[:-test], order[-test:]
     else:
-        if name == "digits":
-            from elbox.data import digits
+        from elbox.data import mnist1d
 
-            x, y = digits()
-            order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(_SPLIT_SEED))
-            test = data["test"]
-            if test + held_out >= x.shape[0]:
-                raise ConfigError(
-                    f"[data] test + validation = {test + held_out} leaves no training digits of {x.shape[0]}"
-                )
-            train_index, test_index = order[:-test], order[-test:]
-        else:
-            from elbox.data import mnist1d
-
-            x_train, y_train = mnist1d(data["num_samples"], split="train")
-            x_test, y_test = mnist1d(data["num_samples"], split="test")
-            x, y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
-            train_index = torch.arange(x_train.shape[0])
-            test_index = torch.arange(x_train.shape[0], x.shape[0])
-        if held_out >= train_index.numel():
-            raise ConfigError(f"[data] validation = {held_out} leaves no training points of {train_index.numel()}")
-        cut = train_index.numel() - held_out
-        index = {"train": train_index[:cut], "validation": train_index[cut:], "test": test_index}[split]
-        x, y = x[index], y[index]
+        x_train, y_train = mnist1d(data["num_samples"], split="train")
+        x_test, y_test = mnist1d(data["num_samples"], split="test")
+        x, y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
+        train_index = torch.arange(x_train.shape[0])
+        test_index = torch.arange(x_train.shape[0], x.shape[0])
+    if held_out >= train_index.numel():
+        raise ConfigError(f"[data] validation = {held_out} leaves no training points of {train_index.numel()}")
+    cut = train_index.numel() - held_out
+    index = {"train": train_index[:cut], "validation": train_index[cut:], "test": test_index}[split]
+    x = x[index]
+    y = None if y is None else y[index]
+    if isinstance(x, Sequences):
+        return x, y
     return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
+
+
+def _user_file(config: dict):
+    """The user's file as the model type needs it: points ``[N, D]``, or sequences."""
+    from elbox.data import load_file
+
+    path = config["data"]["path"]
+    x = load_file(path)
+    recorded = config.get(RECORD, {}).get("sha256")
+    if recorded:
+        from elbox.data.files import file_checksum
+
+        if file_checksum(path) != recorded:
+            raise ConfigError(
+                f"[data] path: {path} has changed since the run was trained (its SHA-256 differs from the one "
+                "recorded); evaluate on the file the run was trained on, or train a new run"
+            )
+    if MODEL_TYPES[config["model"]["type"]].sequences and not isinstance(x, Sequences):
+        if x.dim() == 2 and x.is_floating_point():
+            x = x.unsqueeze(-1)  # [N, T] numbers: sequences of one value per step
+        x = Sequences(x)
+    return x
 
 
 def _binarized(x: torch.Tensor, method: str, split: str, seed: int) -> torch.Tensor:
@@ -72,26 +125,69 @@ def _binarized(x: torch.Tensor, method: str, split: str, seed: int) -> torch.Ten
     return torch.bernoulli(x, generator=generator)
 
 
-def build_model(config: dict, data_dim: int) -> VAE:
-    m = config["model"]
+def _data_info(x) -> DataInfo:
+    """The data's shape, as the model is built from it."""
+    if isinstance(x, Sequences):
+        values = x.values
+        symbols = int(values.max()) + 1 if not values.is_floating_point() and values.dim() == 2 else 0
+        dim = 0 if symbols else int(values.shape[-1])
+        inputs = 0 if x.inputs is None else int(x.inputs.shape[-1])
+        return DataInfo(dim=dim, symbols=symbols, points=len(x), steps=int(values.shape[1]), inputs=inputs)
+    if x.dim() != 2:
+        raise ConfigError(f"[data]: this model takes points [N, D]; the data have shape {list(x.shape)} (for "
+                          "sequences choose a sequence model: [model] type = 'hmm' or 'lgssm')")  # fmt: skip
+    return DataInfo(dim=int(x.shape[1]), points=len(x))
+
+
+def _record(config: dict, x) -> dict:
+    info = _data_info(x)
+    record = {"dim": info.dim, "symbols": info.symbols, "points": info.points, "steps": info.steps,
+              "inputs": info.inputs, "sha256": ""}  # fmt: skip
+    if config["data"]["name"] == "file":
+        from elbox.data.files import file_checksum
+
+        record["sha256"] = file_checksum(config["data"]["path"])
+    return record
+
+
+def _info(config: dict) -> DataInfo:
+    r = config[RECORD]
+    return DataInfo(dim=r["dim"], symbols=r["symbols"], points=r["points"], steps=r["steps"], inputs=r["inputs"])
+
+
+# Models.
+
+
+class _Modules(nn.Module):
+    """The model and, where it is not part of the model, the guide: the checkpoint's layout."""
+
+    def __init__(self, model: nn.Module, guide: nn.Module | None):
+        super().__init__()
+        self.model = model
+        if guide is not None and not any(m is guide for m in model.modules()):
+            self.guide = guide
+
+
+def build_model(config: dict, info: DataInfo | None = None):
+    """The config's model and its guide (None where the run fits without one), parameters seeded
+    by ``[train] seed`` and not yet fitted."""
+    kind = MODEL_TYPES[config["model"]["type"]]
+    info = info or _info(config)
     torch.manual_seed(config["train"]["seed"])
-    return VAE(
-        data_dim,
-        m["latent_dim"],
-        hidden=tuple(m["hidden"]),
-        activation=m["activation"],
-        decoder=m["decoder"],
-        observation_variance=m["observation_variance"],
-        beta=m["beta"],
-        deterministic_encoder=m["deterministic_encoder"],
-    )
+    dtype = kind.dtype or torch.get_default_dtype()
+    model = kind.build(config["model"], info).to(dtype)
+    train = config["train"]
+    guide = None
+    if train["method"] == "vi" and train["objective"] != "max_likelihood":
+        guide = kind.guide(model, config["model"], info)
+        guide = guide.to(dtype) if guide is not None else None
+    return model, guide
 
 
 def _fit_options(config: dict) -> dict:
     t = config["train"]
-    return {
-        "bound": t["bound"],
-        "num_samples": t["num_samples"],
+    options = {
+        "bound": t["objective"],
         "epochs": t["epochs"],
         "batch_size": t["batch_size"],
         "lr": t["lr"],
@@ -103,7 +199,14 @@ def _fit_options(config: dict) -> dict:
         "checkpoint_every": t["checkpoint_every"],
         "seed": t["seed"],
         "binarization": "dynamic" if config["data"]["binarization"] == "dynamic" else None,
+        "tensorboard": config["log"]["tensorboard"],
     }
+    if t["objective"] != "max_likelihood" and (t["num_samples"] != 1 or t["objective"] != "elbo"):
+        options["num_samples"] = t["num_samples"]
+    return options
+
+
+# Training.
 
 
 def train_run(
@@ -114,131 +217,345 @@ def train_run(
     progress: bool = False,
     config: dict | None = None,
 ) -> dict:
-    """Trains the config's VAE into ``run_dir`` (or continues it) and draws its figures.
+    """Fits the config's model (by EM or VI) into ``run_dir``, or continues the run there, and
+    draws its figures. The directory is locked while it runs.
 
     Raises:
-        FileExistsError: If ``run_dir`` holds files and ``resume`` is False (nothing is
-            overwritten).
-        ConfigError: For a bad config, or one that differs from the run's on resume.
+        FileExistsError: If ``run_dir`` holds a run, or other files, and ``resume`` is False
+            (nothing is overwritten; a directory whose run never reached its first checkpoint is
+            started again).
+        ConfigError: For a bad config, or, on resume, one that differs from the run's.
+        RunLockedError: If another process is writing ``run_dir``.
     """
     run = RunDirectory(run_dir)
     if config is None:
         config = load_config(config_path)
+    # what can be refused is refused before the directory is touched
     if resume:
         run = RunDirectory.open(run_dir)
-        saved = load_config(run.config)
-        for section, values in saved.items():
-            for key, value in values.items():
-                if key == "epochs" and section == "train":
+        stored = config_of_record(run)
+        for section in ("data", "model", "train", "log"):
+            for key, value in stored[section].items():
+                if (section, key) == ("train", "epochs"):
                     continue
                 if config[section][key] != value:
                     raise ConfigError(
                         f"cannot resume {run.path}: [{section}] {key} is {config[section][key]!r} in "
                         f"{config_path}, but the run was started with {value!r}"
                     )
-    elif run.path.exists() and any(run.path.iterdir()):
+        if stored["train"]["method"] == "em":
+            raise ConfigError(f"cannot resume {run.path}: it was fitted by EM, which is not resumed; start a "
+                              "new run (EM runs are fast)")  # fmt: skip
+        done = int(load_checkpoint(run.checkpoint())[1].get("epoch", 0))
+        if config["train"]["epochs"] < done:
+            raise ConfigError(
+                f"cannot resume {run.path} with [train] epochs = {config['train']['epochs']}: it has done {done} "
+                f"epochs already (resume with epochs >= {done}; nothing was changed)"
+            )
+        config = {**config, RECORD: stored[RECORD]}
+    else:
+        _clear_unstarted(run, dry_run=True)
+    x, _ = load_data(config, "train")
+    valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
+    if not resume:
+        config = {**config, RECORD: _record(config, x)}
+    with RunLock(run.path):
+        remove_stale_temporaries(run.path)
+        if not resume:
+            _clear_unstarted(run)
+        model, guide = build_model(config)
+        text = to_toml(config)
+        atomic_write_text(run.config, text)
+        start = time.perf_counter()
+        if config["train"]["method"] == "em":
+            history = _em_run(run, config, model, x, text)
+        else:
+            _initialize(config, model, x)
+            history = fit(model, guide, x, validation=valid, run_dir=run.path, resume=resume, progress=progress,
+                          config=text, **_fit_options(config))  # fmt: skip
+        seconds = time.perf_counter() - start
+        make_figures(run, config, model)
+    return {"history": history, "seconds": seconds, "model": model, "guide": guide, "run": run, "config": config}
+
+
+def _clear_unstarted(run: RunDirectory, dry_run: bool = False) -> None:
+    """Refuses a directory that holds a run or other files; clears one whose run never reached its
+    first checkpoint (killed while loading its data, say), so that it starts again (with
+    ``dry_run``, only refuses)."""
+    if not run.path.exists() or not any(p.name != ".lock" for p in run.path.iterdir()):
+        return
+    names = {p.name for p in run.path.iterdir()}
+    checkpoints = run.path / "checkpoints"
+    unstarted = names <= _OWN_FILES and not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")))
+    if not unstarted:
         raise FileExistsError(
             f"run directory {run.path} exists and is not empty; choose a new one, or pass --resume to continue "
             "the run in it (nothing was overwritten)"
         )
-    x, _ = load_data(config, "train")
-    valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
-    model = build_model(config, x.shape[1])
-    text = to_toml(config)
-    atomic_write_text(run.config, text)
-    start = time.perf_counter()
-    history = fit(
-        model, model.guide, x, validation=valid, run_dir=run.path, resume=resume, progress=progress, config=text,
-        **_fit_options(config),
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    make_figures(run, config, model)
-    return {"history": history, "seconds": seconds, "model": model, "run": run}
+    if dry_run:
+        return
+    for name in names - {".lock"}:
+        path = run.path / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[RunDirectory, dict, VAE]:
-    """A run directory's config and its model at the ``best`` checkpoint (``last`` if none)."""
-    run = RunDirectory.open(run_dir)
-    config = load_config(run.config)
+def _initialize(config: dict, model, x) -> None:
+    init = config["train"]["init"]
+    if init != "none" and hasattr(model, "initialize"):
+        generator = torch.Generator().manual_seed(config["train"]["seed"])
+        model.initialize(model.check_data(x), method=init, generator=generator)
+
+
+def _em_run(run: RunDirectory, config: dict, model, x, text: str) -> History:
+    """EM into the run directory: one metrics record per iteration, and the fitted model as the
+    run's checkpoint."""
+    t = config["train"]
+    records = []
+
+    def record(iteration, model, posterior, log_evidence):
+        records.append({"epoch": iteration + 1, "bound": float(log_evidence.mean()), "reconstruction": None,
+                        "kl": None, "validation": None})  # fmt: skip
+
+    init = None if t["init"] == "none" else t["init"]
+    history = em(model, x, max_iter=t["max_iter"], tol=t["tol"], init=init, n_init=t["n_init"] if init else 1,
+                 seed=t["seed"], callback=record)  # fmt: skip
+    records = records[-history.n_iter :]  # the kept restart's iterations
+    run.truncate_metrics(0)
+    for r in records:
+        run.append_metrics(r)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": "elbox-checkpoint-1", "epoch": history.n_iter, "method": "em", "history": history.to_dict(),
+            "config": text}  # fmt: skip
+    save_checkpoint(run.checkpoint(), tensors, meta)
+    return history
+
+
+# Loading a run back.
+
+
+@dataclass
+class Run:
+    """A trained run directory, loaded back (:func:`elbox.load_run`).
+
+    Attributes:
+        model: The fitted model (in eval mode).
+        guide: Its guide: the VAE's encoder, the trained local guide of a VI fit, or the exact
+            posterior (:class:`~elbox.guides.Exact`) of an EM fit.
+        config: The config of record (the one stored in the checkpoint), defaults filled in.
+        history: The training history.
+        directory: The :class:`~elbox.io.RunDirectory`.
+        checkpoint: ``"best"`` or ``"last"``: which checkpoint was loaded.
+    """
+
+    model: nn.Module
+    guide: nn.Module
+    config: dict
+    history: History
+    directory: RunDirectory
+    checkpoint: str
+
+
+def config_of_record(run: RunDirectory, checkpoint: str = "last") -> dict:
+    """The config stored in the run's checkpoint; refuses a config.toml that was edited since.
+
+    Raises:
+        ConfigError: If config.toml differs from the config of record (the message lists the
+            changed keys) or the checkpoint holds no config.
+    """
+    _, meta = load_checkpoint(run.checkpoint(checkpoint))
+    text = meta.get("config")
+    if not text:
+        raise NotARunError(f"{run.checkpoint(checkpoint)} holds no config: it was not written by `elbox fit`")
+    stored = parse_config(tomllib.loads(text), f"the config stored in {run.checkpoint(checkpoint)}", record=True)
+    try:
+        on_disk = load_config(run.config, record=True)
+    except ConfigError as error:
+        raise ConfigError(f"{run.config} was edited and no longer reads as a config ({error}); the run's config of "
+                          "record is the one in its checkpoint: put config.toml back as it was") from None  # fmt: skip
+    changed = config_differences(stored, on_disk)
+    if changed:
+        raise ConfigError(
+            f"{run.config} was edited since the run was written ({'; '.join(changed)}). The run's config of record "
+            "is the one stored in its checkpoint, and the numbers would no longer be this run's: put config.toml "
+            "back as it was, or start a new run with the edited config. Evaluation settings go on the command line "
+            "or in --evaluate-config"
+        )
+    return stored
+
+
+def load_run(path: str | os.PathLike, checkpoint: str = "best") -> Run:
+    """Loads a run directory written by ``elbox fit``: the model, the guide, the config of record
+    and the history, at the ``best`` checkpoint (``last`` where there is none).
+
+    Example:
+        >>> run = elbox.load_run("runs/vae_digits")
+        >>> run.model, run.guide, run.config["model"]["latent_dim"], run.history.final
+
+    Raises:
+        NotARunError: If ``path`` holds no run.
+        ConfigError: If its config.toml was edited since the run was written.
+    """
+    from elbox.guides import Exact
+
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last'; received {checkpoint!r}")
+    run = RunDirectory.open(path)
     name = checkpoint if run.has_checkpoint(checkpoint) else "last"
-    tensors, _ = load_checkpoint(run.checkpoint(name))
-    model = build_model(config, _DATA_DIM[config["data"]["name"]])
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    config = config_of_record(run, name)
+    tensors, meta = load_checkpoint(run.checkpoint(name))
+    model, guide = build_model(config)
+    modules = _Modules(model, guide)
+    own = modules.state_dict()
+    missing = [k for k in own if k not in tensors]
+    if missing:
+        raise ValueError(f"{run.checkpoint(name)} does not fit the model its config builds: it lacks {missing[:3]}")
+    modules.load_state_dict({k: tensors[k] for k in own})
     model.eval()
-    return run, config, model
+    history = History(**{k: v for k, v in meta.get("history", {}).items() if k in History.__dataclass_fields__})
+    if "history.steps" in tensors:
+        history.steps = tensors["history.steps"].tolist()
+    if guide is None:
+        guide = Exact(model)
+    return Run(model=model, guide=guide, config=config, history=history, directory=run, checkpoint=name)
+
+
+# Evaluation.
+
+
+def evaluation_settings(config: dict, evaluate_config: str | os.PathLike | None = None, **overrides) -> dict:
+    """The ``[evaluate]`` settings: the run's, then a separate TOML file's ``[evaluate]`` table,
+    then the command line's options (those not None)."""
+    settings = dict(config["evaluate"])
+    if evaluate_config is not None:
+        path = Path(evaluate_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--evaluate-config: {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+        extra = [s for s in raw if s != "evaluate"]
+        if extra:
+            raise ConfigError(f"{path}: an evaluation config holds [evaluate] alone; received [{extra[0]}]")
+        given = raw.get("evaluate", {})
+        parsed = parse_config({"evaluate": given}, str(path))["evaluate"]
+        settings.update({k: parsed[k] for k in given})
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike, *, num_samples: int | None = None, max_points: int | None = None, progress=None
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int | None = None,
+    max_points: int | None = None,
+    evaluate_config: str | os.PathLike | None = None,
+    progress=None,
 ) -> dict:
-    """The evidence report of a run's model on its test set (:func:`elbox.evidence_report` with
-    the config's ``[evaluate]`` settings), written to ``evaluation.json`` in the run directory.
-
-    ``progress`` is called as ``progress(stage, done, total)``.
+    """The evidence report of a run's model on its test set (:func:`elbox.evidence_report`),
+    written to ``evaluation.json``. Exact models report their exact log p(x), and the gap of their
+    q (the exact posterior of an EM fit: zero); a VI fit of an exact model also reports the exact
+    gap of its trained q on the training points.
 
     Returns:
-        evaluation.json's content: ``run``, ``data``, ``checkpoint`` and ``report`` (the
-        :class:`~elbox.evidence.EvidenceReport` as a dict).
+        evaluation.json's content: ``run``, ``data``, ``checkpoint``, ``settings`` and ``report``.
     """
     from elbox.evidence import evidence_report
+    from elbox.guides import Exact
 
-    run, config, model = load_run(run_dir)
-    e = config["evaluate"]
-    S = e["num_samples"] if num_samples is None else num_samples
-    limit = e["max_points"] if max_points is None else max_points
-    x, _ = load_data(config, "test")
-    if limit:
-        x = x[:limit]
-    report = evidence_report(
-        model, model.guide, x, num_samples=S, iwae_samples=min(e["iwae_samples"], S), cubo_order=e["cubo_order"],
-        method=e["method"], ais_schedule=e["ais_steps"], refine_steps=e["refine_steps"],
-        refine_points=e["refine_points"], batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None,
-        progress=progress,
-    )  # fmt: skip
-    result = {
-        "run": str(run.path),
-        "data": f"{config['data']['name']} test set, {x.shape[0]} points",
-        "checkpoint": "best" if run.has_checkpoint("best") else "last",
-        "report": report.to_dict(),
-    }
-    write_json(run.path / "evaluation.json", result)
+    loaded = load_run(run_dir)
+    run, config, model = loaded.directory, loaded.config, loaded.model
+    e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)
+    with RunLock(run.path):
+        x, _ = load_data(config, "test")
+        if e["max_points"]:
+            x = x[: e["max_points"]]
+        exact = getattr(model, "has_exact_evidence", False)
+        guide = Exact(model) if exact else loaded.guide
+        S = e["num_samples"]
+        report = evidence_report(
+            model, guide, x, num_samples=max(S, 5), iwae_samples=min(e["iwae_samples"], max(S, 5)),
+            cubo_order=e["cubo_order"], method="exact" if exact else e["method"], ais_schedule=e["ais_steps"],
+            refine_steps=0 if exact else e["refine_steps"], refine_points=e["refine_points"],
+            batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
+        )  # fmt: skip
+        result = {
+            "run": str(run.path),
+            "data": f"{_data_name(config)} test set, {len(x)} points",
+            "checkpoint": loaded.checkpoint,
+            "settings": e,
+            "report": report.to_dict(),
+        }
+        if exact and not isinstance(loaded.guide, Exact):
+            result["training_gap"] = _training_gap(config, model, loaded.guide)
+        write_json(run.path / "evaluation.json", result)
     return result
 
 
-def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, progress=None) -> dict:
-    """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
-    per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
-    (evaluated first when there is none, or when ``fresh``)."""
-    from elbox.plots import write_html_report
-
-    run = RunDirectory.open(run_dir)
-    import json
-
-    path = run.path / "evaluation.json"
-    evaluation = None if fresh or not path.is_file() else json.loads(path.read_text())
-    if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
-        evaluation = evaluate_run(run_dir, progress=progress)
-    metrics = run.read_metrics()
-    content = {**evaluation, "training": metrics}
-    write_json(run.path / "report.json", content)
-    context = {"run directory": evaluation["run"], "data": evaluation["data"], "checkpoint": evaluation["checkpoint"],
-               "epochs trained": len(metrics)}  # fmt: skip
-    write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
-                      training=metrics, context=context)  # fmt: skip
-    return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}
+def _data_name(config: dict) -> str:
+    return Path(config["data"]["path"]).name if config["data"]["name"] == "file" else config["data"]["name"]
 
 
 @torch.no_grad()
-def make_figures(run: RunDirectory, config: dict, model: VAE) -> list[Path]:
-    """Training curves, reconstructions beside inputs, prior samples and the latent space."""
+def _training_gap(config: dict, model, guide) -> dict:
+    """A VI fit's local q on its own training points: the exact gap log p(x) − ELBO = KL(q ‖ p(z|x))."""
+    from elbox.bounds import elbo
+
+    x, _ = load_data(config, "train")
+    index = torch.arange(len(x))
+    log_px = model.log_evidence(x).double()
+    bound = elbo(model, guide, x, index=index, num_samples=100).value.double()
+    gap = log_px - bound
+    stderr = float(gap.std() / len(x) ** 0.5) if len(x) > 1 else None
+    return {"points": len(x), "log_evidence": float(log_px.mean()), "elbo": float(bound.mean()),
+            "gap": float(gap.mean()), "gap_stderr": stderr}  # fmt: skip
+
+
+def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_config=None, progress=None) -> dict:
+    """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
+    per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
+    (evaluated first when there is none, when ``fresh``, or when settings are given)."""
+    from elbox.plots import write_html_report
+
+    loaded = load_run(run_dir)  # refuses an edited config.toml before anything is written
+    run = loaded.directory
+    path = run.path / "evaluation.json"
+    evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
+    if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
+        evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, progress=progress)
+    with RunLock(run.path):
+        metrics = run.read_metrics()
+        content = {**evaluation, "training": metrics}
+        write_json(run.path / "report.json", content)
+        context = {"run directory": evaluation["run"], "data": evaluation["data"],
+                   "checkpoint": evaluation["checkpoint"], "epochs trained": len(metrics)}  # fmt: skip
+        write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
+                          training=metrics, context=context)  # fmt: skip
+    return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}
+
+
+# Figures.
+
+
+@torch.no_grad()
+def make_figures(run: RunDirectory, config: dict, model) -> list[Path]:
+    """The training curves for every model; for a VAE also reconstructions beside inputs, prior
+    samples and the latent space."""
     from elbox import plots
 
+    kind = config["model"]["type"]
+    paths = {"training": run.path / "training.png"}
+    records = run.read_metrics()
+    if records:
+        plots.plot_training(records, paths["training"], title=f"{kind} on {_data_name(config)}")
+    if kind != "vae":
+        return [p for p in paths.values() if p.exists()]
     x, labels = load_data(config, "test")
-    x, labels = x[:2000], labels[:2000]
+    x = model.check_data(x[:2000])
+    labels = labels[:2000] if labels is not None else torch.zeros(len(x), dtype=torch.long)
     was_training = model.training
     model.eval()
-    paths = {name: run.path / f"{name}.png" for name in ("training", "reconstructions", "samples", "latent_space")}
-    plots.plot_training(run.read_metrics(), paths["training"], title=f"VAE on {config['data']['name']}")
+    paths.update({name: run.path / f"{name}.png" for name in ("reconstructions", "samples", "latent_space")})
     plots.plot_reconstructions(x[:16], model.reconstruct(x[:16]), paths["reconstructions"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["train"]["seed"])

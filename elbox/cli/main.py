@@ -23,14 +23,50 @@ def _root() -> None:
 
 @contextmanager
 def _user_errors():
-    """Bad input ends the command with its message and exit status 2, not a traceback."""
-    from elbox.cli.config import ConfigError
+    """Bad input ends the command with its message and exit status 2, a run that failed (a
+    non-finite bound) with its message and status 1, never a traceback; warnings raised on the
+    way (divergence, posterior collapse) are printed as such."""
+    import warnings
 
-    try:
-        yield
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    from elbox.cli.config import ConfigError
+    from elbox.io import RunLockedError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except FloatingPointError as error:
+            console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TypeError, RunLockedError) as error:
+            console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        finally:
+            for w in caught:
+                if issubclass(w.category, UserWarning) and w.category.__module__.startswith("elbox"):
+                    console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+
+
+def _import_plugins(modules: list[str] | None) -> None:
+    """Imports the modules (or .py files) that register objectives or model types of their own."""
+    import importlib
+    import importlib.util
+
+    for name in modules or []:
+        path = Path(name)
+        try:
+            if path.suffix == ".py":
+                if not path.is_file():
+                    raise FileNotFoundError(f"--import: {path} does not exist")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ImportError as error:
+            console.print(f"[bold red]error:[/] --import {escape(name)}: {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -39,27 +75,46 @@ def fit(
     out: Path = typer.Option(None, help="The run directory (default: runs/<config name>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    imports: list[str] = typer.Option(None, "--import", help="A module or .py file to import first: one that "
+                                      "registers objectives or model types of its own (repeatable)."),
 ) -> None:
-    """Train the config's VAE into a run directory: metrics.jsonl, checkpoints, figures."""
-    from elbox.cli.experiment import train_run
+    """Fit the config's model (any registered type, by EM or VI with any registered objective)
+    into a run directory: config.toml, metrics.jsonl, checkpoints, figures.
 
+    SIGTERM or Ctrl-C finishes the current step, writes a checkpoint and exits with 143 or 130;
+    --resume continues exactly."""
+    from elbox.cli.experiment import train_run
+    from elbox.inference import Interrupted
+
+    _import_plugins(imports)
     out = out or Path("runs") / config.stem
-    with _user_errors():
-        result = train_run(config, out, resume=resume, progress=progress)
+    try:
+        with _user_errors():
+            result = train_run(config, out, resume=resume, progress=progress)
+    except Interrupted as stop:
+        console.print(f"[yellow]interrupted:[/] {escape(str(stop))}. Resume with: elbox fit {config} --out {out} "
+                      "--resume", soft_wrap=True)  # fmt: skip
+        raise typer.Exit(code=stop.exit_code) from None
     history = result["history"]
-    table = Table(title=f"elbox fit {config} → {out}")
-    for column in ("epochs", "bound", "reconstruction", "KL", "validation", "best epoch", "sec"):
+    method = result["config"]["train"]["method"]
+    table = Table(title=f"elbox fit {config} → {out} ({result['config']['model']['type']}, {method})")
+
+    def number(values):
+        return f"{values[-1]:.3f}" if values and values[-1] == values[-1] else "—"
+
+    columns = ("iterations" if method == "em" else "epochs", "bound", "reconstruction", "KL", "validation",
+               "best epoch", "sec")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     table.add_row(
         str(history.n_iter) + (" (stopped early)" if history.stopped_early else ""),
-        f"{history.lower_bound[-1]:.3f}",
-        f"{history.reconstruction[-1]:.3f}",
-        f"{history.kl[-1]:.3f}",
-        f"{history.validation[-1]:.3f}" if history.validation else "—",
-        str(history.best_epoch),
-        f"{result['seconds']:.1f}",
-    )
+        number(history.lower_bound), number(history.reconstruction), number(history.kl), number(history.validation),
+        str(history.best_epoch) if method == "vi" else "—", f"{result['seconds']:.1f}",
+    )  # fmt: skip
     console.print(table)
+    if history.diverged:
+        console.print("[yellow]warning:[/] the run diverged (metrics.jsonl: diverged = true); lower [train] lr or "
+                      "set clip_grad_norm", soft_wrap=True)  # fmt: skip
     console.print(f"Run directory: {out}; evaluate it with `elbox evaluate {out}`")
 
 
@@ -68,27 +123,37 @@ def _evaluation_table(evaluation: dict) -> Table:
     r = evaluation["report"]
     table = Table(
         title=f"Evidence report: {evaluation['data']} (nats per data point)",
-        caption="± is the standard error over the points; bounds are bounds in expectation over the sampling",
+        caption="± s.e.: the standard error over the points (how the mean would move on other data); Monte Carlo "
+        "s.e.: over the particles (how it would move with other draws, same data); bounds hold in expectation",
     )
     for column in ("quantity", "value", "± s.e.", "what it is"):
         table.add_column(column, justify="left" if column in ("quantity", "what it is") else "right")
 
     def number(value, digits=3):
-        return "—" if value is None else f"{value:.{digits}f}"
+        if value is None or value != value:
+            return "—"
+        if value in (float("inf"), float("-inf")):
+            return "+∞" if value > 0 else "−∞"
+        return f"{value:.{digits}f}"
 
     e, u = r["log_evidence"], r["upper_bound"]
     kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
-    table.add_row("ELBO", number(r["elbo"]["mean"]), number(r["elbo"]["stderr"]), "a lower bound")
+    mc = r["elbo"].get("mc_stderr")
+    elbo_kind = "a lower bound; " + (f"Monte Carlo s.e. {number(mc, 4)}" if mc else "closed form, no Monte Carlo error")
+    table.add_row("ELBO", number(r["elbo"]["mean"]), number(r["elbo"]["stderr"]), elbo_kind)
     recon = r["reconstruction"]
     table.add_row("  reconstruction", number(recon["mean"]), number(recon["stderr"]), escape("E_q[log p(x|z)]"))
     table.add_row("  KL", number(r["kl"]["mean"]), number(r["kl"]["stderr"]), "KL(q(z|x) ‖ p(z))")
     table.add_row(f"IWAE-{r['iwae']['num_samples']}", number(r["iwae"]["mean"]), number(r["iwae"]["stderr"]),
                   "a lower bound")  # fmt: skip
     table.add_row("log p(x)", number(e["mean"]), number(e["stderr"]),
-                  f"{kind}; Monte Carlo s.e. {number(e.get('mc_stderr'), 4)}")  # fmt: skip
+                  kind if e["method"] == "exact" else f"{kind}; Monte Carlo s.e. {number(e.get('mc_stderr'), 4)}")
     table.add_row(f"CUBO-{u['n']:g}", number(u["mean"]), number(u["stderr"]),
                   f"an upper bound as S grows (S = {u['num_samples']})")  # fmt: skip
-    table.add_row("gap", number(r["gap"]), "", "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))", end_section=True)
+    exact_gap = e["method"] == "exact"
+    table.add_row("gap", number(r["gap"]), number(r.get("gap_stderr")),
+                  "log p(x) − ELBO = KL(q ‖ p(z|x))" if exact_gap else "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))",
+                  end_section=True)  # fmt: skip
     if r.get("approximation_gap"):
         table.add_row("  approximation gap", number(r["approximation_gap"]["mean"]),
                       number(r["approximation_gap"]["stderr"]),
@@ -103,6 +168,10 @@ def _evaluation_table(evaluation: dict) -> Table:
         table.add_row("active units", units, "", escape("Cov_x(E_q[z_u]) > 0.01"))
     if r.get("mutual_information") is not None:
         table.add_row("I(x; z) under q", number(r["mutual_information"]), "", f"at most log {r['mi_points']}")
+    t = evaluation.get("training_gap")
+    if t:
+        table.add_row("gap of the fitted q", number(t["gap"]), number(t["gap_stderr"]),
+                      f"exact log p(x) − ELBO of the VI fit's q on its {t['points']} training points")  # fmt: skip
     return table
 
 
@@ -131,15 +200,20 @@ def _stage_progress():
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
-    num_samples: int = typer.Option(None, min=1, help="Importance samples per point (default: the config's)."),
+    num_samples: int = typer.Option(None, min=1, help="Importance samples per point (default: the run's)."),
     max_points: int = typer.Option(None, min=0, help="Evaluate the first N test points (0: all)."),
+    evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table of settings."),
 ) -> None:
     """The evidence report on the test set: ELBO ≤ IWAE ≤ log p̂(x) ≤ CUBO, the gap split, k-hat,
-    active units; writes evaluation.json."""
+    active units (exact models: the exact log p(x) and gap); writes evaluation.json.
+
+    The run's config of record is the one in its checkpoint: an edited config.toml is refused.
+    Settings come from the run, then --evaluate-config, then the options."""
     from elbox.cli.experiment import evaluate_run
 
     with _user_errors(), _stage_progress() as progress:
-        result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points, progress=progress)
+        result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points,
+                              evaluate_config=evaluate_config, progress=progress)  # fmt: skip
     console.print(_evaluation_table(result))
     _print_warnings(result)
     console.print(f"Written: {run_dir / 'evaluation.json'} ({result['report']['seconds']:.1f} s)")
@@ -149,13 +223,14 @@ def evaluate(
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
     fresh: bool = typer.Option(False, help="Evaluate again even if evaluation.json exists."),
+    evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table (evaluates again)."),
 ) -> None:
     """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
     curves) and report.json to the run directory."""
     from elbox.cli.experiment import report_run
 
     with _user_errors(), _stage_progress() as progress:
-        result = report_run(run_dir, fresh=fresh, progress=progress)
+        result = report_run(run_dir, fresh=fresh, evaluate_config=evaluate_config, progress=progress)
     console.print(_evaluation_table(result["evaluation"]))
     _print_warnings(result["evaluation"])
     console.print(f"Written: {', '.join(str(p) for p in result['paths'])}")
@@ -172,6 +247,7 @@ def demo(
     vi_epochs: int = typer.Option(400, min=1, help="gmm: full-batch VI steps."),
     seed: int = typer.Option(0, help="Seeds the run."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    force: bool = typer.Option(False, help="Replace a previous run in --out (never a directory of other files)."),
 ) -> None:
     """Fit a VAE to the embedded digits and report its evidence (or, with --model gmm, a Gaussian
     mixture by EM and by VI, with the exact gap)."""
@@ -179,13 +255,13 @@ def demo(
         console.print(f"[bold red]error:[/] --model must be 'vae' or 'gmm'; received {model!r}")
         raise typer.Exit(code=2)
     if model == "gmm":
-        _gmm_demo(out, components, pca, vi_epochs, seed)
+        _gmm_demo(out, components, pca, vi_epochs, seed, force)
         return
     from elbox.cli.demo import run_vae_demo
 
     with _user_errors():
         result = run_vae_demo(out, epochs=epochs, sweep_epochs=sweep_epochs, seed=seed, progress=progress,
-                              console=console)  # fmt: skip
+                              console=console, force=force)  # fmt: skip
     console.print(_evaluation_table(result["evaluation"]))
     _print_warnings(result["evaluation"])
     if result["sweep"]:
@@ -199,11 +275,11 @@ def demo(
     console.print(f"Evidence report: {result['report']} (open it in a browser)")
 
 
-def _gmm_demo(out: Path, components: int, pca: int, vi_epochs: int, seed: int) -> None:
+def _gmm_demo(out: Path, components: int, pca: int, vi_epochs: int, seed: int, force: bool) -> None:
     from elbox.cli.demo import run_demo
 
-    with console.status("fitting a Gaussian mixture to the digits by EM and by VI"):
-        report = run_demo(out, components=components, pca=pca, vi_epochs=vi_epochs, seed=seed)
+    with _user_errors(), console.status("fitting a Gaussian mixture to the digits by EM and by VI"):
+        report = run_demo(out, components=components, pca=pca, vi_epochs=vi_epochs, seed=seed, force=force)
     table = Table(
         title=f"{report['model']}\non {report['data']} (nats per data point)",
         caption="gap = KL(q ‖ p(z|x)), computed apart from the bound; EM's q is the exact posterior",

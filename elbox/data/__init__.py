@@ -3,6 +3,7 @@ binarization, an in-memory batch iterator, and padded batches of sequences."""
 
 from elbox.data.batches import Batch, BatchIterator, as_batch, binarize, draws
 from elbox.data.digits import digits
+from elbox.data.files import load_file
 from elbox.data.mnist import load_idx, mnist
 from elbox.data.mnist1d import mnist1d
 from elbox.data.sequences import Sequences
@@ -15,6 +16,7 @@ __all__ = [
     "binarize",
     "digits",
     "draws",
+    "load_file",
     "load_idx",
     "mnist",
     "mnist1d",

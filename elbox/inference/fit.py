@@ -258,7 +258,7 @@ def fit(
     history.converged = history.stopped_early
     if history.diverged:
         warnings.warn(
-            f"the run diverged: the bound fell from {history.lower_bound[0]:.4g} in the first epoch to "
+            f"the run diverged: the bound fell from {history.steps[0]:.4g} at the first step to "
             f"{history.lower_bound[-1]:.4g}; lower lr, or clip gradients (clip_grad_norm)",
             DivergenceWarning,
             stacklevel=2,
@@ -355,8 +355,9 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
         history.best_epoch = epoch + 1
     else:
         state.best["waited"] += 1
-    first, last = history.lower_bound[0], history.lower_bound[-1]
-    history.diverged = bool(len(history.lower_bound) > 1 and last < first - (abs(first) + 1.0))
+    # diverged: the bound fell below the first step's (the initial parameters') by more than its magnitude
+    first, last = history.steps[0], history.lower_bound[-1]
+    history.diverged = bool(last < first - (abs(first) + 1.0))
     state.record = {
         "epoch": epoch + 1, "step": len(history.steps), "lr": rate,
         "beta": float(objective.beta) if hasattr(objective, "beta") else None, **scheduled,

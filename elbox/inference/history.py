@@ -34,8 +34,8 @@ class History:
         lr: For VI, the learning rate of each epoch.
         best_epoch: For VI, the epoch (from 1) with the best validation (else training) bound.
         stopped_early: For VI, whether early stopping ended the run.
-        diverged: For VI, whether the last epoch's bound fell below the first's by more than the
-            first's magnitude (plus one nat): the run diverged.
+        diverged: For VI, whether the last epoch's bound fell below the first step's (the
+            initial parameters') by more than that bound's magnitude plus one nat.
     """
 
     method: str

@@ -1,0 +1,203 @@
+"""The model types a config can name (``[model] type = "…"``): their keys, how each is built
+from a config and its data, and the guide VI trains with. New types register themselves with
+:func:`register_model_type`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from elbox.cli._schema import (
+    Key,
+    is_bool,
+    is_list_of_positive_ints,
+    is_number,
+    is_positive,
+    is_positive_int,
+    one_of,
+)
+
+__all__ = ["MODEL_TYPES", "DataInfo", "ModelType", "register_model_type"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model's shape depends on, recorded in the config of record when a run starts.
+
+    Attributes:
+        dim: The size of one point (one step, for sequences); 0 for categorical symbols.
+        symbols: For symbol sequences, the number of symbols M.
+        points: Training points (or sequences): the size of a local guide.
+        steps: For sequences, the padded length T.
+        inputs: For state-space models with controls, U.
+    """
+
+    dim: int
+    symbols: int = 0
+    points: int = 0
+    steps: int = 0
+    inputs: int = 0
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """A model type of the configs.
+
+    Attributes:
+        name: ``[model] type``.
+        keys: Its ``[model]`` keys (besides ``type``).
+        build: ``build(model_config, data_info) -> model`` (parameters at their defaults; the
+            run seeds torch first).
+        guide: ``guide(model, model_config, data_info) -> guide`` for VI with a bound (None: the
+            model has no guide to offer; only ``max_likelihood`` then).
+        method: The default ``[train] method``: ``"em"`` or ``"vi"``.
+        init: The default EM/VI initialization (``model.initialize`` method), or None.
+        sequences: Whether the model takes sequences (``[N, T, D]`` data).
+        dtype: The dtype the CLI fits it in (None: torch's default, float32 unless changed).
+        description: One line for the docs and errors.
+    """
+
+    name: str
+    keys: dict[str, Key]
+    build: Callable
+    guide: Callable | None
+    method: str
+    init: str | None
+    sequences: bool
+    dtype: torch.dtype | None
+    description: str
+
+
+MODEL_TYPES: dict[str, ModelType] = {}
+
+
+def register_model_type(model_type: ModelType) -> ModelType:
+    """Adds a model type to the configs (``[model] type = model_type.name``)."""
+    if model_type.method not in ("em", "vi"):
+        raise ValueError(f"a model type's method must be 'em' or 'vi'; received {model_type.method!r}")
+    MODEL_TYPES[model_type.name] = model_type
+    return model_type
+
+
+def _vae(m: dict, info: DataInfo):
+    from elbox.models import VAE
+
+    return VAE(info.dim, m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"],
+               decoder=m["decoder"], observation_variance=m["observation_variance"], beta=m["beta"],
+               deterministic_encoder=m["deterministic_encoder"])  # fmt: skip
+
+
+def _gmm(m: dict, info: DataInfo):
+    from elbox.models import GaussianMixture
+
+    return GaussianMixture(m["components"], info.dim, covariance_type=m["covariance"], reg_covar=m["reg_covar"])
+
+
+def _fa(isotropic: bool):
+    def build(m: dict, info: DataInfo):
+        from elbox.models import FactorAnalysis
+
+        return FactorAnalysis(info.dim, m["latent_dim"], isotropic=isotropic)
+
+    return build
+
+
+def _hmm(m: dict, info: DataInfo):
+    from elbox.models import HMM
+
+    if info.symbols:
+        return HMM(m["states"], "categorical", num_symbols=info.symbols)
+    return HMM(m["states"], "gaussian", dim=info.dim, covariance_type=m["covariance"], reg_covar=m["reg_covar"])
+
+
+def _lgssm(m: dict, info: DataInfo):
+    from elbox.models import LinearGaussianSSM
+
+    return LinearGaussianSSM(m["state_dim"], info.dim, info.inputs, reg_covar=m["reg_covar"])
+
+
+def _local_categorical(model, m: dict, info: DataInfo):
+    from elbox.guides import Categorical
+
+    return Categorical(model.num_components, num_points=info.points)
+
+
+def _local_normal(model, m: dict, info: DataInfo):
+    from elbox.guides import MeanFieldNormal
+
+    return MeanFieldNormal(model.latent_dim, num_points=info.points)
+
+
+def _local_paths(model, m: dict, info: DataInfo):
+    from elbox.guides import Categorical
+
+    return Categorical(model.num_states, num_points=info.points, event_shape=(info.steps,))
+
+
+def _local_trajectories(model, m: dict, info: DataInfo):
+    from elbox.guides import MeanFieldNormal
+
+    return MeanFieldNormal((info.steps, m["state_dim"]), num_points=info.points)
+
+
+_REG = Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
+           "added to the diagonal of estimated covariances (raise it if a component collapses)")  # fmt: skip
+_COVARIANCE = Key("full", one_of("full", "diag"), "'full' or 'diag'", "the components' covariance")
+
+register_model_type(ModelType(
+    name="vae",
+    keys={
+        "latent_dim": Key(8, is_positive_int, "a positive integer", "the size of z"),
+        "hidden": Key([200, 200], is_list_of_positive_ints, "a list of positive integers",
+                      "the encoder's hidden widths (the decoder mirrors them)"),
+        "activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "softplus"),
+                          "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
+        "decoder": Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
+                       "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)"),
+        "observation_variance": Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
+                                    "σ² of the Gaussian decoder"),
+        "beta": Key(1.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
+                    "the KL weight of the objective"),
+        "deterministic_encoder": Key(False, is_bool, "true or false", "a plain autoencoder"),
+    },
+    build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
+    dtype=None, description="a variational autoencoder (an amortized Gaussian q)",
+))  # fmt: skip
+register_model_type(ModelType(
+    name="gmm",
+    keys={"components": Key(3, is_positive_int, "a positive integer", "mixture components K"),
+          "covariance": _COVARIANCE, "reg_covar": _REG},
+    build=_gmm, guide=_local_categorical, method="em", init="kmeans++", sequences=False, dtype=torch.float64,
+    description="a Gaussian mixture (exact evidence)",
+))  # fmt: skip
+register_model_type(ModelType(
+    name="fa",
+    keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of factors K")},
+    build=_fa(False), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
+    description="factor analysis (exact evidence)",
+))  # fmt: skip
+register_model_type(ModelType(
+    name="ppca",
+    keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of principal directions K")},
+    build=_fa(True), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
+    description="probabilistic PCA (exact evidence)",
+))  # fmt: skip
+register_model_type(ModelType(
+    name="hmm",
+    keys={"states": Key(3, is_positive_int, "a positive integer", "hidden states K"),
+          "covariance": Key("diag", one_of("full", "diag"), "'full' or 'diag'", "Gaussian emissions' covariance"),
+          "reg_covar": _REG},
+    build=_hmm, guide=_local_paths, method="em", init="kmeans++", sequences=True, dtype=torch.float64,
+    description="a hidden Markov model, Gaussian emissions or (integer data) categorical (exact evidence)",
+))  # fmt: skip
+register_model_type(ModelType(
+    name="lgssm",
+    keys={"state_dim": Key(2, is_positive_int, "a positive integer", "the size of the latent state"),
+          "reg_covar": Key(0.0, lambda v: is_number(v) and v >= 0, "a non-negative number",
+                           "added to the diagonal of the M-step's covariances")},
+    build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,
+    description="a linear-Gaussian state-space model, the Kalman filter's (exact evidence)",
+))  # fmt: skip
+
