@@ -1,10 +1,19 @@
 """elbox: latent-variable models fitted by the ELBO, with the gap to the evidence reported."""
 
-from elbox import distributions, guides, models
+from elbox import distributions, guides, models, objectives
 from elbox.bounds import Terms, cubo, elbo, iwae, renyi
-from elbox.data import Sequences
+from elbox.data import Batch, Sequences
 from elbox.evidence import Estimate, EvidenceReport, bdmc, evidence_report, log_evidence
-from elbox.inference import ConvergenceWarning, History, em, fit, refine
+from elbox.inference import (
+    ConvergenceWarning,
+    DivergenceWarning,
+    History,
+    Interrupted,
+    Schedule,
+    em,
+    fit,
+    refine,
+)
 from elbox.models import (
     HMM,
     VAE,
@@ -16,22 +25,40 @@ from elbox.models import (
     LinearGaussianSSM,
     NormalNormal,
 )
+from elbox.objectives import Objective, register_objective
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # load_run rebuilds a run from its config, which the command line's schema reads: imported on
+    # first use, so that `import elbox` stays free of it
+    if name in ("load_run", "Run"):
+        from elbox.cli import experiment
+
+        return getattr(experiment, name)
+    raise AttributeError(f"module 'elbox' has no attribute {name!r}")
+
+
 __all__ = [
     "HMM",
+    "Batch",
     "BetaBernoulli",
     "ConvergenceWarning",
+    "DivergenceWarning",
     "Estimate",
     "EvidenceReport",
     "FactorAnalysis",
     "GaussianMixture",
     "HierarchicalNormal",
     "History",
+    "Interrupted",
     "LatentModel",
     "LinearGaussianSSM",
     "NormalNormal",
+    "Objective",
+    "Run",
+    "Schedule",
     "Sequences",
     "Terms",
     "VAE",
@@ -44,8 +71,11 @@ __all__ = [
     "fit",
     "guides",
     "iwae",
+    "load_run",
     "log_evidence",
     "models",
+    "objectives",
     "refine",
+    "register_objective",
     "renyi",
 ]

@@ -360,11 +360,12 @@ def _mc_stderr(values: Tensor, mc_stderr: Tensor) -> float:
 def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     """One call of the guide on the batch and S particles from its q, shared by every estimate.
 
-    Returns the ELBO and its terms (closed forms where the model and q have them, else the
-    particles' average), with the IWAE bound of the first K particles; the log-weights ``[S, B]``
-    for log p̂, the CUBO and k̂; q's means (for active units; the particles' mean where q has no
-    closed-form mean); the KL per latent unit; and which proposal gave the weights (``"q"``, or
-    ``"prior"`` where q has no density, a point mass).
+    Returns the ELBO and its terms (closed forms where the model and q have them, a sum over a
+    discrete q's values where it can be enumerated, else the particles' average), with the IWAE
+    bound of the first K particles; the log-weights ``[S, B]`` for log p̂, the CUBO and k̂; q's
+    means (for active units; the particles' mean where q has no closed-form mean); the KL per
+    latent unit; and which proposal gave the weights (``"q"``, or ``"prior"`` where q has no
+    density, a point mass).
     """
     x, q, p = prepare(model, guide, x)
     B = len(x)
@@ -395,6 +396,12 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     log_lik, log_ratio = torch.cat(log_lik), torch.cat(log_ratio)  # [S, B]
     expected = model.expected_log_likelihood(x, q)
     kl = _closed_form_kl(q, p)
+    if expected is None and q.support.is_discrete and q.has_enumerate_support:  # a sum, as elbo() takes it
+        values = q.enumerate_support(expand=True)  # [K, B]
+        log_q = q.log_prob(values)
+        probs = log_q.exp()
+        expected = (probs * model.log_likelihood(x, values)).sum(0)
+        kl = kl if kl is not None else (probs * (log_q - p.log_prob(values))).sum(0)
     reconstruction = log_lik.mean(0) if expected is None else expected
     kl_value = log_ratio.mean(0) if kl is None else kl
     # the Monte Carlo error of the ELBO per point: zero where both terms are closed forms
