@@ -35,7 +35,7 @@ def _model(run: Path | None) -> elbox.VAE:
     if run is not None and (run / "config.toml").is_file():
         from elbox.cli.experiment import load_run
 
-        return load_run(run)[2]
+        return load_run(run).model
     torch.manual_seed(0)
     return elbox.VAE(D, L, hidden=(H, H), activation="tanh", decoder="bernoulli").eval()
 

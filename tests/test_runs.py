@@ -4,6 +4,7 @@ config of record, the lock, and faults (SIGKILL, SIGTERM, divergence, NaN) on re
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -319,3 +320,22 @@ def test_bad_user_files_get_clear_errors(tmp_path):
     np.save(tmp_path / "flat.npy", np.ones(5))
     with pytest.raises(ValueError, match=r"must hold an array \[N, D\]"):
         load_file(tmp_path / "flat.npy")
+
+
+def test_a_deterministic_encoder_is_reported_with_infinite_bounds_not_a_crash(tmp_path):
+    from elbox.evidence import EvidenceReport
+
+    config = tmp_path / "ae.toml"
+    config.write_text(SMALL.replace("hidden = [48]", "hidden = [48]\ndeterministic_encoder = true")
+                      + "[evaluate]\nnum_samples = 40\nrefine_points = 10\n")  # fmt: skip
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["fit", str(config), "--out", str(out), "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "−∞" in result.output and "point mass" in " ".join(result.output.split())
+    saved = json.loads((out / "evaluation.json").read_text())["report"]
+    assert saved["elbo"]["mean"] is None and saved["gap"] is None  # JSON has no infinities
+    report = EvidenceReport.from_dict(saved)  # and the schema reads them back
+    assert report.elbo["mean"] == -math.inf and report.iwae["mean"] == -math.inf and report.gap == math.inf
+    assert report.kl["mean"] == math.inf and math.isfinite(report.log_evidence["mean"])
+    assert report.log_evidence["proposal"] == "prior"

@@ -9,8 +9,9 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from elbox._validation import check_positive_int
+from elbox.data.batches import Batch
 
-__all__ = ["draw", "leave_one_out_log_mean", "log_mean_exp", "prepare", "score_surrogate"]
+__all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "score_surrogate"]
 
 
 def _support_kind(c) -> tuple:
@@ -27,10 +28,17 @@ def _support_kind(c) -> tuple:
 def prepare(model, guide, x, index=None) -> tuple[Tensor, Distribution, Distribution]:
     """Checks x, calls the guide and checks its q against the model's prior.
 
+    ``x`` may be an :class:`~elbox.data.Batch`: its index is used where ``index`` is None, and
+    its data are not checked again when the engine marked it as gathered from checked data.
+
     Returns:
         (x, q, prior): the data in the model's dtype, q with batch ``[B]``, and p(z).
     """
-    x = model.check_data(x)
+    if isinstance(x, Batch):
+        index = x.index if index is None else index
+        x = x.data if x.checked else model.check_data(x.data)
+    else:
+        x = model.check_data(x)
     q = guide(x, index=index) if index is not None else guide(x)
     p = model.prior_for(x)
     name = type(guide).__name__
@@ -56,6 +64,17 @@ def draw(q: Distribution, num_samples: int) -> Tensor:
     """``num_samples`` particles from q, ``[S, B, *event]``: pathwise where q allows it."""
     S = check_positive_int(num_samples, "num_samples")
     return q.rsample((S,)) if q.has_rsample else q.sample((S,))
+
+
+def draw_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
+    """``num_samples`` particles and q's log-density at them, ``([S, B, *event], [S, B])``: in one
+    pass where q offers ``rsample_and_log_prob`` (a normalizing flow computes both together),
+    else a draw and then its score."""
+    S = check_positive_int(num_samples, "num_samples")
+    if q.has_rsample and hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob((S,))
+    z = draw(q, S)
+    return z, q.log_prob(z)
 
 
 def log_mean_exp(a: Tensor, dim: int = 0) -> Tensor:

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from elbox.bounds._common import draw, leave_one_out_log_mean, log_mean_exp, prepare, score_surrogate
+from elbox.bounds._common import draw_with_log_prob, leave_one_out_log_mean, log_mean_exp, prepare, score_surrogate
 
 __all__ = ["cubo", "iwae", "log_weights", "renyi"]
 
@@ -18,8 +18,7 @@ def log_weights(model, guide, x: Tensor, *, num_samples: int, index: Tensor | No
         (log_w, log_q): both ``[S, B]``.
     """
     x, q, _ = prepare(model, guide, x, index)
-    z = draw(q, num_samples)  # [S, B, *event]
-    log_q = q.log_prob(z)
+    z, log_q = draw_with_log_prob(q, num_samples)  # [S, B, *event], [S, B]: drawn once per batch
     log_w = model.log_joint(x, z) - log_q
     return log_w, (log_q if not q.has_rsample else None)
 

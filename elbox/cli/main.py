@@ -138,6 +138,8 @@ def _evaluation_table(evaluation: dict) -> Table:
 
     e, u = r["log_evidence"], r["upper_bound"]
     kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
+    if e.get("proposal") == "prior":
+        kind += ", the prior as proposal"
     mc = r["elbo"].get("mc_stderr")
     elbo_kind = "a lower bound; " + (f"Monte Carlo s.e. {number(mc, 4)}" if mc else "closed form, no Monte Carlo error")
     table.add_row("ELBO", number(r["elbo"]["mean"]), number(r["elbo"]["stderr"]), elbo_kind)

@@ -21,10 +21,14 @@ class Batch:
             inputs, for state-space models with controls).
         index: The points' positions ``[B]`` in the training set, for local guides (one q per
             data point); None for new points or global and amortized guides.
+        checked: Whether ``data`` were gathered from data that the entry point (``fit``)
+            has checked already, so that the bounds do not check them again. A batch built by
+            hand is checked (the default, False).
     """
 
     data: object
     index: Tensor | None = None
+    checked: bool = False
 
     def __len__(self) -> int:
         return len(self.data)

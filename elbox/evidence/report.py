@@ -330,7 +330,7 @@ def evidence_report(
         except (NotImplementedError, ValueError, TypeError):  # a q without the densities it needs
             result.mutual_information = None
 
-    if refine_steps:
+    if refine_steps and proposals != {"prior"}:  # a point-mass q's gap is infinite: nothing to split
         from elbox.inference.refine import refine
 
         R = min(N, check_positive_int(refine_points, "refine_points"))

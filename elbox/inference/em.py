@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from elbox._validation import check_positive_int
+from elbox.data.batches import Batch
 from elbox.inference.history import ConvergenceWarning, History
 
 __all__ = ["em"]
@@ -74,6 +75,7 @@ def em(
     finals = []
     start = time.perf_counter()
     statistics = model.em_statistics(x)  # what every iteration of every restart reuses
+    x = Batch(x, checked=True)  # checked above: the steps take it as it is
     for _ in range(n_init):
         if init is not None:
             model.initialize(x, method=init, generator=generator)

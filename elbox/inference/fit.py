@@ -224,7 +224,7 @@ def fit(
                 if binarization == "dynamic":
                     batch = torch.bernoulli(batch)
                 # one step: the objective on the batch, the NaN guard, the gradient step
-                out = objective(Batch(batch, index))
+                out = objective(Batch(batch, index, checked=True))  # gathered from data checked above
                 loss = -out.surrogate.mean()
                 if not torch.isfinite(loss.detach()):
                     _raise_non_finite(state, epoch, len(values), out.parts, run)

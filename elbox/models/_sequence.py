@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import as_data, describe
+from elbox.data.batches import Batch
 from elbox.data.sequences import Sequences
 
 __all__ = ["as_sequences"]
@@ -20,6 +21,10 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
     Every call checks (nothing is remembered about the tensors): one pass over the values.
     """
     ref = model._reference()
+    if isinstance(x, Batch):  # an entry point's batch of data it has just checked passes as it is
+        if x.checked:
+            return x.data
+        x = x.data
     if isinstance(x, Sequences):
         seqs = x
     elif isinstance(x, list | tuple) and len(x) > 0 and not isinstance(x[0], int | float):

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from elbox._validation import as_data
+from elbox.data.batches import Batch
 
 __all__ = ["LatentModel"]
 
@@ -118,9 +119,12 @@ class LatentModel(nn.Module):
         """Converts ``x`` to the model's dtype and checks it is a finite batch of data points.
 
         Every call checks: nothing is remembered about a tensor (its memory can change behind
-        torch's back, through numpy or ``.data``), and the check is a single pass over the data,
-        small beside any model's own work on it.
+        torch's back, through numpy or ``.data``). The one exception is explicit: an
+        :class:`~elbox.data.Batch` that an entry point (``fit``, ``em``) built with
+        ``checked=True`` from data it has just checked passes as it is.
         """
+        if isinstance(x, Batch):
+            return x.data if x.checked else self._check_data(x.data)
         return self._check_data(x)
 
     def em_statistics(self, x) -> object | None:

@@ -57,9 +57,8 @@ class ELBO(Objective):
         return {"num_samples": self.num_samples, "kl": self.kl, "expectation": self.expectation}
 
     def forward(self, batch: Batch | Tensor) -> Output:
-        x, index = self.batch(batch)
-        terms = elbo(self.model, self.guide, x, num_samples=self.num_samples, kl=self.kl,
-                     expectation=self.expectation, index=index)  # fmt: skip
+        terms = elbo(self.model, self.guide, self.batch(batch), num_samples=self.num_samples, kl=self.kl,
+                     expectation=self.expectation)  # fmt: skip
         parts = {"reconstruction": terms.reconstruction, "kl": terms.kl}
         beta = float(self.beta)
         if beta == 1.0:
@@ -91,8 +90,7 @@ class IWAE(Objective):
         return {"num_samples": self.num_samples}
 
     def forward(self, batch: Batch | Tensor) -> Output:
-        x, index = self.batch(batch)
-        value = iwae(self.model, self.guide, x, num_samples=self.num_samples, index=index)
+        value = iwae(self.model, self.guide, self.batch(batch), num_samples=self.num_samples)
         return Output(value.detach(), value)
 
 
@@ -118,8 +116,7 @@ class Renyi(Objective):
         return {"alpha": self.alpha, "num_samples": self.num_samples}
 
     def forward(self, batch: Batch | Tensor) -> Output:
-        x, index = self.batch(batch)
-        value = renyi(self.model, self.guide, x, alpha=self.alpha, num_samples=self.num_samples, index=index)
+        value = renyi(self.model, self.guide, self.batch(batch), alpha=self.alpha, num_samples=self.num_samples)
         return Output(value.detach(), value)
 
 

@@ -15,8 +15,13 @@ from elbox.plots._common import save_png
 __all__ = ["plot_bracket", "plot_gaps", "plot_khat", "plot_kl_per_dim", "render_html", "write_html_report"]
 
 
-def _report(report):
-    return report if isinstance(report, dict) else report.to_dict()
+def _report(report) -> dict:
+    """The report as a dict whose infinite bounds are infinities (JSON's null read back)."""
+    from dataclasses import asdict
+
+    from elbox.evidence import EvidenceReport
+
+    return asdict(report if isinstance(report, EvidenceReport) else EvidenceReport.from_dict(report))
 
 
 def _bracket(r: dict) -> list[tuple[str, float, float, str]]:
@@ -36,14 +41,23 @@ def plot_bracket(report, path: str | os.PathLike | None = None):
     ax = fig.subplots()
     markers = [">", ">", "o", "<"]
     colors = ["tab:blue", "tab:cyan", "black", "tab:red"]
+    finite = [row[1] for row in rows if row[1] is not None and math.isfinite(row[1])] or [0.0]
+    lo, hi = min(finite), max(finite)
+    pad = 0.15 * (hi - lo) + 1e-3
     for i, ((name, mean, se, kind), marker, color) in enumerate(zip(rows, markers, colors)):
         se = 0.0 if se is None or not math.isfinite(se) else se
+        if mean is None or not math.isfinite(mean):  # an infinite bound: drawn at the edge, said in words
+            edge = lo - 0.8 * pad if (mean or 0) < 0 else hi + 0.8 * pad
+            ax.plot([edge], [i], marker="<" if (mean or 0) < 0 else ">", color=color, markersize=9)
+            label = "−∞" if (mean or 0) < 0 else "+∞"
+            ax.annotate(f"{name} = {label}\n({kind})", (edge, i), xytext=(8, 4), textcoords="offset points",
+                        fontsize=8)  # fmt: skip
+            continue
         ax.errorbar([mean], [i], xerr=[se], fmt=marker, color=color, markersize=9, capsize=4)
         ax.annotate(f"{name} = {mean:.3f}\n({kind})", (mean, i), xytext=(8, 4), textcoords="offset points", fontsize=8)
     ax.set_yticks(range(len(rows)), [row[0] for row in rows])
-    ax.axvline(r["log_evidence"]["mean"], color="0.6", lw=0.8, ls="--")
-    lo, hi = min(row[1] for row in rows), max(row[1] for row in rows)
-    pad = 0.15 * (hi - lo) + 1e-3
+    if math.isfinite(r["log_evidence"]["mean"]):
+        ax.axvline(r["log_evidence"]["mean"], color="0.6", lw=0.8, ls="--")
     ax.set_xlim(lo - pad, hi + 2.5 * pad)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("nats per data point (mean ± s.e. over points)")
@@ -61,7 +75,14 @@ def plot_gaps(report, path: str | os.PathLike | None = None):
     r = _report(report)
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    ax.bar(["all points"], [r["gap"]], color="0.6", label="total gap")
+    gap = r["gap"]
+    if not math.isfinite(gap):  # q is a point mass: nothing finite to draw
+        ax.text(0.5, 0.5, f"the gap is {'+∞' if gap > 0 else 'undefined'}:\nq has no density (a point mass)",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+        ax.set_axis_off()
+        save_png(fig, path)
+        return fig
+    ax.bar(["all points"], [gap], color="0.6", label="total gap")
     if r.get("approximation_gap"):
         approx, amort = r["approximation_gap"]["mean"], r["amortization_gap"]["mean"]
         label = f"first {r['refined_points']} points"
@@ -128,8 +149,10 @@ def _png(fig) -> str:
 
 
 def _number(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "+∞" if value > 0 else "−∞"
     return f"{value:.{digits}f}"
 
 
