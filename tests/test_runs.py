@@ -339,3 +339,17 @@ def test_a_deterministic_encoder_is_reported_with_infinite_bounds_not_a_crash(tm
     assert report.elbo["mean"] == -math.inf and report.iwae["mean"] == -math.inf and report.gap == math.inf
     assert report.kl["mean"] == math.inf and math.isfinite(report.log_evidence["mean"])
     assert report.log_evidence["proposal"] == "prior"
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tmp_path / "vae.toml"
+    config.write_text(SMALL + "\n[log]\ntensorboard = true\n")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["fit", str(config), "--out", str(out), "--no-progress"]).exit_code == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    bounds = [e.value for e in events.Scalars("bound")]
+    assert bounds == pytest.approx([r["bound"] for r in RunDirectory(out).read_metrics()], rel=1e-6)
+    assert {"kl", "reconstruction", "lr"} <= set(events.Tags()["scalars"])

@@ -250,6 +250,16 @@ def config_differences(a: dict, b: dict) -> list[str]:
     return changed
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """The parsed TOML file; a missing file or malformed TOML is an error naming the path."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+
+
 def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, dict[str, Any]]:
     """Reads and validates a TOML config file. A relative ``[data] path`` is taken relative to
     the config file's directory (and stored absolute in the run's config).
@@ -259,12 +269,7 @@ def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, d
         ConfigError: If the TOML is malformed or a key or value is not accepted.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    raw = read_toml(path, "config file")
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
         file = Path(data["path"]).expanduser()

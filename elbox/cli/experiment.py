@@ -14,7 +14,15 @@ import tomllib
 import torch
 from torch import nn
 
-from elbox.cli.config import RECORD, ConfigError, config_differences, load_config, parse_config, to_toml
+from elbox.cli.config import (
+    RECORD,
+    ConfigError,
+    config_differences,
+    load_config,
+    parse_config,
+    read_toml,
+    to_toml,
+)
 from elbox.cli.models import MODEL_TYPES, DataInfo
 from elbox.data.sequences import Sequences
 from elbox.inference import History, em, fit
@@ -255,6 +263,12 @@ def train_run(
         config = {**config, RECORD: stored[RECORD]}
     else:
         _clear_unstarted(run, dry_run=True)
+    if config["log"]["tensorboard"]:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("[log] tensorboard = true needs the tensorboard package: pip install "
+                              "'elbox[tensorboard]' (or tensorboard)") from None  # fmt: skip
     x, _ = load_data(config, "train")
     valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
     if not resume:
@@ -428,12 +442,7 @@ def evaluation_settings(config: dict, evaluate_config: str | os.PathLike | None 
     settings = dict(config["evaluate"])
     if evaluate_config is not None:
         path = Path(evaluate_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--evaluate-config: {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+        raw = read_toml(path, "--evaluate-config:")
         extra = [s for s in raw if s != "evaluate"]
         if extra:
             raise ConfigError(f"{path}: an evaluation config holds [evaluate] alone; received [{extra[0]}]")

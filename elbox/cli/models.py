@@ -172,18 +172,13 @@ register_model_type(ModelType(
     build=_gmm, guide=_local_categorical, method="em", init="kmeans++", sequences=False, dtype=torch.float64,
     description="a Gaussian mixture (exact evidence)",
 ))  # fmt: skip
-register_model_type(ModelType(
-    name="fa",
-    keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of factors K")},
-    build=_fa(False), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
-    description="factor analysis (exact evidence)",
-))  # fmt: skip
-register_model_type(ModelType(
-    name="ppca",
-    keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of principal directions K")},
-    build=_fa(True), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
-    description="probabilistic PCA (exact evidence)",
-))  # fmt: skip
+for _name, _isotropic, _what in (("fa", False, "factor analysis"), ("ppca", True, "probabilistic PCA")):
+    register_model_type(ModelType(
+        name=_name,
+        keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of factors K")},
+        build=_fa(_isotropic), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
+        description=f"{_what} (exact evidence)",
+    ))  # fmt: skip
 register_model_type(ModelType(
     name="hmm",
     keys={"states": Key(3, is_positive_int, "a positive integer", "hidden states K"),
