@@ -125,12 +125,16 @@ def _user_file(config: dict):
 
 
 def _binarized(x: torch.Tensor, method: str, split: str, seed: int) -> torch.Tensor:
+    """A split as the run sees it: training data under dynamic binarization keep their
+    intensities (the engine draws per batch); held-out data are one seeded draw."""
+    from elbox.data import binarize
+
     if method == "none" or (method == "dynamic" and split == "train"):
         return x
     if method == "threshold":
-        return (x > 0.5).to(x.dtype)
+        return binarize(x, method="threshold")
     generator = torch.Generator().manual_seed(seed + {"train": 0, "validation": 1, "test": 2}[split])
-    return torch.bernoulli(x, generator=generator)
+    return binarize(x, method="fixed", generator=generator)
 
 
 def _data_info(x) -> DataInfo:

@@ -81,17 +81,21 @@ def draws(model, n: int, **options) -> tuple[Tensor, Tensor]:
 
 
 class BatchIterator:
-    """Mini-batches of one in-memory tensor: an index permutation per epoch and one gather per
-    batch, never a Python loop over data points.
+    """Mini-batches of one in-memory tensor (or :class:`Sequences`): an index permutation per
+    epoch and one gather per batch, never a Python loop over data points. The training engine
+    draws its batches with it.
 
     Args:
-        x: ``[N, ...]``.
+        x: ``[N, ...]``, or Sequences.
         batch_size: The batch size (the last batch may be smaller unless ``drop_last``).
         shuffle: A fresh permutation each epoch.
         binarization: None, or ``"dynamic"`` to redraw binary data from the intensities for
             every batch.
-        generator: The random generator for shuffling and binarization.
+        generator: The random generator for shuffling and binarization (default torch's
+            global one).
         drop_last: Skip the last, smaller batch.
+        checked: Mark the batches as gathered from data the caller has checked
+            (:attr:`Batch.checked`).
 
     Yields:
         :class:`Batch`: the data ``[b, ...]`` and their positions ``[b]`` in ``x`` (a Batch
@@ -107,27 +111,34 @@ class BatchIterator:
         binarization: str | None = None,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        checked: bool = False,
     ):
         if binarization not in (None, "dynamic"):
             raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
         self.x, self.batch_size = x, check_positive_int(batch_size, "batch_size")
         self.shuffle, self.binarization, self.generator, self.drop_last = shuffle, binarization, generator, drop_last
+        self.checked = checked
 
     def __len__(self) -> int:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def order(self) -> Tensor:
+        """An epoch's order of the points ``[N]``: a fresh permutation (or 0..N−1 unshuffled)."""
         n = len(self.x)
-        device = self.x.device
-        order = (
-            torch.randperm(n, generator=self.generator, device=device)
-            if self.shuffle
-            else torch.arange(n, device=device)
-        )
-        for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+        device = self.x.device if isinstance(self.x, Tensor) else self.x.values.device
+        if self.shuffle:
+            return torch.randperm(n, generator=self.generator, device=device)
+        return torch.arange(n, device=device)
+
+    def batches(self, order: Tensor, start: int = 0):
+        """The batches of one epoch in ``order``, from the ``start``-th on (a resumed epoch)."""
+        for i in range(start, len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]  # [B]
             batch = self.x[index]
             if self.binarization == "dynamic":
                 batch = torch.bernoulli(batch, generator=self.generator)
-            yield Batch(batch, index)
+            yield Batch(batch, index, checked=self.checked)
+
+    def __iter__(self):
+        yield from self.batches(self.order())

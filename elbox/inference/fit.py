@@ -3,6 +3,7 @@ composes schedules, checkpoints, early stopping, metrics and progress."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from elbox._validation import as_data, check_positive_int
-from elbox.data.batches import Batch
+from elbox.data.batches import BatchIterator, binarize
 from elbox.inference._progress import Progress
 from elbox.inference.callbacks import (
     Callback,
@@ -199,14 +200,17 @@ def fit(
     pieces += [MetricsLog(run, tensorboard), checkpointer] if run is not None else []
     pieces += [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
 
+    # batches of the data checked above, drawn with torch's RNG (seeded, and forked: see below)
+    batches = BatchIterator(x, batch_size, binarization=binarization, checked=True)
     start = time.perf_counter()
-    with _run_lock(run), torch.random.fork_rng(devices=[]), SignalGuard(run is not None) as signals, \
+    lock = RunLock(run.path) if run is not None else contextlib.nullcontext()
+    with lock, torch.random.fork_rng(devices=[]), SignalGuard(run is not None) as signals, \
             Progress(progress, epochs) as bar:  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
         bar.resume(state.epoch)
-        if valid is not None and binarization == "dynamic":
+        if valid is not None and binarization == "dynamic":  # one reproducible draw, comparable across epochs
             generator = torch.Generator(device=valid.device).manual_seed(0 if seed is None else seed)
-            valid = torch.bernoulli(valid, generator=generator)
+            valid = binarize(valid, method="fixed", generator=generator)
         for epoch in range(state.epoch, epochs):
             epoch_start = time.perf_counter()
             # the epoch's settings: learning rate, then every scheduled attribute of the objective
@@ -216,15 +220,11 @@ def fit(
             scheduled = {s.attribute: s.apply(objective, epoch) for s in schedules}
             # a fresh order (or, resuming mid-epoch, the interrupted epoch's order and steps so far)
             if partial is None:
-                partial = {"order": torch.randperm(N, device=_device(x)), "values": [], "parts": {}}
-            order, values, parts = partial["order"], partial["values"], partial["parts"]
-            for begin in range(len(values) * batch_size, N, batch_size):
-                index = order[begin : begin + batch_size]  # [B]
-                batch = x[index]
-                if binarization == "dynamic":
-                    batch = torch.bernoulli(batch)
+                partial = {"order": batches.order(), "values": [], "parts": {}}
+            values, parts = partial["values"], partial["parts"]
+            for batch in batches.batches(partial["order"], start=len(values)):
                 # one step: the objective on the batch, the NaN guard, the gradient step
-                out = objective(Batch(batch, index, checked=True))  # gathered from data checked above
+                out = objective(batch)
                 loss = -out.surrogate.mean()
                 if not torch.isfinite(loss.detach()):
                     _raise_non_finite(state, epoch, len(values), out.parts, run)
@@ -316,22 +316,6 @@ def _start(run, resume: bool, checkpointer, state: FitState, epochs: int, seed) 
         )
     run.truncate_metrics(state.epoch)
     return partial
-
-
-class _run_lock:
-    def __init__(self, run):
-        self.lock = None if run is None else RunLock(run.path)
-
-    def __enter__(self):
-        return self.lock.__enter__() if self.lock is not None else None
-
-    def __exit__(self, *exc):
-        if self.lock is not None:
-            self.lock.__exit__(*exc)
-
-
-def _device(x):
-    return x.device if torch.is_tensor(x) else x.values.device
 
 
 def _record(state: FitState, epoch, values, parts, N, batch_size, rate, scheduled, valid, objective) -> None:
