@@ -72,7 +72,7 @@ def elbo(
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: A guide; ``guide(x, index)`` gives q with batch ``[B]``.
-        x: Data, ``[B, *data_shape]``.
+        x: Data, ``[B, *data_shape]``, or an :class:`~elbox.data.Batch` (data and indices).
         num_samples: S, the particles per data point.
         kl: ``"analytic"`` or ``"mc"``.
         expectation: ``"auto"``, ``"analytic"``, ``"enumerate"`` or ``"sample"``.

@@ -49,7 +49,7 @@ def iwae(model, guide, x: Tensor, *, num_samples: int, index: Tensor | None = No
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: A guide; ``guide(x, index)`` gives q with batch ``[B]``.
-        x: Data, ``[B, *data_shape]``.
+        x: Data, ``[B, *data_shape]``, or an :class:`~elbox.data.Batch` (data and indices).
         num_samples: S.
         index: The data points' indices, for local guides.
 
@@ -74,7 +74,7 @@ def renyi(model, guide, x: Tensor, *, alpha: float, num_samples: int, index: Ten
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: A guide.
-        x: Data, ``[B, *data_shape]``.
+        x: Data, ``[B, *data_shape]``, or an :class:`~elbox.data.Batch` (data and indices).
         alpha: α, a finite real number.
         num_samples: S.
         index: The data points' indices, for local guides.
@@ -114,7 +114,7 @@ def cubo(model, guide, x: Tensor, *, num_samples: int, n: float = 2.0, index: Te
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: A guide.
-        x: Data, ``[B, *data_shape]``.
+        x: Data, ``[B, *data_shape]``, or an :class:`~elbox.data.Batch` (data and indices).
         num_samples: S.
         n: The order, greater than 1 (default 2, the χ² bound).
         index: The data points' indices, for local guides.
