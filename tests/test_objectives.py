@@ -249,3 +249,24 @@ def test_an_objective_registered_in_a_test_file_trains_through_elbox_fit(tmp_pat
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert meta["objective"] == "test_tempered_elbo" and meta["epoch"] == 5
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_the_documented_example_runs_and_elbox_fit_imports_it(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    from elbox.cli.main import app
+
+    example = Path(__file__).parent.parent / "examples" / "custom_objective.py"
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "τ at the end: 1.000" in out and "gap 0.0" in out
+    np.save(tmp_path / "points.npy", _fa_data(60).double().numpy())
+    config = tmp_path / "fa.toml"
+    config.write_text('[data]\npath = "points.npy"\n[model]\ntype = "fa"\n'
+                      '[train]\nmethod = "vi"\nobjective = "tempered_elbo"\nepochs = 3\nbatch_size = 20\n')  # fmt: skip
+    result = runner.invoke(app, ["fit", "--import", str(example), str(config), "--out", str(tmp_path / "run"),
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["fit", "--import", "no_such_module_here", str(config), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no_such_module_here" in result.output
