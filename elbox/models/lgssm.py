@@ -50,6 +50,8 @@ class LinearGaussianSSM(LatentModel):
         observation_covariance: R, initial_covariance: P_0 (default identities);
         initial_loc: μ_0 (default zeros).
         reg_covar: Added to the diagonals of Q, R and P_0 estimated by the M-step.
+        steady_state: Stop the covariance recursion once it has settled (to 100 ε in the
+            covariance's own metric) and reuse its last step; False runs every step.
 
     References:
         An Approach to Time Series Smoothing and Forecasting Using the EM Algorithm
@@ -76,6 +78,7 @@ class LinearGaussianSSM(LatentModel):
         initial_loc=None,
         initial_covariance=None,
         reg_covar: float = 0.0,
+        steady_state: bool = True,
     ):
         super().__init__()
         Dz = check_positive_int(state_dim, "state_dim")
@@ -84,6 +87,9 @@ class LinearGaussianSSM(LatentModel):
         if not reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
         self.reg_covar = float(reg_covar)
+        if not isinstance(steady_state, bool):
+            raise TypeError(f"steady_state must be True or False; received {steady_state!r}")
+        self.steady_state = steady_state
         self.data_shape = (None, Dx)
         dtype = torch.get_default_dtype()
         self.transition_matrix = nn.Parameter(
@@ -250,8 +256,12 @@ class LinearGaussianSSM(LatentModel):
         """The data-free half of the filter, shared by every sequence: predicted and filtered
         covariances ``[T, D, D]``, gains ``[T, D, obs]`` and chol(S_t) ``[T, obs, obs]``.
 
-        Once the predicted covariance stops changing (to ~100 ε, relative), every later step
-        repeats the last one, so the recursion stops there and the rest is a broadcast view.
+        Once the predicted covariance stops changing, every later step repeats the last one, so
+        the recursion stops there and the rest is a broadcast view. "Stops changing" is measured
+        in the covariance's own metric: ‖L⁻¹ (P_{t+1} − P_t) L⁻ᵀ‖_F ≤ 100 ε with L = chol(P_t),
+        the change whitened by P_t. That is the same number whatever the units (or any linear
+        change of coordinates) of the state, so a small, slowly settling block is not frozen
+        while a large one has settled. ``steady_state=False`` runs every step.
         """
         A, C = self.transition_matrix, self.observation_matrix
         Q, R = self.transition_covariance, self.observation_covariance
@@ -268,7 +278,7 @@ class LinearGaussianSSM(LatentModel):
             for key, value in zip(out, (P_pred, P, gain, L_s)):
                 out[key].append(value)
             P_next = A @ P @ A.T + Q
-            if t > 0 and bool((P_next - P_pred).abs().max() <= tol * P_pred.abs().max()):
+            if self.steady_state and t > 0 and _settled(P_pred, P_next, tol):
                 break
             P_pred = P_next
         steady = T - len(out["pred"])
@@ -485,3 +495,15 @@ class LinearGaussianSSM(LatentModel):
 
 def _sym(m: Tensor) -> Tensor:
     return 0.5 * (m + m.mT)
+
+
+def _settled(P: Tensor, P_next: Tensor, tol: float) -> bool:
+    """Whether ‖L⁻¹ (P_next − P) L⁻ᵀ‖_F ≤ tol for L = chol(P): the change relative to P in P's own
+    metric, invariant under any invertible linear map of the state. A P that is not positive
+    definite (a deterministic state) never counts as settled: the recursion runs on."""
+    L, info = torch.linalg.cholesky_ex(P)
+    if bool(info):
+        return False
+    half = torch.linalg.solve_triangular(L, P_next - P, upper=False)  # L⁻¹ Δ
+    white = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ Δᵀ L⁻ᵀ
+    return bool(torch.linalg.matrix_norm(white) <= tol)
