@@ -3,6 +3,8 @@ calls a fall convergence, HMMs with structural zeros."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -41,3 +43,54 @@ def test_the_kalman_steady_state_does_not_depend_on_the_units_of_the_state(scale
     assert steps < 1500  # the shortcut was taken
     # the same step in every unit: the criterion is invariant to a rescaling of the state
     assert steps == _channel_models(0.98, 1e-3, 1.0)[0]._covariances(1500)["steps"]
+
+
+def _collinear(n=50, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    x[:, 1] = 2 * x[:, 0]  # a column twice another: a noise variance collapses (a Heywood case)
+    return x
+
+
+@pytest.mark.parametrize("case", ["two points in five dimensions", "a collinear column"])
+def test_factor_analysis_em_never_reports_convergence_after_its_bound_fell(case):
+    torch.manual_seed(0)
+    x, K = (torch.randn(2, 5, dtype=torch.float64), 3) if case.startswith("two") else (_collinear(), 2)
+    reference = None
+    for dtype in (torch.float64, torch.float32):
+        model = elbox.FactorAnalysis(5, K).to(dtype)
+        try:
+            history = elbox.em(model, x.to(dtype), init="pca", max_iter=500)
+        except (FloatingPointError, ValueError) as error:
+            message = str(error)
+            assert "FactorAnalysis" in message and "collinear" in message
+            if isinstance(error, FloatingPointError):  # a fall, naming the dtype and the advice
+                assert "bound fell" in message and str(dtype)[6:] in message and "float64" in message
+            else:  # an optimum set by the noise floor, not by the data
+                assert "Heywood" in message and "at its floor" in message
+            assert math.isfinite(float(model.log_evidence(x.to(dtype)).detach().mean()))
+            continue
+        bounds = history.lower_bound
+        assert history.converged and all(b >= a - 1e3 * torch.finfo(dtype).eps * max(1, abs(a))
+                                         for a, b in zip(bounds, bounds[1:]))  # fmt: skip
+        if reference is None:
+            reference = history.final
+        else:  # float32 converged: then at the float64 optimum, within float32's resolution
+            assert history.final == pytest.approx(reference, rel=1e-4, abs=1e-3)
+
+
+def test_a_fall_can_be_a_warning_and_the_model_keeps_its_best_iteration():
+    from elbox.inference import BoundaryWarning, BoundDecreaseWarning
+
+    x = _collinear().float()
+    model = elbox.FactorAnalysis(5, 2).double()  # the float64 fit of the collinear data falls
+    with pytest.warns(BoundDecreaseWarning, match="bound fell"):
+        history = elbox.em(model, x.double(), init="pca", max_iter=500, on_failure="warn")
+    assert history.decreased and not history.converged
+    assert history.final == max(history.lower_bound)
+    assert float(model.log_evidence(x.double()).detach().mean()) == pytest.approx(history.final, rel=1e-12)
+    torch.manual_seed(0)
+    with pytest.warns(BoundaryWarning, match="Heywood"):
+        elbox.em(elbox.FactorAnalysis(5, 3), torch.randn(2, 5), init="pca", on_failure="warn")
+    with pytest.raises(ValueError, match="on_failure must be"):
+        elbox.em(model, x, on_failure="ignore")

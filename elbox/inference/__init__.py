@@ -3,11 +3,19 @@
 from elbox.inference.callbacks import Callback, FitState, Interrupted
 from elbox.inference.em import em
 from elbox.inference.fit import fit
-from elbox.inference.history import ConvergenceWarning, DivergenceWarning, History
+from elbox.inference.history import (
+    BoundaryWarning,
+    BoundDecreaseWarning,
+    ConvergenceWarning,
+    DivergenceWarning,
+    History,
+)
 from elbox.inference.refine import local_guide, refine
 from elbox.inference.schedules import Schedule
 
 __all__ = [
+    "BoundDecreaseWarning",
+    "BoundaryWarning",
     "Callback",
     "ConvergenceWarning",
     "DivergenceWarning",

@@ -12,7 +12,7 @@ import torch
 
 from elbox._validation import check_positive_int
 from elbox.data.batches import Batch
-from elbox.inference.history import ConvergenceWarning, History
+from elbox.inference.history import BoundaryWarning, BoundDecreaseWarning, ConvergenceWarning, History
 
 __all__ = ["em"]
 
@@ -27,6 +27,7 @@ def em(
     n_init: int = 1,
     seed: int | None = None,
     callback: Callable | None = None,
+    on_failure: str = "raise",
 ) -> History:
     r"""Fits ``model`` to ``data`` by EM, in place, and returns the history of the bound.
 
@@ -52,6 +53,14 @@ def em(
         seed: Seeds the initializations (each restart draws from one generator).
         callback: Called as ``callback(iteration, model, posterior, log_evidence)`` after each
             E-step, before the M-step.
+        on_failure: What a numerical failure of the fit does: ``"raise"`` (the default) or
+            ``"warn"``. Two are caught. A fall of the bound beyond rounding (10³ ε of its size),
+            which neither step can cause and which is never convergence: the run stops, the model
+            is put back to its best iteration's parameters, and a ``FloatingPointError`` is raised
+            (or a :class:`BoundDecreaseWarning` given). And an optimum set by the model's own floor
+            rather than by the data (:meth:`~elbox.models.LatentModel.em_failure`: a noise
+            variance of factor analysis at its floor, where the likelihood grows without bound as
+            it shrinks): a ``ValueError`` (or a :class:`BoundaryWarning`).
 
     Returns:
         The :class:`History` of the best restart, with every restart's final bound.
@@ -65,6 +74,8 @@ def em(
     n_init = check_positive_int(n_init, "n_init")
     if not tol >= 0:
         raise ValueError(f"tol must be non-negative; received {tol}")
+    if on_failure not in ("raise", "warn"):
+        raise ValueError(f"on_failure must be 'raise' or 'warn'; received {on_failure!r}")
     if init is None and n_init > 1:
         raise ValueError("n_init > 1 needs init= (restarts from the same parameters would all agree)")
     x = model.check_data(data)
@@ -79,15 +90,21 @@ def em(
     for _ in range(n_init):
         if init is not None:
             model.initialize(x, method=init, generator=generator)
-        history = _run(model, x, max_iter, tol, callback, statistics)
+        history = _run(model, x, max_iter, tol, callback, statistics, on_failure)
         finals.append(history.final)
         if best is None or history.final > best.final:
             best, best_state = history, copy.deepcopy(model.state_dict())
     if n_init > 1:
         model.load_state_dict(best_state)
+    with torch.no_grad():
+        failure = model.em_failure(x, statistics)
+    if failure is not None:
+        if on_failure == "raise":
+            raise ValueError(failure)
+        warnings.warn(failure, BoundaryWarning, stacklevel=2)
     best.restarts = finals
     best.seconds = time.perf_counter() - start
-    if not best.converged:
+    if not best.converged and not best.decreased:
         warnings.warn(
             f"EM did not converge in max_iter={max_iter} iterations (last change "
             f"{_last_change(best):.3g} > tol={tol:g}); increase max_iter or tol",
@@ -97,11 +114,17 @@ def em(
     return best
 
 
-def _run(model, x, max_iter: int, tol: float, callback, statistics) -> History:
+def _run(model, x, max_iter: int, tol: float, callback, statistics, on_failure: str) -> History:
     """One EM run from the model's current parameters; ``statistics`` (the model's
-    :meth:`~elbox.models.LatentModel.em_statistics` of x, held by this run) go to every step."""
+    :meth:`~elbox.models.LatentModel.em_statistics` of x, held by this run) go to every step.
+
+    Neither step can lower the bound, so a fall beyond rounding is a numerical failure, never
+    convergence: the run stops, the model gets back the parameters of its best E-step, and the
+    fall is raised (``on_failure="raise"``) or warned of (``"warn"``, with
+    :class:`BoundDecreaseWarning`)."""
     history = History(method="em")
     reuse = {} if statistics is None else {"statistics": statistics}
+    best_state = None
     with torch.no_grad():
         for iteration in range(max_iter):
             posterior, log_evidence = model.e_step(x, **reuse)
@@ -115,12 +138,44 @@ def _run(model, x, max_iter: int, tol: float, callback, statistics) -> History:
             history.n_iter = iteration + 1
             if callback is not None:
                 callback(iteration, model, posterior, log_evidence)
-            if iteration > 0 and bound - history.lower_bound[-2] < tol:
-                history.converged = True
-                break
+            if iteration > 0:
+                previous = max(history.lower_bound[:-1])
+                change = bound - previous
+                if change < -_rounding(previous, bound, log_evidence.dtype):
+                    model.load_state_dict(best_state)
+                    _fell(model, history, iteration, previous, bound, log_evidence.dtype, on_failure)
+                    return history
+                if change < tol:
+                    history.converged = True
+                    break
+            if bound >= max(history.lower_bound):
+                best_state = copy.deepcopy(model.state_dict())
             if iteration + 1 < max_iter:
                 model.m_step(x, posterior, **reuse)
     return history
+
+
+def _rounding(previous: float, bound: float, dtype: torch.dtype) -> float:
+    """How far a bound of this size can move by rounding alone: 10³ ε of its magnitude."""
+    return 1e3 * torch.finfo(dtype).eps * max(1.0, abs(previous), abs(bound))
+
+
+def _fell(model, history: History, iteration: int, previous: float, bound: float, dtype, on_failure: str) -> None:
+    best = history.lower_bound.index(max(history.lower_bound)) + 1
+    history.lower_bound = history.lower_bound[:best]  # the model holds the best iteration's parameters
+    history.n_iter = best
+    history.decreased = True
+    message = (
+        f"EM's bound fell from {previous:.6g} to {bound:.6g} at iteration {iteration + 1} ({type(model).__name__}, "
+        f"{str(dtype).replace('torch.', '')}): by more than rounding, so the fit has become numerically unstable, "
+        "not converged. Typical causes: float32 precision (fit in float64: model.double() and float64 data), or a "
+        "variance at its floor (a component or a noise variance collapsing onto the data: raise reg_covar or "
+        f"min_noise, or remove duplicated or collinear columns). The model holds iteration {best}'s parameters, "
+        "the best"
+    )
+    if on_failure == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, BoundDecreaseWarning, stacklevel=4)
 
 
 def _last_change(history: History) -> float:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["ConvergenceWarning", "DivergenceWarning", "History"]
+__all__ = ["BoundDecreaseWarning", "BoundaryWarning", "ConvergenceWarning", "DivergenceWarning", "History"]
 
 
 class ConvergenceWarning(UserWarning):
     """An iterative fit stopped at its iteration limit before meeting its tolerance."""
+
+
+class BoundDecreaseWarning(UserWarning):
+    """EM's bound fell by more than rounding (never convergence); the run stopped at its best."""
+
+
+class BoundaryWarning(UserWarning):
+    """A fit's optimum is set by a floor the model enforces, not by the data (a Heywood case)."""
 
 
 class DivergenceWarning(UserWarning):
@@ -34,6 +42,8 @@ class History:
         lr: For VI, the learning rate of each epoch.
         best_epoch: For VI, the epoch (from 1) with the best validation (else training) bound.
         stopped_early: For VI, whether early stopping ended the run.
+        decreased: For EM, whether the run stopped because its bound fell beyond rounding (the
+            model then holds the best iteration's parameters).
         diverged: For VI, whether the last epoch's bound fell below the first step's (the
             initial parameters') by more than that bound's magnitude plus one nat.
     """
@@ -51,6 +61,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    decreased: bool = False
     diverged: bool = False
 
     @property

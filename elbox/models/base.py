@@ -127,6 +127,12 @@ class LatentModel(nn.Module):
             return x.data if x.checked else self._check_data(x.data)
         return self._check_data(x)
 
+    def em_failure(self, x, statistics=None) -> str | None:
+        """After EM: why the parameters reached are not an optimum set by the data (a parameter
+        held at a floor the model enforces, where the likelihood would grow without bound), as a
+        message naming it and what to do; None when there is nothing to say."""
+        return None
+
     def em_statistics(self, x) -> object | None:
         """What EM may compute once from the checked data ``x`` and reuse in every iteration (the
         mixture's moment features, say), passed back as ``e_step(x, statistics=…)`` and

@@ -30,7 +30,9 @@ class FactorAnalysis(LatentModel):
         dim: D, the data dimension.
         latent_dim: K, the number of factors.
         isotropic: PPCA (one noise variance) instead of factor analysis.
-        min_noise: The floor on noise variances that the M-step enforces (Heywood cases).
+        min_noise: The floor on noise variances that the M-step enforces (Heywood cases). The
+            floor used is never below 10 ε of each dimension's variance, ε the dtype's
+            resolution: a noise variance smaller than that is rounding, not a variance.
     """
 
     def __init__(self, dim: int, latent_dim: int, isotropic: bool = False, min_noise: float = 1e-12):
@@ -131,11 +133,35 @@ class FactorAnalysis(LatentModel):
         cross = ez1.T @ xc  # Σ E[z̃] xcᵀ, [K+1, D]
         coef = torch.linalg.solve(second, cross)  # [W b]ᵀ, [K+1, D]
         psi = (xc2.sum(0) - (coef * cross).sum(0)) / B  # diag(Σ xc xcᵀ − [W b] Σ E[z̃] xcᵀ)/B
+        floor = self._noise_floor(xc2)  # [D]
+        psi = torch.maximum(psi, floor)
         if self.isotropic:
             psi = psi.mean(0, keepdim=True)
         self.loading.copy_(coef[:K].T)
         self.loc.copy_(coef[K] + centre)
-        self.log_noise.copy_(psi.clamp_min(self.min_noise).log())
+        self.log_noise.copy_(psi.log())
+
+    def _noise_floor(self, xc2: Tensor) -> Tensor:
+        """The floor on each noise variance: ``min_noise``, and never below 10 ε of the dimension's
+        variance (``xc2`` the squared centred data)."""
+        return (10 * torch.finfo(xc2.dtype).eps * xc2.mean(0)).clamp_min(self.min_noise)
+
+    def em_failure(self, x, statistics=None) -> str | None:
+        """Noise variances at their floor (a Heywood case): the likelihood grows without bound as
+        they shrink, so the optimum reached is the floor's, not the data's."""
+        x = self.check_data(x)
+        _, _, xc2 = _centred_moments(x) if statistics is None else statistics
+        floor = self._noise_floor(xc2)
+        at = (self.noise_variance <= floor * (1 + 1e-3)).nonzero().flatten().tolist()
+        if not at:
+            return None
+        return (
+            f"FactorAnalysis: the noise variance of dimension(s) {at[:10]} sits at its floor (a Heywood case): those "
+            "dimensions are reproduced exactly by the factors, the likelihood grows without bound as their noise "
+            "shrinks, and the optimum reached is set by the floor (min_noise, and 10 ε of the dimension's variance "
+            f"in {str(x.dtype).replace('torch.', '')}), not by the data. Use fewer factors, more data points than "
+            "dimensions, or remove duplicated or collinear columns"
+        )
 
     @torch.no_grad()
     def initialize(self, x: Tensor, method: str = "pca", generator: torch.Generator | None = None) -> None:
