@@ -94,3 +94,40 @@ def test_a_fall_can_be_a_warning_and_the_model_keeps_its_best_iteration():
         elbox.em(elbox.FactorAnalysis(5, 3), torch.randn(2, 5), init="pca", on_failure="warn")
     with pytest.raises(ValueError, match="on_failure must be"):
         elbox.em(model, x, on_failure="ignore")
+
+
+LEFT_TO_RIGHT = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.6, 0.4], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("separation", [1.0, 3.0, 10.0])
+def test_left_to_right_hmms_keep_their_structural_zeros_everywhere(dtype, separation):
+    def model():
+        return elbox.HMM(3, "gaussian", dim=1, initial_probs=torch.tensor([1.0, 0.0, 0.0]),
+                         transition_matrix=LEFT_TO_RIGHT,
+                         loc=torch.tensor([[-separation], [0.0], [separation]])).to(dtype)  # fmt: skip
+
+    torch.manual_seed(0)
+    reference = model().double()
+    x, _ = reference.sample(6, num_steps=15)
+    x = torch.cat([x, x.flip(1)])  # reversed in time: only paths the chain forbids explain them well
+    hmm = model()
+    x = x.to(dtype)
+    rounding = 100 * torch.finfo(dtype).eps
+    with torch.no_grad():
+        log_px = hmm.log_evidence(x)
+        posterior = hmm.posterior(x)
+        marginals = posterior.marginals()
+        bound = elbox.elbo(hmm, elbox.guides.Exact(hmm), x).value
+        path, score = hmm.viterbi(x)
+        exact = reference.log_evidence(x.double())  # the float64 model, exactly zero where A is
+    assert torch.isfinite(log_px).all() and torch.isfinite(marginals).all()
+    torch.testing.assert_close(marginals.sum(-1), torch.ones_like(marginals[..., 0]), rtol=0, atol=rounding * 10)
+    torch.testing.assert_close(log_px.double(), exact, rtol=rounding * 10, atol=0)  # zeros are zeros, in float32 too
+    torch.testing.assert_close(bound, log_px, rtol=rounding * 10, atol=rounding)  # the exact guide's ELBO
+    forbidden = LEFT_TO_RIGHT[path[:, :-1], path[:, 1:]] == 0
+    assert not forbidden.any() and (path[:, 0] == 0).all()
+    assert (score <= log_px + rounding * 10 * log_px.abs()).all()  # log p(x, z*) ≤ log p(x)
+    assert (posterior.pairwise_marginals()[..., LEFT_TO_RIGHT == 0] == 0).all()
+    history = elbox.em(hmm, x, max_iter=20)  # Baum–Welch keeps the zeros: no count ever reaches them
+    assert math.isfinite(history.final) and (hmm.transition_matrix.detach()[LEFT_TO_RIGHT == 0] == 0).all()

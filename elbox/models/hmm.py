@@ -129,7 +129,7 @@ class HMM(LatentModel):
             raise ValueError(f"{name} must have shape {list(param.shape)}; received {list(value.shape)}")
         value = check_probabilities(value, name + (" (each row)" if value.dim() == 2 else ""), dim=-1)
         with torch.no_grad():
-            param.copy_(value.clamp_min(torch.finfo(value.dtype).tiny).log())
+            param.copy_(value.log())  # a zero stays a zero (log-probability −∞): a structural zero
 
     @property
     def initial_probs(self) -> Tensor:
@@ -243,7 +243,7 @@ class HMM(LatentModel):
             return self._forward_log_space(log_e)
         return torch.stack(alpha, 1), log_c
 
-    def _forward_log_space(self, log_e: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward_log_space(self, log_e: Tensor, log_values: bool = False) -> tuple[Tensor, Tensor]:
         log_A = self.transition_logits.log_softmax(-1)
         log_a = self.initial_logits.log_softmax(-1) + log_e[:, 0]
         log_alpha, log_c = [], []
@@ -253,7 +253,8 @@ class HMM(LatentModel):
             norm = log_a.logsumexp(-1, keepdim=True)
             log_alpha.append(log_a - norm)
             log_c.append(norm)
-        return torch.stack(log_alpha, 1).exp(), torch.cat(log_c, -1)
+        log_alpha = torch.stack(log_alpha, 1)
+        return (log_alpha if log_values else log_alpha.exp()), torch.cat(log_c, -1)
 
     def log_evidence(self, x) -> Tensor:
         """log p(x) by the forward algorithm, ``[B]``."""
@@ -264,6 +265,10 @@ class HMM(LatentModel):
         x = self.check_data(x)
         log_e = self._emission_log_prob(x, statistics)
         alpha, log_c = self._forward(log_e)
+        if bool(alpha.amin() == 0):  # (α ≥ 0: its minimum says whether any entry is zero)
+            # a filtered probability is zero, structurally or by underflow: the posterior's reverse
+            # chain needs log α exactly, so the whole pass runs in log space
+            return self._e_step_log_space(x, log_e)
         ratio = (log_e - log_c.unsqueeze(-1)).exp()  # p(x_t | z_t) / p(x_t | x_{1:t-1}), [B, T, K]
         A = self.transition_matrix
         # Backward: β_t = A (r_{t+1} β_{t+1}), kept as w_t = r_t β_t; β is 1 past the end.
@@ -279,11 +284,42 @@ class HMM(LatentModel):
         beta, w = torch.stack(beta, 1), torch.stack(w, 1)  # [B, T, K]
         mask = x.mask.unsqueeze(-1)
         K = self.num_states
+        if not bool(torch.isfinite(w.amax())):  # w ≥ 0, and β = w Aᵀ is finite where w is; NaN propagates
+            # a ratio overflowed: an emission far likelier in a state the chain cannot be in (a
+            # structural zero) than in those it can; the same recursion in log space
+            return self._e_step_log_space(x, log_e)
         gamma = torch.where(mask, alpha * beta, 1.0 / K)
         gamma = gamma / gamma.sum(-1, keepdim=True)
         # Expected transitions of the observed steps: Σ_t α_t(i) A_ij w_{t+1}(j), [B, K, K].
         counts = (alpha[:, :-1].mT @ (w[:, 1:] * mask[:, 1:])) * A if T > 1 else alpha.new_zeros(len(alpha), K, K)
         posterior = HMMPosterior(alpha, self.transition_logits.log_softmax(-1), x.mask, gamma, counts)
+        return posterior, log_c.sum(-1)
+
+    def _e_step_log_space(self, x: Sequences, log_e: Tensor):
+        """Forward–backward in log space (see :meth:`e_step`): exact with structural zeros, and
+        where scaled probabilities underflow or overflow."""
+        log_alpha, log_c = self._forward_log_space(log_e, log_values=True)
+        log_ratio = log_e - log_c.unsqueeze(-1)  # [B, T, K]
+        log_A = self.transition_logits.log_softmax(-1)  # [K, K], −∞ at structural zeros
+        T, K = log_e.shape[1], self.num_states
+        log_w = [log_ratio[:, -1]]
+        log_beta = [torch.zeros_like(log_ratio[:, -1])]
+        for t in range(T - 2, -1, -1):
+            b = (log_A + log_w[-1].unsqueeze(-2)).logsumexp(-1)  # log Σ_j A_ij w_{t+1}(j), [B, K]
+            log_beta.append(b)
+            log_w.append(log_ratio[:, t] + b)
+        log_beta.reverse()
+        log_w.reverse()
+        log_beta, log_w = torch.stack(log_beta, 1), torch.stack(log_w, 1)  # [B, T, K]
+        mask = x.mask.unsqueeze(-1)
+        log_gamma = log_alpha + log_beta
+        gamma = torch.where(mask, (log_gamma - log_gamma.logsumexp(-1, keepdim=True)).exp(), 1.0 / K)
+        if T > 1:  # ξ_t(i, j) = α_t(i) A_ij w_{t+1}(j) ≤ 1, summed over the observed steps
+            log_xi = log_alpha[:, :-1].unsqueeze(-1) + log_A + log_w[:, 1:].unsqueeze(-2)  # [B, T-1, K, K]
+            counts = torch.where(mask[:, 1:].unsqueeze(-1), log_xi.exp(), 0.0).sum(1)
+        else:
+            counts = log_alpha.new_zeros(len(log_alpha), K, K)
+        posterior = HMMPosterior(None, log_A, x.mask, gamma, counts, log_filtered=log_alpha)
         return posterior, log_c.sum(-1)
 
     def posterior(self, x) -> HMMPosterior:
@@ -329,13 +365,13 @@ class HMM(LatentModel):
             counts = gamma[:, :-1].mT @ (gamma[:, 1:] * x.mask[:, 1:, None])
         tiny = torch.finfo(gamma.dtype).tiny
         start = gamma[:, 0].sum(0)
-        self.initial_logits.copy_((start / start.sum()).clamp_min(tiny).log())
+        self.initial_logits.copy_((start / start.sum()).log())  # a zero stays a zero (−∞)
         totals = counts.sum(0)  # [K, K]
         rows = totals.sum(-1, keepdim=True)
         new_A = torch.where(
             rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix
         )  # states never left keep their row
-        self.transition_logits.copy_(new_A.clamp_min(tiny).log())
+        self.transition_logits.copy_(new_A.log())
         weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
         if self.emission == "gaussian":
             self.emissions.fit_components(_frames(x), weights.reshape(B * T, K), statistics)
@@ -403,9 +439,19 @@ class HMMPosterior(MarkovChain):
     States past a sequence's end are uniform.
     """
 
-    def __init__(self, filtered: Tensor, log_transition: Tensor, mask: Tensor, marginals: Tensor, counts: Tensor):
-        B, T, K = filtered.shape
-        self._filtered, self._log_A, self._mask = filtered, log_transition, mask
+    def __init__(
+        self,
+        filtered: Tensor | None,
+        log_transition: Tensor,
+        mask: Tensor,
+        marginals: Tensor,
+        counts: Tensor,
+        log_filtered: Tensor | None = None,
+    ):
+        B, T, K = marginals.shape
+        # the filtered p(z_t | x_{1:t}) as probabilities, or as log-probabilities where they were
+        # computed in log space (zeros and underflow); their log is taken only when needed
+        self._alpha, self._log_alpha, self._log_A, self._mask = filtered, log_filtered, log_transition, mask
         self._setup(torch.Size([B]), T, K, reverse=True)
         self._moments["marginals"] = marginals
         #: Expected numbers of each transition between observed steps, per sequence, ``[B, K, K]``.
@@ -414,7 +460,8 @@ class HMMPosterior(MarkovChain):
     @lazy_property
     def _log_filtered(self) -> Tensor:
         K = self.num_states
-        return torch.where(self._mask.unsqueeze(-1), self._filtered, 1.0 / K).log()  # [B, T, K]
+        log_alpha = self._log_alpha if self._log_alpha is not None else self._alpha.log()
+        return torch.where(self._mask.unsqueeze(-1), log_alpha, -math.log(K))  # [B, T, K]
 
     @property
     def initial_logits(self) -> Tensor:
@@ -425,7 +472,9 @@ class HMMPosterior(MarkovChain):
         # [t, z_{t+1} = j, z_t = i] = log p(z_t = i | x_{1:t}) + log A_ij (past the end: z_t alone).
         log_A = torch.where(self._mask[:, 1:, None, None], self._log_A.T, 0.0)  # [B, T-1, j, i]
         logits = (self._log_filtered[:, :-1].unsqueeze(-2) + log_A).log_softmax(-1)
-        return logits.nan_to_num(nan=-math.log(self.num_states))  # rows of unreachable states
+        # rows of states unreachable at t+1 (all −∞): any row will do, as they carry no mass;
+        # a structural zero stays −∞
+        return logits.nan_to_num(nan=-math.log(self.num_states), neginf=-math.inf)
 
     def expand(self, batch_shape, _instance=None):
         if torch.Size(batch_shape) == self.batch_shape:
