@@ -117,3 +117,37 @@ def test_ppca_em_reaches_the_closed_form_maximum_likelihood_of_sklearn_pca():
     history = elbox.em(model, x, init="random", seed=0, max_iter=20000, tol=1e-11)
     assert history.converged
     assert abs(history.final - PCA(n_components=3).fit(x.numpy()).score(x.numpy())) < 1e-4
+
+
+# score / predict / predict_proba: the interfaces scikit-learn's and hmmlearn's users reach for first.
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_mixture_score_predict_predict_proba_equal_sklearns(covariance_type):
+    x = _mixture_data(seed=4)
+    model = elbox.GaussianMixture(3, 3, covariance_type=covariance_type)
+    model.initialize(x, "random", generator=torch.Generator().manual_seed(5))
+    sk = _sklearn_mixture(model)
+    X = x.numpy()
+    assert float(model.score(x)) == pytest.approx(sk.score(X), abs=1e-10)
+    assert np.array_equal(model.predict(x).numpy(), sk.predict(X))
+    np.testing.assert_allclose(model.predict_proba(x).numpy(), sk.predict_proba(X), rtol=0, atol=1e-10)
+    assert not model.score(x).requires_grad and not model.predict_proba(x).requires_grad
+    assert model.score(x, grad=True).requires_grad  # a graph only when asked
+
+
+def test_factor_analysis_score_and_predict_equal_sklearns():
+    x = _mixture_data(K=1, D=5, seed=6)
+    model = elbox.FactorAnalysis(5, 2)
+    elbox.em(model, x, init="pca", max_iter=50, tol=1e-8)
+    sk = SkFactorAnalysis(2)
+    sk.mean_ = model.loc.detach().numpy()
+    sk.components_ = model.loading.detach().numpy().T
+    sk.noise_variance_ = model.noise_variance.detach().numpy()
+    X = x.numpy()
+    assert float(model.score(x)) == pytest.approx(sk.score(X), abs=1e-10)
+    np.testing.assert_allclose(model.predict(x).numpy(), sk.transform(X), rtol=0, atol=1e-10)  # posterior means
+    with pytest.raises(TypeError, match="continuous"):
+        model.predict_proba(x)
+    with pytest.raises(TypeError, match="exact evidence"):
+        elbox.VAE(4, 2).score(torch.rand(3, 4))

@@ -397,3 +397,28 @@ def test_sequences_pad_index_and_describe_ragged_batches():
     assert torch.allclose(model.log_evidence(Sequences(padded, lengths=[5, 3, 1])), model.log_evidence(seqs))
     with pytest.raises(ValueError, match="lengths must lie in \\[1, T=5\\]"):
         Sequences(seqs.values, lengths=[5, 0, 1])
+
+
+@pytest.mark.parametrize("make", [_gaussian_hmm, _categorical_hmm], ids=["gaussian", "categorical"])
+def test_hmm_score_predict_predict_proba_equal_hmmlearns(make):
+    model = make()
+    x, _ = model.sample(5, num_steps=30)
+    seqs = Sequences(x, lengths=[30, 12, 30, 4, 21])
+    peer = _hmmlearn(model)
+    X, lengths = _concatenated(seqs)
+    assert float(model.score(seqs)) * len(lengths) == pytest.approx(peer.score(X, lengths), rel=1e-12)
+    assert np.array_equal(model.predict(seqs)[seqs.mask].numpy(), peer.predict(X, lengths))
+    assert (model.predict(seqs)[~seqs.mask] == -1).all()
+    np.testing.assert_allclose(model.predict_proba(seqs)[seqs.mask].numpy(), peer.predict_proba(X, lengths),
+                               rtol=0, atol=1e-10)  # fmt: skip
+
+
+def test_lgssm_predict_is_pykalmans_smoothed_mean():
+    model = _lgssm(D=3, Dx=2)
+    x, _ = model.sample(2, num_steps=30)
+    peer = _pykalman(model)
+    means = model.predict(x)
+    for b in range(2):
+        np.testing.assert_allclose(means[b].numpy(), peer.smooth(x[b].numpy())[0], atol=1e-8)
+    assert float(model.score(x)) == pytest.approx(np.mean([peer.loglikelihood(x[b].numpy()) for b in range(2)]),
+                                                  abs=1e-6)  # fmt: skip

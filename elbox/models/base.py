@@ -82,6 +82,49 @@ class LatentModel(nn.Module):
             f"{type(self).__name__} has no closed-form M-step; fit it by VI with elbox.fit"
         )
 
+    # What users of scikit-learn and hmmlearn reach for first (exact models).
+
+    def score(self, x, *, grad: bool = False) -> Tensor:
+        """The mean exact log-evidence per data point (scikit-learn's ``score``; hmmlearn's is the
+        sum over sequences, this times their number). A 0-dim tensor, with no autograd graph
+        unless ``grad=True``."""
+        self._require_exact("score")
+        with torch.set_grad_enabled(grad):
+            return self.log_evidence(x).mean()
+
+    def predict(self, x, *, grad: bool = False) -> Tensor:
+        """The most probable latent of each data point: for a discrete z the posterior's mode (the
+        most responsible component; for an HMM the Viterbi path), for a continuous z the
+        posterior mean. No autograd graph unless ``grad=True``."""
+        self._require_exact("predict")
+        with torch.set_grad_enabled(grad):
+            q = self.posterior(x)
+            return q.mode if q.support.is_discrete else q.mean
+
+    def predict_proba(self, x, *, grad: bool = False) -> Tensor:
+        """The posterior probabilities of a discrete latent, ``[B, K]`` (per step for a sequence
+        model, ``[B, T, K]``: the smoothed marginals). No autograd graph unless ``grad=True``.
+
+        Raises:
+            TypeError: For a continuous latent (use :meth:`predict` or :meth:`posterior`).
+        """
+        self._require_exact("predict_proba")
+        with torch.set_grad_enabled(grad):
+            q = self.posterior(x)
+            if not q.support.is_discrete:
+                raise TypeError(
+                    f"predict_proba needs a discrete latent; {type(self).__name__}'s is continuous: use predict(x) "
+                    "(the posterior mean) or posterior(x)"
+                )
+            return q.marginals() if hasattr(q, "marginals") else q.probs
+
+    def _require_exact(self, method: str) -> None:
+        if not self.has_exact_evidence:
+            raise TypeError(
+                f"{method} needs a model with exact evidence and posterior; {type(self).__name__} has none: use "
+                "elbox.log_evidence(model, x, guide=..., method='importance') or the guide's q(z | x)"
+            )
+
     def e_step(self, x: Tensor) -> tuple[Distribution, Tensor]:
         """The exact posterior and log-evidence together.
 

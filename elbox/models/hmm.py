@@ -325,6 +325,12 @@ class HMM(LatentModel):
     def posterior(self, x) -> HMMPosterior:
         return self.e_step(x)[0]
 
+    def predict(self, x, *, grad: bool = False) -> Tensor:
+        """The Viterbi path of each sequence, ``[B, T]`` (−1 past a sequence's end): hmmlearn's
+        ``predict``."""
+        with torch.set_grad_enabled(grad):
+            return self.viterbi(x)[0]
+
     def viterbi(self, x) -> tuple[Tensor, Tensor]:
         """The most probable state paths and their log p(x, z*): ``([B, T], [B])``.
 
