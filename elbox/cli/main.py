@@ -119,14 +119,16 @@ def fit(
 
 
 def _evaluation_table(evaluation: dict) -> Table:
-    """The evidence report as a table: the bracket, the gap and its split, the diagnostics."""
+    """The evidence report as a table: the bracket, the gap and its split, the diagnostics; each
+    number with its standard error over the points and its Monte Carlo standard error."""
     r = evaluation["report"]
     table = Table(
         title=f"Evidence report: {evaluation['data']} (nats per data point)",
-        caption="± s.e.: the standard error over the points (how the mean would move on other data); Monte Carlo "
-        "s.e.: over the particles (how it would move with other draws, same data); bounds hold in expectation",
+        caption="± points: the standard error over the data points (how the mean would move on other data); "
+        "± MC: the Monte Carlo standard error (how it would move with other particles, same data; 0 for a closed "
+        "form); bounds hold in expectation",
     )
-    for column in ("quantity", "value", "± s.e.", "what it is"):
+    for column in ("quantity", "value", "± points", "± MC", "what it is"):
         table.add_column(column, justify="left" if column in ("quantity", "what it is") else "right")
 
     def number(value, digits=3):
@@ -136,43 +138,39 @@ def _evaluation_table(evaluation: dict) -> Table:
             return "+∞" if value > 0 else "−∞"
         return f"{value:.{digits}f}"
 
+    def row(name, summary, what, mc=None, **options):
+        table.add_row(name, number(summary["mean"]), number(summary.get("stderr")),
+                      number(summary.get("mc_stderr") if mc is None else mc, 4), what, **options)  # fmt: skip
+
     e, u = r["log_evidence"], r["upper_bound"]
     kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
     if e.get("proposal") == "prior":
         kind += ", the prior as proposal"
-    mc = r["elbo"].get("mc_stderr")
-    elbo_kind = "a lower bound; " + (f"Monte Carlo s.e. {number(mc, 4)}" if mc else "closed form, no Monte Carlo error")
-    table.add_row("ELBO", number(r["elbo"]["mean"]), number(r["elbo"]["stderr"]), elbo_kind)
-    recon = r["reconstruction"]
-    table.add_row("  reconstruction", number(recon["mean"]), number(recon["stderr"]), escape("E_q[log p(x|z)]"))
-    table.add_row("  KL", number(r["kl"]["mean"]), number(r["kl"]["stderr"]), "KL(q(z|x) ‖ p(z))")
-    table.add_row(f"IWAE-{r['iwae']['num_samples']}", number(r["iwae"]["mean"]), number(r["iwae"]["stderr"]),
-                  "a lower bound")  # fmt: skip
-    table.add_row("log p(x)", number(e["mean"]), number(e["stderr"]),
-                  kind if e["method"] == "exact" else f"{kind}; Monte Carlo s.e. {number(e.get('mc_stderr'), 4)}")
-    table.add_row(f"CUBO-{u['n']:g}", number(u["mean"]), number(u["stderr"]),
-                  f"an upper bound as S grows (S = {u['num_samples']})")  # fmt: skip
+    row("ELBO", r["elbo"], "a lower bound" + ("" if r["elbo"].get("mc_stderr") else " (closed form)"))
+    row("  reconstruction", r["reconstruction"], escape("E_q[log p(x|z)]"))
+    row("  KL", r["kl"], "KL(q(z|x) ‖ p(z))")
+    row(f"IWAE-{r['iwae']['num_samples']}", r["iwae"], "a lower bound")
+    row("log p(x)", e, kind, mc=0.0 if e["method"] == "exact" else None)
+    row(f"CUBO-{u['n']:g}", u, f"an upper bound as S grows (S = {u['num_samples']})")
     exact_gap = e["method"] == "exact"
-    table.add_row("gap", number(r["gap"]), number(r.get("gap_stderr")),
-                  "log p(x) − ELBO = KL(q ‖ p(z|x))" if exact_gap else "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))",
-                  end_section=True)  # fmt: skip
+    row("gap", {"mean": r["gap"], "stderr": r.get("gap_stderr"), "mc_stderr": r.get("gap_mc_stderr")},
+        "log p(x) − ELBO = KL(q ‖ p(z|x))" if exact_gap else "log p̂(x) − ELBO ≈ KL(q ‖ p(z|x))",
+        end_section=True)  # fmt: skip
     if r.get("approximation_gap"):
-        table.add_row("  approximation gap", number(r["approximation_gap"]["mean"]),
-                      number(r["approximation_gap"]["stderr"]),
-                      escape(f"log p̂ − L[q*], q* refined per point ({r['refined_points']} points)"))  # fmt: skip
-        table.add_row("  amortization gap", number(r["amortization_gap"]["mean"]),
-                      number(r["amortization_gap"]["stderr"]), escape("L[q*] − L[q]: the encoder's share"))  # fmt: skip
+        row("  approximation gap", r["approximation_gap"],
+            escape(f"log p̂ − L[q*], q* refined per point ({r['refined_points']} points)"))  # fmt: skip
+        row("  amortization gap", r["amortization_gap"], escape("L[q*] − L[q]: the encoder's share"))
     k = r.get("psis_khat")
     above = f"{100 * k['fraction_above_0.7']:.1f}% of points above 0.7" if k else "constant weights"
-    table.add_row("PSIS k̂ (mean, max)", f"{number(k['mean'], 2)}, {number(k['max'], 2)}" if k else "—", "", above)
+    table.add_row("PSIS k̂ (mean, max)", f"{number(k['mean'], 2)}, {number(k['max'], 2)}" if k else "—", "", "", above)
     if r.get("active_units") is not None:
         units = f"{r['active_units']} / {r['latent_units']}"
-        table.add_row("active units", units, "", escape("Cov_x(E_q[z_u]) > 0.01"))
+        table.add_row("active units", units, "", "", escape("Cov_x(E_q[z_u]) > 0.01"))
     if r.get("mutual_information") is not None:
-        table.add_row("I(x; z) under q", number(r["mutual_information"]), "", f"at most log {r['mi_points']}")
+        table.add_row("I(x; z) under q", number(r["mutual_information"]), "", "", f"at most log {r['mi_points']}")
     t = evaluation.get("training_gap")
     if t:
-        table.add_row("gap of the fitted q", number(t["gap"]), number(t["gap_stderr"]),
+        table.add_row("gap of the fitted q", number(t["gap"]), number(t["gap_stderr"]), "",
                       f"exact log p(x) − ELBO of the VI fit's q on its {t['points']} training points")  # fmt: skip
     return table
 

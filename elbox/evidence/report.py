@@ -58,7 +58,9 @@ class EvidenceReport:
         iwae: The IWAE bound with ``num_samples`` K particles.
         log_evidence: The estimate of log p(x), with ``method`` and ``num_samples``.
         upper_bound: The CUBO of order ``n`` from ``num_samples`` particles.
-        gap: log p̂(x) − ELBO; ``gap_stderr`` its standard error over the points.
+        gap: log p̂(x) − ELBO; ``gap_stderr`` its standard error over the points, from the
+            paired per-point differences; ``gap_mc_stderr`` its Monte Carlo standard error, from
+            the same particles' joint influence on both terms (not two independent errors).
         approximation_gap, amortization_gap: Over the ``refined_points`` first points (None
             without refinement); they sum to ``gap_refined``, the gap on those points.
         psis_khat: Summary of the per-point k̂ (mean, max, fraction above 0.7), None when the
@@ -84,6 +86,7 @@ class EvidenceReport:
     upper_bound: dict
     gap: float
     gap_stderr: float = math.nan
+    gap_mc_stderr: float = math.nan
     approximation_gap: dict | None = None
     amortization_gap: dict | None = None
     gap_refined: float | None = None
@@ -124,8 +127,9 @@ class EvidenceReport:
                 for k in ("stderr", "mc_stderr"):
                     if k in entry and entry[k] is None:
                         entry[k] = math.nan
-        if data.get("gap_stderr", 0) is None:
-            data["gap_stderr"] = math.nan
+        for key in ("gap_stderr", "gap_mc_stderr"):
+            if key in data and data[key] is None:
+                data[key] = math.nan
         return cls(**data)
 
     def bracket(self) -> list[tuple[str, float, float, str]]:
@@ -230,17 +234,23 @@ def evidence_report(
     report = progress or (lambda stage, done, total: None)
 
     parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "elbo_mc", "reconstruction", "kl", "log_p", "log_p_se",
-                                                      "iwae", "cubo", "khat", "means", "kl_dims")}  # fmt: skip
+                                                      "iwae", "iwae_mc", "cubo", "cubo_mc", "gap_mc", "khat", "means",
+                                                      "kl_dims")}  # fmt: skip
     proposals = set()
     for begin in range(0, N, step):
         batch = x[begin : begin + step]
         terms, log_w, means, kl_dims, proposal = _shared_pass(model, guide, batch, S, K, chunk_size)
         proposals.add(proposal)
         log_p, log_p_se = _log_mean_and_stderr(log_w)
+        errors = _monte_carlo_errors(log_w, terms["sampled"], K, n)
+        khat = psis_khat(log_w)
+        # wⁿ has a finite variance only where k̂ < 1/(2n): elsewhere the CUBO has no Monte Carlo error to state
+        errors["cubo"] = torch.where(khat.to(errors["cubo"]) < 1 / (2 * n), errors["cubo"], math.nan)
         for name, value in (
             ("elbo", terms["elbo"]), ("elbo_mc", terms["elbo_mc"]), ("reconstruction", terms["reconstruction"]),
             ("kl", terms["kl"]), ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", terms["iwae"]),
-            ("cubo", log_mean_exp(n * log_w) / n), ("khat", psis_khat(log_w)),
+            ("iwae_mc", errors["iwae"]), ("cubo", log_mean_exp(n * log_w) / n), ("cubo_mc", errors["cubo"]),
+            ("gap_mc", errors["gap"]), ("khat", khat),
         ):  # fmt: skip
             parts[name].append(value.detach().double().cpu())
         if means is not None:
@@ -260,6 +270,8 @@ def evidence_report(
         )  # fmt: skip
         log_p, log_p_se = estimate.value.double().cpu(), estimate.stderr.double().cpu()
         evidence_samples = estimate.num_samples
+        # log p(x) from its own draws (or exact): its error and the ELBO's are independent
+        v["gap_mc"] = (log_p_se.square() + v["elbo_mc"].square()).sqrt()
     log_evidence_summary = {
         **_summary(log_p),
         "mc_stderr": float(log_p_se.square().sum().sqrt() / N),
@@ -285,6 +297,13 @@ def evidence_report(
             "fraction_above_0.5": float((khat > 0.5).double().mean()),
         }
     messages = list(messages_proposal)
+    unbounded = float(v["cubo_mc"].isnan().double().mean())
+    if unbounded > 0 and proposals != {"prior"}:
+        messages.append(
+            f"the CUBO's Monte Carlo error cannot be stated: wⁿ (n = {n:g}) has no finite variance where k̂ ≥ "
+            f"1/(2n) = {1 / (2 * n):.2g}, true of {100 * unbounded:.1f}% of points, so its estimate may be far from "
+            "its limit whatever S"
+        )
     if khat_summary is not None and khat_summary["fraction_above_0.7"] > 0:
         messages.append(
             f"PSIS k-hat > 0.7 for {100 * khat_summary['fraction_above_0.7']:.1f}% of points: there the importance "
@@ -298,11 +317,13 @@ def evidence_report(
         elbo={**_summary(v["elbo"]), "mc_stderr": _mc_stderr(v["elbo"], v["elbo_mc"])},
         reconstruction=_summary(v["reconstruction"]),
         kl=_summary(v["kl"]),
-        iwae={**_summary(v["iwae"]), "num_samples": K},
+        iwae={**_summary(v["iwae"]), "mc_stderr": _mc_stderr(v["iwae"], v["iwae_mc"]), "num_samples": K},
         log_evidence=log_evidence_summary,
-        upper_bound={**_summary(v["cubo"]), "method": "cubo", "n": n, "num_samples": S},
+        upper_bound={**_summary(v["cubo"]), "mc_stderr": _mc_stderr(v["cubo"], v["cubo_mc"]), "method": "cubo",
+                     "n": n, "num_samples": S},  # fmt: skip
         gap=float((log_p - v["elbo"]).mean()),
         gap_stderr=_summary(log_p - v["elbo"])["stderr"],
+        gap_mc_stderr=_mc_stderr(v["elbo"], v["gap_mc"]),
         psis_khat=khat_summary,
         per_point={
             "elbo": v["elbo"].tolist(),
@@ -344,12 +365,46 @@ def evidence_report(
         ])  # fmt: skip
         result.approximation_gap = _summary(log_p[:R] - refined_elbo)
         result.amortization_gap = _summary(refined_elbo - v["elbo"][:R])
+        for name, split in (("approximation", result.approximation_gap), ("amortization", result.amortization_gap)):
+            if abs(split["mean"]) < 2 * split["stderr"]:  # within its error of zero: no evidence of such a gap
+                messages.append(
+                    f"the {name} gap, {split['mean']:.3f} ± {split['stderr']:.3f} (over the points), is within two "
+                    "standard errors of zero: these points show no evidence of it (refine more points, or longer, "
+                    "to resolve it)"
+                )
         result.gap_refined = float((log_p[:R] - v["elbo"][:R]).mean())
         result.refined_points, result.refine_steps = R, int(refine_steps)
         result.per_point["elbo_refined"] = refined_elbo.tolist()
+    if math.isfinite(result.gap) and abs(result.gap) < 2 * math.hypot(result.gap_stderr, result.gap_mc_stderr):
+        messages.append(
+            f"the gap, {result.gap:.3g}, is within two standard errors of zero: at this precision q is "
+            "indistinguishable from the posterior"
+        )
     result.warnings = messages
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _monte_carlo_errors(log_w: Tensor, sampled: Tensor | None, K: int, n: float) -> dict[str, Tensor]:
+    """Per point, the Monte Carlo standard errors of IWAE-K, the CUBO and the gap log p̂ − ELBO from
+    the S particles' weights ``log_w [S, B]`` (the delta method: each particle's influence on a
+    log-mean is its weight over the mean weight), the gap's from the joint influence of each
+    particle on log p̂ and on the ELBO's sampled part ``sampled [S, B]`` (None: the ELBO is a
+    closed form), so that their covariance is counted."""
+    S = log_w.shape[0]
+
+    def influence(a: Tensor) -> Tensor:  # w_s / mean(w), from log-weights along dim 0
+        return (a - log_mean_exp(a).unsqueeze(0)).exp()
+
+    if not torch.isfinite(log_w).all():  # a point-mass q: the bounds are infinite, and so is their error
+        nan = torch.full((log_w.shape[1],), math.nan, dtype=log_w.dtype, device=log_w.device)
+        return {"iwae": nan, "cubo": nan, "gap": nan}
+    gap = influence(log_w) - (0.0 if sampled is None else sampled)
+    return {
+        "iwae": influence(log_w[:K]).std(0) / math.sqrt(K) if K > 1 else torch.full_like(log_w[0], math.inf),
+        "cubo": influence(n * log_w).std(0) / (n * math.sqrt(S)),
+        "gap": gap.std(0) / math.sqrt(S),
+    }
 
 
 def _mc_stderr(values: Tensor, mc_stderr: Tensor) -> float:
@@ -390,8 +445,8 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     if degenerate:
         minus_inf = torch.full((B,), -math.inf, dtype=log_w.dtype, device=log_w.device)
         lik = model.log_likelihood(x, q.sample((1,)))[0]
-        terms = {"elbo": minus_inf, "elbo_mc": torch.zeros_like(minus_inf), "reconstruction": lik,
-                 "kl": -minus_inf, "iwae": minus_inf}  # fmt: skip
+        terms = {"elbo": minus_inf, "elbo_mc": torch.full_like(minus_inf, math.nan), "reconstruction": lik,
+                 "kl": -minus_inf, "iwae": minus_inf, "sampled": None}  # fmt: skip
         return terms, log_w, means, None, "prior"
     log_lik, log_ratio = torch.cat(log_lik), torch.cat(log_ratio)  # [S, B]
     expected = model.expected_log_likelihood(x, q)
@@ -408,7 +463,7 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     sampled = (log_lik if expected is None else 0) - (log_ratio if kl is None else 0)
     mc = sampled.std(0) / math.sqrt(S) if torch.is_tensor(sampled) else torch.zeros(B, dtype=log_w.dtype)
     terms = {"elbo": reconstruction - kl_value, "elbo_mc": mc, "reconstruction": reconstruction, "kl": kl_value,
-             "iwae": log_mean_exp(log_w[:K])}  # fmt: skip
+             "iwae": log_mean_exp(log_w[:K]), "sampled": sampled if torch.is_tensor(sampled) else None}  # fmt: skip
     return terms, log_w, means, kl_per_dimension(q, p), "q"
 
 

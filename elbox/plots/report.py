@@ -174,20 +174,25 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
 
     r = _report(report)
     esc = html.escape
+    exact = r["log_evidence"]["method"] == "exact"
+    mc = [r["elbo"].get("mc_stderr"), r["iwae"].get("mc_stderr"), 0.0 if exact else r["log_evidence"].get("mc_stderr"),
+          r["upper_bound"].get("mc_stderr")]  # fmt: skip
     rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{_number(mean)}</td><td>{_number(se)}</td><td class='what'>{esc(kind)}</td></tr>"
-        for name, mean, se, kind in _bracket(r)
+        f"<tr><td>{esc(name)}</td><td>{_number(mean)}</td><td>{_number(se)}</td><td>{_number(m, 4)}</td>"
+        f"<td class='what'>{esc(kind)}</td></tr>"
+        for (name, mean, se, kind), m in zip(_bracket(r), mc)
     )
-    gap_rows = [("gap log p̂(x) − ELBO (all points)", r["gap"], None)]
+    gap_rows = [("gap log p̂(x) − ELBO (all points)", r["gap"], r.get("gap_stderr"), r.get("gap_mc_stderr"))]
     if r.get("approximation_gap"):
         gap_rows += [
             (f"approximation gap log p̂ − L[q*] (first {r['refined_points']} points)",
-             r["approximation_gap"]["mean"], r["approximation_gap"]["stderr"]),
+             r["approximation_gap"]["mean"], r["approximation_gap"]["stderr"], None),
             (f"amortization gap L[q*] − L[q] ({r['refine_steps']} refinement steps)",
-             r["amortization_gap"]["mean"], r["amortization_gap"]["stderr"]),
-            ("their sum: the gap on those points", r["gap_refined"], None),
+             r["amortization_gap"]["mean"], r["amortization_gap"]["stderr"], None),
+            ("their sum: the gap on those points", r["gap_refined"], None, None),
         ]  # fmt: skip
-    gaps = "".join(f"<tr><td>{esc(n)}</td><td>{_number(v)}</td><td>{_number(s)}</td></tr>" for n, v, s in gap_rows)
+    gaps = "".join(f"<tr><td>{esc(n)}</td><td>{_number(v)}</td><td>{_number(s)}</td><td>{_number(m, 4)}</td></tr>"
+                   for n, v, s, m in gap_rows)  # fmt: skip
     k = r.get("psis_khat")
     diag_rows = [
         ("reconstruction E_q[log p(x|z)]", _number(r["reconstruction"]["mean"])),
@@ -216,9 +221,13 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
 <ul class="small">{about}</ul>
 {warnings}
 <h2>The bracket</h2>
-<table id="bracket-table"><tr><th>quantity</th><th>value</th><th>± s.e.</th><th>what it is</th></tr>{rows}</table>
+<table id="bracket-table"><tr><th>quantity</th><th>value</th><th>± points</th><th>± MC</th><th>what it is</th></tr>
+{rows}</table>
 <h2>The gap</h2>
-<table id="gap-table"><tr><th>quantity</th><th>value</th><th>± s.e.</th></tr>{gaps}</table>
+<table id="gap-table"><tr><th>quantity</th><th>value</th><th>± points</th><th>± MC</th></tr>{gaps}</table>
+<p class="small">± points: the standard error over the data points (how the mean would move on other data from
+the same source). ± MC: the Monte Carlo standard error (how it would move with other particles on the same data;
+0 for a closed form); the gap's is from the same particles' joint influence on log p̂(x) and the ELBO.</p>
 <h2>Diagnostics</h2>
 <table id="diagnostics-table"><tr><th>diagnostic</th><th>value</th></tr>{diagnostics}</table>
 <h2>Figures</h2>
