@@ -235,7 +235,7 @@ def evidence_report(
 
     parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "elbo_mc", "reconstruction", "kl", "log_p", "log_p_se",
                                                       "iwae", "iwae_mc", "cubo", "cubo_mc", "gap_mc", "khat", "means",
-                                                      "kl_dims")}  # fmt: skip
+                                                      "kl_dims", "reconstruction_mc", "kl_mc")}  # fmt: skip
     proposals = set()
     for begin in range(0, N, step):
         batch = x[begin : begin + step]
@@ -250,7 +250,8 @@ def evidence_report(
             ("elbo", terms["elbo"]), ("elbo_mc", terms["elbo_mc"]), ("reconstruction", terms["reconstruction"]),
             ("kl", terms["kl"]), ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", terms["iwae"]),
             ("iwae_mc", errors["iwae"]), ("cubo", log_mean_exp(n * log_w) / n), ("cubo_mc", errors["cubo"]),
-            ("gap_mc", errors["gap"]), ("khat", khat),
+            ("gap_mc", errors["gap"]), ("khat", khat), ("reconstruction_mc", terms["reconstruction_mc"]),
+            ("kl_mc", terms["kl_mc"]),
         ):  # fmt: skip
             parts[name].append(value.detach().double().cpu())
         if means is not None:
@@ -315,8 +316,9 @@ def evidence_report(
         guide=type(guide).__name__,
         num_points=N,
         elbo={**_summary(v["elbo"]), "mc_stderr": _mc_stderr(v["elbo"], v["elbo_mc"])},
-        reconstruction=_summary(v["reconstruction"]),
-        kl=_summary(v["kl"]),
+        reconstruction={**_summary(v["reconstruction"]),
+                        "mc_stderr": _mc_stderr(v["reconstruction"], v["reconstruction_mc"])},
+        kl={**_summary(v["kl"]), "mc_stderr": _mc_stderr(v["kl"], v["kl_mc"])},
         iwae={**_summary(v["iwae"]), "mc_stderr": _mc_stderr(v["iwae"], v["iwae_mc"]), "num_samples": K},
         log_evidence=log_evidence_summary,
         upper_bound={**_summary(v["cubo"]), "mc_stderr": _mc_stderr(v["cubo"], v["cubo_mc"]), "method": "cubo",
@@ -446,6 +448,7 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
         minus_inf = torch.full((B,), -math.inf, dtype=log_w.dtype, device=log_w.device)
         lik = model.log_likelihood(x, q.sample((1,)))[0]
         terms = {"elbo": minus_inf, "elbo_mc": torch.full_like(minus_inf, math.nan), "reconstruction": lik,
+                 "reconstruction_mc": torch.zeros_like(lik), "kl_mc": torch.full_like(minus_inf, math.nan),
                  "kl": -minus_inf, "iwae": minus_inf, "sampled": None}  # fmt: skip
         return terms, log_w, means, None, "prior"
     log_lik, log_ratio = torch.cat(log_lik), torch.cat(log_ratio)  # [S, B]
@@ -462,7 +465,10 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     # the Monte Carlo error of the ELBO per point: zero where both terms are closed forms
     sampled = (log_lik if expected is None else 0) - (log_ratio if kl is None else 0)
     mc = sampled.std(0) / math.sqrt(S) if torch.is_tensor(sampled) else torch.zeros(B, dtype=log_w.dtype)
+    zero = torch.zeros(B, dtype=log_w.dtype, device=log_w.device)
     terms = {"elbo": reconstruction - kl_value, "elbo_mc": mc, "reconstruction": reconstruction, "kl": kl_value,
+             "reconstruction_mc": log_lik.std(0) / math.sqrt(S) if expected is None else zero,
+             "kl_mc": log_ratio.std(0) / math.sqrt(S) if kl is None else zero,
              "iwae": log_mean_exp(log_w[:K]), "sampled": sampled if torch.is_tensor(sampled) else None}  # fmt: skip
     return terms, log_w, means, kl_per_dimension(q, p), "q"
 
