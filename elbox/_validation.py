@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_data", "check_positive_int", "check_probabilities", "describe"]
+__all__ = ["as_data", "check_number", "check_points", "check_positive_int", "check_probabilities", "check_seed",
+           "describe"]  # fmt: skip
 
 
 def describe(x) -> str:
@@ -43,6 +46,10 @@ def as_data(
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name} must be numeric data; received {describe(x)}") from error
+    if x.device.type == "meta":
+        raise TypeError(f"{name} is on the meta device and holds no data; received {describe(x)}")
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.is_complex() or _is_integer(x)):
+        raise TypeError(f"{name} must be numeric data; received {describe(x)}")
     if x.is_complex():
         raise TypeError(f"{name} must be real-valued; received {describe(x)}")
     if dtype is None:
@@ -81,6 +88,60 @@ def check_probabilities(p: Tensor, name: str, *, dim: int | None = None) -> Tens
                 f"{name} must sum to one along dimension {dim}; the sums are off by up to {worst:.3g}"
             )
     return p
+
+
+def _is_integer(x: Tensor) -> bool:
+    return x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_number(
+    value,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    allow_inf: bool = False,
+    only_type: bool = False,
+) -> float:
+    """Checks that ``value`` is a real number (not a string, a bool or a tensor of several
+    values), finite unless ``allow_inf``, and at least ``minimum`` (greater, with ``strict``) and
+    at most ``maximum``; returns it as a float. ``only_type`` checks the type alone (the caller
+    words the range's message)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number; received {describe(value)}")
+    value = float(value)
+    if only_type:
+        return value
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number; received {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        relation = "greater than" if strict else "at least"
+        raise ValueError(f"{name} must be {relation} {minimum:g}; received {value:g}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}; received {value:g}")
+    return value
+
+
+def check_seed(value, name: str = "seed") -> int | None:
+    """None, or an integer in [0, 2⁶³) (what torch's generators take)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer in [0, 2**63) or None; received {describe(value)}")
+    if not 0 <= int(value) < 2**63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63); received {value}")
+    return int(value)
+
+
+def check_points(x, name: str = "x", minimum: int = 1):
+    """Checks that a batch holds at least ``minimum`` data points."""
+    if len(x) < minimum:
+        points = "one data point" if minimum == 1 else f"{minimum} data points"
+        raise ValueError(f"{name} must hold at least {points}; received {len(x)}")
+    return x
 
 
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from elbox._validation import check_positive_int
 from elbox.bounds._common import draw, prepare, score_surrogate
 
 __all__ = ["Terms", "elbo"]
@@ -86,6 +87,7 @@ def elbo(
         >>> x = torch.tensor([[1.0, 0.0, 1.0]])
         >>> terms = elbo(model, Beta(), x, num_samples=100)
     """
+    num_samples = check_positive_int(num_samples, "num_samples")
     if kl not in _KL_METHODS:
         raise ValueError(f"kl must be one of {_KL_METHODS}; received {kl!r}")
     if expectation not in _EXPECTATIONS:

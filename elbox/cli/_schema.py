@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Key", "is_bool", "is_list_of_positive_ints", "is_non_negative_int", "is_number", "is_positive",
-           "is_positive_int", "one_of"]  # fmt: skip
+__all__ = ["MAX_SIZE", "Key", "is_bool", "is_list_of_positive_ints", "is_non_negative_int", "is_number",
+           "is_positive", "is_positive_int", "is_size", "one_of"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,18 @@ class Key:
     help: str
 
 
+#: The largest size a config may give a model (a layer width, a latent size, a number of
+#: components): beyond it, the parameters alone would not fit in memory.
+MAX_SIZE = 100_000
+
+
 def is_positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def is_size(v) -> bool:
+    """A positive integer no larger than :data:`MAX_SIZE`."""
+    return is_positive_int(v) and v <= MAX_SIZE
 
 
 def is_non_negative_int(v) -> bool:
@@ -39,7 +49,7 @@ def is_bool(v) -> bool:
 
 
 def is_list_of_positive_ints(v) -> bool:
-    return isinstance(v, list) and all(is_positive_int(h) for h in v)
+    return isinstance(v, list) and all(is_size(h) for h in v)
 
 
 def one_of(*choices) -> Callable[[Any], bool]:

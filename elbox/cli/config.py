@@ -75,7 +75,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "patience": Key(0, is_non_negative_int, "a non-negative integer",
                         "early-stopping patience in epochs (0: none)"),
         "checkpoint_every": Key(1, is_positive_int, "a positive integer", "epochs between checkpoints"),
-        "seed": Key(0, is_non_negative_int, "a non-negative integer", "seeds the initialization and the run"),
+        "seed": Key(0, lambda v: is_non_negative_int(v) and v < 2**63, "an integer in [0, 2**63)",
+                    "seeds the initialization and the run"),
         "max_iter": Key(200, is_positive_int, "a positive integer", "em: the most iterations"),
         "tol": Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
                    "em: stop when the bound per point improves by less"),
@@ -251,11 +252,16 @@ def config_differences(a: dict, b: dict) -> list[str]:
 
 
 def read_toml(path: Path, what: str) -> dict:
-    """The parsed TOML file; a missing file or malformed TOML is an error naming the path."""
+    """The parsed TOML file; a missing file, a directory, text that is not UTF-8 or malformed TOML
+    is an error naming the path."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give the TOML file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
 

@@ -300,6 +300,11 @@ def _clear_unstarted(run: RunDirectory, dry_run: bool = False) -> None:
     """Refuses a directory that holds a run or other files; clears one whose run never reached its
     first checkpoint (killed while loading its data, say), so that it starts again (with
     ``dry_run``, only refuses)."""
+    if run.path.exists() and not run.path.is_dir():
+        raise FileExistsError(f"--out {run.path} is a file, not a directory; choose a directory for the run")
+    for parent in run.path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise FileExistsError(f"--out {run.path} lies under {parent}, which is a file, not a directory")
     if not run.path.exists() or not any(p.name != ".lock" for p in run.path.iterdir()):
         return
     names = {p.name for p in run.path.iterdir()}
@@ -424,9 +429,18 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best") -> Run:
     model, guide = build_model(config)
     modules = _Modules(model, guide)
     own = modules.state_dict()
+    path = run.checkpoint(name)
     missing = [k for k in own if k not in tensors]
-    if missing:
-        raise ValueError(f"{run.checkpoint(name)} does not fit the model its config builds: it lacks {missing[:3]}")
+    extra = [k for k in tensors if k.startswith(("model.", "guide.")) and k not in own]
+    if missing or extra:
+        what = f"it lacks {missing[:3]}" if missing else f"it holds unknown tensors {extra[:3]}"
+        raise ValueError(f"{path} does not fit the model its config builds: {what}")
+    for key in own:
+        if tensors[key].shape != own[key].shape:
+            raise ValueError(f"{path} does not fit the model its config builds: {key} has shape "
+                             f"{list(tensors[key].shape)}, the model's is {list(own[key].shape)}")  # fmt: skip
+        if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
+            raise ValueError(f"{path} holds non-finite values in {key}: the run cannot be evaluated from it")
     modules.load_state_dict({k: tensors[k] for k in own})
     model.eval()
     history = History(**{k: v for k, v in meta.get("history", {}).items() if k in History.__dataclass_fields__})

@@ -38,7 +38,7 @@ def _user_errors():
         except FloatingPointError as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(code=1) from None
-        except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TypeError, RunLockedError) as error:
+        except (ConfigError, OSError, ValueError, TypeError, RunLockedError) as error:  # OSError: unwritable paths
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         finally:

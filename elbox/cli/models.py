@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import torch
 
 from elbox.cli._schema import (
+    MAX_SIZE,
     Key,
     is_bool,
     is_list_of_positive_ints,
     is_number,
     is_positive,
-    is_positive_int,
+    is_size,
     one_of,
 )
 
@@ -149,8 +150,8 @@ _COVARIANCE = Key("full", one_of("full", "diag"), "'full' or 'diag'", "the compo
 register_model_type(ModelType(
     name="vae",
     keys={
-        "latent_dim": Key(8, is_positive_int, "a positive integer", "the size of z"),
-        "hidden": Key([200, 200], is_list_of_positive_ints, "a list of positive integers",
+        "latent_dim": Key(8, is_size, f"a positive integer up to {MAX_SIZE:,}", "the size of z"),
+        "hidden": Key([200, 200], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
                       "the encoder's hidden widths (the decoder mirrors them)"),
         "activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "softplus"),
                           "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
@@ -167,7 +168,7 @@ register_model_type(ModelType(
 ))  # fmt: skip
 register_model_type(ModelType(
     name="gmm",
-    keys={"components": Key(3, is_positive_int, "a positive integer", "mixture components K"),
+    keys={"components": Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "mixture components K"),
           "covariance": _COVARIANCE, "reg_covar": _REG},
     build=_gmm, guide=_local_categorical, method="em", init="kmeans++", sequences=False, dtype=torch.float64,
     description="a Gaussian mixture (exact evidence)",
@@ -175,13 +176,13 @@ register_model_type(ModelType(
 for _name, _isotropic, _what in (("fa", False, "factor analysis"), ("ppca", True, "probabilistic PCA")):
     register_model_type(ModelType(
         name=_name,
-        keys={"latent_dim": Key(2, is_positive_int, "a positive integer", "the number of factors K")},
+        keys={"latent_dim": Key(2, is_size, f"a positive integer up to {MAX_SIZE:,}", "the number of factors K")},
         build=_fa(_isotropic), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
         description=f"{_what} (exact evidence)",
     ))  # fmt: skip
 register_model_type(ModelType(
     name="hmm",
-    keys={"states": Key(3, is_positive_int, "a positive integer", "hidden states K"),
+    keys={"states": Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "hidden states K"),
           "covariance": Key("diag", one_of("full", "diag"), "'full' or 'diag'", "Gaussian emissions' covariance"),
           "reg_covar": _REG},
     build=_hmm, guide=_local_paths, method="em", init="kmeans++", sequences=True, dtype=torch.float64,
@@ -189,7 +190,7 @@ register_model_type(ModelType(
 ))  # fmt: skip
 register_model_type(ModelType(
     name="lgssm",
-    keys={"state_dim": Key(2, is_positive_int, "a positive integer", "the size of the latent state"),
+    keys={"state_dim": Key(2, is_size, f"a positive integer up to {MAX_SIZE:,}", "the size of the latent state"),
           "reg_covar": Key(0.0, lambda v: is_number(v) and v >= 0, "a non-negative number",
                            "added to the diagonal of the M-step's covariances")},
     build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_points, check_positive_int
 from elbox.bounds._common import prepare
 from elbox.evidence.ais import AIS
 
@@ -145,14 +145,14 @@ def log_evidence(
             raise ValueError(
                 f"{type(model).__name__} has no exact evidence; use method='importance' with a guide, or 'ais'"
             )
-        value = model.log_evidence(x)
+        value = model.log_evidence(check_points(model.check_data(x)))
         return Estimate(value=value, stderr=torch.zeros_like(value), method="exact")
     S = check_positive_int(num_samples, "num_samples")
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     ais = AIS(model, schedule=schedule, kernel=kernel, leapfrog_steps=leapfrog_steps, step_size=step_size) \
         if method == "ais" else None  # fmt: skip
-    x = model.check_data(x)
+    x = check_points(model.check_data(x))
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
     values, errors = [], []

@@ -217,8 +217,8 @@ def evidence_report(
     K = check_positive_int(iwae_samples, "iwae_samples")
     if K > S:
         raise ValueError(f"iwae_samples must be at most num_samples = {S}; received {K}")
-    if S < 5:
-        raise ValueError(f"num_samples must be at least 5 for the PSIS k-hat; received {S}")
+    if S < 25:  # the Pareto fit takes the largest S/5 weights and needs at least 5 of them
+        raise ValueError(f"num_samples must be at least 25 for the PSIS k-hat's tail fit; received {S}")
     n = float(cubo_order)
     if not (n > 1 and math.isfinite(n)):
         raise ValueError(f"cubo_order must be a finite number greater than 1; received {cubo_order!r}")
@@ -231,6 +231,12 @@ def evidence_report(
     if N < 2:
         raise ValueError(f"x must hold at least two data points for a report; received {N}")
     prepare(model, guide, x[:1])  # a guide that does not fit the model fails here, before any work
+    if progress is True:
+        progress = _LineProgress()
+    elif progress is False or progress is None:
+        progress = None
+    elif not callable(progress):
+        raise TypeError(f"progress must be True, False or a function (stage, done, total); received {progress!r}")
     report = progress or (lambda stage, done, total: None)
 
     parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "elbo_mc", "reconstruction", "kl", "log_p", "log_p_se",
@@ -407,6 +413,23 @@ def _monte_carlo_errors(log_w: Tensor, sampled: Tensor | None, K: int, n: float)
         "cubo": influence(n * log_w).std(0) / (n * math.sqrt(S)),
         "gap": gap.std(0) / math.sqrt(S),
     }
+
+
+class _LineProgress:
+    """``progress=True``: a line per stage to stderr as it advances, at most one a second and one
+    at each stage's end, so it reads the same in a terminal, a log file or a notebook."""
+
+    def __init__(self):
+        self.last = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import sys
+
+        now = time.monotonic()
+        if done < total and now - self.last.get(stage, -math.inf) < 1.0:
+            return
+        self.last[stage] = now
+        print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
 
 def _mc_stderr(values: Tensor, mc_stderr: Tensor) -> float:

@@ -10,7 +10,7 @@ from torch.distributions import Beta as _Beta
 from torch.distributions import Categorical as _Categorical
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_number, check_positive_int
 from elbox.guides.base import Guide
 from elbox.models._gaussian import raw_to_tril
 
@@ -55,6 +55,7 @@ class MeanFieldNormal(Guide):
 
     def __init__(self, latent_dim, num_points: int | None = None, init_scale: float = 1.0, init_loc=None):
         super().__init__(num_points)
+        init_scale = check_number(init_scale, "init_scale", minimum=0.0, strict=True)
         shape = _latent_shape(latent_dim)
         self.loc = _init_param(shape, self.num_points, _initial_loc(init_loc, shape, self.num_points))
         self.log_scale = _init_param(shape, self.num_points, torch.tensor(math.log(init_scale)))
@@ -75,6 +76,7 @@ class FullRankNormal(Guide):
     """
 
     def __init__(self, latent_dim: int, num_points: int | None = None, init_scale: float = 1.0, init_loc=None):
+        init_scale = check_number(init_scale, "init_scale", minimum=0.0, strict=True)
         super().__init__(num_points)
         D = check_positive_int(latent_dim, "latent_dim")
         self.loc = _init_param((D,), self.num_points, _initial_loc(init_loc, (D,), self.num_points))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import Batch
 from elbox.inference.history import BoundaryWarning, BoundDecreaseWarning, ConvergenceWarning, History
 
@@ -72,13 +72,15 @@ def em(
         raise TypeError(f"{type(model).__name__} has no closed-form M-step; fit it by VI with elbox.fit")
     max_iter = check_positive_int(max_iter, "max_iter")
     n_init = check_positive_int(n_init, "n_init")
-    if not tol >= 0:
-        raise ValueError(f"tol must be non-negative; received {tol}")
+    tol = check_number(tol, "tol", only_type=True)
+    if not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be non-negative and finite; received {tol}")
+    seed = check_seed(seed)
     if on_failure not in ("raise", "warn"):
         raise ValueError(f"on_failure must be 'raise' or 'warn'; received {on_failure!r}")
     if init is None and n_init > 1:
         raise ValueError("n_init > 1 needs init= (restarts from the same parameters would all agree)")
-    x = model.check_data(data)
+    x = check_points(model.check_data(data), "data")
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
 

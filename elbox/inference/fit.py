@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import BatchIterator, binarize
 from elbox.inference._progress import Progress
 from elbox.inference.callbacks import (
@@ -147,16 +147,27 @@ def fit(
     epochs = check_positive_int(epochs, "epochs")
     if binarization not in (None, "dynamic"):
         raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
-    x = _checked_data(model, data, binarization, "data")
+    x = check_points(_checked_data(model, data, binarization, "data"), "data")
     N = len(x)
     batch_size = N if batch_size is None else min(check_positive_int(batch_size, "batch_size"), N)
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be positive and finite; received {lr}")
-    if not (adam_eps > 0 and math.isfinite(adam_eps)):
-        raise ValueError(f"adam_eps must be positive and finite; received {adam_eps}")
+    lr = _positive_finite(lr, "lr")
+    adam_eps = _positive_finite(adam_eps, "adam_eps")
+    seed = check_seed(seed)
     warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
-    if clip_grad_norm is not None and not (clip_grad_norm > 0 and math.isfinite(clip_grad_norm)):
-        raise ValueError(f"clip_grad_norm must be positive and finite; received {clip_grad_norm}")
+    if clip_grad_norm is not None:
+        clip_grad_norm = _positive_finite(clip_grad_norm, "clip_grad_norm")
+    guide = objective.guide
+    if guide is not None and getattr(guide, "is_local", False):
+        if guide.num_points != N:
+            raise ValueError(
+                f"the guide ({type(guide).__name__}) is local, one q per training point, with num_points="
+                f"{guide.num_points}, but data hold {N} points: build it with num_points={N}"
+            )
+        if validation is not None:
+            raise ValueError(
+                f"validation needs a guide that takes new points (an amortized one); {type(guide).__name__} is local "
+                "(one q per training point) and has no q for held-out points"
+            )
     if patience is not None:
         patience = check_positive_int(patience, "patience")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
@@ -350,8 +361,26 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
     }  # fmt: skip
 
 
+def _positive_finite(value, name: str) -> float:
+    value = check_number(value, name, only_type=True)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive and finite; received {value}")
+    return value
+
+
 def _checked_data(model, data, binarization: str | None, name: str):
-    """The data in the model's dtype, checked once here, at the entry point."""
+    """The data in the model's dtype, checked once here, at the entry point; a message about the
+    data names the argument (``data`` or ``validation``)."""
+    try:
+        return _check(model, data, binarization, name)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if message.startswith("x "):
+            message = name + message[1:]
+        raise type(error)(message) from None
+
+
+def _check(model, data, binarization: str | None, name: str):
     if binarization is None:
         return model.check_data(data)
     x = as_data(data, name, dtype=model._reference().dtype, device=model._reference().device)

@@ -25,7 +25,7 @@ from torch.distributions import Beta as _Beta
 from torch.distributions import Categorical as _Categorical
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_points, check_positive_int
 from elbox.bounds import elbo
 from elbox.bounds._common import prepare
 from elbox.guides import Beta, Categorical, FullRankNormal, Guide, MeanFieldNormal
@@ -106,7 +106,7 @@ def refine(
     num_samples = check_positive_int(num_samples, "num_samples")
     if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number; received {lr!r}")
-    x = model.check_data(x)
+    x = check_points(model.check_data(x))
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
     frozen = [p for p in model.parameters() if p.requires_grad]

@@ -104,15 +104,26 @@ class RunDirectory:
         return run
 
     def read_metrics(self) -> list[dict]:
-        """The records of metrics.jsonl (an incomplete last line, from a crash, is dropped)."""
+        """The records of metrics.jsonl. An incomplete last line (a crash while appending) is
+        dropped; a line in the middle that is not a JSON object means the file was damaged or
+        edited, and is an error naming it (later records are never silently dropped)."""
         if not self.metrics.is_file():
             return []
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{self.metrics} is not UTF-8 text ({error.reason} at byte {error.start})") from None
         records = []
-        for line in self.metrics.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                break
+                if number == len(lines) and not self.metrics.read_bytes().endswith(b"\n"):
+                    break  # the last line, cut short by a crash
+                raise ValueError(f"{self.metrics}, line {number}, is not JSON: {line[:60]!r}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.metrics}, line {number}, is not a record (a JSON object): {line[:60]!r}")
+            records.append(record)
         return records
 
     def append_metrics(self, record: dict) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_number, check_positive_int
 from elbox.models._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
@@ -42,8 +42,8 @@ class FactorAnalysis(LatentModel):
         if K > D:
             raise ValueError(f"latent_dim ({K}) must not exceed dim ({D})")
         self.data_shape = (D,)
-        self.isotropic = isotropic
-        self.min_noise = float(min_noise)
+        self.isotropic = bool(isotropic)
+        self.min_noise = check_number(min_noise, "min_noise", minimum=0.0)
         dtype = torch.get_default_dtype()
         self.loc = nn.Parameter(torch.zeros(D, dtype=dtype))
         self.loading = nn.Parameter(torch.eye(D, K, dtype=dtype))

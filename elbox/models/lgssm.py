@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_number, check_positive_int
 from elbox.data.sequences import Sequences
 from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan
 from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
@@ -84,8 +84,7 @@ class LinearGaussianSSM(LatentModel):
         Dz = check_positive_int(state_dim, "state_dim")
         Dx = check_positive_int(obs_dim, "obs_dim")
         U = check_positive_int(input_dim, "input_dim", minimum=0)
-        if not reg_covar >= 0:
-            raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
+        reg_covar = check_number(reg_covar, "reg_covar", minimum=0.0)
         self.reg_covar = float(reg_covar)
         if not isinstance(steady_state, bool):
             raise TypeError(f"steady_state must be True or False; received {steady_state!r}")

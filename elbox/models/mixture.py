@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
 
-from elbox._validation import as_data, check_positive_int, check_probabilities
+from elbox._validation import as_data, check_number, check_positive_int, check_probabilities
 from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
 from elbox.models.base import LatentModel
 
@@ -65,8 +65,7 @@ class GaussianMixture(LatentModel):
             raise ValueError(
                 f"covariance_type must be one of {_COVARIANCE_TYPES}; received {covariance_type!r}"
             )
-        if not reg_covar >= 0:
-            raise ValueError(f"reg_covar must be non-negative; received {reg_covar}")
+        reg_covar = check_number(reg_covar, "reg_covar", minimum=0.0)
         self.data_shape = (D,)
         self.covariance_type = covariance_type
         self.reg_covar = float(reg_covar)
@@ -307,6 +306,12 @@ def _kmeans(x: Tensor, k: int, generator: torch.Generator | None, iterations: in
     """k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd steps; returns labels [N]."""
     N = x.shape[0]
     sq = x.square().sum(-1)  # [N]
+    if not torch.isfinite(sq).all():
+        largest = float(x.abs().max())
+        raise ValueError(
+            f"x holds values as large as {largest:.3g}, whose squares overflow {str(x.dtype)[6:]}: distances between "
+            "points (and every Gaussian density) cannot be computed. Rescale the data (standardize each column)"
+        )
     first = torch.randint(N, (1,), generator=generator, device=x.device)
     centres = [x[first[0]]]
     d2 = (x - centres[0]).square().sum(-1)

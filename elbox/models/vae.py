@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_number, check_positive_int
 from elbox.guides.amortized import Amortized, mlp
 from elbox.models.base import LatentModel
 
@@ -74,11 +74,12 @@ class VAE(LatentModel):
         super().__init__()
         D = check_positive_int(data_dim, "data_dim")
         L = check_positive_int(latent_dim, "latent_dim")
+        if isinstance(hidden, int | str) or not hasattr(hidden, "__iter__"):
+            raise TypeError(f"hidden must be a sequence of layer widths, such as (200, 200); received {hidden!r}")
         hidden = [check_positive_int(h, "hidden") for h in hidden]
         if decoder not in _DECODERS:
             raise ValueError(f"decoder must be one of {_DECODERS}; received {decoder!r}")
-        if not beta >= 0:
-            raise ValueError(f"beta must be non-negative; received {beta}")
+        beta = check_number(beta, "beta", minimum=0.0)
         self.data_shape = (D,)
         self.decoder_type = decoder
         self.beta = float(beta)
@@ -91,11 +92,14 @@ class VAE(LatentModel):
             if self.learned_variance:
                 self.log_variance = nn.Parameter(torch.zeros(D, dtype=torch.get_default_dtype()))
             else:
-                if isinstance(observation_variance, str) or not observation_variance > 0:
-                    received = repr(observation_variance)
+                value = None if isinstance(observation_variance, str) else check_number(
+                    observation_variance, "observation_variance", only_type=True)  # fmt: skip
+                if value is None or not (value > 0 and math.isfinite(value)):
                     raise ValueError(
-                        f"observation_variance must be a positive number or 'learned'; received {received}"
+                        "observation_variance must be a positive number or 'learned'; received "
+                        + repr(observation_variance)
                     )
+                observation_variance = value
                 self.register_buffer("log_variance", torch.full((D,), math.log(observation_variance)))
         elif observation_variance not in (1.0, "learned"):
             raise ValueError(f"observation_variance applies to decoder='gaussian' only; this VAE's is {decoder!r}")
