@@ -546,6 +546,7 @@ def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_conf
 
     loaded = load_run(run_dir)  # refuses an edited config.toml before anything is written
     run = loaded.directory
+    run.read_metrics()  # and damaged metrics, before the evaluation is written
     path = run.path / "evaluation.json"
     evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
     if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -10,6 +11,22 @@ from elbox.data.batches import Batch
 from elbox.data.sequences import Sequences
 
 __all__ = ["as_sequences"]
+
+
+def _numeric(x) -> Tensor:
+    """``x`` as a tensor of real numbers (integers for symbols); anything else is a TypeError."""
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"x must be numeric data; received {describe(array)}")
+        x = torch.as_tensor(array)
+    if x.device.type == "meta":
+        raise TypeError(f"x is on the meta device and holds no data; received {describe(x)}")
+    if x.is_complex():
+        raise TypeError(f"x must be real-valued; received {describe(x)}")
+    if x.dtype == torch.bool:
+        raise TypeError(f"x must be numeric data (numbers, or integer symbols); received {describe(x)}")
+    return x
 
 
 def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = False, num_inputs: int = 0) -> Sequences:
@@ -30,9 +47,9 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
     elif isinstance(x, list | tuple) and len(x) > 0 and not isinstance(x[0], int | float):
         seqs = Sequences.from_list(x)
     else:
-        values = x if isinstance(x, Tensor) else torch.as_tensor(x)
-        seqs = Sequences(values)
+        seqs = Sequences(_numeric(x))
     name = type(model).__name__
+    _numeric(seqs.values)
     values, mask = seqs.values.to(ref.device), seqs.mask.to(ref.device)
     want = (None, None) if integer else (None, None, *event_shape)
     if values.dim() != len(want) or any(w is not None and w != g for w, g in zip(want, values.shape)):

@@ -3,12 +3,10 @@ likelihood for models whose evidence is exact."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_number, check_positive_int
 from elbox.bounds.elbo import _EXPECTATIONS, _KL_METHODS, elbo
 from elbox.bounds.importance import iwae, renyi
 from elbox.data.batches import Batch
@@ -42,9 +40,7 @@ class ELBO(Objective):
     def __init__(self, model, guide, *, beta: float | None = None, num_samples: int = 1, kl: str = "analytic",
                  expectation: str = "auto"):  # fmt: skip
         super().__init__(model, guide)
-        beta = float(getattr(model, "beta", 1.0) if beta is None else beta)
-        if not (beta >= 0 and math.isfinite(beta)):
-            raise ValueError(f"beta must be a finite non-negative number; received {beta}")
+        beta = check_number(getattr(model, "beta", 1.0) if beta is None else beta, "beta", minimum=0.0)
         if kl not in _KL_METHODS:
             raise ValueError(f"kl must be one of {_KL_METHODS}; received {kl!r}")
         if expectation not in _EXPECTATIONS:
@@ -106,9 +102,7 @@ class Renyi(Objective):
 
     def __init__(self, model, guide, *, alpha: float = 0.5, num_samples: int = 5):
         super().__init__(model, guide)
-        alpha = float(alpha)
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha must be a finite number; received {alpha}")
+        alpha = check_number(alpha, "alpha")
         self.alpha = alpha
         self.num_samples = check_positive_int(num_samples, "num_samples")
 

@@ -1,0 +1,416 @@
+"""Bad input, table-driven: through the Python API, the command line and tampered run files,
+every case gets elbox's own error, of the right type, naming the culprit (the argument, key or
+file), and a command that fails changes no file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import elbox
+from elbox.cli.config import SCHEMA, ConfigError
+from elbox.cli.main import app
+from elbox.data import Sequences
+from elbox.guides import FullRankNormal, MeanFieldNormal
+
+runner = CliRunner()
+X = torch.randn(12, 3)
+
+
+def _fit(**options):
+    return lambda: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, epochs=1, **options)
+
+
+# Real-valued options: a string, a bool or a list is a TypeError; NaN, ±∞ or a value out of range a ValueError.
+NUMBERS = {
+    "reg_covar": lambda v: elbox.GaussianMixture(2, 2, reg_covar=v),
+    "min_noise": lambda v: elbox.FactorAnalysis(3, 1, min_noise=v),
+    "init_scale": lambda v: MeanFieldNormal(2, init_scale=v),
+    "init_scale ": lambda v: FullRankNormal(2, init_scale=v),  # the full-rank family's
+    "beta": lambda v: elbox.VAE(4, 2, beta=v),
+    "observation_variance": lambda v: elbox.VAE(4, 2, decoder="gaussian", observation_variance=v),
+    "reg_covar  ": lambda v: elbox.LinearGaussianSSM(2, 2, reg_covar=v),  # the state-space model's
+    "lr": lambda v: _fit(lr=v)(),
+    "adam_eps": lambda v: _fit(adam_eps=v)(),
+    "clip_grad_norm": lambda v: _fit(clip_grad_norm=v)(),
+    "tol": lambda v: elbox.em(elbox.FactorAnalysis(3, 1), X, tol=v),
+    "beta  ": lambda v: elbox.objectives.ELBO(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), beta=v),  # ELBO's
+    "alpha": lambda v: elbox.objectives.Renyi(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), alpha=v),
+}
+BAD_NUMBERS = {"'1e-3'": ("1e-3", TypeError), "True": (True, TypeError), "[1.0]": ([1.0], TypeError),
+               "nan": (float("nan"), ValueError), "inf": (float("inf"), ValueError),
+               "-1": (-1.0, ValueError)}  # fmt: skip
+NUMBER_CASES = [
+    (name.strip(), make, value, ValueError if name == "observation_variance" and label == "'1e-3'" else error)
+    for name, make in NUMBERS.items()
+    for label, (value, error) in BAD_NUMBERS.items()
+    if not (name.strip() == "alpha" and label == "-1")  # α < 0 is allowed (not a lower bound, but defined)
+]  # observation_variance takes one string, 'learned': another is a ValueError
+
+
+@pytest.mark.parametrize(("name", "make", "value", "error"), NUMBER_CASES,
+                         ids=[f"{c[0]}={c[2]!r}" for c in NUMBER_CASES])  # fmt: skip
+def test_real_valued_options(name, make, value, error):
+    with pytest.raises(error, match=name):
+        make(value)
+
+
+# Integer options: 0 or negative is a ValueError; a float, a string or a bool a TypeError.
+INTEGERS = {
+    "num_components": lambda v: elbox.GaussianMixture(v, 2),
+    "dim": lambda v: elbox.FactorAnalysis(v, 1),
+    "latent_dim": lambda v: elbox.FactorAnalysis(3, v),
+    "num_states": lambda v: elbox.HMM(v, "gaussian", dim=1),
+    "state_dim": lambda v: elbox.LinearGaussianSSM(v, 2),
+    "data_dim": lambda v: elbox.VAE(v, 2),
+    "epochs": lambda v: _fit(epochs=v)() if False else elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X,
+                                                                  epochs=v),
+    "batch_size": lambda v: _fit(batch_size=v)(),
+    "checkpoint_every": lambda v: _fit(checkpoint_every=v)(),
+    "patience": lambda v: _fit(patience=v)(),
+    "max_iter": lambda v: elbox.em(elbox.FactorAnalysis(3, 1), X, max_iter=v),
+    "n_init": lambda v: elbox.em(elbox.FactorAnalysis(3, 1), X, n_init=v, init="pca"),
+    "num_samples": lambda v: elbox.elbo(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, num_samples=v),
+    "num_samples ": lambda v: elbox.iwae(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, num_samples=v),
+    "num_samples  ": lambda v: elbox.log_evidence(elbox.FactorAnalysis(3, 1), X, guide=MeanFieldNormal(1),
+                                                  method="importance", num_samples=v),
+    "num_samples   ": lambda v: elbox.objectives.IWAE(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), num_samples=v),
+    "steps": lambda v: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, steps=v),
+    "n": lambda v: elbox.FactorAnalysis(3, 1).sample(v),
+}  # fmt: skip
+BAD_INTEGERS = {"0": (0, ValueError), "-2": (-2, ValueError), "1.5": (1.5, TypeError), "'3'": ("3", TypeError),
+                "True": (True, TypeError)}  # fmt: skip
+INTEGER_CASES = [(name.strip(), make, value, error) for name, make in INTEGERS.items()
+                 for value, error in BAD_INTEGERS.values()]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "make", "value", "error"), INTEGER_CASES,
+                         ids=[f"{c[0]}={c[2]!r}" for c in INTEGER_CASES])  # fmt: skip
+def test_integer_options(name, make, value, error):
+    with pytest.raises(error, match=name):
+        make(value)
+
+
+SEED_CASES = [(where, value, error) for where in ("fit", "em")
+              for value, error in (("abc", TypeError), (-1, ValueError), (2**70, ValueError), (1.5, TypeError),
+                                   (True, TypeError))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("where", "value", "error"), SEED_CASES, ids=[f"{w}-{v!r}" for w, v, _ in SEED_CASES])
+def test_seeds(where, value, error):
+    with pytest.raises(error, match="seed"):
+        if where == "fit":
+            _fit(seed=value)()
+        else:
+            elbox.em(elbox.FactorAnalysis(3, 1), X, seed=value)
+
+
+# Data that no model can take, at each entry point.
+def _models():
+    return {
+        "GaussianMixture": (elbox.GaussianMixture(2, 3), torch.randn(5, 3)),
+        "FactorAnalysis": (elbox.FactorAnalysis(3, 1), torch.randn(5, 3)),
+        "HMM": (elbox.HMM(2, "gaussian", dim=3), torch.randn(5, 4, 3)),
+        "LinearGaussianSSM": (elbox.LinearGaussianSSM(2, 3), torch.randn(5, 4, 3)),
+        "NormalNormal": (elbox.NormalNormal(3), torch.randn(5, 2, 3)),
+    }
+
+
+BAD_DATA = {
+    "a NaN": (lambda x: x.index_fill(0, torch.tensor([1]), float("nan")), ValueError, "finite"),
+    "an infinity": (lambda x: x.index_fill(0, torch.tensor([2]), float("inf")), ValueError, "finite"),
+    "complex values": (lambda x: x.to(torch.complex64), TypeError, "real-valued"),
+    "the meta device": (lambda x: torch.empty(x.shape, device="meta"), TypeError, "meta device"),
+    "strings": (lambda x: np.array([["a"] * x.shape[-1]] * 2), TypeError, "numeric"),
+    "one dimension too few": (lambda x: x[0], ValueError, "shape|dimensions"),
+    "the wrong size": (lambda x: torch.cat([x, x[..., :1]], -1), ValueError, "shape"),
+    "booleans": (lambda x: x > 0, TypeError, "numeric"),
+}
+DATA_CASES = [(model, bad) for model in _models() for bad in BAD_DATA]
+
+
+@pytest.mark.parametrize(("model", "bad"), DATA_CASES, ids=[f"{m}-{b}" for m, b in DATA_CASES])
+def test_bad_data_is_named(model, bad):
+    instance, x = _models()[model]
+    transform, error, words = BAD_DATA[bad]
+    with pytest.raises(error, match=rf"\bx\b.*({words})|({words}).*\bx\b"):
+        instance.log_evidence(transform(x))
+
+
+ENTRY_POINTS = {
+    "em": lambda x: elbox.em(elbox.FactorAnalysis(3, 1), x),
+    "fit": lambda x: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x, epochs=1),
+    "refine": lambda x: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x),
+    "log_evidence": lambda x: elbox.log_evidence(elbox.FactorAnalysis(3, 1), x),
+    "evidence_report": lambda x: elbox.evidence_report(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_empty_data_is_refused_at_every_entry_point(entry):
+    with pytest.raises(ValueError, match="at least (one data point|two data points)"):
+        ENTRY_POINTS[entry](torch.empty(0, 3))
+
+
+MISC = {
+    "hidden as an int": (lambda: elbox.VAE(4, 2, hidden=8), TypeError, "hidden"),
+    "activation": (lambda: elbox.VAE(4, 2, activation="sigmoidal"), ValueError, "activation"),
+    "decoder": (lambda: elbox.VAE(4, 2, decoder="poisson"), ValueError, "decoder"),
+    "covariance_type": (lambda: elbox.GaussianMixture(2, 2, covariance_type="tied"), ValueError, "covariance_type"),
+    "emission": (lambda: elbox.HMM(2, "poisson", dim=1), ValueError, "emission"),
+    "latent_dim > dim": (lambda: elbox.FactorAnalysis(2, 3), ValueError, "latent_dim"),
+    "weights": (lambda: elbox.GaussianMixture(2, 2, weights=torch.tensor([0.9, 0.3])), ValueError, "weights"),
+    "bound": (lambda: _fit(bound="cubo")(), ValueError, "bound"),
+    "kl": (lambda: elbox.elbo(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, kl="exact"), ValueError, "kl"),
+    "expectation": (lambda: elbox.elbo(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, expectation="all"),
+                    ValueError, "expectation"),
+    "binarization": (lambda: _fit(binarization="fixed")(), ValueError, "binarization"),
+    "schedule": (lambda: _fit(schedule="linear")(), ValueError, "schedule"),
+    "a guide of the wrong latent size": (lambda: elbox.elbo(elbox.FactorAnalysis(3, 1), MeanFieldNormal(2), X),
+                                         ValueError, "guide"),
+    "a local guide too small": (lambda: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1, num_points=5), X,
+                                                  epochs=1), ValueError, "num_points"),
+    "a local guide with validation": (lambda: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1, num_points=12),
+                                                        X, validation=X[:4], epochs=1), ValueError, "validation"),
+    "validation of the wrong shape": (lambda: elbox.fit((v := elbox.VAE(3, 1, decoder="gaussian")), v.guide, X,
+                                                        validation=torch.randn(4, 5), epochs=1), ValueError,
+                                      "validation must have shape"),
+    "too few particles for k-hat": (lambda: elbox.evidence_report(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X,
+                                                                  num_samples=10, iwae_samples=5), ValueError,
+                                    "num_samples must be at least 25"),
+    "progress of the wrong kind": (lambda: elbox.evidence_report(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X,
+                                                                 num_samples=30, iwae_samples=5, progress="yes"),
+                                   TypeError, "progress"),
+    "on_failure": (lambda: elbox.em(elbox.FactorAnalysis(3, 1), X, on_failure="ignore"), ValueError, "on_failure"),
+    "method": (lambda: elbox.log_evidence(elbox.FactorAnalysis(3, 1), X, method="vi"), ValueError, "method"),
+    "an unknown objective option": (lambda: _fit(bound="iwae", temperature=2.0)(), TypeError, "iwae"),
+    "a schedule of a missing attribute": (lambda: elbox.fit(elbox.objectives.IWAE(elbox.FactorAnalysis(3, 1),
+                                                            MeanFieldNormal(1)), X, epochs=1,
+                                                            schedules=[elbox.Schedule("beta", lambda e: 1.0)]),
+                                          AttributeError, "beta"),
+    "kl_warmup without a beta": (lambda: _fit(bound="iwae", kl_warmup=3)(), ValueError, "kl_warmup"),
+    "resume without a run": (lambda: _fit(resume=True)(), ValueError, "run_dir"),
+    "tensorboard without a run": (lambda: _fit(tensorboard=True)(), ValueError, "tensorboard"),
+    "max_likelihood on a VAE": (lambda: elbox.objectives.MaxLikelihood(elbox.VAE(4, 2)), TypeError, "exact evidence"),
+    "score of a VAE": (lambda: elbox.VAE(4, 2).score(torch.rand(3, 4)), TypeError, "score"),
+    "predict_proba of a continuous latent": (lambda: elbox.FactorAnalysis(3, 1).predict_proba(X), TypeError,
+                                             "predict_proba"),
+    "an index of the wrong length": (lambda: elbox.data.Batch(X, torch.arange(3)), ValueError, "index"),
+    "a file of another format": (lambda: elbox.data.load_file(Path(__file__)), ValueError, r"\.npy"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MISC)
+def test_other_bad_arguments(case):
+    make, error, words = MISC[case]
+    with pytest.raises(error, match=words):
+        make()
+
+
+# The command line: every config key with a value of the wrong kind, and the paths around it.
+
+SMALL = """
+[data]
+name = "digits"
+test = 100
+[model]
+latent_dim = 2
+hidden = [16]
+[train]
+epochs = 2
+batch_size = 200
+seed = 1
+[evaluate]
+num_samples = 40
+refine_steps = 0
+"""
+
+
+def _snapshot(directory: Path) -> dict:
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def _wrong(key) -> object:
+    """A value of the wrong kind for a key: a string where a number or a bool belongs, a number
+    where a string or a list does."""
+    default = key.default
+    if isinstance(default, bool) or isinstance(default, int | float) or isinstance(default, list):
+        return "many"
+    return 12345
+
+
+KEY_CASES = [(section, name) for section, keys in SCHEMA.items() if section != "record" for name in keys
+             if (section, name) != ("model", "type")]  # fmt: skip
+KEY_CASES += [("model", name) for name in elbox.cli.models.MODEL_TYPES["vae"].keys]
+
+
+def _toml(value) -> str:
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize(("section", "name"), KEY_CASES, ids=[f"[{s}] {n}" for s, n in KEY_CASES])
+def test_every_config_key_with_a_wrong_value(tmp_path, section, name):
+    keys = elbox.cli.config.section_keys(section, {"model": {"type": "vae"}})
+    config = tmp_path / "bad.toml"
+    line = f"{name} = {_toml(_wrong(keys[name]))}"
+    lines = [entry for entry in SMALL.splitlines() if not entry.startswith(f"{name} = ")]  # no duplicate key
+    text = "\n".join(lines).replace(f"[{section}]", f"[{section}]\n{line}") + "\n"
+    if f"[{section}]" not in SMALL:
+        text += f"\n[{section}]\n{line}\n"
+    config.write_text(text)
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, ["fit", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"[{section}] {name}" in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and _snapshot(tmp_path) == before
+
+
+CLI_CASES = {
+    "a config that is a directory": (lambda d: [str(d)], "is a directory"),
+    "a config that is not UTF-8": (lambda d: [str(_write(d, b"[data]\nname = \"\xff\"\n"))], "not UTF-8"),
+    "a seed past 2**63": (lambda d: [str(_write(d, SMALL.replace("seed = 1", "seed = 1180591620717411303424")))],
+                          "[train] seed"),
+    "a latent size of 10**12": (lambda d: [str(_write(d, SMALL.replace("latent_dim = 2",
+                                                                       "latent_dim = 1000000000000")))],
+                                "[model] latent_dim"),
+    "--out that is a file": (lambda d: [str(_write(d, SMALL)), "--out", str(_write(d, "x", "file.txt"))], "is a file"),
+    "--out under a file": (lambda d: [str(_write(d, SMALL)), "--out", str(_write(d, "x", "file.txt") / "run")],
+                           "is a file"),
+    "an unknown model type": (lambda d: [str(_write(d, SMALL.replace("[model]", "[model]\ntype = \"gmmm\"")))],
+                              "[model] type"),
+    "a sequence model without a file": (lambda d: [str(_write(d, "[model]\ntype = \"hmm\"\n"))], "path"),
+    "a data file that is missing": (lambda d: [str(_write(d, '[data]\npath = "absent.npy"\n[model]\ntype = "gmm"\n'))],
+                                    "absent.npy"),
+    "both a name and a path": (lambda d: [str(_write(d, "[data]\nname = \"digits\"\npath = \"x.npy\"\n"))],
+                               "not both"),
+    "EM for a VAE": (lambda d: [str(_write(d, SMALL.replace("seed = 1", "seed = 1\nmethod = \"em\"")))],
+                     "method = 'em'"),
+    "an unknown objective": (lambda d: [str(_write(d, SMALL.replace("seed = 1", "seed = 1\nobjective = \"elbow\"")))],
+                             "[train] objective"),
+    "an --import that does not exist": (lambda d: ["--import", "no_such_module", str(_write(d, SMALL))],
+                                        "no_such_module"),
+}  # fmt: skip
+
+
+def _write(directory: Path, text, name: str = "config.toml") -> Path:
+    path = directory / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_command_line_paths_and_values(tmp_path, case):
+    make, words = CLI_CASES[case]
+    args = make(tmp_path)
+    before = _snapshot(tmp_path)
+    out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
+    result = runner.invoke(app, ["fit", *args, *out, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and _snapshot(tmp_path) == before
+
+
+def test_an_unwritable_directory(tmp_path):
+    out = Path("/proc/elbox-no-such-run")  # not writable, even by root
+    result = runner.invoke(app, ["fit", str(_write(tmp_path, SMALL)), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 2 and str(out) in result.output and "Traceback" not in result.output, result.output
+
+
+# Run files, tampered: evaluate refuses them by name and writes nothing.
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("trained")
+    result = runner.invoke(app, ["fit", str(_write(directory, SMALL)), "--out", str(directory / "run"),
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return directory / "run"
+
+
+def _retensor(path: Path, change) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, metadata = change(tensors, metadata)
+    path.write_bytes(save(tensors, metadata=metadata))
+
+
+def _first_model_key(tensors):
+    return next(k for k in tensors if k.startswith("model.") and k.endswith("weight"))
+
+
+RUN_CASES = {
+    "a tensor of the wrong shape": (lambda t, m: ({**t, _first_model_key(t): torch.zeros(3, 3)}, m),
+                                    "has shape"),
+    "a missing tensor": (lambda t, m: ({k: v for k, v in t.items() if k != _first_model_key(t)}, m), "lacks"),
+    "an extra tensor": (lambda t, m: ({**t, "model.extra.weight": torch.zeros(2)}, m), "unknown tensors"),
+    "NaN parameters": (lambda t, m: ({**t, _first_model_key(t): t[_first_model_key(t)] * float("nan")}, m),
+                       "non-finite"),
+    "no metadata": (lambda t, m: (t, {}), "holds no config"),
+    "a config of record that does not parse": (lambda t, m: (t, {"elbox": json.dumps(
+        {**json.loads(m["elbox"]), "config": "[model]\nlatent_dim = -4\n"})}), "latent_dim"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_tampered_checkpoints(trained, tmp_path, case):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    change, words = RUN_CASES[case]
+    for name in ("last", "best"):
+        path = run / "checkpoints" / f"{name}.safetensors"
+        if path.is_file():
+            _retensor(path, change)
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert words in text and "safetensors" in text or "config" in text, result.output
+    assert "Traceback" not in result.output and _snapshot(tmp_path) == before
+
+
+METRICS_CASES = {
+    "a line that is JSON but not an object": ('[1, 2]\n', "line 2, is not a record"),
+    "a garbage line in the middle": ("}{ not json\n", "line 2, is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", METRICS_CASES)
+def test_damaged_metrics_are_named_not_dropped(trained, tmp_path, case):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    inserted, words = METRICS_CASES[case]
+    (run / "metrics.jsonl").write_text(lines[0] + inserted + "".join(lines[1:]))
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+    with pytest.raises(ValueError, match="metrics.jsonl"):
+        elbox.io.RunDirectory(run).read_metrics()
+    assert _snapshot(tmp_path) == before
+    # a last line cut short by a crash is dropped, not an error
+    (run / "metrics.jsonl").write_text("".join(lines) + '{"epoch": 3, "bou')
+    assert len(elbox.io.RunDirectory(run).read_metrics()) == len(lines)
+
+
+def test_the_table_has_at_least_two_hundred_cases():
+    count = (len(NUMBER_CASES) + len(INTEGER_CASES) + len(SEED_CASES) + len(DATA_CASES) + len(ENTRY_POINTS)
+             + len(MISC) + len(KEY_CASES) + len(CLI_CASES) + len(RUN_CASES) + len(METRICS_CASES))  # fmt: skip
+    assert count >= 200, count
+
+
+def test_sequences_with_bad_lengths():
+    with pytest.raises(ValueError, match="lengths"):
+        Sequences(torch.randn(2, 4, 1), lengths=[5, 2])
+    with pytest.raises(ConfigError, match="validation"):
+        elbox.cli.experiment.load_data(elbox.cli.config.parse_config({}), "validation")
