@@ -131,3 +131,16 @@ def test_left_to_right_hmms_keep_their_structural_zeros_everywhere(dtype, separa
     assert (posterior.pairwise_marginals()[..., LEFT_TO_RIGHT == 0] == 0).all()
     history = elbox.em(hmm, x, max_iter=20)  # Baum–Welch keeps the zeros: no count ever reaches them
     assert math.isfinite(history.final) and (hmm.transition_matrix.detach()[LEFT_TO_RIGHT == 0] == 0).all()
+
+
+def test_a_regularized_m_step_may_lower_the_likelihood_and_says_so():
+    from elbox.data import digits
+    from elbox.inference import BoundDecreaseWarning
+
+    x, _ = digits(dtype=torch.float64)
+    model = elbox.GaussianMixture(10, 64, covariance_type="diag", reg_covar=1e-2).double()
+    assert model.em_regularizer == "reg_covar=0.01" and elbox.GaussianMixture(2, 2, reg_covar=0).em_regularizer is None
+    with pytest.warns(BoundDecreaseWarning, match="regularized"):
+        history = elbox.em(model, x, init="kmeans++", seed=0, max_iter=300, tol=1e-6)
+    assert history.decreased and not history.converged and history.final == max(history.lower_bound)
+    assert float(model.log_evidence(x).mean()) == pytest.approx(history.final, abs=1e-9)

@@ -411,8 +411,10 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best") -> Run:
     and the history, at the ``best`` checkpoint (``last`` where there is none).
 
     Example:
-        >>> run = elbox.load_run("runs/vae_digits")
-        >>> run.model, run.guide, run.config["model"]["latent_dim"], run.history.final
+        >>> _ = train_run("configs/gmm_digits.toml", "runs/gmm_digits")  # `elbox fit configs/gmm_digits.toml`
+        >>> run = elbox.load_run("runs/gmm_digits")
+        >>> run.config["model"]["components"], type(run.guide).__name__
+        (10, 'Exact')
 
     Raises:
         NotARunError: If ``path`` holds no run.

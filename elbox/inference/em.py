@@ -167,6 +167,17 @@ def _fell(model, history: History, iteration: int, previous: float, bound: float
     history.lower_bound = history.lower_bound[:best]  # the model holds the best iteration's parameters
     history.n_iter = best
     history.decreased = True
+    regularizer = getattr(model, "em_regularizer", None)
+    if regularizer is not None:  # a penalized M-step: the likelihood may fall with no numerical fault
+        warnings.warn(
+            f"EM's bound fell from {previous:.6g} to {bound:.6g} at iteration {iteration + 1} "
+            f"({type(model).__name__}): its M-step is regularized ({regularizer}), so it maximizes a penalized "
+            f"likelihood, which EM's monotonicity does not cover. The run stopped at iteration {best}, the best "
+            "(not converged); a smaller regularizer keeps it closer to the likelihood's own optimum",
+            BoundDecreaseWarning,
+            stacklevel=4,
+        )
+        return
     message = (
         f"EM's bound fell from {previous:.6g} to {bound:.6g} at iteration {iteration + 1} ({type(model).__name__}, "
         f"{str(dtype).replace('torch.', '')}): by more than rounding, so the fit has become numerically unstable, "

@@ -102,8 +102,11 @@ class Schedule:
     filled in place.
 
     Example:
+        >>> model = elbox.FactorAnalysis(4, 2)
+        >>> x, _ = model.sample(50)
+        >>> guide = elbox.guides.MeanFieldNormal(2, num_points=50)
         >>> anneal = Schedule("beta", lambda epoch: min(1.0, (epoch + 1) / 10))
-        >>> elbox.fit(model, guide, x, schedules=[anneal])
+        >>> history = elbox.fit(model, guide, x, epochs=20, schedules=[anneal])
 
     Attributes:
         attribute: The objective's attribute, a dotted path for a submodule's (``"model.beta"``).

@@ -170,6 +170,13 @@ class LatentModel(nn.Module):
             return x.data if x.checked else self._check_data(x.data)
         return self._check_data(x)
 
+    @property
+    def em_regularizer(self) -> str | None:
+        """What, if anything, makes the M-step maximize a penalized objective rather than the
+        likelihood (``"reg_covar=0.01"``): then EM's bound can fall without any numerical fault,
+        and :func:`elbox.em` stops at its best iteration with a warning instead of an error."""
+        return None
+
     def em_failure(self, x, statistics=None) -> str | None:
         """After EM: why the parameters reached are not an optimum set by the data (a parameter
         held at a floor the model enforces, where the likelihood would grow without bound), as a

@@ -158,6 +158,10 @@ class HMM(LatentModel):
     def emission_probs(self, value) -> None:
         self._set_probs(self.emission_logits, value, "emission_probs")
 
+    @property
+    def em_regularizer(self) -> str | None:
+        return self.emissions.em_regularizer if self.emission == "gaussian" else None
+
     # Data.
 
     def check_data(self, x) -> Sequences:

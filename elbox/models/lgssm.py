@@ -249,6 +249,10 @@ class LinearGaussianSSM(LatentModel):
         )
         return (per_step * x.mask).sum(-1)
 
+    @property
+    def em_regularizer(self) -> str | None:
+        return f"reg_covar={self.reg_covar:g}" if self.reg_covar > 0 else None
+
     # The Kalman filter.
 
     def _covariances(self, T: int) -> dict:

@@ -84,6 +84,10 @@ class GaussianMixture(LatentModel):
             if covariance is not None:
                 self.covariance = covariance
 
+    @property
+    def em_regularizer(self) -> str | None:
+        return f"reg_covar={self.reg_covar:g}" if self.reg_covar > 0 else None
+
     # Parameters, constrained.
 
     @property

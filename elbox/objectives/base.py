@@ -90,11 +90,15 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
     objective=name)`` and ``[train] objective = "name"`` in a config then find them.
 
     Example:
+        >>> from elbox.bounds import elbo
         >>> @register_objective("half_elbo")
         ... class HalfELBO(Objective):
         ...     def forward(self, batch):
         ...         terms = elbo(self.model, self.guide, batch)
         ...         return Output(terms.value, 0.5 * terms.value)
+        >>> model = elbox.FactorAnalysis(3, 1)
+        >>> x, _ = model.sample(20)
+        >>> history = elbox.fit(model, elbox.guides.MeanFieldNormal(1), x, bound="half_elbo", epochs=3)
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"an objective's name must be an identifier-like string; received {name!r}")
