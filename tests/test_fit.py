@@ -96,3 +96,12 @@ def test_iwae_and_renyi_bounds_train():
         )
         assert h.lower_bound[-1] > h.lower_bound[0]
         assert h.final < float(model.log_evidence(x).detach().mean()) + 0.05
+
+
+def test_progress_is_a_line_per_epoch_where_the_output_is_not_a_terminal(capsys):
+    model = elbox.FactorAnalysis(3, 1)
+    x, _ = model.sample(30)
+    elbox.fit(model, MeanFieldNormal(1, num_points=30), x, epochs=40, progress=True, seed=0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/40 · bound") and lines[-1].startswith("epoch 40/40 · bound")
+    assert len(lines) < 10  # rate-limited: the first, the last, and at most one every 5 s

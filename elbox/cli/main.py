@@ -182,8 +182,24 @@ def _print_warnings(evaluation: dict) -> None:
 
 @contextmanager
 def _stage_progress():
-    """A rich bar per stage of an evaluation; yields the ``progress(stage, done, total)`` callback."""
+    """A rich bar per stage of an evaluation, or, where the output is not a terminal, a plain line
+    per stage at most every 5 seconds and at each stage's end; yields the ``progress(stage, done,
+    total)`` callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not sys.stdout.isatty():
+        import time
+
+        last: dict[str, float] = {}
+
+        def line(stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done >= total or now - last.get(stage, -1e9) >= 5.0:
+                last[stage] = now
+                console.print(f"{stage}: {done}/{total}", soft_wrap=True)
+
+        yield line
+        return
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:  # fmt: skip

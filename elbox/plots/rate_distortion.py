@@ -35,8 +35,12 @@ def plot_rate_distortion(
     rates = [p[1] for p in points]
     distortions = [p[2] for p in points]
     ax.plot(distortions, rates, "o-", color="tab:blue")
-    for label, rate, distortion in points:
-        ax.annotate(label, (distortion, rate), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    middle = (min(distortions) + max(distortions)) / 2
+    for label, rate, distortion in points:  # labels point inwards, so none is clipped at an edge
+        right = distortion > middle
+        ax.annotate(label, (distortion, rate), textcoords="offset points", xytext=(-6 if right else 6, 4),
+                    ha="right" if right else "left", fontsize=9)  # fmt: skip
+    ax.margins(x=0.08, y=0.12)
     ax.set_xlabel(distortion_label)
     ax.set_ylabel("rate: KL(q(z|x) ‖ p(z)) (nats)")
     ax.set_title(title)

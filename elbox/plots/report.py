@@ -54,11 +54,13 @@ def plot_bracket(report, path: str | os.PathLike | None = None):
                         fontsize=8)  # fmt: skip
             continue
         ax.errorbar([mean], [i], xerr=[se], fmt=marker, color=color, markersize=9, capsize=4)
-        ax.annotate(f"{name} = {mean:.3f}\n({kind})", (mean, i), xytext=(8, 4), textcoords="offset points", fontsize=8)
+        right = mean > (lo + hi) / 2  # a label on the right half points left, so it stays inside the axes
+        ax.annotate(f"{name} = {mean:.3f}\n({kind})", (mean, i), xytext=(-8 if right else 8, 4),
+                    textcoords="offset points", fontsize=8, ha="right" if right else "left")  # fmt: skip
     ax.set_yticks(range(len(rows)), [row[0] for row in rows])
     if math.isfinite(r["log_evidence"]["mean"]):
         ax.axvline(r["log_evidence"]["mean"], color="0.6", lw=0.8, ls="--")
-    ax.set_xlim(lo - pad, hi + 2.5 * pad)
+    ax.set_xlim(lo - 2.5 * pad, hi + 2.5 * pad)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("nats per data point (mean ± s.e. over points)")
     ax.set_title("The bracket: lower bounds, the estimate of log p(x), the upper bound")
@@ -73,7 +75,7 @@ def plot_gaps(report, path: str | os.PathLike | None = None):
     from matplotlib.figure import Figure
 
     r = _report(report)
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
     ax = fig.subplots()
     gap = r["gap"]
     if not math.isfinite(gap):  # q is a point mass: nothing finite to draw
@@ -90,7 +92,7 @@ def plot_gaps(report, path: str | os.PathLike | None = None):
         ax.bar([label], [amort], bottom=[approx], color="tab:orange", label=f"amortization {amort:.3f}")
     ax.set_ylabel("nats per data point")
     ax.set_title(f"The gap, {r['gap']:.3f} nats, split")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the bars
     ax.grid(axis="y", alpha=0.3)
     save_png(fig, path)
     return fig

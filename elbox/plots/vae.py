@@ -123,8 +123,15 @@ def plot_latent_space(codes: Tensor, labels: Tensor | None = None, path: str | o
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
     else:
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=4, alpha=0.7)
-        fig.colorbar(scatter, ax=ax, label="label")
+        import numpy as np
+        from matplotlib.colors import BoundaryNorm
+
+        values = labels.cpu().numpy()
+        lo, hi = int(values.min()), int(values.max())
+        bounds = np.arange(lo - 0.5, hi + 1.5)  # one colour band per label, its tick in the middle
+        norm = BoundaryNorm(bounds, 256)
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=values, cmap="tab10", norm=norm, s=4, alpha=0.7)
+        fig.colorbar(scatter, ax=ax, label="label", ticks=np.arange(lo, hi + 1))
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.set_title(f"Latent space: encoder means ({codes.shape[1]}-d)")
