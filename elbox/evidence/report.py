@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_positive_int
-from elbox.bounds import elbo
 from elbox.bounds._common import log_mean_exp, prepare
+from elbox.data.batches import Batch
 from elbox.evidence.diagnostics import (
     active_units,
     collapse_warning,
@@ -187,9 +187,10 @@ def evidence_report(
     draws ``num_samples`` importance weights per point with the guide as proposal; from them
     come log p̂(x) (unless the model's exact value or AIS is asked for), the IWAE bound of the
     first ``iwae_samples``, the CUBO, and the PSIS k-hat. The ELBO's expectation is analytic
-    where the model and q allow, else an average of ``elbo_samples`` particles. Then
-    :func:`~elbox.inference.refine` optimizes a q per point on the first ``refine_points``
-    points (``refine_steps`` Adam steps; 0 skips it) to split the gap there.
+    where the model and q allow, a sum over an enumerable discrete q, else the average over the
+    same particles. Then :func:`~elbox.inference.refine` optimizes a q per point on the first
+    ``refine_points`` points (``refine_steps`` Adam steps; 0 skips it) to split the gap there.
+    Every number has its standard error over the points and its Monte Carlo standard error.
 
     Args:
         model: A :class:`~elbox.models.LatentModel`.
@@ -198,7 +199,8 @@ def evidence_report(
         num_samples: S, importance samples per point.
         iwae_samples: K ≤ S for the IWAE bound in the bracket.
         cubo_order: n > 1 for the CUBO.
-        elbo_samples: Particles for an ELBO that is not analytic (and for L[q*]).
+        elbo_samples: Particles per Adam step of the refinement (L[q*] itself is then evaluated
+            with the S particles, as the ELBO is).
         method: log p(x) by ``"exact"``, ``"importance"``, ``"ais"``, or ``"auto"`` (exact
             where the model has it, else importance).
         ais_schedule: The AIS schedule (T or the β's), for ``method="ais"``.
@@ -366,13 +368,21 @@ def evidence_report(
         with torch.enable_grad():
             refined = refine(model, guide, x[:R], steps=refine_steps, lr=refine_lr, num_samples=elbo_samples,
                              batch_size=step, progress=lambda d, t: report("refining q per point", d, t))  # fmt: skip
-        refined_elbo = torch.cat([
-            elbo(model, refined, x[b : min(b + step, R)], num_samples=elbo_samples,
-                 index=torch.arange(b, min(b + step, R))).value.double().cpu()
+        # L[q*] per point and its Monte Carlo error, by the same shared pass (q* is local: indexed)
+        refined_parts = [
+            _shared_pass(model, refined, Batch(x[b : min(b + step, R)], torch.arange(b, min(b + step, R))),
+                         S, 1, chunk_size)[0]
             for b in range(0, R, step)
-        ])  # fmt: skip
-        result.approximation_gap = _summary(log_p[:R] - refined_elbo)
-        result.amortization_gap = _summary(refined_elbo - v["elbo"][:R])
+        ]  # fmt: skip
+        refined_elbo = torch.cat([t["elbo"].detach().double().cpu() for t in refined_parts])
+        refined_mc = torch.cat([t["elbo_mc"].detach().double().cpu() for t in refined_parts])
+        # independent particles behind log p̂, L[q*] and L[q]: their errors add in quadrature
+        approximation_mc = (log_p_se[:R] ** 2 + refined_mc**2).sqrt()
+        amortization_mc = (refined_mc**2 + v["elbo_mc"][:R] ** 2).sqrt()
+        result.approximation_gap = {**_summary(log_p[:R] - refined_elbo),
+                                    "mc_stderr": _mc_stderr(refined_elbo, approximation_mc)}  # fmt: skip
+        result.amortization_gap = {**_summary(refined_elbo - v["elbo"][:R]),
+                                   "mc_stderr": _mc_stderr(refined_elbo, amortization_mc)}  # fmt: skip
         for name, split in (("approximation", result.approximation_gap), ("amortization", result.amortization_gap)):
             if abs(split["mean"]) < 2 * split["stderr"]:  # within its error of zero: no evidence of such a gap
                 messages.append(

@@ -188,9 +188,10 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
     if r.get("approximation_gap"):
         gap_rows += [
             (f"approximation gap log p̂ − L[q*] (first {r['refined_points']} points)",
-             r["approximation_gap"]["mean"], r["approximation_gap"]["stderr"], None),
+             r["approximation_gap"]["mean"], r["approximation_gap"]["stderr"],
+             r["approximation_gap"].get("mc_stderr")),
             (f"amortization gap L[q*] − L[q] ({r['refine_steps']} refinement steps)",
-             r["amortization_gap"]["mean"], r["amortization_gap"]["stderr"], None),
+             r["amortization_gap"]["mean"], r["amortization_gap"]["stderr"], r["amortization_gap"].get("mc_stderr")),
             ("their sum: the gap on those points", r["gap_refined"], None, None),
         ]  # fmt: skip
     gaps = "".join(f"<tr><td>{esc(n)}</td><td>{_number(v)}</td><td>{_number(s)}</td><td>{_number(m, 4)}</td></tr>"
