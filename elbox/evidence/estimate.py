@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -14,13 +15,20 @@ from elbox._validation import check_points, check_positive_int
 from elbox.bounds._common import prepare
 from elbox.evidence.ais import AIS
 
-__all__ = ["Estimate", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
+__all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
 
 _METHODS = ("exact", "importance", "ais")
 
 #: Particles × data points × data size held at once by default (float32: 4 MB). Chunks of this
 #: size stay in the allocator's reused memory; much larger ones are fresh pages every time.
 _ELEMENT_BUDGET = 1 << 20
+
+
+class Mean(NamedTuple):
+    """An average over data points and its Monte Carlo standard error (``value, stderr = ...``)."""
+
+    value: float
+    stderr: float
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,11 @@ class Estimate:
     method: str
     num_samples: int | None = None
 
-    def mean(self) -> tuple[float, float]:
-        """The average over data points and its standard error (errors taken independent)."""
+    def mean(self) -> Mean:
+        """The average over data points and its Monte Carlo standard error (the points' errors
+        taken independent), as ``Mean(value, stderr)``."""
         n = self.value.numel()
-        return float(self.value.mean()), float(self.stderr.square().sum().sqrt() / n)
+        return Mean(float(self.value.mean()), float(self.stderr.square().sum().sqrt() / n))
 
 
 def _log_mean_and_stderr(log_w: Tensor) -> tuple[Tensor, Tensor]:
