@@ -11,7 +11,8 @@ from torch.distributions import Distribution, constraints
 from elbox._validation import check_positive_int
 from elbox.data.batches import Batch
 
-__all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "score_surrogate"]
+__all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "sample_with_log_prob",
+           "score_surrogate"]
 
 
 def _support_kind(c) -> tuple:
@@ -74,6 +75,15 @@ def draw_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tenso
     if q.has_rsample and hasattr(q, "rsample_and_log_prob"):
         return q.rsample_and_log_prob((S,))
     z = draw(q, S)
+    return z, q.log_prob(z)
+
+
+def sample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
+    """Like :func:`draw_with_log_prob` for estimates rather than gradients: ``q.sample`` and its
+    score, except where q computes both in one pass (a flow), which is used instead."""
+    if hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob((check_positive_int(num_samples, "num_samples"),))
+    z = q.sample((check_positive_int(num_samples, "num_samples"),))
     return z, q.log_prob(z)
 
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from elbox._validation import check_positive_int
-from elbox.bounds._common import draw, prepare, score_surrogate
+from elbox.bounds._common import draw, draw_with_log_prob, prepare, score_surrogate
 
 __all__ = ["Terms", "elbo"]
 
@@ -113,19 +113,22 @@ def elbo(
                 f"for q = {type(q).__name__}; use expectation='sample'"
             )
 
-    z = draw(q, num_samples)  # [S, B, *event]
+    analytic = _analytic_kl(q, p) if kl == "analytic" else None
+    if analytic is None:  # q's density at its own draws: one pass for a flow (rsample_and_log_prob)
+        z, log_q = draw_with_log_prob(q, num_samples)  # [S, B, *event], [S, B]
+    else:
+        z, log_q = draw(q, num_samples), None
     log_lik = model.log_likelihood(x, z)  # [S, B]
     reconstruction = log_lik.mean(0)
-    analytic = _analytic_kl(q, p) if kl == "analytic" else None
     if analytic is not None:
         kl_value, kl_method, signal = analytic, "analytic", log_lik
     else:
-        log_ratio = q.log_prob(z) - p.log_prob(z)  # [S, B]
+        log_ratio = log_q - p.log_prob(z)  # [S, B]
         kl_value, kl_method, signal = log_ratio.mean(0), "mc", log_lik - log_ratio
     value = reconstruction - kl_value
     score = None
     if not q.has_rsample:
-        score = score_surrogate(q.log_prob(z), signal)
+        score = score_surrogate(q.log_prob(z) if log_q is None else log_q, signal)
         value = value + score
     return Terms(value=value, reconstruction=reconstruction, kl=kl_value, kl_method=kl_method, score=score)
 

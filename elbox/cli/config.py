@@ -13,7 +13,18 @@ from typing import Any
 
 import tomllib
 
-from elbox.cli._schema import Key, is_bool, is_non_negative_int, is_number, is_positive, is_positive_int, one_of
+from elbox.cli._schema import (
+    MAX_SIZE,
+    Key,
+    is_bool,
+    is_list_of_positive_ints,
+    is_non_negative_int,
+    is_number,
+    is_positive,
+    is_positive_int,
+    is_size,
+    one_of,
+)
 from elbox.cli.models import MODEL_TYPES
 from elbox.inference.schedules import SCHEDULES
 
@@ -37,6 +48,11 @@ def _objectives() -> str:
     return "a registered objective: " + ", ".join(repr(k) for k in OBJECTIVES)
 
 
+_FLOW_KIND = Key("maf", one_of("maf", "nsf", "realnvp"), "'maf', 'nsf' or 'realnvp'", "type = 'flow': which flow")
+_FLOW_TRANSFORMS = Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "type = 'flow': stacked transformations")
+_FLOW_HIDDEN = Key([64, 64], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
+                   "type = 'flow': each transformation's hidden widths")
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
         "name": Key("digits", one_of("digits", "mnist", "mnist1d", "file"), "'digits', 'mnist', 'mnist1d' or 'file'",
@@ -58,6 +74,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "type": Key("vae", lambda v: v in MODEL_TYPES, "a model type: " + ", ".join(repr(k) for k in MODEL_TYPES),
                     "the model"),
+    },
+    "guide": {
+        "type": Key("gaussian", one_of("gaussian", "flow"), "'gaussian' or 'flow'",
+                    "vae: q(z | x) a diagonal Gaussian, or that Gaussian followed by an inverse autoregressive flow"),
+        "flow": _FLOW_KIND,
+        "transforms": _FLOW_TRANSFORMS,
+        "hidden": _FLOW_HIDDEN,
+        "context_dim": Key("auto", lambda v: v == "auto" or (is_non_negative_int(v) and v <= 4096),
+                           "'auto' or a non-negative integer up to 4,096",
+                           "the encoder features the flow is conditioned on (auto: 2 × latent_dim)"),
+    },
+    "prior": {
+        "type": Key("normal", one_of("normal", "flow"), "'normal' or 'flow'",
+                    "vae: p(z) N(0, I), or a flow density over z learned with the model"),
+        "flow": _FLOW_KIND,
+        "transforms": _FLOW_TRANSFORMS,
+        "hidden": _FLOW_HIDDEN,
     },
     "train": {
         "method": Key("auto", one_of("auto", "em", "vi"), "'auto', 'em' or 'vi'",
@@ -196,6 +229,10 @@ def _resolve(config: dict, raw: dict, source: str) -> None:
         train["method"] = kind.method
     if train["init"] == "auto":
         train["init"] = kind.init or "none"
+    if config["guide"]["context_dim"] == "auto":
+        config["guide"]["context_dim"] = 2 * model["latent_dim"] if kind.name == "vae" else 0
+    if kind.name == "flow" and model["dequantize"] == "auto":
+        model["dequantize"] = {"digits": 1 / 16, "mnist": 1 / 255}.get(data["name"], "none")
     if data["path"]:
         data["name"] = "file"
 
@@ -219,6 +256,23 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
             raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
         if train["objective"] in ("iwae", "renyi") and model["deterministic_encoder"]:
             raise ConfigError(f"{source}: [train] objective = {train['objective']!r} needs a stochastic encoder")
+    for section, default in (("guide", "gaussian"), ("prior", "normal")):
+        if config[section]["type"] != default and section not in kind.sections:
+            raise ConfigError(f"{source}: [{section}] type = {config[section]['type']!r} applies to [model] type = "
+                              f"'vae' only; received a {kind.name!r} model")  # fmt: skip
+    if kind.name == "vae" and config["guide"]["type"] == "flow" and model["deterministic_encoder"]:
+        raise ConfigError(f"{source}: [guide] type = 'flow' is a distribution over z; [model] deterministic_encoder "
+                          "= true asks for a point")  # fmt: skip
+    if kind.name == "flow":
+        if binary:
+            raise ConfigError(f"{source}: [model] type = 'flow' models intensities: set [data] binarization = 'none'")
+        if model["dequantize"] == "none" and train["objective"] != "max_likelihood":
+            raise ConfigError(f"{source}: a flow over continuous data (dequantize = 'none') has exact log p(x) and no "
+                              "latent: use [train] objective = 'max_likelihood'")  # fmt: skip
+        if model["dequantize"] != "none" and train["objective"] not in ("elbo", "iwae"):
+            raise ConfigError(f"{source}: a dequantized flow is trained by the dequantized likelihood, "
+                              "E_u log p(x + u): use [train] objective = 'elbo' (or 'iwae', a tighter bound on the "
+                              "cells' probability)")  # fmt: skip
     if data["name"] == "mnist1d" and binary:
         raise ConfigError(
             f"{source}: [data] name = 'mnist1d' is real-valued: set binarization = 'none' and decoder = 'gaussian'"

@@ -187,7 +187,8 @@ def build_model(config: dict, info: DataInfo | None = None):
     info = info or _info(config)
     torch.manual_seed(config["train"]["seed"])
     dtype = kind.dtype or torch.get_default_dtype()
-    model = kind.build(config["model"], info).to(dtype)
+    model_config = {**config["model"], **{section: config[section] for section in kind.sections}}
+    model = kind.build(model_config, info).to(dtype)
     train = config["train"]
     guide = None
     if train["method"] == "vi" and train["objective"] != "max_likelihood":
@@ -591,7 +592,7 @@ def make_figures(run: RunDirectory, config: dict, model) -> list[Path]:
         torch.manual_seed(config["train"]["seed"])
         means = model.likelihood(model.prior().sample((32,))).mean
     plots.plot_samples(means, paths["samples"])
-    plots.plot_latent_space(model.guide(x).mean, labels, paths["latent_space"])
+    plots.plot_latent_space(model.latent_mean(x), labels, paths["latent_space"])
     model.train(was_training)
     return list(paths.values())
 

@@ -151,6 +151,10 @@ def _evaluation_table(evaluation: dict) -> Table:
     row("  KL", r["kl"], "KL(q(z|x) ‖ p(z))")
     row(f"IWAE-{r['iwae']['num_samples']}", r["iwae"], "a lower bound")
     row("log p(x)", e, kind, mc=0.0 if e["method"] == "exact" else None)
+    if r.get("bits_per_dim"):
+        b = r["bits_per_dim"]
+        row("  bits per dimension", b, escape(f"−log₂ p(x) / D, D = {b['dims']}"), mc=0.0 if e["method"] == "exact"
+            else None)  # fmt: skip
     row(f"CUBO-{u['n']:g}", u, f"an upper bound as S grows (S = {u['num_samples']})")
     exact_gap = e["method"] == "exact"
     row("gap", {"mean": r["gap"], "stderr": r.get("gap_stderr"), "mc_stderr": r.get("gap_mc_stderr")},

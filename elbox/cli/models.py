@@ -58,6 +58,8 @@ class ModelType:
         sequences: Whether the model takes sequences (``[N, T, D]`` data).
         dtype: The dtype the CLI fits it in (None: torch's default, float32 unless changed).
         description: One line for the docs and errors.
+        sections: Other config sections the type reads (``("guide", "prior")`` for the VAE):
+            ``build`` finds each as a table in its model config under the section's name.
     """
 
     name: str
@@ -69,6 +71,7 @@ class ModelType:
     sequences: bool
     dtype: torch.dtype | None
     description: str
+    sections: tuple[str, ...] = ()
 
 
 MODEL_TYPES: dict[str, ModelType] = {}
@@ -87,7 +90,21 @@ def _vae(m: dict, info: DataInfo):
 
     return VAE(info.dim, m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"],
                decoder=m["decoder"], observation_variance=m["observation_variance"], beta=m["beta"],
-               deterministic_encoder=m["deterministic_encoder"])  # fmt: skip
+               deterministic_encoder=m["deterministic_encoder"], guide=m.get("guide", "gaussian"),
+               prior=m.get("prior", "normal"))  # fmt: skip
+
+
+def _flow(m: dict, info: DataInfo):
+    from elbox.models import FlowDensity
+
+    step = None if m["dequantize"] == "none" else float(m["dequantize"])
+    return FlowDensity(info.dim, m["flow"], transforms=m["transforms"], hidden=tuple(m["hidden"]), dequantize=step)
+
+
+def _dequantization(model, m: dict, info: DataInfo):
+    from elbox.models import UniformDequantization
+
+    return UniformDequantization(model) if model.dequantize is not None else None
 
 
 def _gmm(m: dict, info: DataInfo):
@@ -164,7 +181,24 @@ register_model_type(ModelType(
         "deterministic_encoder": Key(False, is_bool, "true or false", "a plain autoencoder"),
     },
     build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
-    dtype=None, description="a variational autoencoder (an amortized Gaussian q)",
+    dtype=None, description="a variational autoencoder (an amortized Gaussian or flow q; a normal or flow prior)",
+    sections=("guide", "prior"),
+))  # fmt: skip
+register_model_type(ModelType(
+    name="flow",
+    keys={
+        "flow": Key("maf", one_of("maf", "nsf", "realnvp"), "'maf', 'nsf' or 'realnvp'",
+                    "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
+        "transforms": Key(5, is_size, f"a positive integer up to {MAX_SIZE:,}", "stacked transformations"),
+        "hidden": Key([128, 128], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
+                      "the hidden widths of each transformation's network"),
+        "dequantize": Key("auto", lambda v: v in ("auto", "none") or is_positive(v),
+                          "'auto', 'none' or a positive grid step",
+                          "discrete data's grid step for uniform dequantization (auto: 1/16 for the digits, 1/255 "
+                          "for MNIST, none otherwise; none: continuous data, exact log p(x))"),
+    },
+    build=_flow, guide=_dequantization, method="vi", init=None, sequences=False, dtype=None,
+    description="a normalizing-flow density (exact log p(x); dequantized for discrete data)",
 ))  # fmt: skip
 register_model_type(ModelType(
     name="gmm",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_positive_int
-from elbox.bounds._common import log_mean_exp, prepare
+from elbox.bounds._common import log_mean_exp, prepare, sample_with_log_prob
 from elbox.data.batches import Batch
 from elbox.evidence.diagnostics import (
     active_units,
@@ -69,6 +69,8 @@ class EvidenceReport:
             Cov_x(E_q[z_u]).
         kl_per_dim: The mean over points of KL(q(z_u | x) ‖ p(z_u)), per latent unit.
         mutual_information: The estimate of I(x; z) under q, from ``mi_points`` points.
+        bits_per_dim: log p(x) as −log₂ p(x) / D for data points that are vectors of D
+            numbers (mean, stderr, mc_stderr, dims); None for sequences.
         warnings: Posterior collapse and unreliable importance weights, in words.
         per_point: Per data point: elbo, log_evidence, log_evidence_stderr, cubo, khat; and
             elbo_refined for the refined points.
@@ -99,6 +101,7 @@ class EvidenceReport:
     kl_per_dim: list | None = None
     mutual_information: float | None = None
     mi_points: int = 0
+    bits_per_dim: dict | None = None
     warnings: list = field(default_factory=list)
     per_point: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -195,6 +198,8 @@ def evidence_report(
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: Its guide q(z | x) (a global or amortized one; local guides need their own data).
+            For a model with no latent variable (a :class:`~elbox.models.FlowDensity` over
+            continuous data) pass None: log p(x) is exact and every bound equals it.
         x: Data, ``[N, *data_shape]``.
         num_samples: S, importance samples per point.
         iwae_samples: K ≤ S for the IWAE bound in the bracket.
@@ -232,6 +237,8 @@ def evidence_report(
     N = len(x)
     if N < 2:
         raise ValueError(f"x must hold at least two data points for a report; received {N}")
+    if getattr(model, "latent_free", False):
+        return _latent_free_report(model, guide, x, step, n, start)
     prepare(model, guide, x[:1])  # a guide that does not fit the model fails here, before any work
     if progress is True:
         progress = _LineProgress()
@@ -295,6 +302,7 @@ def evidence_report(
         ]
     else:
         messages_proposal = []
+    bits = _bits_per_dim(x, log_p, log_p_se)
     khat = v["khat"]
     fitted = khat[khat > -math.inf]  # −∞: constant weights, q is the posterior
     khat_summary = None
@@ -335,6 +343,7 @@ def evidence_report(
         gap_stderr=_summary(log_p - v["elbo"])["stderr"],
         gap_mc_stderr=_mc_stderr(v["elbo"], v["gap_mc"]),
         psis_khat=khat_summary,
+        bits_per_dim=bits,
         per_point={
             "elbo": v["elbo"].tolist(),
             "log_evidence": log_p.tolist(),
@@ -344,7 +353,7 @@ def evidence_report(
         },
     )
 
-    if "means" in v:
+    if "means" in v and getattr(model, "has_latent_code", True):
         count, variance = active_units(v["means"])
         result.active_units, result.latent_units, result.unit_variance = count, variance.numel(), variance.tolist()
         message = collapse_warning(count, variance.numel(), result.kl["mean"])
@@ -354,14 +363,15 @@ def evidence_report(
     if "kl_dims" in v:
         result.kl_per_dim = v["kl_dims"].mean(0).tolist()
     M = min(N, check_positive_int(mi_points, "mi_points"))
-    if M >= 2 and "means" in v:
+    if M >= 2 and "means" in v and getattr(model, "has_latent_code", True):
         try:
             result.mutual_information = mutual_information(guide(x[:M]))
             result.mi_points = M
         except (NotImplementedError, ValueError, TypeError):  # a q without the densities it needs
             result.mutual_information = None
 
-    if refine_steps and proposals != {"prior"}:  # a point-mass q's gap is infinite: nothing to split
+    # a point-mass q's gap is infinite: nothing to split; nor is there in a guide with nothing to optimize
+    if refine_steps and proposals != {"prior"} and getattr(guide, "refinable", True):
         from elbox.inference.refine import refine
 
         R = min(N, check_positive_int(refine_points, "refine_points"))
@@ -401,6 +411,47 @@ def evidence_report(
     result.warnings = messages
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _bits_per_dim(x: Tensor, log_p: Tensor, log_p_se: Tensor) -> dict | None:
+    """−log₂ p(x) / D for points that are D-vectors, with both errors; None for sequences."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        return None
+    scale = -1.0 / (x.shape[1] * math.log(2))
+    N = len(log_p)
+    return {**_summary(scale * log_p), "mc_stderr": float(abs(scale) * log_p_se.square().sum().sqrt() / N),
+            "dims": int(x.shape[1])}  # fmt: skip
+
+
+def _latent_free_report(model, guide, x: Tensor, step: int, n: float, start: float) -> EvidenceReport:
+    """The report of a model with no latent variable (a flow density): log p(x) is exact, so every
+    bound equals it, and the gap is zero by construction, not by measurement."""
+    log_p = torch.cat([model.log_evidence(x[b : b + step]).detach().double().cpu() for b in range(0, len(x), step)])
+    exact = {**_summary(log_p), "mc_stderr": 0.0}
+    zero = torch.zeros_like(log_p)
+    return EvidenceReport(
+        model=type(model).__name__,
+        guide="none" if guide is None else type(guide).__name__,
+        num_points=len(x),
+        elbo=dict(exact),
+        reconstruction=dict(exact),
+        kl={**_summary(zero), "mc_stderr": 0.0},
+        iwae={**exact, "num_samples": 1},
+        log_evidence={**exact, "method": "exact", "num_samples": 0},
+        upper_bound={**exact, "method": "cubo", "n": n, "num_samples": 1},
+        gap=0.0,
+        gap_stderr=0.0,
+        gap_mc_stderr=0.0,
+        bits_per_dim=_bits_per_dim(x, log_p, zero),
+        warnings=[
+            f"{type(model).__name__} has no latent variable: log p(x) is computed exactly by the change of variables "
+            "(one pass of an invertible map), so the ELBO, the IWAE bound and the CUBO all equal it and the gap is "
+            "zero by construction"
+        ],
+        per_point={"elbo": log_p.tolist(), "log_evidence": log_p.tolist(), "log_evidence_stderr": zero.tolist(),
+                   "cubo": log_p.tolist(), "khat": [-math.inf] * len(x)},  # fmt: skip
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _monte_carlo_errors(log_w: Tensor, sampled: Tensor | None, K: int, n: float) -> dict[str, Tensor]:
@@ -461,19 +512,18 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     B = len(x)
     chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     # q's density at its own draws: infinite for a point mass, which cannot serve as a proposal
-    z0 = q.sample((1,))
-    degenerate = bool(torch.isinf(q.log_prob(z0)).any())
+    degenerate = bool(torch.isinf(sample_with_log_prob(q, 1)[1]).any())
     prior = p if tuple(p.batch_shape) == (B,) else p.expand(torch.Size([B]) + p.batch_shape)
     proposal = prior if degenerate else q
     log_lik, log_ratio, log_w, total = [], [], [], None
     for begin in range(0, S, chunk):
-        z = proposal.sample((min(chunk, S - begin),))  # [s, B, *event]
+        z, log_proposal = sample_with_log_prob(proposal, min(chunk, S - begin))  # [s, B, *event], [s, B]
         lik = model.log_likelihood(x, z)  # [s, B]
         log_p = p.log_prob(z)
-        log_w.append(lik + log_p - proposal.log_prob(z))
+        log_w.append(lik + log_p - log_proposal)
         if not degenerate:
             log_lik.append(lik)
-            log_ratio.append(q.log_prob(z) - log_p)
+            log_ratio.append(log_proposal - log_p)
         total = z.sum(0) if total is None else total + z.sum(0)
     log_w = torch.cat(log_w)  # [S, B]
     means = _mean(q, total / S if not degenerate else None)

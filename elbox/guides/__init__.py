@@ -3,5 +3,16 @@
 from elbox.guides.amortized import Amortized, mlp
 from elbox.guides.base import Exact, Guide
 from elbox.guides.families import Beta, Categorical, FullRankNormal, MeanFieldNormal
+from elbox.guides.flow import FlowGuide
 
-__all__ = ["Amortized", "Beta", "Categorical", "Exact", "FullRankNormal", "Guide", "MeanFieldNormal", "mlp"]
+__all__ = [
+    "Amortized",
+    "Beta",
+    "Categorical",
+    "Exact",
+    "FlowGuide",
+    "FullRankNormal",
+    "Guide",
+    "MeanFieldNormal",
+    "mlp",
+]

@@ -38,7 +38,8 @@ def local_guide(q: Distribution) -> Guide:
     """A local guide of q's family with one q per data point of q's batch, started at q.
 
     Families: a diagonal normal (``Independent(Normal)``), a full-rank normal, a categorical (or
-    a product of them) and a Beta.
+    a product of them) and a Beta. A guide with its own ``local_guide(x, index)`` method (the
+    :class:`~elbox.guides.FlowGuide`) makes its local copy itself.
 
     Raises:
         TypeError: For any other family.
@@ -68,6 +69,17 @@ def local_guide(q: Distribution) -> Guide:
         for name, value in values.items():
             getattr(guide, name).copy_(value.expand_as(getattr(guide, name)))
     return guide
+
+
+def _localized(model, guide, x, index) -> Guide:
+    """The local guide refinement starts from: the guide's own (a flow guide's encodings, its
+    flow shared), else one of q's family."""
+    if hasattr(guide, "local_guide"):
+        prepare(model, guide, x[:1], None if index is None else index[:1])  # a mismatched guide fails here
+        return guide.local_guide(x, index)
+    with torch.no_grad():
+        _, q, _ = prepare(model, guide, x, index)
+    return local_guide(q)
 
 
 def refine(
@@ -109,7 +121,8 @@ def refine(
     x = check_points(model.check_data(x))
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
-    frozen = [p for p in model.parameters() if p.requires_grad]
+    # the model and the guide stay as they are: only the local copies' parameters move
+    frozen = list({id(p): p for m in (model, guide) for p in m.parameters() if p.requires_grad}.values())
     states: list[dict] = []
     try:
         for p in frozen:
@@ -117,9 +130,7 @@ def refine(
         for begin in range(0, B, step):
             batch = x[begin : begin + step]
             rows = None if index is None else index[begin : begin + step]
-            with torch.no_grad():
-                _, q, _ = prepare(model, guide, batch, rows)
-            local = local_guide(q)
+            local = _localized(model, guide, batch, rows)
             optimizer = torch.optim.Adam(local.parameters(), lr=lr)
             for _ in range(steps):
                 loss = -elbo(model, local, batch, num_samples=num_samples).value.sum()
@@ -132,8 +143,11 @@ def refine(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    with torch.no_grad():
-        _, q, _ = prepare(model, guide, x[:1], None if index is None else index[:1])
-    result = local_guide(q.expand(torch.Size([B])))
+    if hasattr(guide, "local_guide"):
+        result = guide.local_guide(x, index)
+    else:
+        with torch.no_grad():
+            _, q, _ = prepare(model, guide, x[:1], None if index is None else index[:1])
+        result = local_guide(q.expand(torch.Size([B])))
     result.load_state_dict({k: torch.cat([s[k] for s in states]) for k in states[0]})
     return result

@@ -3,6 +3,7 @@
 from elbox.models.base import LatentModel
 from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, NormalNormal
 from elbox.models.factor import FactorAnalysis
+from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
@@ -12,11 +13,13 @@ __all__ = [
     "HMM",
     "BetaBernoulli",
     "FactorAnalysis",
+    "FlowDensity",
     "GaussianMixture",
     "HMMPosterior",
     "HierarchicalNormal",
     "LatentModel",
     "LinearGaussianSSM",
     "NormalNormal",
+    "UniformDequantization",
     "VAE",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Beta, Independent, MultivariateNormal, Normal
+from torch.distributions import Bernoulli, Beta, Independent, MultivariateNormal, Normal, TransformedDistribution
+from torch.distributions.transforms import SigmoidTransform
 
 from elbox._validation import as_data, check_positive_int
 from elbox.models._gaussian import (
@@ -42,9 +44,15 @@ class BetaBernoulli(LatentModel):
 
     with h heads and t tails.
 
+    With ``latent="logit"`` the latent is the bias's log-odds, a vector of one real number
+    ``[1]`` (the same model, reparameterized): its prior and posterior are the Betas pushed
+    through the logit, skewed and not Gaussian, which real-valued families (normal guides,
+    flows) can then fit.
+
     Args:
         concentration1: a, the prior's pseudo-count of heads.
         concentration0: b, the prior's pseudo-count of tails.
+        latent: ``"bias"`` (z in (0, 1)) or ``"logit"`` (z = log(bias / (1 − bias)), shape ``[1]``).
 
     Example:
         >>> model = BetaBernoulli(2.0, 2.0)
@@ -55,16 +63,28 @@ class BetaBernoulli(LatentModel):
 
     data_shape = (None,)
 
-    def __init__(self, concentration1: float = 1.0, concentration0: float = 1.0):
+    def __init__(self, concentration1: float = 1.0, concentration0: float = 1.0, latent: str = "bias"):
         super().__init__()
         self.register_buffer("concentration1", torch.tensor(_positive(concentration1, "concentration1")))
         self.register_buffer("concentration0", torch.tensor(_positive(concentration0, "concentration0")))
+        if latent not in ("bias", "logit"):
+            raise ValueError(f"latent must be 'bias' or 'logit'; received {latent!r}")
+        self.latent = latent
 
-    def prior(self) -> Beta:
-        return Beta(self.concentration1, self.concentration0)
+    def _on_latent_scale(self, a: Tensor, b: Tensor):
+        """Beta(a, b) over the bias, or pushed through the logit as a 1-vector."""
+        if self.latent == "bias":
+            return Beta(a, b)
+        beta = Beta(a.unsqueeze(-1), b.unsqueeze(-1))
+        return Independent(TransformedDistribution(beta, [SigmoidTransform().inv]), 1)
+
+    def prior(self):
+        return self._on_latent_scale(self.concentration1, self.concentration0)
 
     def likelihood(self, z: Tensor) -> Bernoulli:
         """Each flip is Bernoulli(z): batch ``z.shape + [1]``, broadcasting over the N flips."""
+        if self.latent == "logit":
+            return Bernoulli(logits=z)
         return Bernoulli(probs=z.unsqueeze(-1))
 
     def _check_data(self, x) -> Tensor:
@@ -80,11 +100,14 @@ class BetaBernoulli(LatentModel):
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         heads, tails = self._counts(x)
+        if self.latent == "logit":
+            z = z.squeeze(-1)
+            return heads * F.logsigmoid(z) + tails * F.logsigmoid(-z)
         return heads * z.log() + tails * torch.log1p(-z)
 
     def expected_log_likelihood(self, x: Tensor, q) -> Tensor | None:
         """h E[log z] + t E[log(1 − z)] for a Beta q, through the digamma function."""
-        if not isinstance(q, Beta):
+        if not isinstance(q, Beta) or self.latent == "logit":
             return None
         heads, tails = self._counts(x)
         a, b = q.concentration1, q.concentration0
@@ -97,16 +120,17 @@ class BetaBernoulli(LatentModel):
         a, b = self.concentration1, self.concentration0
         return _log_beta(a + heads, b + tails) - _log_beta(a, b)
 
-    def posterior(self, x: Tensor) -> Beta:
+    def posterior(self, x: Tensor):
         x = self.check_data(x)
         heads, tails = self._counts(x)
-        return Beta(self.concentration1 + heads, self.concentration0 + tails)
+        return self._on_latent_scale(self.concentration1 + heads, self.concentration0 + tails)
 
     def sample(self, n: int, num_flips: int = 10) -> tuple[Tensor, Tensor]:
         n = check_positive_int(n, "n")
         num_flips = check_positive_int(num_flips, "num_flips")
-        z = self.prior().sample((n,))  # [n]
-        x = Bernoulli(probs=z.unsqueeze(-1).expand(n, num_flips)).sample()  # [n, N]
+        z = self.prior().sample((n,))  # [n] (or [n, 1] of logits)
+        bias = torch.sigmoid(z) if self.latent == "logit" else z.unsqueeze(-1)
+        x = Bernoulli(probs=bias.expand(n, num_flips)).sample()  # [n, N]
         return x, z
 
 

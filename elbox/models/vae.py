@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
 from elbox._validation import check_number, check_positive_int
+from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
 from elbox.guides.amortized import Amortized, mlp
+from elbox.guides.flow import FlowGuide
 from elbox.models.base import LatentModel
 
 __all__ = ["VAE"]
@@ -51,6 +53,14 @@ class VAE(LatentModel):
         observation_variance: σ² for the Gaussian decoder: a positive number or ``"learned"``.
         beta: The KL weight of the training objective.
         deterministic_encoder: A plain autoencoder's encoder.
+        guide: ``"gaussian"`` (the amortized diagonal Gaussian) or ``"flow"`` (a
+            :class:`~elbox.guides.FlowGuide`: that Gaussian followed by an inverse autoregressive
+            flow conditioned on the encoder's features); or a dict like the config's ``[guide]``
+            table: ``{"type": "flow", "flow": "maf" | "nsf" | "realnvp", "transforms": 3,
+            "hidden": [64, 64], "context_dim": 2 * latent_dim}``.
+        prior: ``"normal"`` (N(0, I)) or ``"flow"`` (a learned flow density over z, as in
+            zuko's VAE tutorial); or a dict ``{"type": "flow", "flow": …, "transforms": …,
+            "hidden": …}``. With a flow on either side the KL is a Monte Carlo estimate.
 
     References:
         Auto-Encoding Variational Bayes (Kingma & Welling, 2014), https://arxiv.org/abs/1312.6114
@@ -70,6 +80,8 @@ class VAE(LatentModel):
         observation_variance: float | str = 1.0,
         beta: float = 1.0,
         deterministic_encoder: bool = False,
+        guide="gaussian",
+        prior="normal",
     ):
         super().__init__()
         D = check_positive_int(data_dim, "data_dim")
@@ -83,10 +95,23 @@ class VAE(LatentModel):
         self.data_shape = (D,)
         self.decoder_type = decoder
         self.beta = float(beta)
-        out = L if deterministic_encoder else 2 * L
-        self.guide = Amortized(mlp([D, *hidden, out], activation), L, deterministic=deterministic_encoder)
+        guide, prior = _flow_spec(guide, "guide", "gaussian", L), _flow_spec(prior, "prior", "normal", L)
+        if guide["type"] == "flow" and deterministic_encoder:
+            raise ValueError("guide='flow' is a distribution over z; deterministic_encoder=True asks for a point")
+        self.guide_spec, self.prior_spec = guide, prior
+        if guide["type"] == "flow":
+            C = guide["context_dim"]
+            encoder = mlp([D, *hidden, 2 * L + C], activation)
+            self.guide = FlowGuide(L, encoder=encoder, context_dim=C, flow=guide["flow"],
+                                   transforms=guide["transforms"], hidden=guide["hidden"])  # fmt: skip
+        else:
+            out = L if deterministic_encoder else 2 * L
+            self.guide = Amortized(mlp([D, *hidden, out], activation), L, deterministic=deterministic_encoder)
         self.decoder = mlp([L, *reversed(hidden), D], activation)
         self.register_buffer("_zero", torch.zeros(L, dtype=torch.get_default_dtype()))
+        # a flow over z in place of N(0, I), in the density direction: log p(z) in one pass
+        self.prior_flow = (build_flow(prior["flow"], L, 0, prior["transforms"], prior["hidden"])
+                           if prior["type"] == "flow" else None)  # fmt: skip
         self.learned_variance = observation_variance == "learned"
         if decoder == "gaussian":
             if self.learned_variance:
@@ -115,7 +140,9 @@ class VAE(LatentModel):
 
     # The model.
 
-    def prior(self) -> Independent:
+    def prior(self):
+        if self.prior_flow is not None:
+            return FlowDistribution(self.prior_flow.transform(), self.prior_flow.base())
         return Independent(Normal(self._zero, torch.ones_like(self._zero), validate_args=False), 1, validate_args=False)
 
     def likelihood(self, z: Tensor):
@@ -140,10 +167,15 @@ class VAE(LatentModel):
         return log_p
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """The decoder's mean at the encoder's mean: E[x | z = E_q[z | x]], ``[B, D]``."""
+        """The decoder's mean at the encoder's mean: E[x | z = E_q[z | x]], ``[B, D]`` (for a flow
+        guide, the mean of 64 draws)."""
+        return self.likelihood(self.latent_mean(x)).mean
+
+    def latent_mean(self, x: Tensor) -> Tensor:
+        """E_q[z | x], ``[B, L]``: q's closed form, or for a flow guide the mean of 64 draws."""
         x = self.check_data(x)
-        z = self.guide(x).mean
-        return self.likelihood(z).mean
+        q = self.guide(x)
+        return q.sample((64,)).mean(0) if isinstance(q, FlowDistribution) else q.mean
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         n = check_positive_int(n, "n")
@@ -172,7 +204,37 @@ class VAE(LatentModel):
             extra = ", observation_variance=" + (
                 "'learned'" if self.learned_variance else f"{float(self.log_variance[0].exp()):g}"
             )
+        for name, spec, default in (("guide", self.guide_spec, "gaussian"), ("prior", self.prior_spec, "normal")):
+            if spec["type"] != default:
+                extra += f", {name}={spec['type']!r} ({spec['flow']}, {spec['transforms']} transforms)"
         return (
             f"data_dim={self.data_shape[0]}, latent_dim={self.latent_dim}, decoder={self.decoder_type!r}{extra}, "
             f"beta={self.beta:g}"
         )
+
+
+_FLOW_DEFAULTS = {"flow": "maf", "transforms": 3, "hidden": [64, 64]}
+
+
+def _flow_spec(value, name: str, default: str, latent_dim: int) -> dict:
+    """``guide=``/``prior=`` as a full table: a type name, or a dict like the config's ``[guide]``."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be {default!r}, 'flow' or a dict such as {{'type': 'flow', 'transforms': 4}}; "
+                        f"received {value!r}")  # fmt: skip
+    keys = {"type", *_FLOW_DEFAULTS} | ({"context_dim"} if name == "guide" else set())
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise ValueError(f"{name} has no option {unknown[0]!r}; its options are {sorted(keys)}")
+    spec = {"type": value.get("type", default), **_FLOW_DEFAULTS, **value}
+    if spec["type"] not in (default, "flow"):
+        raise ValueError(f"{name} type must be {default!r} or 'flow'; received {spec['type']!r}")
+    if spec["flow"] not in FLOW_TYPES:
+        raise ValueError(f"{name} flow must be one of {FLOW_TYPES}; received {spec['flow']!r}")
+    spec["transforms"] = check_positive_int(spec["transforms"], f"{name} transforms")
+    spec["hidden"] = [check_positive_int(h, f"{name} hidden") for h in spec["hidden"]]
+    if name == "guide":
+        spec["context_dim"] = check_positive_int(spec.get("context_dim", 2 * latent_dim), "guide context_dim",
+                                                 minimum=0)  # fmt: skip
+    return spec
