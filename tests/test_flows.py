@@ -399,3 +399,18 @@ def test_cli_config_errors_for_flows(tmp_path):
         assert result.exit_code == 2, (text, result.output)
         assert message in " ".join(result.output.split()), (text, result.output)
         assert not (tmp_path / "run").exists()
+
+
+def test_the_comparison_example_runs_end_to_end(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "flows_compare.py"
+    result = subprocess.run([sys.executable, str(example), "--data", "digits", "--epochs", "1", "--num-samples", "30",
+                             "--refine-points", "4", "--refine-steps", "3", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for model in ("VAE, Gaussian q", "VAE, flow q", "VAE, flow prior", "flow density"):
+        assert model in result.stdout
+    assert (tmp_path / "flows_compare_digits.png").is_file() and (tmp_path / "flows_compare_digits.json").is_file()
