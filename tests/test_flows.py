@@ -283,6 +283,27 @@ def test_refine_optimizes_only_the_encodings_of_a_flow_guide():
     assert float((local - amortized).mean()) > 0
 
 
+def test_a_local_flow_guide_trains_one_q_per_point_of_an_exact_model():
+    """num_points=P: one encoding per data point, picked by the batch's indices in fit."""
+    torch.manual_seed(0)
+    model = elbox.FactorAnalysis(4, 2).double()
+    x, _ = model.sample(40)
+    model.requires_grad_(False)  # only q moves: its gap to the exact posterior must shrink
+    guide = FlowGuide(2, num_points=40, transforms=1, hidden=(8,)).double()
+    index = torch.arange(40)
+
+    def gap() -> float:
+        with torch.no_grad():
+            torch.manual_seed(1)
+            bound = elbox.elbo(model, guide, x, index=index, num_samples=500, kl="mc").value
+            return float((model.log_evidence(x) - bound).mean())
+
+    before = gap()
+    elbox.fit(model, guide, x, epochs=60, batch_size=10, lr=3e-2, kl="mc", num_samples=8)
+    after = gap()
+    assert guide.encoding.shape == (40, 4) and after < 0.2 * before, (before, after)
+
+
 # Bad input.
 
 
