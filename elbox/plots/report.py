@@ -206,6 +206,11 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
         (f"mutual information I(x; z) under q ({r['mi_points']} points)", _number(r.get("mutual_information"))),
         ("log p(x): Monte Carlo standard error", _number(r["log_evidence"].get("mc_stderr"), 4)),
     ]
+    b = r.get("bits_per_dim")
+    if b:
+        diag_rows.append((f"bits per dimension −log₂ p(x) / D, D = {b['dims']}",
+                          f"{_number(b['mean'], 4)} ± {_number(b['stderr'], 4)} (points), "
+                          f"± {_number(b['mc_stderr'], 4)} (Monte Carlo)"))  # fmt: skip
     diagnostics = "".join(f"<tr><td>{esc(n)}</td><td>{esc(v)}</td></tr>" for n, v in diag_rows)
     warnings = "".join(f"<div class='warning'>{esc(w)}</div>" for w in r.get("warnings", []))
     figures = [("bracket", plot_bracket(r)), ("gaps", plot_gaps(r)), ("khat", plot_khat(r))]
