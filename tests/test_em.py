@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,38 @@ def test_em_refuses_models_without_m_step_and_bad_arguments():
         elbox.em(model, x, max_iter=0)
     with pytest.raises(ValueError, match="tol must be non-negative"):
         elbox.em(model, x, tol=-1.0)
+
+
+def test_factor_analysis_em_on_its_moments_takes_the_per_point_steps_iterates():
+    """EM for factor analysis reads the data only through their mean and scatter: the moments
+    path (no callback) and the per-point path (a callback) give the same iterates, float64."""
+    torch.manual_seed(3)
+    truth = elbox.FactorAnalysis(12, 3).double()
+    with torch.no_grad():
+        truth.loading.copy_(torch.randn(12, 3, dtype=torch.float64))
+        truth.loc.copy_(torch.randn(12, dtype=torch.float64))
+        truth.noise_variance = 0.2 + torch.rand(12, dtype=torch.float64)
+    x, _ = truth.sample(700)
+    runs = []
+    for callback in (None, lambda *step: None):
+        model = elbox.FactorAnalysis(12, 3).double()
+        history = elbox.em(model, x, init="pca", max_iter=60, tol=0.0, callback=callback)
+        runs.append((history, model))
+    (moments, a), (points, b) = runs
+    np.testing.assert_allclose(moments.lower_bound, points.lower_bound, rtol=1e-12, atol=0)
+    for name in ("loading", "loc", "log_noise"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-12)
+    assert float(a.log_evidence(x).mean()) == pytest.approx(moments.final, rel=1e-12)
+
+
+def test_factor_analysis_moments_hand_over_to_the_points_near_a_heywood_case():
+    """A collinear column drives a noise variance to its floor: there the moments' trace would
+    cancel catastrophically, so those iterations take the per-point steps; the bound reported is
+    the model's own log-likelihood, and the floor is named."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    x[:, 1] = 2 * x[:, 0]
+    model = elbox.FactorAnalysis(5, 2).double()
+    with pytest.warns(elbox.inference.BoundaryWarning, match="Heywood"):
+        history = elbox.em(model, x, init="pca", max_iter=500, on_failure="warn")
+    assert float(model.log_evidence(x).detach().mean()) == pytest.approx(history.final, rel=1e-12)

@@ -13,6 +13,7 @@ import torch
 from elbox._validation import check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import Batch
 from elbox.inference.history import BoundaryWarning, BoundDecreaseWarning, ConvergenceWarning, History
+from elbox.models.base import LatentModel
 
 __all__ = ["em"]
 
@@ -126,10 +127,17 @@ def _run(model, x, max_iter: int, tol: float, callback, statistics, on_failure: 
     :class:`BoundDecreaseWarning`)."""
     history = History(method="em")
     reuse = {} if statistics is None else {"statistics": statistics}
+    # a model whose EM reads the data only through its statistics iterates on them alone (a
+    # callback, which is handed the posterior of every point, takes the per-point steps)
+    summary = statistics is not None and callback is None and type(model).em_bound is not LatentModel.em_bound
     best_state = None
     with torch.no_grad():
         for iteration in range(max_iter):
-            posterior, log_evidence = model.e_step(x, **reuse)
+            # the mean over the points, 0-dim; None where the model cannot trust its statistics now
+            log_evidence = model.em_bound(statistics) if summary else None
+            on_statistics = log_evidence is not None
+            if not on_statistics:
+                posterior, log_evidence = model.e_step(x, **reuse)
             bound = float(log_evidence.mean())
             if not math.isfinite(bound):
                 raise FloatingPointError(
@@ -153,7 +161,10 @@ def _run(model, x, max_iter: int, tol: float, callback, statistics, on_failure: 
             if bound >= max(history.lower_bound):
                 best_state = copy.deepcopy(model.state_dict())
             if iteration + 1 < max_iter:
-                model.m_step(x, posterior, **reuse)
+                if on_statistics:
+                    model.em_update(statistics)
+                else:
+                    model.m_step(x, posterior, **reuse)
     return history
 
 

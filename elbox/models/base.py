@@ -190,6 +190,19 @@ class LatentModel(nn.Module):
         run holds it, not the model or the data."""
         return None
 
+    def em_bound(self, statistics) -> Tensor | None:
+        """The mean log-evidence per point computed from :meth:`em_statistics` alone, for models
+        whose EM depends on the data only through summary statistics (factor analysis: the mean
+        and scatter matrix). A model that implements it implements :meth:`em_update` too, and
+        :func:`elbox.em` then iterates on the statistics, never visiting the points; it returns
+        None for an iteration where the statistics would lose precision, and that iteration
+        takes the per-point steps."""
+        raise NotImplementedError
+
+    def em_update(self, statistics) -> None:
+        """The M-step from :meth:`em_statistics` alone (see :meth:`em_bound`)."""
+        raise NotImplementedError
+
     def _check_data(self, x) -> Tensor:
         ref = self._reference()
         x = as_data(x, "x", ndim=1 + len(self.data_shape), dtype=ref.dtype, device=ref.device)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
@@ -93,14 +97,60 @@ class FactorAnalysis(LatentModel):
         spread = ((self.loading @ cov) * self.loading).sum(-1)  # diag(W S Wᵀ), [B, D]
         return self.likelihood(mean).log_prob(x) - 0.5 * (spread / self.noise_variance).sum(-1)
 
-    def em_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The data mean c, the centred data x − c and its squares: what every E-step and M-step
-        of an EM run reads."""
-        return _centred_moments(self.check_data(x))
+    def em_statistics(self, x: Tensor) -> _Moments:
+        """The data mean c and scatter S = (1/N) Σ (x − c)(x − c)ᵀ (and, on demand, the centred
+        data): EM for factor analysis depends on the data only through them."""
+        return _Moments.of(self.check_data(x))
+
+    # EM on the moments: each iteration costs O(D²K + K³), whatever N.
+
+    @torch.no_grad()
+    def em_bound(self, statistics: _Moments) -> Tensor | None:
+        r"""The mean log-likelihood per point from the moments alone,
+        −½ [D log 2π + log|C| + tr(C⁻¹ (S + d dᵀ))] with C = W Wᵀ + Ψ and d = c − μ (Woodbury
+        for C⁻¹ and log|C|).
+
+        None where a noise variance has fallen below 10⁻⁴ of its dimension's variance (towards a
+        Heywood case): the trace is then a difference of terms of order S / Ψ that cancel, and
+        the per-point steps, which do not form them, take over."""
+        S, d = statistics.scatter, statistics.centre - self.loc
+        if bool((self.noise_variance.expand(self.dim) < 1e-4 * statistics.variances).any()):
+            return None
+        inv_psi = (-self.log_noise).exp().expand(self.dim)
+        w_scaled = self.loading * inv_psi.unsqueeze(-1)  # Ψ⁻¹ W
+        chol = torch.linalg.cholesky(torch.eye(self.latent_dim, dtype=S.dtype, device=S.device)
+                                     + self.loading.T @ w_scaled)  # fmt: skip
+        logdet = self.log_noise.expand(self.dim).sum() + 2 * chol.diagonal().log().sum()
+        # tr(C⁻¹ M) = tr(Ψ⁻¹ M) − tr(G Wᵀ Ψ⁻¹ M Ψ⁻¹ W), G = (I + Wᵀ Ψ⁻¹ W)⁻¹, M = S + d dᵀ
+        a = S @ w_scaled + torch.outer(d, d @ w_scaled)  # M Ψ⁻¹ W, [D, K]
+        trace = (S.diagonal() + d.square()) @ inv_psi - torch.cholesky_solve(w_scaled.T @ a, chol).trace()
+        return -0.5 * (self.dim * math.log(2 * math.pi) + logdet + trace)
+
+    @torch.no_grad()
+    def em_update(self, statistics: _Moments) -> None:
+        """The M-step of :meth:`m_step` computed from the moments: the posterior's sums over the
+        points are β (S + d dᵀ) βᵀ + G and β S (with β = G Wᵀ Ψ⁻¹), so no point is visited."""
+        S, c = statistics.scatter, statistics.centre
+        d, K = c - self.loc, self.latent_dim
+        inv_psi = (-self.log_noise).exp().expand(self.dim)
+        w_scaled = self.loading * inv_psi.unsqueeze(-1)
+        chol = torch.linalg.cholesky(torch.eye(K, dtype=S.dtype, device=S.device) + self.loading.T @ w_scaled)
+        beta = torch.cholesky_solve(w_scaled.T, chol)  # G Wᵀ Ψ⁻¹, [K, D]
+        g = torch.cholesky_inverse(chol)  # the posterior covariance, [K, K]
+        bs = beta @ S  # (1/N) Σ E[z] xcᵀ, [K, D]
+        bd = beta @ d  # (1/N) Σ E[z], [K]
+        second = S.new_empty(K + 1, K + 1)  # (1/N) Σ E[z̃ z̃ᵀ], z̃ = (z, 1)
+        second[:K, :K] = g + bs @ beta.T + torch.outer(bd, bd)
+        second[:K, K] = second[K, :K] = bd
+        second[K, K] = 1.0
+        cross = torch.cat([bs, S.new_zeros(1, self.dim)])  # (1/N) Σ E[z̃] xcᵀ: the centred data sum to 0
+        coef = torch.linalg.solve(second, cross)  # [W b]ᵀ
+        psi = S.diagonal() - (coef * cross).sum(0)
+        self._set(coef, c, psi, statistics.variances)
 
     def e_step(self, x: Tensor, statistics=None) -> tuple[MultivariateNormal, Tensor]:
         x = self.check_data(x)
-        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics
+        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics.centred
         inv_psi = (-self.log_noise).exp().expand(self.dim)  # [D]
         w_scaled = self.loading * inv_psi.unsqueeze(-1)  # Ψ⁻¹ W, [D, K]
         shift = self.loc - centre  # x − μ = xc − shift, without forming it
@@ -129,29 +179,33 @@ class FactorAnalysis(LatentModel):
         cov = posterior.covariance_matrix.expand(B, K, K)
         second[:K, :K] += B * cov[0] if cov.stride(0) == 0 else cov.sum(0)  # shared: no sum needed
         # The regression of x on z̃ = (z, 1), done on the centred data xc = x − c (then μ = b + c).
-        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics
+        centre, xc, xc2 = _centred_moments(x) if statistics is None else statistics.centred
         cross = ez1.T @ xc  # Σ E[z̃] xcᵀ, [K+1, D]
         coef = torch.linalg.solve(second, cross)  # [W b]ᵀ, [K+1, D]
         psi = (xc2.sum(0) - (coef * cross).sum(0)) / B  # diag(Σ xc xcᵀ − [W b] Σ E[z̃] xcᵀ)/B
-        floor = self._noise_floor(xc2)  # [D]
-        psi = torch.maximum(psi, floor)
+        self._set(coef, centre, psi, xc2.mean(0))
+
+    def _set(self, coef: Tensor, centre: Tensor, psi: Tensor, variances: Tensor) -> None:
+        """W, μ and Ψ from the regression's coefficients [W b]ᵀ and the residual variances."""
+        psi = torch.maximum(psi, self._noise_floor(variances))
         if self.isotropic:
             psi = psi.mean(0, keepdim=True)
+        K = self.latent_dim
         self.loading.copy_(coef[:K].T)
         self.loc.copy_(coef[K] + centre)
         self.log_noise.copy_(psi.log())
 
-    def _noise_floor(self, xc2: Tensor) -> Tensor:
+    def _noise_floor(self, variances: Tensor) -> Tensor:
         """The floor on each noise variance: ``min_noise``, and never below 10 ε of the dimension's
-        variance (``xc2`` the squared centred data)."""
-        return (10 * torch.finfo(xc2.dtype).eps * xc2.mean(0)).clamp_min(self.min_noise)
+        variance (``variances``, [D])."""
+        return (10 * torch.finfo(variances.dtype).eps * variances).clamp_min(self.min_noise)
 
     def em_failure(self, x, statistics=None) -> str | None:
         """Noise variances at their floor (a Heywood case): the likelihood grows without bound as
         they shrink, so the optimum reached is the floor's, not the data's."""
         x = self.check_data(x)
-        _, _, xc2 = _centred_moments(x) if statistics is None else statistics
-        floor = self._noise_floor(xc2)
+        variances = _centred_moments(x)[2].mean(0) if statistics is None else statistics.variances
+        floor = self._noise_floor(variances)
         at = (self.noise_variance <= floor * (1 + 1e-3)).nonzero().flatten().tolist()
         if not at:
             return None
@@ -207,6 +261,31 @@ class FactorAnalysis(LatentModel):
         kind = "PPCA" if self.isotropic else "factor analysis"
         return f"dim={self.dim}, latent_dim={self.latent_dim}, {kind}"
 
+
+
+@dataclass
+class _Moments:
+    """What EM reads of the data: their mean and scatter matrix (and the centred data themselves
+    for the per-point steps, made once on first use)."""
+
+    data: Tensor
+    centre: Tensor
+    scatter: Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, x: Tensor) -> _Moments:
+        centre = x.mean(0)
+        xc = x - centre
+        return cls(x, centre, (xc.T @ xc) / x.shape[0])
+
+    @property
+    def variances(self) -> Tensor:
+        return self.scatter.diagonal()
+
+    @cached_property
+    def centred(self) -> tuple[Tensor, Tensor, Tensor]:
+        return _centred_moments(self.data)
 
 
 @torch.no_grad()
