@@ -82,6 +82,48 @@ def test_forward_survives_emissions_far_in_the_tails():
     assert torch.isfinite(model.posterior(x).marginals()).all()
 
 
+@pytest.mark.parametrize("make", [_gaussian_hmm, _categorical_hmm], ids=["gaussian", "categorical"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_log_evidence_by_a_tree_of_products_equals_the_forward_loop(make, seed):
+    """The balanced tree of normalized transition products against the forward recursion,
+    float64, on random HMMs and ragged batches (steps past an end leave the product alone), with
+    a structural zero, and their gradients."""
+    torch.manual_seed(seed)
+    model = make(K=4)
+    with torch.no_grad():
+        A = model.transition_matrix.clone()
+        A[0, 1] = 0.0
+        model.transition_matrix = A / A.sum(-1, keepdim=True)
+    lengths = torch.tensor([1, 2, 37, 64, 129])
+    x, _ = model.sample(len(lengths), num_steps=int(lengths.max()))
+    seqs = Sequences(x, lengths=lengths)
+    log_e = model.emission_log_prob(seqs)
+    tree = model._log_evidence_by_products(log_e)
+    loop = model._forward(log_e)[1].sum(-1)
+    torch.testing.assert_close(tree, loop, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(model.log_evidence(seqs), loop, rtol=1e-12, atol=1e-10)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.autograd.grad(f(model.emission_log_prob(seqs)).sum(), params)
+             for f in (model._log_evidence_by_products, lambda e: model._forward(e)[1].sum(-1))]  # fmt: skip
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_one_long_sequence_is_scored_by_the_tree_and_agrees_with_hmmlearn():
+    from hmmlearn import hmm
+
+    torch.manual_seed(0)
+    model = _gaussian_hmm(K=4, D=2)
+    x, _ = model.sample(1, num_steps=20_000)
+    peer = hmm.GaussianHMM(4, covariance_type="diag", init_params="", params="")
+    peer.startprob_ = model.initial_probs.detach().numpy()
+    peer.transmat_ = model.transition_matrix.detach().numpy()
+    peer.means_ = model.emissions.loc.detach().numpy()
+    peer.covars_ = model.emissions.covariance.detach().numpy()
+    value = float(model.log_evidence(x)[0])
+    assert value == pytest.approx(peer.score(x[0].numpy()), rel=1e-8)
+
+
 def test_posterior_samples_have_the_smoothed_marginals():
     model = _gaussian_hmm()
     x, _ = model.sample(4, num_steps=6)

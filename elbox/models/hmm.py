@@ -261,8 +261,43 @@ class HMM(LatentModel):
         return (log_alpha if log_values else log_alpha.exp()), torch.cat(log_c, -1)
 
     def log_evidence(self, x) -> Tensor:
-        """log p(x) by the forward algorithm, ``[B]``."""
-        return self._forward(self.emission_log_prob(x))[1].sum(-1)
+        """log p(x), ``[B]``: by a balanced tree of matrix products (O(log T) sequential steps),
+        or by the forward algorithm's loop over time, whichever is cheaper: the tree does B K³
+        work per step in one batched call per level, the loop B K² per step but one call per
+        step (about 14 µs each); measured on 2 cores, the tree wins while B K³ < 15,000 + 1.4 B K²
+        (one or a few long sequences, few states). The two agree to rounding
+        (``tests/test_sequence_models.py``)."""
+        log_e = self.emission_log_prob(x)
+        B, T, K = log_e.shape
+        if T > 1 and B * K**3 < 15_000 + 1.4 * B * K**2:
+            value = self._log_evidence_by_products(log_e)
+            if bool(torch.isfinite(value).all()):
+                return value
+        return self._forward(log_e)[1].sum(-1)
+
+    def _log_evidence_by_products(self, log_e: Tensor) -> Tensor:
+        r"""log p(x) = log(α₁ᵀ M₂ ⋯ M_T 1) with M_t = A diag(e_t), the product taken as a balanced
+        tree: pairs multiplied together in one batched call per level, each product divided by
+        its largest entry (whose log is carried), so log₂ T levels instead of T steps. Every
+        entry is non-negative: no cancellation, and the relative error grows with the depth
+        (log T), not with T. Steps past a sequence's end have e_t = 1, so M_t = A and A 1 = 1:
+        they do not change the product. Not finite where probabilities underflow; the caller
+        then takes the forward algorithm, which falls back to log space."""
+        shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
+        e = (log_e - shift).exp()  # [B, T, K]
+        first = self.initial_probs * e[:, 0]  # [B, K]
+        m = self.transition_matrix.unsqueeze(0).unsqueeze(0) * e[:, 1:].unsqueeze(-2)  # [B, T-1, K, K]
+        log_scale = shift.sum((-2, -1))  # [B]
+        while m.shape[1] > 1:
+            if m.shape[1] % 2:  # an odd one out waits for the next level, paired with the identity
+                eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand(m.shape[0], 1, -1, -1)
+                m = torch.cat([m, eye], 1)
+            m = m[:, 0::2] @ m[:, 1::2]
+            top = m.amax((-2, -1), keepdim=True)  # [B, n, 1, 1]
+            m = m / top
+            log_scale = log_scale + top.log().sum((1, 2, 3))
+        total = (first.unsqueeze(-2) @ m[:, 0]).sum((-2, -1))  # α₁ᵀ P 1, [B]
+        return total.log() + log_scale
 
     def e_step(self, x, statistics=None) -> tuple[HMMPosterior, Tensor]:
         """Forward–backward: the posterior over paths and log p(x), ``[B]``."""
