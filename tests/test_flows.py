@@ -12,7 +12,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from typer.testing import CliRunner
 
 import elbox
-from elbox.bounds._common import sample_with_log_prob
+from elbox.bounds._common import draw_with_log_prob
 from elbox.cli.main import app
 from elbox.guides import FlowGuide, FullRankNormal, MeanFieldNormal, mlp
 from elbox.models import BetaBernoulli, FlowDensity, LatentModel, UniformDequantization
@@ -77,7 +77,7 @@ def test_log_evidence_is_elbo_plus_kl_with_a_flow_q_on_the_coin_logit(seed):
     with torch.no_grad():
         elbo = elbox.elbo(model, guide, x, num_samples=S, kl="mc").value  # particles of its own
         # KL(q ‖ posterior) from independent particles, against the Beta pushed through the logit
-        z, log_q = sample_with_log_prob(guide(x), S)
+        z, log_q = draw_with_log_prob(guide(x), S, pathwise=False)
         log_ratio = log_q - model.posterior(x).log_prob(z)
         kl = log_ratio.mean(0)
         w = model.log_joint(x, z) - log_q  # the ELBO's own terms, for its standard error
@@ -96,7 +96,7 @@ def test_log_evidence_is_elbo_plus_kl_with_a_flow_q_on_the_banana(seed):
     S = 200_000
     with torch.no_grad():
         elbo = elbox.elbo(model, guide, x, num_samples=S, kl="mc").value
-        z, log_q = sample_with_log_prob(guide(x), S)
+        z, log_q = draw_with_log_prob(guide(x), S, pathwise=False)
         log_ratio = log_q - model.log_posterior(x, z)
         kl = log_ratio.mean(0)
         w = model.log_joint(x, z) - log_q
@@ -141,7 +141,7 @@ def _fit_q(model, guide, x, steps=600, S=256, lr=1e-2):
 
 def _gap(model, guide, x, S=20_000):
     with torch.no_grad():
-        z, log_q = sample_with_log_prob(guide(x), S)
+        z, log_q = draw_with_log_prob(guide(x), S, pathwise=False)
         w = model.log_joint(x, z) - log_q
         return float(model.log_evidence(x) - w.mean()), float(w.std() / math.sqrt(S))
 

@@ -11,8 +11,7 @@ from torch.distributions import Distribution, constraints
 from elbox._validation import check_positive_int
 from elbox.data.batches import Batch
 
-__all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "sample_with_log_prob",
-           "score_surrogate"]
+__all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "score_surrogate"]
 
 
 def _support_kind(c) -> tuple:
@@ -67,23 +66,15 @@ def draw(q: Distribution, num_samples: int) -> Tensor:
     return q.rsample((S,)) if q.has_rsample else q.sample((S,))
 
 
-def draw_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
+def draw_with_log_prob(q: Distribution, num_samples: int, *, pathwise: bool = True) -> tuple[Tensor, Tensor]:
     """``num_samples`` particles and q's log-density at them, ``([S, B, *event], [S, B])``: in one
     pass where q offers ``rsample_and_log_prob`` (a normalizing flow computes both together),
-    else a draw and then its score."""
+    else a draw and then its score. ``pathwise=False`` is for estimates rather than gradients:
+    the draw is ``q.sample`` (no graph through z), except where q computes both in one pass."""
     S = check_positive_int(num_samples, "num_samples")
-    if q.has_rsample and hasattr(q, "rsample_and_log_prob"):
+    if hasattr(q, "rsample_and_log_prob") and (q.has_rsample or not pathwise):
         return q.rsample_and_log_prob((S,))
-    z = draw(q, S)
-    return z, q.log_prob(z)
-
-
-def sample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
-    """Like :func:`draw_with_log_prob` for estimates rather than gradients: ``q.sample`` and its
-    score, except where q computes both in one pass (a flow), which is used instead."""
-    if hasattr(q, "rsample_and_log_prob"):
-        return q.rsample_and_log_prob((check_positive_int(num_samples, "num_samples"),))
-    z = q.sample((check_positive_int(num_samples, "num_samples"),))
+    z = draw(q, S) if pathwise else q.sample((S,))
     return z, q.log_prob(z)
 
 

@@ -26,6 +26,7 @@ from elbox.cli._schema import (
     one_of,
 )
 from elbox.cli.models import MODEL_TYPES
+from elbox.distributions.flow import FLOW_TYPES
 from elbox.inference.schedules import SCHEDULES
 
 __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "parse_config", "section_keys",
@@ -48,7 +49,7 @@ def _objectives() -> str:
     return "a registered objective: " + ", ".join(repr(k) for k in OBJECTIVES)
 
 
-_FLOW_KIND = Key("maf", one_of("maf", "nsf", "realnvp"), "'maf', 'nsf' or 'realnvp'", "type = 'flow': which flow")
+_FLOW_KIND = Key("maf", one_of(*FLOW_TYPES), "'maf', 'nsf' or 'realnvp'", "type = 'flow': which flow")
 _FLOW_TRANSFORMS = Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "type = 'flow': stacked transformations")
 _FLOW_HIDDEN = Key([64, 64], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
                    "type = 'flow': each transformation's hidden widths")

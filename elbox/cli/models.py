@@ -19,6 +19,7 @@ from elbox.cli._schema import (
     is_size,
     one_of,
 )
+from elbox.distributions.flow import FLOW_TYPES
 
 __all__ = ["MODEL_TYPES", "DataInfo", "ModelType", "register_model_type"]
 
@@ -187,7 +188,7 @@ register_model_type(ModelType(
 register_model_type(ModelType(
     name="flow",
     keys={
-        "flow": Key("maf", one_of("maf", "nsf", "realnvp"), "'maf', 'nsf' or 'realnvp'",
+        "flow": Key("maf", one_of(*FLOW_TYPES), "'maf', 'nsf' or 'realnvp'",
                     "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
         "transforms": Key(5, is_size, f"a positive integer up to {MAX_SIZE:,}", "stacked transformations"),
         "hidden": Key([128, 128], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",

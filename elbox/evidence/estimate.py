@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_points, check_positive_int
-from elbox.bounds._common import prepare, sample_with_log_prob
+from elbox.bounds._common import draw_with_log_prob, prepare
 from elbox.evidence.ais import AIS
 
 __all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
@@ -86,7 +86,7 @@ def importance_log_weights(model, guide, x, *, num_samples: int, chunk_size: int
     chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     log_w = []
     for begin in range(0, S, chunk):
-        z, log_q = sample_with_log_prob(proposal, min(chunk, S - begin))  # [s, B, *event], [s, B]
+        z, log_q = draw_with_log_prob(proposal, min(chunk, S - begin), pathwise=False)  # [s, B, *event], [s, B]
         log_w.append(model.log_joint(x, z) - log_q)
     return torch.cat(log_w)
 

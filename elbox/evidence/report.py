@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_positive_int
-from elbox.bounds._common import log_mean_exp, prepare, sample_with_log_prob
+from elbox.bounds._common import draw_with_log_prob, log_mean_exp, prepare
 from elbox.data.batches import Batch
 from elbox.evidence.diagnostics import (
     active_units,
@@ -512,12 +512,12 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
     B = len(x)
     chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     # q's density at its own draws: infinite for a point mass, which cannot serve as a proposal
-    degenerate = bool(torch.isinf(sample_with_log_prob(q, 1)[1]).any())
+    degenerate = bool(torch.isinf(draw_with_log_prob(q, 1, pathwise=False)[1]).any())
     prior = p if tuple(p.batch_shape) == (B,) else p.expand(torch.Size([B]) + p.batch_shape)
     proposal = prior if degenerate else q
     log_lik, log_ratio, log_w, total = [], [], [], None
     for begin in range(0, S, chunk):
-        z, log_proposal = sample_with_log_prob(proposal, min(chunk, S - begin))  # [s, B, *event], [s, B]
+        z, log_proposal = draw_with_log_prob(proposal, min(chunk, S - begin), pathwise=False)  # [s, B, *event], [s, B]
         lik = model.log_likelihood(x, z)  # [s, B]
         log_p = p.log_prob(z)
         log_w.append(lik + log_p - log_proposal)

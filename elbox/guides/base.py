@@ -21,6 +21,10 @@ class Guide(nn.Module):
     :func:`elbox.fit` passes the indices of each mini-batch.
     """
 
+    #: Whether :func:`~elbox.inference.refine` can optimize a q per point of this family (False
+    #: for a guide with nothing to optimize: the report then skips the gap's split).
+    refinable: bool = True
+
     def __init__(self, num_points: int | None = None):
         super().__init__()
         self.num_points = None if num_points is None else check_positive_int(num_points, "num_points")

@@ -28,6 +28,14 @@ class LatentModel(nn.Module):
     #: of None accepts any size.
     data_shape: tuple[int | None, ...] = ()
 
+    #: True for a model with no latent variable at all (a flow density over continuous data):
+    #: :func:`~elbox.evidence_report` then reports its exact log p(x) with every bound equal to it.
+    latent_free: bool = False
+
+    #: Whether z is a code of x whose use the report measures (active units, mutual
+    #: information); False where z is noise, such as a dequantization offset.
+    has_latent_code: bool = True
+
     def prior(self) -> Distribution:
         """The prior p(z), with an empty batch shape."""
         raise NotImplementedError
