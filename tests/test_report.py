@@ -226,7 +226,8 @@ def test_report_on_an_exact_model_sums_and_serializes(name):
                                    refine_lr=0.05, refine_points=20, batch_size=16)  # fmt: skip
     exact = float(model.log_evidence(x).detach().mean())
     assert report.log_evidence["method"] == "exact" and report.log_evidence["mean"] == pytest.approx(exact)
-    assert report.elbo["mean"] < report.iwae["mean"] < exact
+    # IWAE-50 is a lower bound in expectation; its estimate lies within Monte Carlo error of log p(x) here
+    assert report.elbo["mean"] < report.iwae["mean"] < exact + 4 * report.iwae["mc_stderr"]
     assert report.upper_bound["mean"] > exact - 4 * report.upper_bound["stderr"]
     assert report.gap == pytest.approx(exact - report.elbo["mean"])
     total = report.approximation_gap["mean"] + report.amortization_gap["mean"]

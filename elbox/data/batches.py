@@ -96,6 +96,11 @@ class BatchIterator:
         drop_last: Skip the last, smaller batch.
         checked: Mark the batches as gathered from data the caller has checked
             (:attr:`Batch.checked`).
+        shard: ``(rank, world_size)``: yield this rank's contiguous share of each batch
+            (:func:`elbox.distributed.shard`), the batch itself drawn as one process would draw
+            it (the same order, and dynamic binarization drawn for the whole batch, then
+            sliced). A rank with no point of a batch (a last batch smaller than the world)
+            receives the batch's first point, for the caller to weigh by zero.
 
     Yields:
         :class:`Batch`: the data ``[b, ...]`` and their positions ``[b]`` in ``x`` (a Batch
@@ -112,12 +117,13 @@ class BatchIterator:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         checked: bool = False,
+        shard: tuple[int, int] | None = None,
     ):
         if binarization not in (None, "dynamic"):
             raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
         self.x, self.batch_size = x, check_positive_int(batch_size, "batch_size")
         self.shuffle, self.binarization, self.generator, self.drop_last = shuffle, binarization, generator, drop_last
-        self.checked = checked
+        self.checked, self.shard = checked, shard
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -135,10 +141,22 @@ class BatchIterator:
         """The batches of one epoch in ``order``, from the ``start``-th on (a resumed epoch)."""
         for i in range(start, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]  # [B]
-            batch = self.x[index]
-            if self.binarization == "dynamic":
-                batch = torch.bernoulli(batch, generator=self.generator)
-            yield Batch(batch, index, checked=self.checked)
+            if self.shard is None:
+                batch = self.x[index]
+                if self.binarization == "dynamic":
+                    batch = torch.bernoulli(batch, generator=self.generator)
+                yield Batch(batch, index, checked=self.checked)
+                continue
+            from elbox.distributed import shard
+
+            share = shard(len(index), *self.shard)
+            if share.start == share.stop:  # nothing of this batch here: its first point, to be weighed by zero
+                share = slice(0, 1)
+            if self.binarization == "dynamic":  # the whole batch's draw, as one process makes it
+                batch = torch.bernoulli(self.x[index], generator=self.generator)[share]
+            else:
+                batch = self.x[index[share]]
+            yield Batch(batch, index[share], checked=self.checked)
 
     def __iter__(self):
         yield from self.batches(self.order())

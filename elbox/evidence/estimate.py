@@ -13,6 +13,7 @@ from torch import Tensor
 
 from elbox._validation import check_points, check_positive_int
 from elbox.bounds._common import draw_with_log_prob, prepare
+from elbox.distributed import base_seed, map_batches
 from elbox.evidence.ais import AIS
 
 __all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
@@ -126,7 +127,9 @@ def log_evidence(
     is the same delta-method one, over chains. It needs no guide.
 
     Data points are taken ``batch_size`` at a time and particles ``chunk_size`` at a time, so
-    the memory held is bounded whatever B and S are.
+    the memory held is bounded whatever B and S are. Each batch's draws come from a seed of (one
+    draw of torch's RNG, the batch); under torch.distributed the batches are dealt to the ranks,
+    and the estimate gathered on every rank equals one process's.
 
     Args:
         model: A :class:`~elbox.models.LatentModel`.
@@ -164,20 +167,21 @@ def log_evidence(
     x = check_points(model.check_data(x))
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
-    values, errors = [], []
-    for begin in range(0, B, step):
-        batch = x[begin : begin + step]
+
+    def estimate(begin: int, end: int) -> tuple[Tensor, Tensor]:
+        batch = x[begin:end]
         if ais is not None:
             log_w = ais.forward(batch, S)
         else:
-            rows = None if index is None else index[begin : begin + step]
+            rows = None if index is None else index[begin:end]
             log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size, index=rows)
-        value, stderr = _log_mean_and_stderr(log_w)
-        values.append(value)
-        errors.append(stderr)
-        if progress is not None:
-            progress(min(begin + step, B), B)
-    return Estimate(value=torch.cat(values), stderr=torch.cat(errors), method=method, num_samples=S)
+        return _log_mean_and_stderr(log_w)
+
+    # each batch's draws from a seed of (base, batch): the same estimate on any number of ranks
+    parts = map_batches(B, step, estimate, base=base_seed(), progress=progress)
+    device = parts[0][0].device
+    value, stderr = (torch.cat([p[i].to(device) for p in parts]) for i in (0, 1))
+    return Estimate(value=value, stderr=stderr, method=method, num_samples=S)
 
 
 @torch.no_grad()

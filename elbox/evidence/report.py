@@ -15,6 +15,7 @@ from torch import Tensor
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw_with_log_prob, log_mean_exp, prepare
 from elbox.data.batches import Batch
+from elbox.distributed import base_seed, map_batches, seed_for, seeded
 from elbox.evidence.diagnostics import (
     active_units,
     collapse_warning,
@@ -195,6 +196,10 @@ def evidence_report(
     ``refine_points`` points (``refine_steps`` Adam steps; 0 skips it) to split the gap there.
     Every number has its standard error over the points and its Monte Carlo standard error.
 
+    Each batch's particles come from a seed of (one draw of torch's RNG, the batch), so seeding
+    torch makes the report reproducible, and under torch.distributed the batches are dealt to
+    the ranks and the report gathered on every rank equals the one a single process computes.
+
     Args:
         model: A :class:`~elbox.models.LatentModel`.
         guide: Its guide q(z | x) (a global or amortized one; local guides need their own data).
@@ -248,33 +253,28 @@ def evidence_report(
         raise TypeError(f"progress must be True, False or a function (stage, done, total); received {progress!r}")
     report = progress or (lambda stage, done, total: None)
 
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "elbo_mc", "reconstruction", "kl", "log_p", "log_p_se",
-                                                      "iwae", "iwae_mc", "cubo", "cubo_mc", "gap_mc", "khat", "means",
-                                                      "kl_dims", "reconstruction_mc", "kl_mc")}  # fmt: skip
-    proposals = set()
-    for begin in range(0, N, step):
-        batch = x[begin : begin + step]
-        terms, log_w, means, kl_dims, proposal = _shared_pass(model, guide, batch, S, K, chunk_size)
-        proposals.add(proposal)
+    # every batch's particles from a seed of (base, batch): the same report on any number of ranks
+    base = base_seed()
+
+    def batch_pass(begin: int, end: int) -> tuple[dict, str]:
+        terms, log_w, means, kl_dims, proposal = _shared_pass(model, guide, x[begin:end], S, K, chunk_size)
         log_p, log_p_se = _log_mean_and_stderr(log_w)
         errors = _monte_carlo_errors(log_w, terms["sampled"], K, n)
         khat = psis_khat(log_w)
         # wⁿ has a finite variance only where k̂ < 1/(2n): elsewhere the CUBO has no Monte Carlo error to state
         errors["cubo"] = torch.where(khat.to(errors["cubo"]) < 1 / (2 * n), errors["cubo"], math.nan)
-        for name, value in (
-            ("elbo", terms["elbo"]), ("elbo_mc", terms["elbo_mc"]), ("reconstruction", terms["reconstruction"]),
-            ("kl", terms["kl"]), ("log_p", log_p), ("log_p_se", log_p_se), ("iwae", terms["iwae"]),
-            ("iwae_mc", errors["iwae"]), ("cubo", log_mean_exp(n * log_w) / n), ("cubo_mc", errors["cubo"]),
-            ("gap_mc", errors["gap"]), ("khat", khat), ("reconstruction_mc", terms["reconstruction_mc"]),
-            ("kl_mc", terms["kl_mc"]),
-        ):  # fmt: skip
-            parts[name].append(value.detach().double().cpu())
-        if means is not None:
-            parts["means"].append(means.detach().double().cpu())
-        if kl_dims is not None:
-            parts["kl_dims"].append(kl_dims.double().cpu())
-        report("importance sampling", min(begin + step, N), N)
-    v = {k: torch.cat(p) for k, p in parts.items() if p}
+        values = {
+            "elbo": terms["elbo"], "elbo_mc": terms["elbo_mc"], "reconstruction": terms["reconstruction"],
+            "kl": terms["kl"], "log_p": log_p, "log_p_se": log_p_se, "iwae": terms["iwae"],
+            "iwae_mc": errors["iwae"], "cubo": log_mean_exp(n * log_w) / n, "cubo_mc": errors["cubo"],
+            "gap_mc": errors["gap"], "khat": khat, "reconstruction_mc": terms["reconstruction_mc"],
+            "kl_mc": terms["kl_mc"], "means": means, "kl_dims": kl_dims,
+        }  # fmt: skip
+        return {k: t.detach().double().cpu() for k, t in values.items() if t is not None}, proposal
+
+    batches = map_batches(N, step, batch_pass, base=base, progress=lambda d, t: report("importance sampling", d, t))
+    proposals = {proposal for _, proposal in batches}
+    v = {k: torch.cat([b[k] for b, _ in batches]) for k in batches[0][0]}
 
     if method == "importance":
         log_p, log_p_se = v["log_p"], v["log_p_se"]
@@ -365,7 +365,8 @@ def evidence_report(
     M = min(N, check_positive_int(mi_points, "mi_points"))
     if M >= 2 and "means" in v and getattr(model, "has_latent_code", True):
         try:
-            result.mutual_information = mutual_information(guide(x[:M]))
+            with seeded(seed_for(base, -1)):  # the same draws on every rank
+                result.mutual_information = mutual_information(guide(x[:M]))
             result.mi_points = M
         except (NotImplementedError, ValueError, TypeError):  # a q without the densities it needs
             result.mutual_information = None
@@ -375,17 +376,19 @@ def evidence_report(
         from elbox.inference.refine import refine
 
         R = min(N, check_positive_int(refine_points, "refine_points"))
-        with torch.enable_grad():
-            refined = refine(model, guide, x[:R], steps=refine_steps, lr=refine_lr, num_samples=elbo_samples,
-                             batch_size=step, progress=lambda d, t: report("refining q per point", d, t))  # fmt: skip
-        # L[q*] per point and its Monte Carlo error, by the same shared pass (q* is local: indexed)
-        refined_parts = [
-            _shared_pass(model, refined, Batch(x[b : min(b + step, R)], torch.arange(b, min(b + step, R))),
-                         S, 1, chunk_size)[0]
-            for b in range(0, R, step)
-        ]  # fmt: skip
-        refined_elbo = torch.cat([t["elbo"].detach().double().cpu() for t in refined_parts])
-        refined_mc = torch.cat([t["elbo_mc"].detach().double().cpu() for t in refined_parts])
+
+        def refined_pass(begin: int, end: int) -> tuple[Tensor, Tensor]:
+            """q* of each point of the batch, then L[q*] and its Monte Carlo error by the shared pass."""
+            with torch.enable_grad():
+                refined = refine(model, guide, x[begin:end], steps=refine_steps, lr=refine_lr,
+                                 num_samples=elbo_samples)  # fmt: skip
+            terms = _shared_pass(model, refined, Batch(x[begin:end], torch.arange(end - begin)), S, 1, chunk_size)[0]
+            return terms["elbo"].detach().double().cpu(), terms["elbo_mc"].detach().double().cpu()
+
+        refined_parts = map_batches(R, step, refined_pass, base=seed_for(base, -2),
+                                    progress=lambda d, t: report("refining q per point", d, t))  # fmt: skip
+        refined_elbo = torch.cat([e for e, _ in refined_parts])
+        refined_mc = torch.cat([m for _, m in refined_parts])
         # independent particles behind log p̂, L[q*] and L[q]: their errors add in quadrature
         approximation_mc = (log_p_se[:R] ** 2 + refined_mc**2).sqrt()
         amortization_mc = (refined_mc**2 + v["elbo_mc"][:R] ** 2).sqrt()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from elbox.distributed import from_rank0, gather, rank
 from elbox.inference.history import History
 from elbox.io.run import RunDirectory, load_checkpoint, save_checkpoint
 
@@ -34,6 +35,7 @@ class FitState:
         best: The early-stopping record: ``value``, ``epoch``, ``waited``.
         stop: Set by a callback to end the run after this epoch.
         partial: Mid-epoch position, set while a checkpoint of an interrupted epoch is written.
+        data_seed: The seed each epoch's order of the points is drawn from, with the epoch.
     """
 
     objective: torch.nn.Module
@@ -45,6 +47,7 @@ class FitState:
     best: dict = field(default_factory=lambda: {"value": -math.inf, "epoch": 0, "waited": 0})
     stop: bool = False
     partial: dict | None = None
+    data_seed: int = 0
 
 
 class Callback:
@@ -124,7 +127,10 @@ class Checkpointer(Callback):
     """Writes ``checkpoints/last.safetensors`` every ``every`` epochs (and at the end) and
     ``best.safetensors`` at each new best monitored bound: the objective's state (model, guide
     and the estimator's own), the optimizer's, the RNG's, the history, the options and the config
-    of record. Every write is atomic."""
+    of record. Every write is atomic.
+
+    Under torch.distributed every rank calls :meth:`save` (it gathers each rank's RNG state) and
+    rank 0 alone writes; an error in the write is raised on every rank."""
 
     def __init__(self, run: RunDirectory, every: int, config: str | None, epochs: int, keep_best: bool):
         self.run, self.every, self.config, self.epochs, self.keep_best = run, every, config, epochs, keep_best
@@ -136,14 +142,18 @@ class Checkpointer(Callback):
             self.save(state, "last")
 
     def save(self, state: FitState, name: str = "last") -> None:
+        rngs = gather(_rng_state())  # every rank's, in rank order
+        from_rank0(self._write, state, name, rngs)
+
+    def _write(self, state: FitState, name: str, rngs: list[dict]) -> None:
         tensors = {k: v for k, v in state.objective.state_dict().items()}
         opt = state.optimizer.state_dict()
         for index, slots in opt["state"].items():
             for k, v in slots.items():
                 tensors[f"optimizer.{index}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        for r, states in enumerate(rngs):  # rank 0's under the names one process uses, the others' by rank
+            for device, value in states.items():
+                tensors[f"rng.{device}" if r == 0 else f"rng.{device}.{r}"] = value
         tensors["history.steps"] = torch.tensor(state.history.steps, dtype=torch.float64)
         partial = None
         if state.partial is not None:
@@ -153,6 +163,8 @@ class Checkpointer(Callback):
             for part, values in state.partial["parts"].items():
                 tensors[f"epoch.parts.{part}"] = torch.stack(values)
             partial = {"step": len(state.partial["values"]), "parts": sorted(state.partial["parts"])}
+            if "data_rng" in state.partial:
+                tensors["epoch.data_rng"] = state.partial["data_rng"]
         record = state.history.to_dict()
         record.pop("steps")
         metadata = {
@@ -165,13 +177,17 @@ class Checkpointer(Callback):
             "history": record,
             "best": state.best,
             "config": self.config,
+            "data_seed": str(state.data_seed),  # 63 bits: a string, which JSON keeps exact
+            "world_size": len(rngs),
         }
         save_checkpoint(self.run.checkpoint(name), tensors, metadata)
 
-    def restore(self, state: FitState, resume_keys: tuple[str, ...]) -> dict | None:
-        """Loads ``last`` into the objective, optimizer, RNG and history; returns the mid-epoch
+    def restore(self, state: FitState, resume_keys: tuple[str, ...], loaded: tuple[dict, dict] | None = None
+                ) -> dict | None:  # fmt: skip
+        """Loads ``last`` (or the ``(tensors, metadata)`` already read from it, as rank 0 sends them
+        to the other ranks) into the objective, optimizer, RNG and history; returns the mid-epoch
         position (order, step, values, parts) when the run was interrupted inside an epoch."""
-        tensors, meta = load_checkpoint(self.run.checkpoint())
+        tensors, meta = load_checkpoint(self.run.checkpoint()) if loaded is None else loaded
         saved = meta.get("options", {})
         for key in resume_keys:
             if key in saved and _jsonable(saved[key]) != _jsonable(state.options.get(key)):
@@ -186,9 +202,12 @@ class Checkpointer(Callback):
                 _, index, name = k.split(".", 2)
                 slots.setdefault(int(index), {})[name] = v
         state.optimizer.load_state_dict({"state": slots, "param_groups": meta["optimizer_groups"]})
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        suffix = f".{rank()}" if rank() > 0 else ""
+        torch.set_rng_state(tensors["rng.cpu" + suffix])
+        if "rng.cuda" + suffix in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda" + suffix])
+        # checkpoints from before the data had a generator of their own: the seed, as the options hold it
+        state.data_seed = int(meta.get("data_seed") or (state.options.get("seed") or 0))
         for k, v in meta["history"].items():
             setattr(state.history, k, v)
         state.history.steps = tensors["history.steps"].tolist()
@@ -198,11 +217,22 @@ class Checkpointer(Callback):
         if not partial:
             return None
         values = tensors["epoch.values"]
-        return {
+        restored = {
             "order": tensors["epoch.order"],
             "values": list(values.unbind(0)) if values.numel() else [],
             "parts": {p: list(tensors[f"epoch.parts.{p}"].unbind(0)) for p in partial["parts"]},
         }
+        if "epoch.data_rng" in tensors:
+            restored["data_rng"] = tensors["epoch.data_rng"]
+        return restored
+
+
+def _rng_state() -> dict:
+    """This process's RNG states: the CPU's, and the current GPU's where CUDA is in use."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def load_modules(objective: torch.nn.Module, tensors: dict) -> None:

@@ -8,11 +8,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from signal import SIGTERM
 
 import torch
 
 from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import BatchIterator, binarize
+from elbox.distributed import agree, all_sum, broadcast, from_rank0, rank, seed_for, shard, world_size
 from elbox.inference._progress import Progress
 from elbox.inference.callbacks import (
     Callback,
@@ -27,7 +29,7 @@ from elbox.inference.callbacks import (
 from elbox.inference.history import DivergenceWarning, History
 from elbox.inference.schedules import LRSchedule, Schedule, lr_schedule
 from elbox.inference.schedules import kl_warmup as warmup_schedule
-from elbox.io.run import RunDirectory, RunLock, remove_stale_temporaries
+from elbox.io.run import RunDirectory, RunLock, load_checkpoint, remove_stale_temporaries
 from elbox.objectives import Objective, make_objective
 
 __all__ = ["fit"]
@@ -35,7 +37,7 @@ __all__ = ["fit"]
 # Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
 _RESUME_KEYS = (
     "bound", "objective_options", "batch_size", "lr", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
-    "adam_eps", "binarization", "optimize_model",
+    "adam_eps", "binarization", "optimize_model", "world_size",
 )  # fmt: skip
 
 
@@ -88,6 +90,17 @@ def fit(
     step, writes ``last`` (mid-epoch position included) and raises
     :class:`~elbox.inference.Interrupted`. ``resume=True`` continues from ``last``: the result
     equals an uninterrupted run's, bit for bit.
+
+    The epoch's order of the points (and dynamic binarization) comes from a generator of its
+    own, seeded by (seed, epoch); the particles from torch's global RNG, seeded by ``seed``.
+
+    Under ``torchrun`` (a process group of W > 1 processes, :mod:`elbox.distributed`) the same
+    call trains data-parallel: every rank draws the same global order, takes its share of each
+    global batch of ``batch_size`` points (which W must divide), and DDP averages the gradients
+    of the global batch mean; the bound and its parts are summed across ranks at every step, so
+    every rank records the same history and takes the same decisions; only rank 0 writes to
+    ``run_dir``, and its checkpoints hold every rank's RNG state. A deterministic objective's
+    parameters equal one process's to rounding; a stochastic one's particles differ per rank.
 
     Args:
         objective: An :class:`~elbox.objectives.Objective`, or a model (then ``guide`` and
@@ -181,6 +194,15 @@ def fit(
     if resume and run is None:
         raise ValueError("resume=True needs run_dir, the run to continue")
 
+    W, R = world_size(), rank()
+    if W > 1:
+        if batch_size % W:
+            raise ValueError(
+                f"batch_size is the global batch, shared by the {W} processes, and must be divisible by their number; "
+                f"received {batch_size}" + (" (all the points: set [train] batch_size)" if batch_size == N else "")
+            )
+        if validation is not None and len(valid) < W:
+            raise ValueError(f"validation needs at least one point per process ({W}); received {len(valid)}")
     reference = model._reference() if hasattr(model, "_reference") else next(model.parameters())
     objective.to(dtype=x.dtype if torch.is_tensor(x) and x.dtype.is_floating_point else reference.dtype,
                  device=reference.device)  # fmt: skip
@@ -198,8 +220,12 @@ def fit(
         "beta": float(objective.beta) if hasattr(objective, "beta") else None, "kl_warmup": warmup,
         "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
         "schedule": [schedule.name, schedule.epochs, schedule.stages, schedule.gamma, schedule.final],
-        "binarization": binarization, "optimize_model": optimize_model,
+        "binarization": binarization, "optimize_model": optimize_model, "world_size": W,
     }  # fmt: skip
+    if W > 1:  # one command, one config, one data set on every rank, or a clear error on all of them
+        agree({**options, "epochs": epochs, "run_dir": run_dir is not None, "resume": resume,
+               "data": _fingerprint(x), "validation": None if valid is None else _fingerprint(valid)},
+              "fit's options and data")  # fmt: skip
     state = FitState(objective, optimizer, History(method=f"vi:{options['bound']}"), options)
     # the pieces the loop calls after each epoch, in order: stopping decides, then files are written
     checkpointer = None
@@ -207,17 +233,26 @@ def fit(
         checkpointer = Checkpointer(run, checkpoint_every, config, epochs, valid is not None or patience is not None)
     elif tensorboard:
         raise ValueError("tensorboard=True needs run_dir, where the event files are written")
-    pieces: list[Callback] = [EarlyStopping(patience, checkpointer)] if patience is not None else []
-    pieces += [MetricsLog(run, tensorboard), checkpointer] if run is not None else []
+    # under DDP the best parameters are kept in memory (the same on every rank), not read back from rank 0's disk
+    pieces: list[Callback] = [EarlyStopping(patience, checkpointer if W == 1 else None)] if patience is not None \
+        else []  # fmt: skip
+    pieces += [MetricsLog(run, tensorboard)] if run is not None and R == 0 else []
+    pieces += [checkpointer] if run is not None else []
     pieces += [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
 
-    # batches of the data checked above, drawn with torch's RNG (seeded, and forked: see below)
-    batches = BatchIterator(x, batch_size, binarization=binarization, checked=True)
+    # batches of the data checked above: the order and binarization from a generator seeded per epoch
+    # (every rank draws the same global batch and takes its share), the particles from torch's RNG
+    device = x.device if torch.is_tensor(x) else x.values.device
+    data_rng = torch.Generator(device=device)
+    batches = BatchIterator(x, batch_size, binarization=binarization, generator=data_rng, checked=True,
+                            shard=(R, W) if W > 1 else None)  # fmt: skip
     start = time.perf_counter()
-    lock = RunLock(run.path) if run is not None else contextlib.nullcontext()
-    with lock, torch.random.fork_rng(devices=[]), SignalGuard(run is not None) as signals, \
-            Progress(progress, epochs) as bar:  # fmt: skip
+    lock = RunLock(run.path) if run is not None and R == 0 else contextlib.nullcontext()
+    with lock, torch.random.fork_rng(devices=_rng_devices()), SignalGuard(run is not None) as signals, \
+            Progress(progress and R == 0, epochs) as bar:  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
+        # DDP wraps the objective (after the parameters are restored: it broadcasts rank 0's)
+        forward = objective if W == 1 else torch.nn.parallel.DistributedDataParallel(objective)
         bar.resume(state.epoch)
         if valid is not None and binarization == "dynamic":  # one reproducible draw, comparable across epochs
             generator = torch.Generator(device=valid.device).manual_seed(0 if seed is None else seed)
@@ -231,26 +266,41 @@ def fit(
             scheduled = {s.attribute: s.apply(objective, epoch) for s in schedules}
             # a fresh order (or, resuming mid-epoch, the interrupted epoch's order and steps so far)
             if partial is None:
+                data_rng.manual_seed(seed_for(state.data_seed, epoch))
                 partial = {"order": batches.order(), "values": [], "parts": {}}
+            elif "data_rng" in partial:
+                data_rng.set_state(partial["data_rng"])
             values, parts = partial["values"], partial["parts"]
             for batch in batches.batches(partial["order"], start=len(values)):
                 # one step: the objective on the batch, the NaN guard, the gradient step
-                out = objective(batch)
-                loss = -out.surrogate.mean()
-                if not torch.isfinite(loss.detach()):
-                    _raise_non_finite(state, epoch, len(values), out.parts, run)
+                out = forward(batch)
+                if W == 1:
+                    loss = -out.surrogate.mean()
+                    value, terms, stop = out.value.detach().mean(), {k: t.detach().mean() for k, t in
+                                                                     out.parts.items()}, signals.received  # fmt: skip
+                    if not torch.isfinite(loss.detach()):
+                        _raise_non_finite(state, epoch, len(values), out.parts, run)
+                else:  # this rank's share of the global batch mean; the bound and the decisions summed over ranks
+                    size = min(batch_size, N - len(values) * batch_size)
+                    share = shard(size, R, W)
+                    weight = W / size if share.stop > share.start else 0.0
+                    loss = -out.surrogate.sum() * weight
+                    value, terms, stop = _reduced(out, loss, weight, size, signals.received)
+                    if stop == "non-finite":
+                        _raise_non_finite(state, epoch, len(values), terms, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
-                values.append(out.value.detach().mean())
-                for name, term in out.parts.items():
-                    parts.setdefault(name, []).append(term.detach().mean())
-                if signals.received is not None:  # SIGTERM / SIGINT: checkpoint mid-epoch, then stop
+                values.append(value)
+                for name, term in terms.items():
+                    parts.setdefault(name, []).append(term)
+                if stop is not None:  # SIGTERM / SIGINT (on any rank): checkpoint mid-epoch, then stop
+                    partial["data_rng"] = data_rng.get_state()
                     state.epoch, state.partial = epoch, partial
                     checkpointer.save(state)
-                    raise Interrupted(signals.received, run.checkpoint())
+                    raise Interrupted(signals.received or stop, run.checkpoint())
             partial = state.partial = None
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 _raise_non_finite(state, epoch, len(values), {"parameters": torch.tensor(math.nan)}, run)
@@ -300,33 +350,85 @@ def _objective(objective, args: tuple, bound: str | None, beta, options: dict) -
 
 
 def _start(run, resume: bool, checkpointer, state: FitState, epochs: int, seed) -> dict | None:
-    """Opens the run: a resumed run's state, or a fresh one's seed and epoch-0 checkpoint."""
-    if run is None:
-        if seed is not None:
-            torch.manual_seed(seed)
+    """Opens the run: a resumed run's state, or a fresh one's seeds and epoch-0 checkpoint. Rank 0
+    reads and writes the directory; what it finds (or refuses) is every rank's."""
+    if run is None or not resume:
+        if run is not None:
+            from_rank0(_open_fresh, run)
+        _seed(state, seed)
+        if run is not None:
+            checkpointer.save(state)  # epoch 0: every interrupted run can be resumed
         return None
-    remove_stale_temporaries(run.path)
-    if not resume:
-        if run.has_checkpoint():
-            raise FileExistsError(
-                f"{run.checkpoint()} exists: {run.path} holds a run already. Pass resume=True to continue it, "
-                "or choose a new run directory (nothing was overwritten)"
-            )
-        if seed is not None:
-            torch.manual_seed(seed)
-        run.truncate_metrics(0)
-        checkpointer.save(state)  # epoch 0: every interrupted run can be resumed
-        return None
-    if not run.has_checkpoint():
-        raise FileNotFoundError(f"nothing to resume in {run.path}: {run.checkpoint()} does not exist")
-    partial = checkpointer.restore(state, _RESUME_KEYS)
+    loaded = from_rank0(_open_resumed, run)
+    partial = checkpointer.restore(state, _RESUME_KEYS, loaded)
     if state.epoch > epochs or (state.epoch == epochs and partial is not None):
         raise ValueError(
             f"cannot resume {run.path} with epochs={epochs}: it has done {state.epoch} epochs already "
             f"(resume with epochs >= {state.epoch}; nothing was changed)"
         )
-    run.truncate_metrics(state.epoch)
+    if rank() == 0:
+        run.truncate_metrics(state.epoch)
     return partial
+
+
+def _open_fresh(run) -> None:
+    remove_stale_temporaries(run.path)
+    if run.has_checkpoint():
+        raise FileExistsError(
+            f"{run.checkpoint()} exists: {run.path} holds a run already. Pass resume=True to continue it, "
+            "or choose a new run directory (nothing was overwritten)"
+        )
+    run.truncate_metrics(0)
+
+
+def _open_resumed(run) -> tuple[dict, dict]:
+    remove_stale_temporaries(run.path)
+    if not run.has_checkpoint():
+        raise FileNotFoundError(f"nothing to resume in {run.path}: {run.checkpoint()} does not exist")
+    return load_checkpoint(run.checkpoint())
+
+
+def _seed(state: FitState, seed: int | None) -> None:
+    """Seeds the particles (rank 0 with ``seed`` itself, as one process; rank r with a seed of
+    (seed, r)) and fixes the data's seed, from which each epoch's order is drawn."""
+    R = rank()
+    if seed is None:  # rank 0's draw, the same on every rank
+        base = broadcast(int(torch.randint(0, 2**62, (1,))))
+        if R > 0:
+            torch.manual_seed(seed_for(base, R))
+        state.data_seed = base
+        return
+    torch.manual_seed(seed if R == 0 else seed_for(seed, R))
+    state.data_seed = seed
+
+
+def _reduced(out, loss, weight: float, size: int, signal) -> tuple:
+    """The global batch's mean bound and parts, with one decision for every rank: ``"non-finite"``
+    where any rank's loss is, else the signal any rank received (None if none)."""
+    mine = weight > 0
+    local = [out.value.detach().sum() if mine else out.value.new_zeros(())]
+    local += [t.detach().sum() if mine else t.new_zeros(()) for t in out.parts.values()]
+    flags = [float(mine and not bool(torch.isfinite(loss.detach()))), float(signal is not None)]
+    totals = all_sum(torch.cat([torch.stack([v.double() for v in local]), torch.tensor(flags, dtype=torch.float64,
+                                                                                       device=local[0].device)]))
+    value = totals[0] / size
+    terms = {name: totals[1 + i] / size for i, name in enumerate(out.parts)}
+    if totals[-2] > 0:
+        return value, {**terms, **({} if torch.isfinite(value) else {"value": value})}, "non-finite"
+    return value, terms, (signal or SIGTERM) if totals[-1] > 0 else None
+
+
+def _fingerprint(x) -> tuple:
+    """The data's shape, dtype and two weighted sums: equal on ranks that loaded the same data."""
+    values = x if torch.is_tensor(x) else x.values
+    flat = values.reshape(-1).double()
+    ramp = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+    return tuple(values.shape), str(values.dtype), float(flat.sum()), float((flat * ramp).sum())
+
+
+def _rng_devices() -> list:
+    """The GPUs whose RNG ``fit`` forks besides the CPU's: the current one, where CUDA is in use."""
+    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
 def _record(state: FitState, epoch, values, parts, N, batch_size, rate, scheduled, valid, objective) -> None:
@@ -342,7 +444,7 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
         getattr(history, name).append(mean)
     history.lr.append(rate)
     if valid is not None:
-        history.validation.append(_validate(objective, valid, batch_size))
+        history.validation.append(_validate(objective, valid, batch_size))  # summed over the ranks' shares
     history.n_iter = state.epoch = epoch + 1
     monitored = history.validation[-1] if valid is not None else history.lower_bound[-1]
     if monitored > state.best["value"]:
@@ -403,12 +505,13 @@ def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
 
 @torch.no_grad()
 def _validate(objective, x, batch_size: int) -> float:
-    """The bound's mean over held-out data, in chunks."""
+    """The bound's mean over held-out data, in chunks (each rank its share, summed)."""
     chunk = max(batch_size, 1000)
-    total = 0.0
-    for begin in range(0, len(x), chunk):
-        total += float(objective(x[begin : begin + chunk]).value.sum())
-    return total / len(x)
+    share = x[shard(len(x))] if world_size() > 1 else x
+    total = torch.zeros((), dtype=torch.float64)
+    for begin in range(0, len(share), chunk):
+        total += objective(share[begin : begin + chunk]).value.double().sum().cpu()
+    return float(all_sum(total)) / len(x)
 
 
 def _raise_non_finite(state: FitState, epoch: int, step: int, terms: dict, run) -> None:
