@@ -29,9 +29,11 @@ seed of (base, batch), so the report on W ranks equals the report on one, to rou
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -40,12 +42,17 @@ __all__ = [
     "DistributedError",
     "agree",
     "all_sum",
+    "base_seed",
     "broadcast",
     "from_rank0",
+    "gather",
     "init_from_environment",
     "is_distributed",
     "map_batches",
     "rank",
+    "rank0_context",
+    "seed_for",
+    "seeded",
     "shard",
     "world_size",
 ]
@@ -79,12 +86,32 @@ def init_from_environment() -> bool:
     available (each process on the GPU of its ``LOCAL_RANK``), else ``gloo``. Returns whether a
     group of more than one process is running."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if torch.cuda.is_available():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
+        rank_, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=_store(rank_, size), rank=rank_, world_size=size)
+        atexit.register(_shut_down)
     return is_distributed()
+
+
+def _store(rank_: int, size: int):
+    """torchrun's store (its agent's, or rank 0's), under a prefix of the restart count: workers
+    restarted by ``--max-restarts`` must not read the addresses their dead predecessors left in
+    the agent's store (seen here: the restarted group's gloo setup then waits forever)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=not agent and rank_ == 0, multi_tenant=not agent)  # fmt: skip
+    return dist.PrefixStore(f"elbox/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def _shut_down() -> None:
+    """At exit: every rank waits for the others, then the group is destroyed (a rank that leaves
+    while another still holds its connections can abort in gloo's teardown)."""
+    if dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer that has failed already
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def _device():
@@ -155,23 +182,27 @@ def from_rank0(function, *args, **kwargs):
     return result
 
 
-def collective(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` on every rank; if it raises on any rank, every rank raises
-    (the first failing rank's exception), so that none is left waiting in the next collective."""
+@contextlib.contextmanager
+def rank0_context(factory):
+    """Enters ``factory()`` (a lock, say) on rank 0 alone; an error in entering it is raised on
+    every rank. Without a process group, ``factory()`` itself."""
     if not is_distributed():
-        return function(*args, **kwargs)
-    result = error = None
+        with factory():
+            yield
+        return
+    if dist.get_rank() != 0:
+        from_rank0(None)
+        yield
+        return
+    context = factory()
+    from_rank0(context.__enter__)
     try:
-        result = function(*args, **kwargs)
-    except Exception as caught:  # noqa: BLE001 - re-raised on every rank below
-        error = caught
-    errors = gather(None if error is None else _portable(error, dist.get_rank()))
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
-        if error is not None:
-            raise error
-        raise first
-    return result
+        yield
+    except BaseException:
+        if not context.__exit__(*sys.exc_info()):
+            raise
+    else:
+        context.__exit__(None, None, None)
 
 
 def _portable(error: BaseException | None, source: int = 0):

@@ -135,6 +135,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "refine_steps": Key(200, is_non_negative_int, "a non-negative integer",
                             "Adam steps of per-point refinement, for the gap split (0: none)"),
         "refine_points": Key(500, is_positive_int, "a positive integer", "test points refined"),
+        "seed": Key(0, lambda v: is_non_negative_int(v) and v < 2**63, "an integer in [0, 2**63)",
+                    "seeds the particles: the same report on any number of processes"),
     },
     "log": {
         "tensorboard": Key(False, is_bool, "true or false",

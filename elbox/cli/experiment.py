@@ -25,6 +25,7 @@ from elbox.cli.config import (
 )
 from elbox.cli.models import MODEL_TYPES, DataInfo
 from elbox.data.sequences import Sequences
+from elbox.distributed import agree, from_rank0, is_distributed, rank0_context
 from elbox.inference import History, em, fit
 from elbox.io import (
     NotARunError,
@@ -243,9 +244,53 @@ def train_run(
     run = RunDirectory(run_dir)
     if config is None:
         config = load_config(config_path)
-    # what can be refused is refused before the directory is touched
+    if is_distributed():  # under torchrun: the same config on every rank, and VI (EM runs in one process)
+        agree(to_toml(config), f"the config ({config_path})")
+        if config["train"]["method"] == "em":
+            raise ConfigError(
+                f"[train] method = \"em\" runs in one process (its statistics are cheap); run `elbox fit "
+                f"{config_path}` without torchrun, or use method = \"vi\" for data-parallel training"
+            )
+    # what can be refused is refused before the directory is touched: rank 0 reads it, every rank is told
+    config = from_rank0(_checked_start, run, config, config_path, resume)
+    if config["log"]["tensorboard"]:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("[log] tensorboard = true needs the tensorboard package: pip install "
+                              "'elbox[tensorboard]' (or tensorboard)") from None  # fmt: skip
+    x, _ = load_data(config, "train")
+    valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
+    if not resume:
+        config = {**config, RECORD: _record(config, x)}
+    with rank0_context(lambda: RunLock(run.path)):
+        from_rank0(_prepare_directory, run, resume, to_toml(config))
+        model, guide = build_model(config)
+        text = to_toml(config)
+        start = time.perf_counter()
+        if config["train"]["method"] == "em":
+            history = _em_run(run, config, model, x, text)
+        else:
+            _initialize(config, model, x)
+            history = fit(model, guide, x, validation=valid, run_dir=run.path, resume=resume, progress=progress,
+                          config=text, **_fit_options(config))  # fmt: skip
+        seconds = time.perf_counter() - start
+        from_rank0(make_figures, run, config, model)
+    return {"history": history, "seconds": seconds, "model": model, "guide": guide, "run": run, "config": config}
+
+
+def _prepare_directory(run: RunDirectory, resume: bool, text: str) -> None:
+    remove_stale_temporaries(run.path)
+    if not resume:
+        _clear_unstarted(run)
+    atomic_write_text(run.config, text)
+
+
+def _checked_start(run: RunDirectory, config: dict, config_path, resume: bool) -> dict:
+    """Refuses a directory that holds a run (unless resuming) and a resumed run's changed config;
+    returns the config, with the run's record when resuming."""
     if resume:
-        run = RunDirectory.open(run_dir)
+        run = RunDirectory.open(run.path)
         stored = config_of_record(run)
         for section in ("data", "model", "train", "log"):
             for key, value in stored[section].items():
@@ -265,36 +310,9 @@ def train_run(
                 f"cannot resume {run.path} with [train] epochs = {config['train']['epochs']}: it has done {done} "
                 f"epochs already (resume with epochs >= {done}; nothing was changed)"
             )
-        config = {**config, RECORD: stored[RECORD]}
-    else:
-        _clear_unstarted(run, dry_run=True)
-    if config["log"]["tensorboard"]:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError("[log] tensorboard = true needs the tensorboard package: pip install "
-                              "'elbox[tensorboard]' (or tensorboard)") from None  # fmt: skip
-    x, _ = load_data(config, "train")
-    valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
-    if not resume:
-        config = {**config, RECORD: _record(config, x)}
-    with RunLock(run.path):
-        remove_stale_temporaries(run.path)
-        if not resume:
-            _clear_unstarted(run)
-        model, guide = build_model(config)
-        text = to_toml(config)
-        atomic_write_text(run.config, text)
-        start = time.perf_counter()
-        if config["train"]["method"] == "em":
-            history = _em_run(run, config, model, x, text)
-        else:
-            _initialize(config, model, x)
-            history = fit(model, guide, x, validation=valid, run_dir=run.path, resume=resume, progress=progress,
-                          config=text, **_fit_options(config))  # fmt: skip
-        seconds = time.perf_counter() - start
-        make_figures(run, config, model)
-    return {"history": history, "seconds": seconds, "model": model, "guide": guide, "run": run, "config": config}
+        return {**config, RECORD: stored[RECORD]}
+    _clear_unstarted(run, dry_run=True)
+    return config
 
 
 def _clear_unstarted(run: RunDirectory, dry_run: bool = False) -> None:
@@ -496,19 +514,21 @@ def evaluate_run(
     loaded = load_run(run_dir)
     run, config, model = loaded.directory, loaded.config, loaded.model
     e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)
-    with RunLock(run.path):
+    with rank0_context(lambda: RunLock(run.path)):
         x, _ = load_data(config, "test")
         if e["max_points"]:
             x = x[: e["max_points"]]
         exact = getattr(model, "has_exact_evidence", False)
         guide = Exact(model) if exact else loaded.guide
         S = e["num_samples"]
-        report = evidence_report(
-            model, guide, x, num_samples=max(S, 5), iwae_samples=min(e["iwae_samples"], max(S, 5)),
-            cubo_order=e["cubo_order"], method="exact" if exact else e["method"], ais_schedule=e["ais_steps"],
-            refine_steps=0 if exact else e["refine_steps"], refine_points=e["refine_points"],
-            batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
-        )  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(e["seed"])  # each batch's particles from a seed of (this seed, the batch)
+            report = evidence_report(
+                model, guide, x, num_samples=max(S, 5), iwae_samples=min(e["iwae_samples"], max(S, 5)),
+                cubo_order=e["cubo_order"], method="exact" if exact else e["method"], ais_schedule=e["ais_steps"],
+                refine_steps=0 if exact else e["refine_steps"], refine_points=e["refine_points"],
+                batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
+            )  # fmt: skip
         result = {
             "run": str(run.path),
             "data": f"{_data_name(config)} test set, {len(x)} points",
@@ -518,7 +538,7 @@ def evaluate_run(
         }
         if exact and not isinstance(loaded.guide, Exact):
             result["training_gap"] = _training_gap(config, model, loaded.guide)
-        write_json(run.path / "evaluation.json", result)
+        from_rank0(write_json, run.path / "evaluation.json", result)
     return result
 
 
@@ -545,7 +565,6 @@ def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_conf
     """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
     per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
     (evaluated first when there is none, when ``fresh``, or when settings are given)."""
-    from elbox.plots import write_html_report
 
     loaded = load_run(run_dir)  # refuses an edited config.toml before anything is written
     run = loaded.directory
@@ -554,15 +573,21 @@ def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_conf
     evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
     if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
         evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, progress=progress)
-    with RunLock(run.path):
-        metrics = run.read_metrics()
-        content = {**evaluation, "training": metrics}
-        write_json(run.path / "report.json", content)
-        context = {"run directory": evaluation["run"], "data": evaluation["data"],
-                   "checkpoint": evaluation["checkpoint"], "epochs trained": len(metrics)}  # fmt: skip
-        write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
-                          training=metrics, context=context)  # fmt: skip
+    with rank0_context(lambda: RunLock(run.path)):
+        from_rank0(_write_report, run, evaluation)
     return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}
+
+
+def _write_report(run: RunDirectory, evaluation: dict) -> None:
+    from elbox.plots import write_html_report
+
+    metrics = run.read_metrics()
+    content = {**evaluation, "training": metrics}
+    write_json(run.path / "report.json", content)
+    context = {"run directory": evaluation["run"], "data": evaluation["data"],
+               "checkpoint": evaluation["checkpoint"], "epochs trained": len(metrics)}  # fmt: skip
+    write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
+                      training=metrics, context=context)  # fmt: skip
 
 
 # Figures.

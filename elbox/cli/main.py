@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ def _user_errors():
     import warnings
 
     from elbox.cli.config import ConfigError
+    from elbox.distributed import DistributedError
     from elbox.io import RunLockedError
 
     with warnings.catch_warnings(record=True) as caught:
@@ -38,13 +40,24 @@ def _user_errors():
         except FloatingPointError as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(code=1) from None
-        except (ConfigError, OSError, ValueError, TypeError, RunLockedError) as error:  # OSError: unwritable paths
+        # OSError: unwritable paths
+        except (ConfigError, OSError, ValueError, TypeError, RunLockedError, DistributedError) as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         finally:
             for w in caught:
                 if issubclass(w.category, UserWarning) and w.category.__module__.startswith("elbox"):
                     console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+
+
+def _start_process_group() -> None:
+    """Under torchrun, the process group (gloo on the CPU, nccl on GPUs); nothing otherwise."""
+    from elbox.distributed import DistributedError, init_from_environment
+
+    try:
+        init_from_environment()
+    except (RuntimeError, ValueError) as error:
+        raise DistributedError(f"could not start the process group from torchrun's environment: {error}") from None
 
 
 def _import_plugins(modules: list[str] | None) -> None:
@@ -82,19 +95,31 @@ def fit(
     into a run directory: config.toml, metrics.jsonl, checkpoints, figures.
 
     SIGTERM or Ctrl-C finishes the current step, writes a checkpoint and exits with 143 or 130;
-    --resume continues exactly."""
+    --resume continues exactly.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m elbox fit CONFIG`) the same command trains
+    data-parallel: [train] batch_size is the global batch; rank 0 writes the run directory. Workers
+    restarted by torchrun --max-restarts resume from the last checkpoint by themselves."""
     from elbox.cli.experiment import train_run
+    from elbox.distributed import rank
     from elbox.inference import Interrupted
+    from elbox.io import RunDirectory
 
     _import_plugins(imports)
     out = out or Path("runs") / config.stem
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and RunDirectory(out).has_checkpoint():
+        resume = True  # torchrun --max-restarts restarted the workers: continue from the last checkpoint
     try:
         with _user_errors():
+            _start_process_group()
             result = train_run(config, out, resume=resume, progress=progress)
     except Interrupted as stop:
-        console.print(f"[yellow]interrupted:[/] {escape(str(stop))}. Resume with: elbox fit {config} --out {out} "
-                      "--resume", soft_wrap=True)  # fmt: skip
+        if rank() == 0:
+            console.print(f"[yellow]interrupted:[/] {escape(str(stop))}. Resume with: elbox fit {config} --out {out} "
+                          "--resume", soft_wrap=True)  # fmt: skip
         raise typer.Exit(code=stop.exit_code) from None
+    if rank() != 0:  # one table, from rank 0
+        return
     history = result["history"]
     method = result["config"]["train"]["method"]
     table = Table(title=f"elbox fit {config} → {out} ({result['config']['model']['type']}, {method})")
@@ -230,10 +255,14 @@ def evaluate(
     The run's config of record is the one in its checkpoint: an edited config.toml is refused.
     Settings come from the run, then --evaluate-config, then the options."""
     from elbox.cli.experiment import evaluate_run
+    from elbox.distributed import rank
 
     with _user_errors(), _stage_progress() as progress:
+        _start_process_group()  # under torchrun the test points are shared out; the report is one process's
         result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points,
                               evaluate_config=evaluate_config, progress=progress)  # fmt: skip
+    if rank() != 0:
+        return
     console.print(_evaluation_table(result))
     _print_warnings(result)
     console.print(f"Written: {run_dir / 'evaluation.json'} ({result['report']['seconds']:.1f} s)")
@@ -248,9 +277,13 @@ def report(
     """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
     curves) and report.json to the run directory."""
     from elbox.cli.experiment import report_run
+    from elbox.distributed import rank
 
     with _user_errors(), _stage_progress() as progress:
+        _start_process_group()
         result = report_run(run_dir, fresh=fresh, evaluate_config=evaluate_config, progress=progress)
+    if rank() != 0:
+        return
     console.print(_evaluation_table(result["evaluation"]))
     _print_warnings(result["evaluation"])
     console.print(f"Written: {', '.join(str(p) for p in result['paths'])}")
