@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/lgssm.py
 	$(PY) bench/vae_vs_pyro.py
 	$(PY) bench/evidence.py
+	$(PY) bench/ddp.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check elbox tests bench examples

@@ -1,6 +1,6 @@
 """elbox: latent-variable models fitted by the ELBO, with the gap to the evidence reported."""
 
-from elbox import distributions, guides, models, objectives
+from elbox import distributed, distributions, guides, models, objectives
 from elbox.bounds import Terms, cubo, elbo, iwae, renyi
 from elbox.data import Batch, Sequences
 from elbox.evidence import Estimate, EvidenceReport, bdmc, evidence_report, log_evidence
@@ -67,6 +67,7 @@ __all__ = [
     "bdmc",
     "cubo",
     "elbo",
+    "distributed",
     "distributions",
     "em",
     "evidence_report",

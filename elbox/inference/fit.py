@@ -14,7 +14,7 @@ import torch
 
 from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import BatchIterator, binarize
-from elbox.distributed import agree, all_sum, broadcast, from_rank0, rank, seed_for, shard, world_size
+from elbox.distributed import agree, all_sum, broadcast, from_rank0, rank, seed_for, seeded, shard, world_size
 from elbox.inference._progress import Progress
 from elbox.inference.callbacks import (
     Callback,
@@ -444,7 +444,7 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
         getattr(history, name).append(mean)
     history.lr.append(rate)
     if valid is not None:
-        history.validation.append(_validate(objective, valid, batch_size))  # summed over the ranks' shares
+        history.validation.append(_validate(objective, valid, batch_size, state.data_seed))
     history.n_iter = state.epoch = epoch + 1
     monitored = history.validation[-1] if valid is not None else history.lower_bound[-1]
     if monitored > state.best["value"]:
@@ -504,13 +504,16 @@ def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
 
 
 @torch.no_grad()
-def _validate(objective, x, batch_size: int) -> float:
-    """The bound's mean over held-out data, in chunks (each rank its share, summed)."""
+def _validate(objective, x, batch_size: int, data_seed: int) -> float:
+    """The bound's mean over held-out data, in chunks (each rank its share, summed). The particles
+    are the same every epoch (common random numbers: one seed), so that the epoch-to-epoch changes
+    early stopping compares are the parameters', not the draws'; the training stream is untouched."""
     chunk = max(batch_size, 1000)
     share = x[shard(len(x))] if world_size() > 1 else x
     total = torch.zeros((), dtype=torch.float64)
-    for begin in range(0, len(share), chunk):
-        total += objective(share[begin : begin + chunk]).value.double().sum().cpu()
+    with seeded(seed_for(data_seed, 2**32, rank())):
+        for begin in range(0, len(share), chunk):
+            total += objective(share[begin : begin + chunk]).value.double().sum().cpu()
     return float(all_sum(total)) / len(x)
 
 
