@@ -42,6 +42,7 @@ __all__ = [
     "DistributedError",
     "agree",
     "all_sum",
+    "all_sum_started",
     "base_seed",
     "broadcast",
     "from_rank0",
@@ -129,6 +130,16 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().to(device=_device(), dtype=torch.float64).clone()
     dist.all_reduce(total)
     return total.to(values.device)
+
+
+def all_sum_started(values: torch.Tensor):
+    """Starts summing ``values`` over ranks (float64) and returns ``(total, wait)``: ``total``
+    holds the sum once ``wait()`` has returned, so that the caller can work meanwhile."""
+    total = values.detach().to(device=_device() if is_distributed() else values.device, dtype=torch.float64).clone()
+    if not is_distributed():
+        return total, lambda: None
+    work = dist.all_reduce(total, async_op=True)
+    return total, work.wait
 
 
 def broadcast(value):

@@ -3,6 +3,7 @@ fits and evidence estimates whose results the tests compare across world sizes."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -61,6 +62,22 @@ def results() -> dict:
     return out
 
 
+class PoisonedPoint(elbox.objectives.ELBO):
+    """The ELBO, made NaN at one training point (index 150): one rank meets it, every rank stops."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        bad = batch.index == 150
+        return dataclasses.replace(out, value=torch.where(bad, torch.nan, out.value),
+                                   surrogate=torch.where(bad, torch.nan, out.surrogate))  # fmt: skip
+
+
+def poisoned() -> None:
+    torch.manual_seed(0)
+    model = elbox.VAE(12, 2, hidden=(8,)).double()
+    elbox.fit(PoisonedPoint(model, model.guide), (data(200) > 0.5).double(), epochs=2, batch_size=50, seed=0)
+
+
 def mismatched() -> None:
     """Rank-dependent options: every rank must raise, none hang."""
     model = elbox.VAE(12, 2, hidden=(8,)).double()
@@ -72,10 +89,10 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)  # as the test suite runs
     distributed.init_from_environment()
     what, path = sys.argv[1], sys.argv[2]
-    if what == "mismatched":
+    if what in ("mismatched", "poisoned"):
         try:
-            mismatched()
-        except distributed.DistributedError as error:
+            mismatched() if what == "mismatched" else poisoned()
+        except (distributed.DistributedError, FloatingPointError) as error:
             with open(f"{path}.{distributed.rank()}", "w") as file:
                 file.write(str(error))
             sys.exit(3)

@@ -269,6 +269,14 @@ def test_ranks_with_different_options_all_raise(tmp_path):
     assert all("the ranks disagree on fit's options and data" in m and "'lr': 0.02" in m for m in messages), messages
 
 
+def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path):
+    path = tmp_path / "error"
+    rc, output = _finish(_torchrun("tests/ddp_worker.py", "poisoned", path), timeout=120)
+    assert rc != 0
+    messages = [Path(f"{path}.{r}").read_text() for r in (0, 1)]
+    assert messages[0] == messages[1] and "became non-finite in epoch 0" in messages[0], messages
+
+
 def test_em_under_torchrun_is_refused_with_the_way_out(tmp_path):
     rc, output = _finish(_torchrun("-m", "elbox", "fit", ROOT / "configs" / "gmm_digits.toml", "--out",
                                    tmp_path / "run", "--no-progress"), timeout=120)  # fmt: skip

@@ -14,7 +14,18 @@ import torch
 
 from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
 from elbox.data.batches import BatchIterator, binarize
-from elbox.distributed import agree, all_sum, broadcast, from_rank0, rank, seed_for, seeded, shard, world_size
+from elbox.distributed import (
+    agree,
+    all_sum,
+    all_sum_started,
+    broadcast,
+    from_rank0,
+    rank,
+    seed_for,
+    seeded,
+    shard,
+    world_size,
+)
 from elbox.inference._progress import Progress
 from elbox.inference.callbacks import (
     Callback,
@@ -252,7 +263,9 @@ def fit(
             Progress(progress and R == 0, epochs) as bar:  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
         # DDP wraps the objective (after the parameters are restored: it broadcasts rank 0's)
-        forward = objective if W == 1 else torch.nn.parallel.DistributedDataParallel(objective)
+        # buffers (β, a temperature) are set alike on every rank by the schedules: synced once, not every forward
+        forward = objective if W == 1 else torch.nn.parallel.DistributedDataParallel(objective,
+                                                                                      forward_sync_buffers=False)
         bar.resume(state.epoch)
         if valid is not None and binarization == "dynamic":  # one reproducible draw, comparable across epochs
             generator = torch.Generator(device=valid.device).manual_seed(0 if seed is None else seed)
@@ -285,11 +298,13 @@ def fit(
                     share = shard(size, R, W)
                     weight = W / size if share.stop > share.start else 0.0
                     loss = -out.surrogate.sum() * weight
-                    value, terms, stop = _reduced(out, loss, weight, size, signals.received)
-                    if stop == "non-finite":
-                        _raise_non_finite(state, epoch, len(values), terms, run)
+                    reduced = _reduction(out, loss, weight, size, signals.received)  # summed during the backward pass
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if W > 1:
+                    value, terms, stop = reduced()
+                    if stop == "non-finite":  # before the step: the parameters stay as they were
+                        _raise_non_finite(state, epoch, len(values), terms, run)
                 if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
@@ -402,20 +417,27 @@ def _seed(state: FitState, seed: int | None) -> None:
     state.data_seed = seed
 
 
-def _reduced(out, loss, weight: float, size: int, signal) -> tuple:
-    """The global batch's mean bound and parts, with one decision for every rank: ``"non-finite"``
-    where any rank's loss is, else the signal any rank received (None if none)."""
+def _reduction(out, loss, weight: float, size: int, signal):
+    """Starts summing the step's bound, parts and flags over the ranks; returns the function that
+    waits for the sums and gives the global batch's mean bound and parts, with one decision for
+    every rank: ``"non-finite"`` where any rank's loss is, else the signal any rank received
+    (None if none)."""
     mine = weight > 0
     local = [out.value.detach().sum() if mine else out.value.new_zeros(())]
     local += [t.detach().sum() if mine else t.new_zeros(()) for t in out.parts.values()]
-    flags = [float(mine and not bool(torch.isfinite(loss.detach()))), float(signal is not None)]
-    totals = all_sum(torch.cat([torch.stack([v.double() for v in local]), torch.tensor(flags, dtype=torch.float64,
-                                                                                       device=local[0].device)]))
-    value = totals[0] / size
-    terms = {name: totals[1 + i] / size for i, name in enumerate(out.parts)}
-    if totals[-2] > 0:
-        return value, {**terms, **({} if torch.isfinite(value) else {"value": value})}, "non-finite"
-    return value, terms, (signal or SIGTERM) if totals[-1] > 0 else None
+    bad = (~torch.isfinite(loss.detach())).to(torch.float64) * float(mine)
+    received = torch.tensor(float(signal is not None), dtype=torch.float64, device=bad.device)
+    totals, wait = all_sum_started(torch.stack([*(v.double() for v in local), bad, received]))
+
+    def result():
+        wait()
+        value = totals[0] / size
+        terms = {name: totals[1 + i] / size for i, name in enumerate(out.parts)}
+        if totals[-2] > 0:
+            return value, {**terms, **({} if torch.isfinite(value) else {"value": value})}, "non-finite"
+        return value, terms, (signal or SIGTERM) if totals[-1] > 0 else None
+
+    return result
 
 
 def _fingerprint(x) -> tuple:
