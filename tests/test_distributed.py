@@ -19,6 +19,7 @@ from elbox.data import BatchIterator
 from elbox.distributed import map_batches, seed_for, shard
 from elbox.io import RunDirectory, load_checkpoint
 from tests import ddp_worker
+from tests.test_runs import _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,16 +41,6 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"torchrun did not finish in {timeout} s: {process.communicate()[0]}") from None
     return process.returncode, output
-
-
-def _wait_for(condition, process, timeout: float = 180.0) -> None:
-    start = time.monotonic()
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"torchrun ended first (rc {process.returncode}): {process.stdout.read()}")
-        if time.monotonic() - start > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
 
 
 def _model_tensors(path: Path) -> dict:
@@ -188,7 +179,7 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_to_the_uninterrupted_parame
     out = tmp_path / "stopped"
     process = _torchrun("-m", "elbox", "fit", config, "--out", out, "--no-progress")
     run = RunDirectory(out)
-    _wait_for(lambda: run.metrics.is_file() and len(run.read_metrics()) >= 1, process)
+    _wait_for(lambda: run.metrics.is_file() and len(run.read_metrics()) >= 1, timeout=180.0, process=process)
     time.sleep(0.5)  # inside the second epoch
     process.send_signal(signal.SIGTERM)  # to torchrun, which passes it to both workers
     rc, output = _finish(process)
@@ -223,7 +214,7 @@ def test_a_worker_killed_by_sigkill_is_restarted_by_torchrun_and_the_run_finishe
     out = tmp_path / "killed"
     process = _torchrun("--max-restarts=1", "-m", "elbox", "fit", config, "--out", out, "--no-progress")
     run = RunDirectory(out)
-    _wait_for(lambda: run.metrics.is_file() and len(run.read_metrics()) >= 1, process)
+    _wait_for(lambda: run.metrics.is_file() and len(run.read_metrics()) >= 1, timeout=180.0, process=process)
     time.sleep(0.5)
     workers = _children(process.pid)
     assert len(workers) == 2, workers
