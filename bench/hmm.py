@@ -6,7 +6,8 @@
 Both score the same sequences with the same parameters (hmmlearn's compiled forward pass,
 one call over all sequences; elbox's batched forward algorithm), then run the same number of
 EM iterations from the same start with tol disabled, in float64; last, one long sequence is
-scored alone. The script prints seconds, ratios, and both log-likelihoods, which must agree.
+scored alone, and its posterior marginals computed (forward–backward: hmmlearn's predict_proba
+against elbox's posterior, by chunks). The script prints seconds, ratios, and both log-likelihoods, which must agree.
 """
 
 from __future__ import annotations
@@ -108,23 +109,31 @@ def main() -> None:
 
 def _single_sequence(truth: elbox.HMM, steps: int, repeats: int) -> None:
     """One long sequence scored with the generating parameters: hmmlearn's compiled forward
-    pass against elbox's log_evidence (a balanced tree of matrix products here)."""
+    pass against elbox's log_evidence (a balanced tree of matrix products here); then the
+    posterior marginals, hmmlearn's compiled forward–backward against elbox's (chunks)."""
     x, _ = truth.sample(1, num_steps=steps)
     peer = _peer(truth, 1)
     X = x[0].numpy()
     times: dict[str, float] = {}
-    best = {"hmmlearn": np.inf, "elbox": np.inf}
+    best = {"hmmlearn": np.inf, "elbox": np.inf, "hmmlearn_post": np.inf, "elbox_post": np.inf}
     with torch.no_grad():
         for _ in range(repeats):
             with timed(times, "hmmlearn"):
                 hl = peer.score(X)
             with timed(times, "elbox"):
                 el = float(truth.log_evidence(x)[0])
+            with timed(times, "hmmlearn_post"):
+                hl_post = peer.predict_proba(X)
+            with timed(times, "elbox_post"):
+                el_post = truth.posterior(x).marginals()[0].numpy()
             best = {k: min(best[k], times[k]) for k in best}
     print(f"# one sequence of {steps} steps, K={truth.num_states}, the generating parameters")
     print(f"{'score (s, best of ' + str(repeats) + ')':22s} {best['hmmlearn']:12.4f} {best['elbox']:12.4f} "
           f"{best['hmmlearn'] / best['elbox']:7.1f}x")  # fmt: skip
+    print(f"{'posterior (s)':22s} {best['hmmlearn_post']:12.4f} {best['elbox_post']:12.4f} "
+          f"{best['hmmlearn_post'] / best['elbox_post']:7.1f}x")  # fmt: skip
     print(f"log-likelihood        hmmlearn {hl:.6f}, elbox {el:.6f} (relative diff {abs(hl - el) / abs(hl):.1e})")
+    print(f"posterior marginals   largest difference {np.abs(hl_post - el_post).max():.1e}")
 
 
 if __name__ == "__main__":

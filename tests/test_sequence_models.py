@@ -109,6 +109,68 @@ def test_log_evidence_by_a_tree_of_products_equals_the_forward_loop(make, seed):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("make", [_gaussian_hmm, _categorical_hmm], ids=["gaussian", "categorical"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_backward_in_chunks_equals_the_loop_over_time(make, seed):
+    """The chunked forward and backward passes (transfer matrices per chunk, boundaries chunk by
+    chunk, the recursion inside all chunks at once) against the loop, float64, on random HMMs,
+    ragged batches and chunk lengths that do not divide T: α, the normalizers, β and r ⊙ β, and
+    the gradient of log p(x)."""
+    torch.manual_seed(seed)
+    model = make(K=4)
+    lengths = torch.tensor([1, 2, 37, 64, 129])
+    x, _ = model.sample(len(lengths), num_steps=int(lengths.max()))
+    seqs = Sequences(x, lengths=lengths)
+    log_e = model.emission_log_prob(seqs)
+    e = (log_e - log_e.amax(-1, keepdim=True)).exp()
+    A, T = model.transition_matrix, log_e.shape[1]
+    a = model.initial_probs * e[:, 0]
+    alphas, norms = [a / a.sum(-1, keepdim=True)], [a.sum(-1)]
+    for t in range(1, T):
+        a = (alphas[-1] @ A) * e[:, t]
+        alphas.append(a / a.sum(-1, keepdim=True))
+        norms.append(a.sum(-1))
+    alpha, c = torch.stack(alphas, 1), torch.stack(norms, 1)
+    ratio = e / c.unsqueeze(-1)
+    betas, ws = [torch.ones_like(alpha[:, -1])], [ratio[:, -1]]
+    for t in range(T - 2, -1, -1):
+        betas.append(ws[-1] @ A.T)
+        ws.append(ratio[:, t] * betas[-1])
+    beta, w = torch.stack(betas[::-1], 1), torch.stack(ws[::-1], 1)
+    for L in (1, 3, 8, 11, 128, 200):
+        chunked_alpha, chunked_c = model._forward_chunked(e, L)
+        torch.testing.assert_close(chunked_alpha, alpha, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(chunked_c, c, rtol=1e-12, atol=1e-14)
+        chunked_beta, chunked_w = model._backward_chunked(ratio, alpha, L)
+        torch.testing.assert_close(chunked_beta, beta, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(chunked_w, w, rtol=1e-10, atol=1e-12)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def log_p(L):
+        e = model.emission_log_prob(seqs)
+        shift = e.amax(-1, keepdim=True)
+        return (model._forward_chunked((e - shift).exp(), L)[1].log() + shift.squeeze(-1)).sum()
+
+    for a, b in zip(torch.autograd.grad(log_p(11), params), torch.autograd.grad(log_p(T), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_a_long_sequence_posterior_by_chunks_equals_the_loop(monkeypatch):
+    """e_step on one sequence of 6,000 steps takes the chunks (about 3√T calls each way; the speed
+    is bench/hmm.py's): the posterior's marginals, expected transitions and log p(x) equal the
+    loop's."""
+    torch.manual_seed(0)
+    model = _gaussian_hmm(K=5, D=2)
+    x, _ = model.sample(1, num_steps=6000)
+    assert model._chunk(1, 6000, 5) == 78
+    post, log_p = model.e_step(x)
+    monkeypatch.setattr(type(model), "_chunk", staticmethod(lambda B, T, K: 0))
+    post_loop, log_p_loop = model.e_step(x)
+    torch.testing.assert_close(log_p, log_p_loop, rtol=1e-12, atol=0)
+    torch.testing.assert_close(post.marginals(), post_loop.marginals(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(post.transition_counts, post_loop.transition_counts, rtol=1e-11, atol=1e-9)
+
+
 def test_one_long_sequence_is_scored_by_the_tree_and_agrees_with_hmmlearn():
     from hmmlearn import hmm
 
