@@ -52,6 +52,7 @@ __all__ = [
     "map_batches",
     "rank",
     "rank0_context",
+    "rng_devices",
     "seed_for",
     "seeded",
     "shard",
@@ -127,8 +128,8 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     without a process group."""
     if not is_distributed():
         return values
-    total = values.detach().to(device=_device(), dtype=torch.float64).clone()
-    dist.all_reduce(total)
+    total, wait = all_sum_started(values)
+    wait()
     return total.to(values.device)
 
 
@@ -264,10 +265,14 @@ def base_seed() -> int:
 def seeded(seed: int):
     """Within the context torch's RNG (CPU, and the current GPU where CUDA is in use) is seeded
     with ``seed``; the states from before are put back after."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=rng_devices()):
         torch.manual_seed(seed)
         yield
+
+
+def rng_devices() -> list[int]:
+    """The GPUs whose RNG is forked besides the CPU's: the current one, where CUDA is in use."""
+    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
 def map_batches(n: int, step: int, function, *, base: int, progress=None) -> list:

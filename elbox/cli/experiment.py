@@ -264,9 +264,9 @@ def train_run(
     if not resume:
         config = {**config, RECORD: _record(config, x)}
     with rank0_context(lambda: RunLock(run.path)):
-        from_rank0(_prepare_directory, run, resume, to_toml(config))
-        model, guide = build_model(config)
         text = to_toml(config)
+        from_rank0(_prepare_directory, run, resume, text)
+        model, guide = build_model(config)
         start = time.perf_counter()
         if config["train"]["method"] == "em":
             history = _em_run(run, config, model, x, text)

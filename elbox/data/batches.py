@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import as_data, check_positive_int, describe
+from elbox.distributed import shard
 
 __all__ = ["Batch", "BatchIterator", "as_batch", "binarize", "draws"]
 
@@ -147,8 +148,6 @@ class BatchIterator:
                     batch = torch.bernoulli(batch, generator=self.generator)
                 yield Batch(batch, index, checked=self.checked)
                 continue
-            from elbox.distributed import shard
-
             share = shard(len(index), *self.shard)
             if share.start == share.stop:  # nothing of this batch here: its first point, to be weighed by zero
                 share = slice(0, 1)

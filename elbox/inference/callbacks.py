@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from elbox.distributed import from_rank0, gather, rank
+from elbox.distributed import from_rank0, gather, rank, rng_devices
 from elbox.inference.history import History
 from elbox.io.run import RunDirectory, load_checkpoint, save_checkpoint
 
@@ -230,7 +230,7 @@ class Checkpointer(Callback):
 def _rng_state() -> dict:
     """This process's RNG states: the CPU's, and the current GPU's where CUDA is in use."""
     states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if rng_devices():
         states["cuda"] = torch.cuda.get_rng_state()
     return states
 

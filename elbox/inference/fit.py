@@ -21,6 +21,7 @@ from elbox.distributed import (
     broadcast,
     from_rank0,
     rank,
+    rng_devices,
     seed_for,
     seeded,
     shard,
@@ -259,7 +260,7 @@ def fit(
                             shard=(R, W) if W > 1 else None)  # fmt: skip
     start = time.perf_counter()
     lock = RunLock(run.path) if run is not None and R == 0 else contextlib.nullcontext()
-    with lock, torch.random.fork_rng(devices=_rng_devices()), SignalGuard(run is not None) as signals, \
+    with lock, torch.random.fork_rng(devices=rng_devices()), SignalGuard(run is not None) as signals, \
             Progress(progress and R == 0, epochs) as bar:  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
         # DDP wraps the objective (after the parameters are restored: it broadcasts rank 0's)
@@ -446,11 +447,6 @@ def _fingerprint(x) -> tuple:
     flat = values.reshape(-1).double()
     ramp = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
     return tuple(values.shape), str(values.dtype), float(flat.sum()), float((flat * ramp).sum())
-
-
-def _rng_devices() -> list:
-    """The GPUs whose RNG ``fit`` forks besides the CPU's: the current one, where CUDA is in use."""
-    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
 def _record(state: FitState, epoch, values, parts, N, batch_size, rate, scheduled, valid, objective) -> None:
