@@ -13,12 +13,31 @@ the importance-weighted bounds). So a reported bound is always the true number:
 ``value + (surrogate − surrogate.detach())``. A discrete q with enumerable support is summed
 over exactly by :func:`elbo` instead, which needs neither estimator.
 
+Discrete latents have more estimators (and the objectives of :mod:`elbox.objectives.discrete`
+train with them): a sum over q's values, jointly (:func:`enumerate_joint`, exact) or one
+variable at a time (:func:`local_expectation`); and, for a latent in the one-hot convention, the
+Gumbel-Softmax relaxation (:func:`gumbel_softmax`), pathwise but biased by its temperature.
+
 Shapes: particles lie along a leading dimension S: z is ``[S, B, *latent_shape]`` and
 per-particle quantities ``[S, B]``.
 """
 
 from elbox.bounds import _kl  # noqa: F401  (registers the closed-form KLs torch lacks)
 from elbox.bounds.elbo import Terms, elbo
+from elbox.bounds.enumerate import enumerate_joint, joint_support, local_expectation
 from elbox.bounds.importance import cubo, iwae, log_weights, renyi
+from elbox.bounds.relaxed import gumbel_softmax, relaxed_draws
 
-__all__ = ["Terms", "cubo", "elbo", "iwae", "log_weights", "renyi"]
+__all__ = [
+    "Terms",
+    "cubo",
+    "elbo",
+    "enumerate_joint",
+    "gumbel_softmax",
+    "iwae",
+    "joint_support",
+    "local_expectation",
+    "log_weights",
+    "relaxed_draws",
+    "renyi",
+]

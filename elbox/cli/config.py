@@ -7,6 +7,7 @@ error naming ``[section] key``, what was expected and what was received.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from elbox.cli.models import MODEL_TYPES
 from elbox.distributions.flow import FLOW_TYPES
 from elbox.inference.schedules import SCHEDULES
 
-__all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "parse_config", "section_keys",
-           "to_toml"]  # fmt: skip
+__all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
+           "section_keys", "to_toml"]  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -118,7 +119,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     "'auto', 'kmeans++', 'pca', 'random' or 'none'",
                     "how the parameters start (auto: the model type's; none: the model's defaults)"),
         "n_init": Key(1, is_positive_int, "a positive integer", "em: restarts, the best kept"),
+        "anneal_rate": Key(0.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
+                           "r of the temperature's annealing, τ = max(min_temperature, τ₀ exp(−r t)) at step t, from "
+                           "[objective] temperature τ₀ (0: none)"),
+        "anneal_every": Key(500, is_positive_int, "a positive integer", "steps between the temperature's updates"),
+        "min_temperature": Key(0.5, is_positive, "a positive number", "the annealed temperature's floor"),
     },
+    "objective": {},  # the objective's own options: their keys and defaults come from it (objective_keys)
     "evaluate": {
         "num_samples": Key(1000, is_positive_int, "a positive integer", "importance samples per test point"),
         "chunk_size": Key(0, is_non_negative_int, "a non-negative integer",
@@ -155,8 +162,40 @@ SCHEMA: dict[str, dict[str, Key]] = {
 RECORD = "record"
 
 
+def objective_keys(name: str) -> dict[str, Key]:
+    """The ``[objective]`` keys of the registered objective ``name``: the keyword options of its
+    constructor that have a number, string or true/false default (``num_samples`` is [train]'s),
+    with those defaults and the meanings in its ``option_help``."""
+    from elbox.objectives import OBJECTIVES
+
+    cls = OBJECTIVES.get(name)
+    if cls is None:
+        return {}
+    keys = {}
+    helps = getattr(cls, "option_help", {})
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY or p.name == "num_samples" or p.default is None:
+            continue
+        default = p.default
+        if isinstance(default, bool):
+            check, expected = is_bool, "true or false"
+        elif isinstance(default, int | float):
+            check, expected = is_number, "a number"
+        elif isinstance(default, str):
+            check, expected = (lambda v: isinstance(v, str)), "a string"
+        else:
+            continue
+        keys[p.name] = Key(default, check, expected, helps.get(p.name, f"an option of the {name!r} objective"))
+    return keys
+
+
 def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
-    """The keys of a section; ``[model]``'s depend on its ``type``."""
+    """The keys of a section; ``[model]``'s depend on its ``type``, ``[objective]``'s on ``[train]
+    objective``."""
+    if section == "objective":
+        train = config_or_raw.get("train", {})
+        train = train if isinstance(train, dict) else {}
+        return objective_keys(train.get("objective", train.get("bound", "elbo")))
     if section != "model":
         return SCHEMA[section]
     kind = config_or_raw.get("model", {}).get("type", "vae") if isinstance(config_or_raw.get("model"), dict) else "vae"
@@ -205,9 +244,11 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         for name in given:
             if name not in keys:
                 kind = f" for type = {given.get('type', 'vae')!r}" if section == "model" else ""
+                if section == "objective":
+                    kind = f" for objective = {raw.get('train', {}).get('objective', 'elbo')!r}"
                 raise ConfigError(
                     f"{source}: unknown key {name!r} in [{section}]{_suggest(name, keys)} (known keys{kind}: "
-                    f"{', '.join(keys)})"
+                    f"{', '.join(keys) or 'none'})"
                 )
         config[section] = {}
         for name, key in keys.items():
@@ -226,7 +267,7 @@ def _resolve(config: dict, raw: dict, source: str) -> None:
     data, model, train = config["data"], config["model"], config["train"]
     kind = MODEL_TYPES[model["type"]]
     if data["binarization"] == "auto":
-        binary = kind.name == "vae" and model["decoder"] == "bernoulli"
+        binary = kind.name in ("vae", "discrete_vae") and model["decoder"] == "bernoulli"
         data["binarization"] = "dynamic" if binary else "none"
     if train["method"] == "auto":
         train["method"] = kind.method
@@ -249,7 +290,7 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
         raise ConfigError(f"{source}: [data] give a built-in name or your own path, not both")
     if data["name"] == "file" and not data["path"]:
         raise ConfigError(f"{source}: [data] name = 'file' needs path, the file to read")
-    if kind.name == "vae":
+    if kind.name in ("vae", "discrete_vae"):
         if model["decoder"] == "bernoulli" and not binary:
             raise ConfigError(
                 f"{source}: [model] decoder = 'bernoulli' needs binary data, but [data] binarization = 'none'; "
@@ -257,7 +298,7 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
             )
         if model["decoder"] != "gaussian" and model["observation_variance"] != 1.0:
             raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
-        if train["objective"] in ("iwae", "renyi") and model["deterministic_encoder"]:
+        if train["objective"] in ("iwae", "renyi") and model.get("deterministic_encoder"):
             raise ConfigError(f"{source}: [train] objective = {train['objective']!r} needs a stochastic encoder")
     for section, default in (("guide", "gaussian"), ("prior", "normal")):
         if config[section]["type"] != default and section not in kind.sections:
@@ -288,11 +329,18 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
             ".npz file (x, and lengths for sequences of different lengths)"
         )
     if train["method"] == "em":
-        if kind.name == "vae":  # the one built-in type without an M-step
+        if kind.name in ("vae", "discrete_vae"):  # the built-in types without an M-step
             raise ConfigError(f"{source}: [train] method = 'em' needs a closed-form M-step, which a VAE has not; "
                               "use method = 'vi'")  # fmt: skip
     elif train["objective"] != "max_likelihood" and kind.guide is None:
         raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
+    if train["anneal_rate"] > 0:
+        if "temperature" not in config["objective"]:
+            raise ConfigError(f"{source}: [train] anneal_rate anneals the objective's temperature, which "
+                              f"objective = {train['objective']!r} does not have; use 'gumbel_softmax'")  # fmt: skip
+        if train["min_temperature"] > config["objective"]["temperature"]:
+            raise ConfigError(f"{source}: [train] min_temperature ({train['min_temperature']}) must be at most "
+                              f"[objective] temperature ({config['objective']['temperature']}), where τ starts")
     if train["init"] not in ("none",) and kind.init is None:
         raise ConfigError(f"{source}: [train] init: {kind.name!r} models take no initialization method")
 

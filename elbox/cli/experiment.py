@@ -26,7 +26,7 @@ from elbox.cli.config import (
 from elbox.cli.models import MODEL_TYPES, DataInfo
 from elbox.data.sequences import Sequences
 from elbox.distributed import agree, from_rank0, is_distributed, rank0_context
-from elbox.inference import History, em, fit
+from elbox.inference import History, em, fit, temperature_annealing
 from elbox.io import (
     NotARunError,
     RunDirectory,
@@ -217,6 +217,11 @@ def _fit_options(config: dict) -> dict:
     }
     if t["objective"] != "max_likelihood" and (t["num_samples"] != 1 or t["objective"] != "elbo"):
         options["num_samples"] = t["num_samples"]
+    options.update(config["objective"])
+    if t["anneal_rate"] > 0:
+        options["schedules"] = [temperature_annealing(initial=config["objective"]["temperature"],
+                                                      minimum=t["min_temperature"], rate=t["anneal_rate"],
+                                                      every=t["anneal_every"])]  # fmt: skip
     return options
 
 
@@ -604,7 +609,7 @@ def make_figures(run: RunDirectory, config: dict, model) -> list[Path]:
     records = run.read_metrics()
     if records:
         plots.plot_training(records, paths["training"], title=f"{kind} on {_data_name(config)}")
-    if kind != "vae":
+    if kind not in ("vae", "discrete_vae"):
         return [p for p in paths.values() if p.exists()]
     x, labels = load_data(config, "test")
     x = model.check_data(x[:2000])
@@ -617,7 +622,7 @@ def make_figures(run: RunDirectory, config: dict, model) -> list[Path]:
         torch.manual_seed(config["train"]["seed"])
         means = model.likelihood(model.prior().sample((32,))).mean
     plots.plot_samples(means, paths["samples"])
-    plots.plot_latent_space(model.latent_mean(x), labels, paths["latent_space"])
+    plots.plot_latent_space(model.latent_mean(x).flatten(1), labels, paths["latent_space"])  # one-hot z: [n, N K]
     model.train(was_training)
     return list(paths.values())
 

@@ -95,6 +95,14 @@ def _vae(m: dict, info: DataInfo):
                prior=m.get("prior", "normal"))  # fmt: skip
 
 
+def _discrete_vae(m: dict, info: DataInfo):
+    from elbox.models import DiscreteVAE
+
+    return DiscreteVAE(info.dim, m["num_variables"], m["num_categories"], latent=m["latent"],
+                       hidden=tuple(m["hidden"]), activation=m["activation"], decoder=m["decoder"],
+                       observation_variance=m["observation_variance"])  # fmt: skip
+
+
 def _flow(m: dict, info: DataInfo):
     from elbox.models import FlowDensity
 
@@ -184,6 +192,27 @@ register_model_type(ModelType(
     build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a variational autoencoder (an amortized Gaussian or flow q; a normal or flow prior)",
     sections=("guide", "prior"),
+))  # fmt: skip
+register_model_type(ModelType(
+    name="discrete_vae",
+    keys={
+        "num_variables": Key(20, is_size, f"a positive integer up to {MAX_SIZE:,}", "N, the discrete latents"),
+        "num_categories": Key(10, lambda v: is_size(v) and v >= 2, f"an integer from 2 to {MAX_SIZE:,}",
+                              "K, each categorical latent's classes"),
+        "latent": Key("categorical", one_of("categorical", "bernoulli"), "'categorical' or 'bernoulli'",
+                      "N categorical variables of K classes (one-hot), or N binary ones"),
+        "hidden": Key([512, 256], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
+                      "the encoder's hidden widths (the decoder mirrors them)"),
+        "activation": Key("relu", one_of("tanh", "relu", "elu", "gelu", "softplus"),
+                          "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
+        "decoder": Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
+                       "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)"),
+        "observation_variance": Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
+                                    "σ² of the Gaussian decoder"),
+    },
+    build=_discrete_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
+    dtype=None, description="a VAE with discrete latents (categorical, uniform prior; or Bernoulli): train it with "
+                            "gumbel_softmax, score_function, vimco, enumerate or rws",
 ))  # fmt: skip
 register_model_type(ModelType(
     name="flow",

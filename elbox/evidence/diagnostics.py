@@ -71,19 +71,25 @@ def psis_khat(log_weights: Tensor) -> Tensor:
     return khat
 
 
-def active_units(means: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
+def active_units(means: Tensor, threshold: float = 0.01, *, unit_dims: int = 0) -> tuple[int, Tensor]:
     r"""Burda et al.'s active units: dimension u is active if Cov_x(E_q[z_u | x]) > ``threshold``.
 
     Args:
         means: E_q[z | x] for N data points, ``[N, *latent_shape]`` (flattened to units).
         threshold: The variance above which a unit counts as active.
+        unit_dims: Trailing dimensions that make one unit, their variances summed: 1 for
+            categorical variables in the one-hot convention (``[N, variables, K]``: a variable is
+            active if its class probabilities move with x).
 
     Returns:
         (the number of active units, the variance of each unit's mean across x ``[U]``).
     """
-    if means.dim() < 1 or means.shape[0] < 2:
+    if means.dim() < 1 + unit_dims or means.shape[0] < 2:
         raise ValueError(f"means must be [N, *latent_shape] with N >= 2; received shape {list(means.shape)}")
-    variance = means.detach().reshape(means.shape[0], -1).double().var(0)
+    variance = means.detach().double().var(0)
+    if unit_dims:
+        variance = variance.sum(tuple(range(-unit_dims, 0)))
+    variance = variance.reshape(-1)
     return int((variance > threshold).sum()), variance
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
+from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw_with_log_prob, log_mean_exp, prepare
@@ -354,7 +355,7 @@ def evidence_report(
     )
 
     if "means" in v and getattr(model, "has_latent_code", True):
-        count, variance = active_units(v["means"])
+        count, variance = active_units(v["means"], unit_dims=getattr(model, "latent_unit_dims", 0))
         result.active_units, result.latent_units, result.unit_variance = count, variance.numel(), variance.tolist()
         message = collapse_warning(count, variance.numel(), result.kl["mean"])
         if message is not None:
@@ -569,9 +570,11 @@ def _closed_form_kl(q, p) -> Tensor | None:
 
 
 def _mean(q, particle_mean: Tensor | None) -> Tensor | None:
-    """E_q[z]: q's closed form where it has one, else the particles' mean; None for discrete q."""
+    """E_q[z]: q's closed form where it has one, else the particles' mean; for a discrete q in the
+    one-hot convention its probabilities, and None for other discrete q (an index has no mean)."""
     if q.support.is_discrete:
-        return None
+        base = q.base_dist if isinstance(q, Independent) else q
+        return base.probs if isinstance(base, OneHotCategorical | Bernoulli) else None
     try:
         return q.mean
     except NotImplementedError:

@@ -2,11 +2,13 @@
 
 from elbox.guides.amortized import Amortized, mlp
 from elbox.guides.base import Exact, Guide
+from elbox.guides.discrete import Bernoulli, OneHotCategorical
 from elbox.guides.families import Beta, Categorical, FullRankNormal, MeanFieldNormal
 from elbox.guides.flow import FlowGuide
 
 __all__ = [
     "Amortized",
+    "Bernoulli",
     "Beta",
     "Categorical",
     "Exact",
@@ -14,5 +16,6 @@ __all__ = [
     "FullRankNormal",
     "Guide",
     "MeanFieldNormal",
+    "OneHotCategorical",
     "mlp",
 ]

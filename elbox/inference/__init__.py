@@ -11,7 +11,7 @@ from elbox.inference.history import (
     History,
 )
 from elbox.inference.refine import local_guide, refine
-from elbox.inference.schedules import Schedule
+from elbox.inference.schedules import Schedule, temperature_annealing
 
 __all__ = [
     "BoundDecreaseWarning",
@@ -27,4 +27,5 @@ __all__ = [
     "fit",
     "local_guide",
     "refine",
+    "temperature_annealing",
 ]

@@ -91,8 +91,9 @@ def fit(
 
     Each epoch visits the data once in shuffled mini-batches; each step maximizes the batch mean
     of the objective's surrogate with (fused) Adam. What is recorded, per step and per epoch, is
-    the bound itself, never the surrogate. Schedules set the learning rate and any attribute of
-    the objective (β, a temperature) at the start of each epoch.
+    the bound itself, never the surrogate. Schedules set the learning rate at the start of each
+    epoch, and any attribute of the objective (β, a temperature) at the start of each epoch or
+    every N steps (:func:`~elbox.inference.schedules.temperature_annealing`).
 
     With ``run_dir`` the run is kept on disk under a lock (one writer): a checkpoint before the
     first step (so that every interrupted run can be resumed), one record per epoch appended to
@@ -198,6 +199,9 @@ def fit(
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     valid = None if validation is None else _checked_data(model, validation, binarization, "validation")
     schedules = list(schedules)
+    if not all(isinstance(s, Schedule) for s in schedules):
+        raise TypeError(f"schedules must be Schedule objects; received {[type(s).__name__ for s in schedules]}")
+    stepwise = [s for s in schedules if s.every is not None]
     if warmup:
         if not hasattr(objective, "beta"):
             raise ValueError(f"kl_warmup schedules β, which the {objective.name!r} objective does not have")
@@ -277,7 +281,7 @@ def fit(
             rate = lr * schedule.multiplier(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            scheduled = {s.attribute: s.apply(objective, epoch) for s in schedules}
+            scheduled = {s.attribute: s.apply(objective, epoch) for s in schedules if s.every is None}
             # a fresh order (or, resuming mid-epoch, the interrupted epoch's order and steps so far)
             if partial is None:
                 data_rng.manual_seed(seed_for(state.data_seed, epoch))
@@ -286,7 +290,9 @@ def fit(
                 data_rng.set_state(partial["data_rng"])
             values, parts = partial["values"], partial["parts"]
             for batch in batches.batches(partial["order"], start=len(values)):
-                # one step: the objective on the batch, the NaN guard, the gradient step
+                # one step: the step's scheduled settings, the objective on the batch, the NaN guard, the gradient step
+                for s in stepwise:
+                    scheduled[s.attribute] = s.apply(objective, len(state.history.steps) + len(values))
                 out = forward(batch)
                 if W == 1:
                     loss = -out.surrogate.mean()

@@ -1,4 +1,5 @@
-"""Schedules over epochs: the learning rate's multiplier and the KL weight's warm-up."""
+"""Schedules: the learning rate's multiplier per epoch, and any attribute of the objective per epoch or
+per N steps (the KL weight's warm-up, the Gumbel-Softmax temperature's annealing)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from dataclasses import dataclass
 
 from elbox._validation import check_positive_int
 
-__all__ = ["LRSchedule", "SCHEDULES", "Schedule", "iwae_schedule", "kl_warmup", "kl_weight", "lr_schedule"]
+__all__ = [
+    "LRSchedule",
+    "SCHEDULES",
+    "Schedule",
+    "iwae_schedule",
+    "kl_warmup",
+    "kl_weight",
+    "lr_schedule",
+    "temperature_annealing",
+]
 
 SCHEDULES = ("constant", "iwae", "cosine", "exponential")
 
@@ -96,10 +106,11 @@ def kl_weight(epoch: int, beta: float, warmup: int) -> float:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Sets an attribute of the objective at the start of every epoch: ``objective.<attribute> =
-    value(epoch)`` (epochs counted from 0). The attribute can be anything the objective holds: β,
-    a temperature, a number of particles; a tensor attribute (a buffer, so checkpointed) is
-    filled in place.
+    """Sets an attribute of the objective: ``objective.<attribute> = value(t)``, at the start of
+    every epoch (t the epoch, counted from 0), or with ``every=N`` before every step, held for N
+    steps at a time (t the number of steps taken, rounded down to a multiple of N). The attribute
+    can be anything the objective holds: β, a temperature, a number of particles; a tensor
+    attribute (a buffer, so checkpointed) is filled in place.
 
     Example:
         >>> model = elbox.FactorAnalysis(4, 2)
@@ -110,13 +121,24 @@ class Schedule:
 
     Attributes:
         attribute: The objective's attribute, a dotted path for a submodule's (``"model.beta"``).
-        value: ``value(epoch) -> float``.
+        value: ``value(t) -> float``.
+        every: None for a value per epoch; N for a value per N steps.
     """
 
     attribute: str
     value: object
+    every: int | None = None
 
-    def apply(self, objective, epoch: int) -> float:
+    def __post_init__(self):
+        if self.every is not None:
+            check_positive_int(self.every, "every")
+        if not callable(self.value):
+            raise TypeError(f"a schedule's value must be a function of the epoch (or step); received {self.value!r}")
+
+    def apply(self, objective, t: int) -> float:
+        """Sets the attribute to its value at epoch t (``every=None``) or after t steps."""
+        if self.every is not None:
+            t = t // self.every * self.every
         *path, name = self.attribute.split(".")
         owner = objective
         for part in path:
@@ -125,13 +147,54 @@ class Schedule:
             raise AttributeError(
                 f"the schedule drives {self.attribute!r}, which {type(objective).__name__} does not have"
             )
-        value = float(self.value(epoch))
+        value = float(self.value(t))
         current = getattr(owner, name)
         if hasattr(current, "fill_"):
             current.fill_(value)
         else:
             setattr(owner, name, type(current)(value) if isinstance(current, int | float) else value)
         return value
+
+
+def temperature_annealing(initial: float = 1.0, minimum: float = 0.5, rate: float = 1e-4, every: int = 500,
+                          attribute: str = "temperature") -> Schedule:  # fmt: skip
+    r"""The Gumbel-Softmax temperature annealed as Jang et al. (2017) do, every ``every`` steps:
+
+    .. math:: \tau(t) = \max\big(\tau_{\min},\ \tau_0\, e^{-r t}\big)
+
+    (they use τ₀ = 1, τ_min = 0.5, r ∈ {1e-5, 1e-4}, every 500 steps). The temperature is a
+    buffer of the objective, so a checkpoint holds it, and a resumed run goes on from the same τ.
+
+    Args:
+        initial: τ₀ > 0.
+        minimum: τ_min, in (0, τ₀].
+        rate: r ≥ 0 per step.
+        every: N, the steps between updates.
+        attribute: The objective's attribute it drives.
+
+    References:
+        Categorical Reparameterization with Gumbel-Softmax (Jang et al., 2017), https://arxiv.org/abs/1611.01144
+    """
+    from elbox.bounds.relaxed import check_temperature
+
+    initial = check_temperature(initial, "initial")
+    minimum = check_temperature(minimum, "minimum")
+    if minimum > initial:
+        raise ValueError(f"minimum (τ_min) must be at most initial (τ₀ = {initial}); received {minimum}")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"rate (the annealing rate r per step) must be non-negative and finite; received {rate!r}")
+    every = check_positive_int(every, "every")
+    return Schedule(attribute, _Annealing(float(initial), float(minimum), float(rate)), every=every)
+
+
+@dataclass(frozen=True)
+class _Annealing:
+    initial: float
+    minimum: float
+    rate: float
+
+    def __call__(self, t: int) -> float:
+        return max(self.minimum, self.initial * math.exp(-self.rate * t))
 
 
 def kl_warmup(beta: float, epochs: int) -> Schedule:

@@ -7,7 +7,7 @@ from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
-from elbox.models.vae import VAE
+from elbox.models.vae import VAE, DiscreteVAE
 
 __all__ = [
     "HMM",
@@ -22,4 +22,5 @@ __all__ = [
     "NormalNormal",
     "UniformDequantization",
     "VAE",
+    "DiscreteVAE",
 ]

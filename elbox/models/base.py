@@ -32,6 +32,10 @@ class LatentModel(nn.Module):
     #: :func:`~elbox.evidence_report` then reports its exact log p(x) with every bound equal to it.
     latent_free: bool = False
 
+    #: Trailing dimensions of z that make one latent unit for the report's active units: 1 for
+    #: categorical variables in the one-hot convention (z ``[N, K]``: a unit is a variable).
+    latent_unit_dims: int = 0
+
     #: Whether z is a code of x whose use the report measures (active units, mutual
     #: information); False where z is noise, such as a dequantization offset.
     has_latent_code: bool = True

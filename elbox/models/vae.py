@@ -8,20 +8,113 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
+from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal, OneHotCategorical
 
 from elbox._validation import check_number, check_positive_int
 from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
 from elbox.guides.amortized import Amortized, mlp
+from elbox.guides.discrete import Bernoulli as BernoulliGuide
+from elbox.guides.discrete import OneHotCategorical as CategoricalGuide
 from elbox.guides.flow import FlowGuide
 from elbox.models.base import LatentModel
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "DiscreteVAE"]
 
 _DECODERS = ("bernoulli", "gaussian", "continuous_bernoulli")
 
 
-class VAE(LatentModel):
+class _Decoded(LatentModel):
+    """What every VAE shares: an MLP decoder p_θ(x | z) over flat data ``[B, D]`` (Bernoulli,
+    Gaussian or continuous Bernoulli), its fused log-likelihood, and the data's checks."""
+
+    def _init_decoder(self, latent_size: int, D: int, hidden: list[int], activation: str, decoder: str,
+                      observation_variance) -> None:  # fmt: skip
+        if decoder not in _DECODERS:
+            raise ValueError(f"decoder must be one of {_DECODERS}; received {decoder!r}")
+        self.data_shape = (D,)
+        self.decoder_type = decoder
+        self.decoder = mlp([latent_size, *reversed(hidden), D], activation)
+        self.learned_variance = observation_variance == "learned"
+        if decoder == "gaussian":
+            if self.learned_variance:
+                self.log_variance = nn.Parameter(torch.zeros(D, dtype=torch.get_default_dtype()))
+            else:
+                value = None if isinstance(observation_variance, str) else check_number(
+                    observation_variance, "observation_variance", only_type=True)  # fmt: skip
+                if value is None or not (value > 0 and math.isfinite(value)):
+                    raise ValueError(
+                        "observation_variance must be a positive number or 'learned'; received "
+                        + repr(observation_variance)
+                    )
+                self.register_buffer("log_variance", torch.full((D,), math.log(value)))
+        elif observation_variance not in (1.0, "learned"):
+            raise ValueError(f"observation_variance applies to decoder='gaussian' only; this VAE's is {decoder!r}")
+
+    def _decode(self, z: Tensor) -> Tensor:
+        """The decoder's output for z ``[*S, B, *latent]``: ``[*S, B, D]``."""
+        return self.decoder(z)
+
+    @property
+    def observation_variance(self) -> Tensor | None:
+        """σ² per dimension ``[D]`` (Gaussian decoder), else None."""
+        return self.log_variance.exp() if self.decoder_type == "gaussian" else None
+
+    def likelihood(self, z: Tensor):
+        out = self._decode(z)  # [*S, B, D]
+        if self.decoder_type == "bernoulli":
+            return Independent(Bernoulli(logits=out, validate_args=False), 1)
+        if self.decoder_type == "continuous_bernoulli":
+            return Independent(ContinuousBernoulli(logits=out, validate_args=False), 1)
+        return Independent(Normal(out, (0.5 * self.log_variance).exp(), validate_args=False), 1)
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x | z), ``[*S, B]``, in fused closed forms (no distribution objects)."""
+        out = self._decode(z)  # [*S, B, D]
+        if self.decoder_type == "gaussian":
+            log_var = self.log_variance
+            sq = (x - out).square() * (-log_var).exp()
+            return -0.5 * (sq + log_var + math.log(2 * math.pi)).sum(-1)
+        target = x.expand_as(out)
+        log_p = -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
+        if self.decoder_type == "continuous_bernoulli":
+            log_p = log_p + ContinuousBernoulli(logits=out, validate_args=False)._cont_bern_log_norm().sum(-1)
+        return log_p
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior().sample((n,))  # [n, *latent]
+            return self.likelihood(z).sample(), z
+
+    def _check_data(self, x) -> Tensor:
+        x = super()._check_data(x)
+        if self.decoder_type == "bernoulli" and not ((x == 0) | (x == 1)).all():
+            raise ValueError(
+                f"the Bernoulli decoder needs binary data; x holds values in [{float(x.min()):.3g}, "
+                f"{float(x.max()):.3g}] that are not all 0 or 1. Binarize it (elbox.data.binarize, or "
+                "dynamic binarization in fit), or use decoder='continuous_bernoulli' for intensities in [0, 1]"
+            )
+        if self.decoder_type == "continuous_bernoulli" and ((x < 0) | (x > 1)).any():
+            raise ValueError(
+                f"the continuous Bernoulli decoder needs data in [0, 1]; received values in "
+                f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
+            )
+        return x
+
+    def _decoder_repr(self) -> str:
+        if self.decoder_type != "gaussian":
+            return f"decoder={self.decoder_type!r}"
+        variance = "'learned'" if self.learned_variance else f"{float(self.log_variance[0].exp()):g}"
+        return f"decoder={self.decoder_type!r}, observation_variance={variance}"
+
+
+def _widths(hidden) -> list[int]:
+    if isinstance(hidden, int | str) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"hidden must be a sequence of layer widths, such as (200, 200); received {hidden!r}")
+    return [check_positive_int(h, "hidden") for h in hidden]
+
+
+class VAE(_Decoded):
     r"""A VAE: z ~ N(0, I), x | z ~ p_θ(x | z) with an MLP decoder; q_φ(z | x) = ``vae.guide``.
 
     .. math:: \mathcal{L}_\beta(x) = \mathbb{E}_{q_\phi(z|x)}[\log p_\theta(x \mid z)]
@@ -86,14 +179,8 @@ class VAE(LatentModel):
         super().__init__()
         D = check_positive_int(data_dim, "data_dim")
         L = check_positive_int(latent_dim, "latent_dim")
-        if isinstance(hidden, int | str) or not hasattr(hidden, "__iter__"):
-            raise TypeError(f"hidden must be a sequence of layer widths, such as (200, 200); received {hidden!r}")
-        hidden = [check_positive_int(h, "hidden") for h in hidden]
-        if decoder not in _DECODERS:
-            raise ValueError(f"decoder must be one of {_DECODERS}; received {decoder!r}")
+        hidden = _widths(hidden)
         beta = check_number(beta, "beta", minimum=0.0)
-        self.data_shape = (D,)
-        self.decoder_type = decoder
         self.beta = float(beta)
         guide, prior = _flow_spec(guide, "guide", "gaussian", L), _flow_spec(prior, "prior", "normal", L)
         if guide["type"] == "flow" and deterministic_encoder:
@@ -107,36 +194,15 @@ class VAE(LatentModel):
         else:
             out = L if deterministic_encoder else 2 * L
             self.guide = Amortized(mlp([D, *hidden, out], activation), L, deterministic=deterministic_encoder)
-        self.decoder = mlp([L, *reversed(hidden), D], activation)
+        self._init_decoder(L, D, hidden, activation, decoder, observation_variance)
         self.register_buffer("_zero", torch.zeros(L, dtype=torch.get_default_dtype()))
         # a flow over z in place of N(0, I), in the density direction: log p(z) in one pass
         self.prior_flow = (build_flow(prior["flow"], L, 0, prior["transforms"], prior["hidden"])
                            if prior["type"] == "flow" else None)  # fmt: skip
-        self.learned_variance = observation_variance == "learned"
-        if decoder == "gaussian":
-            if self.learned_variance:
-                self.log_variance = nn.Parameter(torch.zeros(D, dtype=torch.get_default_dtype()))
-            else:
-                value = None if isinstance(observation_variance, str) else check_number(
-                    observation_variance, "observation_variance", only_type=True)  # fmt: skip
-                if value is None or not (value > 0 and math.isfinite(value)):
-                    raise ValueError(
-                        "observation_variance must be a positive number or 'learned'; received "
-                        + repr(observation_variance)
-                    )
-                observation_variance = value
-                self.register_buffer("log_variance", torch.full((D,), math.log(observation_variance)))
-        elif observation_variance not in (1.0, "learned"):
-            raise ValueError(f"observation_variance applies to decoder='gaussian' only; this VAE's is {decoder!r}")
 
     @property
     def latent_dim(self) -> int:
         return self._zero.shape[0]
-
-    @property
-    def observation_variance(self) -> Tensor | None:
-        """σ² per dimension ``[D]`` (Gaussian decoder), else None."""
-        return self.log_variance.exp() if self.decoder_type == "gaussian" else None
 
     # The model.
 
@@ -144,27 +210,6 @@ class VAE(LatentModel):
         if self.prior_flow is not None:
             return FlowDistribution(self.prior_flow.transform(), self.prior_flow.base())
         return Independent(Normal(self._zero, torch.ones_like(self._zero), validate_args=False), 1, validate_args=False)
-
-    def likelihood(self, z: Tensor):
-        out = self.decoder(z)  # [*S, B, D]
-        if self.decoder_type == "bernoulli":
-            return Independent(Bernoulli(logits=out, validate_args=False), 1)
-        if self.decoder_type == "continuous_bernoulli":
-            return Independent(ContinuousBernoulli(logits=out, validate_args=False), 1)
-        return Independent(Normal(out, (0.5 * self.log_variance).exp(), validate_args=False), 1)
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p_θ(x | z), ``[*S, B]``, in fused closed forms (no distribution objects)."""
-        out = self.decoder(z)  # [*S, B, D]
-        if self.decoder_type == "gaussian":
-            log_var = self.log_variance
-            sq = (x - out).square() * (-log_var).exp()
-            return -0.5 * (sq + log_var + math.log(2 * math.pi)).sum(-1)
-        target = x.expand_as(out)
-        log_p = -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
-        if self.decoder_type == "continuous_bernoulli":
-            log_p = log_p + ContinuousBernoulli(logits=out, validate_args=False)._cont_bern_log_norm().sum(-1)
-        return log_p
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The decoder's mean at the encoder's mean: E[x | z = E_q[z | x]], ``[B, D]`` (for a flow
@@ -177,38 +222,13 @@ class VAE(LatentModel):
         q = self.guide(x)
         return q.sample((64,)).mean(0) if isinstance(q, FlowDistribution) else q.mean
 
-    def sample(self, n: int) -> tuple[Tensor, Tensor]:
-        n = check_positive_int(n, "n")
-        with torch.no_grad():
-            z = self.prior().sample((n,))  # [n, L]
-            return self.likelihood(z).sample(), z
-
-    def _check_data(self, x) -> Tensor:
-        x = super()._check_data(x)
-        if self.decoder_type == "bernoulli" and not ((x == 0) | (x == 1)).all():
-            raise ValueError(
-                f"the Bernoulli decoder needs binary data; x holds values in [{float(x.min()):.3g}, "
-                f"{float(x.max()):.3g}] that are not all 0 or 1. Binarize it (elbox.data.binarize, or "
-                "dynamic binarization in fit), or use decoder='continuous_bernoulli' for intensities in [0, 1]"
-            )
-        if self.decoder_type == "continuous_bernoulli" and ((x < 0) | (x > 1)).any():
-            raise ValueError(
-                f"the continuous Bernoulli decoder needs data in [0, 1]; received values in "
-                f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
-            )
-        return x
-
     def extra_repr(self) -> str:
         extra = ""
-        if self.decoder_type == "gaussian":
-            extra = ", observation_variance=" + (
-                "'learned'" if self.learned_variance else f"{float(self.log_variance[0].exp()):g}"
-            )
         for name, spec, default in (("guide", self.guide_spec, "gaussian"), ("prior", self.prior_spec, "normal")):
             if spec["type"] != default:
                 extra += f", {name}={spec['type']!r} ({spec['flow']}, {spec['transforms']} transforms)"
         return (
-            f"data_dim={self.data_shape[0]}, latent_dim={self.latent_dim}, decoder={self.decoder_type!r}{extra}, "
+            f"data_dim={self.data_shape[0]}, latent_dim={self.latent_dim}, {self._decoder_repr()}{extra}, "
             f"beta={self.beta:g}"
         )
 
@@ -238,3 +258,109 @@ def _flow_spec(value, name: str, default: str, latent_dim: int) -> dict:
         spec["context_dim"] = check_positive_int(spec.get("context_dim", 2 * latent_dim), "guide context_dim",
                                                  minimum=0)  # fmt: skip
     return spec
+
+
+_LATENTS = ("categorical", "bernoulli")
+
+
+class DiscreteVAE(_Decoded):
+    r"""A VAE with discrete latents: N categorical variables of K classes under a uniform prior
+    (Jang et al.'s categorical VAE, 20 × 10 on MNIST), or N binary variables under
+    Bernoulli(½); an MLP decoder, and an amortized discrete q as ``dvae.guide``.
+
+    .. math:: z_n \sim \mathrm{Cat}(1/K)\ (n = 1..N),\quad x \mid z \sim p_\theta(x \mid z),\quad
+              q_\phi(z \mid x) = \prod_n \mathrm{Cat}(z_n;\ \mathrm{softmax}(\ell_{\phi,n}(x)))
+
+    The latents are in the one-hot convention (z ``[N, K]``; ``[N]`` for binary ones): the
+    decoder reads z as numbers, so it takes the relaxed draws of the Gumbel-Softmax estimators
+    (points inside the simplex) as well as exact ones. Train with any of the discrete
+    estimators (``"gumbel_softmax"``, ``"score_function"``, ``"vimco"``, ``"enumerate"``,
+    ``"rws"``); every bound reported is the discrete model's.
+
+    Args:
+        data_dim: D, the size of a (flattened) data point.
+        num_variables: N.
+        num_categories: K (for ``latent="categorical"``).
+        latent: ``"categorical"`` or ``"bernoulli"``.
+        hidden: The encoder's hidden widths (the decoder mirrors them); Jang et al. use (512, 256).
+        activation: The hidden layers' activation.
+        decoder: ``"bernoulli"``, ``"gaussian"`` or ``"continuous_bernoulli"``.
+        observation_variance: σ² for the Gaussian decoder, or ``"learned"``.
+
+    References:
+        Categorical Reparameterization with Gumbel-Softmax (Jang et al., 2017), https://arxiv.org/abs/1611.01144
+
+    Example:
+        >>> dvae = DiscreteVAE(64, num_variables=4, num_categories=3, hidden=(32,))
+        >>> x, z = dvae.sample(5)
+        >>> z.shape
+        torch.Size([5, 4, 3])
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        num_variables: int = 20,
+        num_categories: int = 10,
+        latent: str = "categorical",
+        hidden=(512, 256),
+        activation: str = "relu",
+        decoder: str = "bernoulli",
+        observation_variance: float | str = 1.0,
+    ):
+        super().__init__()
+        D = check_positive_int(data_dim, "data_dim")
+        N = check_positive_int(num_variables, "num_variables")
+        if latent not in _LATENTS:
+            raise ValueError(f"latent must be one of {_LATENTS}; received {latent!r}")
+        K = check_positive_int(num_categories, "num_categories", minimum=2) if latent == "categorical" else 2
+        hidden = _widths(hidden)
+        self.latent_type = latent
+        self.latent_unit_dims = 1 if latent == "categorical" else 0
+        size = N * K if latent == "categorical" else N
+        encoder = mlp([D, *hidden, size], activation)
+        self.guide = CategoricalGuide(N, K, encoder) if latent == "categorical" else BernoulliGuide(N, encoder)
+        self._init_decoder(size, D, hidden, activation, decoder, observation_variance)
+        shape = (N, K) if latent == "categorical" else (N,)
+        self.register_buffer("_prior_logits", torch.zeros(shape, dtype=torch.get_default_dtype()))
+
+    @property
+    def num_variables(self) -> int:
+        return self._prior_logits.shape[0]
+
+    @property
+    def num_categories(self) -> int:
+        """K (2 for binary latents)."""
+        return self._prior_logits.shape[1] if self.latent_type == "categorical" else 2
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self._prior_logits.shape)
+
+    def prior(self):
+        if self.latent_type == "categorical":
+            base = OneHotCategorical(logits=self._prior_logits, validate_args=False)
+        else:
+            base = Bernoulli(logits=self._prior_logits, validate_args=False)
+        return Independent(base, 1, validate_args=False)
+
+    def prior_for(self, x: Tensor):
+        # batch [B]: torch's closed-form Bernoulli KL does not broadcast a batch-less prior against q
+        return self.prior().expand(torch.Size([x.shape[0]]))
+
+    def _decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z.flatten(-2) if self.latent_type == "categorical" else z)  # [*S, B, D]
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at q's mean, E_q[z | x] (the class probabilities: a point inside
+        the simplex, which the one-hot convention admits), ``[B, D]``."""
+        return self.likelihood(self.latent_mean(x)).mean
+
+    def latent_mean(self, x: Tensor) -> Tensor:
+        """E_q[z | x]: q's class probabilities, ``[B, N, K]`` (``[B, N]`` for binary latents)."""
+        return self.guide(self.check_data(x)).mean
+
+    def extra_repr(self) -> str:
+        shape = f"num_variables={self.num_variables}"
+        shape += f", num_categories={self.num_categories}" if self.latent_type == "categorical" else ""
+        return f"data_dim={self.data_shape[0]}, {shape}, latent={self.latent_type!r}, {self._decoder_repr()}"

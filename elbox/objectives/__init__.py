@@ -17,15 +17,21 @@ from elbox.objectives.base import (
     register_objective,
 )
 from elbox.objectives.bounds import ELBO, IWAE, MaxLikelihood, Renyi
+from elbox.objectives.discrete import RWS, VIMCO, Enumerate, GumbelSoftmax, ScoreFunction
 
 __all__ = [
     "ELBO",
     "IWAE",
+    "RWS",
+    "VIMCO",
+    "Enumerate",
+    "GumbelSoftmax",
     "OBJECTIVES",
     "MaxLikelihood",
     "Objective",
     "Output",
     "Renyi",
+    "ScoreFunction",
     "get_objective",
     "make_objective",
     "register_objective",

@@ -51,6 +51,9 @@ class Objective(nn.Module):
     name: str = ""
     #: Whether the objective needs a guide q(z | x).
     needs_guide: bool = True
+    #: What each keyword option means, for the config's ``[objective]`` table (whose keys are the
+    #: constructor's keyword options with a number, string or true/false default).
+    option_help: dict[str, str] = {}
 
     def __init__(self, model: nn.Module, guide: nn.Module | None = None):
         super().__init__()

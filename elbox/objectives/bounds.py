@@ -37,6 +37,9 @@ class ELBO(Objective):
             :func:`elbox.elbo`).
     """
 
+    option_help = {"kl": "'analytic' (where registered) or 'mc'",
+                   "expectation": "'auto', 'analytic', 'enumerate' or 'sample': how E_q[log p(x | z)] is taken"}
+
     def __init__(self, model, guide, *, beta: float | None = None, num_samples: int = 1, kl: str = "analytic",
                  expectation: str = "auto"):  # fmt: skip
         super().__init__(model, guide)
@@ -99,6 +102,8 @@ class Renyi(Objective):
         alpha: α, a finite real number (α < 0 is not a lower bound).
         num_samples: S.
     """
+
+    option_help = {"alpha": "α of the Rényi bound (1: the ELBO; 0: IWAE)"}
 
     def __init__(self, model, guide, *, alpha: float = 0.5, num_samples: int = 5):
         super().__init__(model, guide)
