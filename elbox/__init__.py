@@ -12,6 +12,7 @@ from elbox.inference import (
     Schedule,
     em,
     fit,
+    gradient_report,
     refine,
 )
 from elbox.models import (
@@ -74,6 +75,7 @@ __all__ = [
     "em",
     "evidence_report",
     "fit",
+    "gradient_report",
     "guides",
     "iwae",
     "load_run",

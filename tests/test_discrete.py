@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 import elbox
+from elbox import plots
 from elbox.bounds._common import prepare
 from elbox.bounds.enumerate import joint_support
 from elbox.bounds.relaxed import relaxed_draws
@@ -392,3 +393,62 @@ def test_bad_configs_name_the_key(tmp_path, objective, rate, options, error):
 
     with pytest.raises(ConfigError, match=error):
         load_config(_config(tmp_path, objective, rate, options))
+
+
+# Gradient diagnostics.
+
+
+def test_gradient_report_measures_bias_against_the_enumerated_gradient(tmp_path):
+    from elbox.inference import GradientVariance, temperature_sweep
+
+    model, guide, x = _problem()
+    objectives = {
+        "relaxed": make_objective("gumbel_softmax", model, guide, temperature=2.0),
+        "factorwise": make_objective("enumerate", model, guide, strategy="factorwise"),
+        "exact": make_objective("enumerate", model, guide),
+    }
+    moving = make_objective("score_function", model, guide)
+    before = {k: v.clone() for k, v in moving.state_dict().items()}
+    report = elbox.gradient_report({**objectives, "moving": moving}, x, repeats=400)
+    relaxed, factorwise, exact, moving_stats = report.estimators
+    assert report.num_parameters == guide.logits.numel() and report.exact_norm > 0
+    assert relaxed.bias > 10 * relaxed.bias_stderr and relaxed.max_z > 10  # biased, and resolved as such
+    assert factorwise.max_z < 4.5 and moving_stats.max_z < 4.5  # √(2 ln 24) ≈ 2.5: unbiased
+    assert exact.bias < 1e-12 and exact.variance < 1e-20 and exact.max_z == 0.0
+    assert relaxed.temperature == 2.0 and factorwise.temperature is None
+    assert all(torch.equal(before[k], v) for k, v in moving.state_dict().items())  # its state put back
+    assert "max |z|" in report.table()
+    # the same seed, the same numbers
+    again = elbox.gradient_report({"relaxed": objectives["relaxed"]}, x, repeats=400)
+    assert again.estimators[0].variance == relaxed.variance
+
+    sweep = temperature_sweep(objectives["relaxed"], x, [2.0, 0.5], repeats=200)
+    assert [s.temperature for s in sweep.estimators] == [2.0, 0.5]
+    assert float(objectives["relaxed"].temperature) == 2.0  # put back
+    fig = plots.plot_temperature_tradeoff(sweep, tmp_path / "tradeoff.png", references=report)
+    assert fig is not None and (tmp_path / "tradeoff.png").stat().st_size > 0
+
+    # a Gaussian q has no exact gradient to compare with: the variance alone
+    vae = elbox.VAE(6, 2, hidden=(8,))
+    y = (torch.rand(5, 6) > 0.5).double()
+    alone = elbox.gradient_report(make_objective("elbo", vae, vae.guide), y, repeats=20)
+    assert alone.estimators[0].bias is None and alone.exact_norm is None
+    with pytest.raises(ValueError, match="exact=True needs a q whose joint support"):
+        elbox.gradient_report(make_objective("elbo", vae, vae.guide), y, repeats=20, exact=True)
+    with pytest.raises(ValueError, match="another model or guide"):
+        elbox.gradient_report([make_objective("elbo", vae, vae.guide), objectives["exact"]], y, repeats=20)
+    with pytest.raises(ValueError, match="parameters must be one of"):
+        elbox.gradient_report(objectives["exact"], x, parameters="encoder")
+    with pytest.raises(TypeError, match="needs an objective with a temperature"):
+        temperature_sweep(objectives["exact"], x, [1.0])
+
+    # the variance over a run, in the metrics beside τ
+    variance = GradientVariance(x, repeats=10)
+    objective = make_objective("gumbel_softmax", model, guide)
+    elbox.fit(objective, x, epochs=3, lr=1e-2, seed=0, callbacks=[variance], run_dir=tmp_path / "run",
+              schedules=[temperature_annealing(1.0, 0.5, rate=0.5, every=1)])  # fmt: skip
+    records = elbox.io.RunDirectory(tmp_path / "run").read_metrics()
+    assert [r["gradient_variance"] for r in records] == [v for _, v in variance.values]
+    assert records[-1]["temperature"] == pytest.approx(max(0.5, math.exp(-0.5 * 2)))
+    plots.plot_annealing(records, tmp_path / "annealing.png")
+    assert (tmp_path / "annealing.png").stat().st_size > 0

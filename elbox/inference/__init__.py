@@ -3,6 +3,13 @@
 from elbox.inference.callbacks import Callback, FitState, Interrupted
 from elbox.inference.em import em
 from elbox.inference.fit import fit
+from elbox.inference.gradients import (
+    GradientReport,
+    GradientStats,
+    GradientVariance,
+    gradient_report,
+    temperature_sweep,
+)
 from elbox.inference.history import (
     BoundaryWarning,
     BoundDecreaseWarning,
@@ -20,12 +27,17 @@ __all__ = [
     "ConvergenceWarning",
     "DivergenceWarning",
     "FitState",
+    "GradientReport",
+    "GradientStats",
+    "GradientVariance",
     "History",
     "Interrupted",
     "Schedule",
     "em",
     "fit",
+    "gradient_report",
     "local_guide",
     "refine",
     "temperature_annealing",
+    "temperature_sweep",
 ]

@@ -51,7 +51,13 @@ class FitState:
 
 
 class Callback:
-    """Called by :func:`elbox.fit` after each epoch (``on_epoch_end``) and when it ends."""
+    """Called by :func:`elbox.fit` after each epoch (``on_epoch_end``) and when it ends.
+
+    A callback with ``measures = True`` adds to the epoch's record (``state.record``): it is
+    called before the record is written to the metrics and before the checkpoint."""
+
+    #: Whether the callback adds measurements to ``state.record`` (then it runs first).
+    measures: bool = False
 
     def on_epoch_end(self, state: FitState) -> None:
         pass

@@ -250,11 +250,12 @@ def fit(
     elif tensorboard:
         raise ValueError("tensorboard=True needs run_dir, where the event files are written")
     # under DDP the best parameters are kept in memory (the same on every rank), not read back from rank 0's disk
-    pieces: list[Callback] = [EarlyStopping(patience, checkpointer if W == 1 else None)] if patience is not None \
-        else []  # fmt: skip
+    user = [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
+    pieces: list[Callback] = [c for c in user if c.measures]  # measurements join the epoch's record first
+    pieces += [EarlyStopping(patience, checkpointer if W == 1 else None)] if patience is not None else []
     pieces += [MetricsLog(run, tensorboard)] if run is not None and R == 0 else []
     pieces += [checkpointer] if run is not None else []
-    pieces += [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
+    pieces += [c for c in user if not c.measures]
 
     # batches of the data checked above: the order and binarization from a generator seeded per epoch
     # (every rank draws the same global batch and takes its share), the particles from torch's RNG

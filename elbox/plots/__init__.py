@@ -1,5 +1,6 @@
 """Figures (matplotlib, imported lazily; nothing in the core imports this package)."""
 
+from elbox.plots.gradients import plot_annealing, plot_temperature_tradeoff
 from elbox.plots.rate_distortion import plot_rate_distortion
 from elbox.plots.report import plot_bracket, plot_gaps, plot_khat, plot_kl_per_dim, render_html, write_html_report
 from elbox.plots.sequences import plot_state_path, plot_trajectory
@@ -7,6 +8,7 @@ from elbox.plots.traces import plot_traces
 from elbox.plots.vae import plot_latent_space, plot_reconstructions, plot_samples, plot_training
 
 __all__ = [
+    "plot_annealing",
     "plot_bracket",
     "plot_gaps",
     "plot_khat",
@@ -16,6 +18,7 @@ __all__ = [
     "plot_reconstructions",
     "plot_samples",
     "plot_state_path",
+    "plot_temperature_tradeoff",
     "plot_training",
     "plot_traces",
     "plot_trajectory",
