@@ -15,8 +15,6 @@ from scipy import stats
 import elbox
 from elbox import plots
 from elbox.bounds._common import prepare
-from elbox.bounds.enumerate import joint_support
-from elbox.bounds.relaxed import relaxed_draws
 from elbox.guides import Bernoulli, MeanFieldNormal, OneHotCategorical
 from elbox.inference import temperature_annealing
 from elbox.objectives import make_objective
@@ -56,7 +54,7 @@ def _exact_iwae(model, guide, x, S: int = 2) -> torch.Tensor:
     """The exact gradient of the IWAE bound with S = 2, a sum over every pair of values."""
     guide.logits.grad = None
     x, q, _ = prepare(model, guide, x)
-    z = joint_support(q)  # [M, B, N, K]
+    z = elbox.bounds.joint_support(q)  # [M, B, N, K]
     log_q = q.log_prob(z)  # [M, B]
     log_w = model.log_joint(x, z) - log_q
     pair = (log_q.unsqueeze(0) + log_q.unsqueeze(1)).exp()  # [M, M, B]
@@ -77,7 +75,7 @@ def test_the_exact_draws_are_distributed_as_q(latent):
     q = (torch.distributions.OneHotCategorical(logits=logits) if latent == "categorical"
          else torch.distributions.Bernoulli(logits=logits))  # fmt: skip
     n = 20000
-    z, soft = relaxed_draws(q, 0.5, n)
+    z, soft = elbox.bounds.relaxed_draws(q, 0.5, n)
     if latent == "categorical":
         counts = z.reshape(n, -1).sum(0)
         expected = n * q.probs.reshape(-1)
@@ -106,6 +104,33 @@ def test_the_model_takes_relaxed_and_exact_latents_and_the_reported_value_is_the
         _, q, _ = prepare(model, guide, x)
         draws = model.log_likelihood(x, q.sample((2000,)))
         assert ((value - exact).abs() < 4 * draws.std(0) / math.sqrt(2000)).all()
+
+
+def test_the_functional_estimators_are_the_objectives():
+    """elbox.bounds' functions give the objectives' numbers, draw for draw."""
+    model, guide, x = _problem()
+    with elbox.distributed.seeded(5):
+        terms, surrogate = elbox.bounds.gumbel_softmax(model, guide, x, temperature=0.7, num_samples=3)
+    with elbox.distributed.seeded(5):
+        out = make_objective("gumbel_softmax", model, guide, temperature=0.7, num_samples=3)(x)
+    torch.testing.assert_close(terms.value, out.value, rtol=0, atol=0)
+    torch.testing.assert_close(surrogate, out.surrogate, rtol=0, atol=0)
+    exact = elbox.bounds.enumerate_joint(model, guide, x)
+    torch.testing.assert_close(exact.value, make_objective("enumerate", model, guide)(x).value, rtol=0, atol=0)
+    assert elbox.bounds.joint_support(guide(x)).shape == (9, 4, 2, 3)
+    with elbox.distributed.seeded(5):
+        local, _ = elbox.bounds.local_expectation(model, guide, x, num_samples=2)
+    with elbox.distributed.seeded(5):
+        out = make_objective("enumerate", model, guide, strategy="factorwise", num_samples=2)(x)
+    torch.testing.assert_close(local.value, out.value, rtol=0, atol=0)
+    # the identity, exactly: log p(x) − ELBO = KL(q ‖ p(z | x)) > 0
+    _, q, p = prepare(model, guide, x)
+    z = elbox.bounds.joint_support(q)
+    log_joint, log_q = model.log_joint(x, z), q.log_prob(z)  # [9, B]
+    log_px = log_joint.logsumexp(0)
+    gap = (log_q.exp() * (log_q - (log_joint - log_px))).sum(0)  # KL(q ‖ p(z | x)), summed
+    assert (gap > 0).all()
+    torch.testing.assert_close(exact.value + gap, log_px, rtol=0, atol=1e-10)
 
 
 # Gradients against the exact one.
@@ -315,7 +340,7 @@ def test_guides_check_their_encoders_and_logits():
         elbox.DiscreteVAE(6, latent="gaussian")
     q = MeanFieldNormal(2)(torch.zeros(3, 1))
     with pytest.raises(TypeError, match="reparameterized"):
-        relaxed_draws(q, 1.0)
+        elbox.bounds.relaxed_draws(q, 1.0)
 
 
 # The command line.

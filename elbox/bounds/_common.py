@@ -15,8 +15,8 @@ __all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp
 
 
 def _support_kind(c) -> tuple:
-    while isinstance(c, constraints.independent):
-        c = c.base_constraint
+    while isinstance(c, constraints.independent | constraints.MixtureSameFamilyConstraint):
+        c = c.base_constraint  # a product's or a mixture's support is its components'
     bounds = tuple(
         float(b) if not isinstance(b, Tensor) or b.numel() == 1 else None
         for b in (getattr(c, "lower_bound", None), getattr(c, "upper_bound", None))

@@ -1,7 +1,7 @@
 """Generative models p_θ(x, z): the base class, the models with exact evidence, and the VAE."""
 
 from elbox.models.base import LatentModel
-from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, NormalNormal
+from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, MixturePrior, NormalNormal
 from elbox.models.factor import FactorAnalysis
 from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
@@ -19,6 +19,7 @@ __all__ = [
     "HierarchicalNormal",
     "LatentModel",
     "LinearGaussianSSM",
+    "MixturePrior",
     "NormalNormal",
     "UniformDequantization",
     "VAE",

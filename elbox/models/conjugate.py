@@ -1,4 +1,5 @@
-"""Conjugate models with closed-form evidence: the coin, the Gaussian mean, random effects."""
+"""Conjugate models with closed-form evidence: the coin, the Gaussian mean, random effects, and a
+latent from a mixture prior (a posterior with several modes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Beta, Independent, MultivariateNormal, Normal, TransformedDistribution
+from torch.distributions import (
+    Bernoulli,
+    Beta,
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    TransformedDistribution,
+)
 from torch.distributions.transforms import SigmoidTransform
 
 from elbox._validation import as_data, check_positive_int
@@ -23,7 +33,7 @@ from elbox.models._gaussian import (
 )
 from elbox.models.base import LatentModel
 
-__all__ = ["BetaBernoulli", "HierarchicalNormal", "NormalNormal"]
+__all__ = ["BetaBernoulli", "HierarchicalNormal", "MixturePrior", "NormalNormal"]
 
 
 def _positive(value, name: str) -> float:
@@ -383,3 +393,77 @@ class HierarchicalNormal(LatentModel):
             sigma = self.log_noise_scale.exp().unsqueeze(-1)  # [J, 1]
             x = z[:, 1:].unsqueeze(-1) + sigma * torch.randn(n, *self.data_shape, dtype=z.dtype)
         return x, z
+
+
+class MixturePrior(LatentModel):
+    r"""A latent from a mixture of normals, observed with Gaussian noise: a posterior with several
+    modes, in closed form.
+
+    .. math:: z \sim \sum_k \pi_k\, \mathcal{N}(\mu_k, \mathrm{diag}\, s_k^2), \quad
+              x \mid z \sim \mathcal{N}(z, \sigma^2 I), \quad
+              p(z \mid x) = \sum_k w_k(x)\, \mathcal{N}\big(m_k(x), \mathrm{diag}\, v_k\big)
+
+    with v_k = (s_k⁻² + σ⁻²)⁻¹, m_k = v_k (μ_k / s_k² + x / σ²) and w_k ∝ π_k N(x; μ_k, s_k² + σ²):
+    each component is conjugate. The oracle for fitting a unimodal q to a multimodal posterior,
+    where the divergence decides what q becomes (reverse KL: one mode; forward KL: both). Its
+    parameters are fixed (buffers): it is a target, not a model to fit.
+
+    Args:
+        loc: μ, ``[K, D]``.
+        scale: s, ``[K, D]`` or ``[K]`` (default ones).
+        weights: π, ``[K]`` (default uniform).
+        noise_scale: σ > 0.
+
+    Example:
+        >>> model = MixturePrior(torch.tensor([[-2.0], [2.0]]), noise_scale=1.0)
+        >>> model.posterior(torch.zeros(1, 1)).mean
+        tensor([[0.]])
+    """
+
+    def __init__(self, loc, scale=None, weights=None, noise_scale: float = 1.0):
+        super().__init__()
+        loc = as_data(loc, "loc", ndim=2).to(torch.get_default_dtype())
+        K, D = loc.shape
+        scale = torch.ones(K, D) if scale is None else as_data(scale, "scale", ndim=(1, 2))
+        scale = scale.to(loc.dtype)
+        if scale.dim() == 1:
+            scale = scale.unsqueeze(-1).expand(K, D)
+        if scale.shape != (K, D) or not (scale > 0).all():
+            raise ValueError(f"scale must be positive, of shape [{K}, {D}] or [{K}]; received {list(scale.shape)}")
+        weights = torch.full((K,), 1.0 / K) if weights is None else as_data(weights, "weights", ndim=1)
+        if weights.shape != (K,) or (weights < 0).any() or abs(float(weights.sum()) - 1) > 1e-6:
+            raise ValueError(f"weights must be {K} non-negative numbers summing to 1; received {weights.tolist()}")
+        self.data_shape = (D,)
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("scale", scale.clone())
+        self.register_buffer("log_weights", weights.to(loc.dtype).log())
+        self.register_buffer("noise_scale", torch.tensor(_positive(noise_scale, "noise_scale"), dtype=loc.dtype))
+
+    def prior(self):
+        components = Independent(Normal(self.loc, self.scale), 1)
+        return MixtureSameFamily(Categorical(logits=self.log_weights), components)
+
+    def likelihood(self, z: Tensor) -> Independent:
+        return Independent(Normal(z, self.noise_scale), 1)
+
+    def _marginals(self, x: Tensor) -> Tensor:
+        """log π_k N(x; μ_k, s_k² + σ²), ``[B, K]``."""
+        spread = (self.scale.square() + self.noise_scale.square()).sqrt()  # [K, D]
+        return self.log_weights + Independent(Normal(self.loc, spread), 1).log_prob(x.unsqueeze(-2))
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        x = self.check_data(x)
+        return self._marginals(x).logsumexp(-1)
+
+    def posterior(self, x: Tensor):
+        x = self.check_data(x)  # [B, D]
+        precision = self.scale.pow(-2) + self.noise_scale.pow(-2)  # [K, D]
+        mean = (self.loc / self.scale.square() + x.unsqueeze(-2) / self.noise_scale.square()) / precision  # [B, K, D]
+        components = Independent(Normal(mean, precision.rsqrt().expand_as(mean)), 1)
+        return MixtureSameFamily(Categorical(logits=self._marginals(x)), components)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        n = check_positive_int(n, "n")
+        with torch.no_grad():
+            z = self.prior().sample((n,))
+            return self.likelihood(z).sample(), z
