@@ -255,6 +255,11 @@ def test_a_discrete_vae_trains_and_reports_its_evidence(latent):
     assert report.psis_khat is not None and report.active_units is not None
     units = 4  # per variable: the spread over x of q's class probabilities, summed over the classes
     assert report.latent_units == units and 0 <= report.active_units <= units
+    # the gap's split: a discrete q refined per point (by the score function over 10 particles)
+    split = elbox.evidence_report(model, model.guide, x[:20], num_samples=200, refine_steps=30, refine_points=20)
+    assert split.amortization_gap is not None and split.refined_points == 20
+    gap = split.amortization_gap
+    assert gap["mean"] > -4 * math.hypot(gap["stderr"], gap["mc_stderr"])  # q* is no worse than q
 
 
 # Bad input.

@@ -26,6 +26,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, OneHotCate
 from elbox._validation import check_positive_int
 from elbox.bounds._common import prepare
 from elbox.bounds.elbo import Terms, _analytic_kl
+from elbox.distributions.one_hot import softmax
 
 __all__ = ["check_temperature", "gumbel_softmax", "relaxed_draws"]
 
@@ -86,8 +87,9 @@ def relaxed_draws(q: Distribution, temperature: float, num_samples: int = 1) -> 
     tiny = torch.finfo(logits.dtype).tiny
     if isinstance(base, OneHotCategorical):
         y = logits - (-u.clamp_min(tiny).log()).log()  # + Gumbel(0, 1)
-        soft = (y / tau).softmax(-1)
-        hard = torch.zeros_like(soft).scatter_(-1, y.detach().argmax(-1, keepdim=True), 1.0)
+        soft = softmax(y / tau)
+        top = y.detach()
+        hard = (top == top.amax(-1, keepdim=True)).to(soft.dtype)  # the argmax (ties have probability 0)
     else:
         y = logits + u.clamp_min(tiny).log() - (-u).log1p()  # + Logistic(0, 1)
         soft = (y / tau).sigmoid()

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli as _Bernoulli
 from torch.distributions import Independent
-from torch.distributions import OneHotCategorical as _OneHotCategorical
 
 from elbox._validation import as_data, check_positive_int, describe
+from elbox.distributions.one_hot import OneHot
 from elbox.guides.base import Guide
 
 __all__ = ["Bernoulli", "OneHotCategorical"]
@@ -99,7 +99,7 @@ class OneHotCategorical(_Discrete):
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Independent:
         logits = self._logits(x, index)  # [B, N, K]
-        return Independent(_OneHotCategorical(logits=logits, validate_args=False), 1, validate_args=False)
+        return Independent(OneHot(logits), 1, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"num_variables={self.shape[0]}, num_categories={self.shape[1]}, amortized={self.encoder is not None}"

@@ -21,14 +21,17 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.distributions import Bernoulli as _Bernoulli
 from torch.distributions import Beta as _Beta
 from torch.distributions import Categorical as _Categorical
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import OneHotCategorical as _OneHotCategorical
 
 from elbox._validation import check_points, check_positive_int
 from elbox.bounds import elbo
 from elbox.bounds._common import prepare
-from elbox.guides import Beta, Categorical, FullRankNormal, Guide, MeanFieldNormal
+from elbox.guides import Bernoulli as BernoulliGuide
+from elbox.guides import Beta, Categorical, FullRankNormal, Guide, MeanFieldNormal, OneHotCategorical
 from elbox.models._gaussian import tril_to_raw
 
 __all__ = ["local_guide", "refine"]
@@ -38,8 +41,9 @@ def local_guide(q: Distribution) -> Guide:
     """A local guide of q's family with one q per data point of q's batch, started at q.
 
     Families: a diagonal normal (``Independent(Normal)``), a full-rank normal, a categorical (or
-    a product of them) and a Beta. A guide with its own ``local_guide(x, index)`` method (the
-    :class:`~elbox.guides.FlowGuide`) makes its local copy itself.
+    a product of them), one-hot categoricals and Bernoullis (the discrete VAE's), and a Beta. A
+    guide with its own ``local_guide(x, index)`` method (the :class:`~elbox.guides.FlowGuide`)
+    makes its local copy itself.
 
     Raises:
         TypeError: For any other family.
@@ -51,6 +55,12 @@ def local_guide(q: Distribution) -> Guide:
     elif isinstance(q, MultivariateNormal):
         guide = FullRankNormal(q.event_shape[0], num_points=B)
         values = {"loc": q.loc, "_raw": tril_to_raw(q.scale_tril)}
+    elif isinstance(q, Independent) and isinstance(q.base_dist, _OneHotCategorical):
+        guide = OneHotCategorical(*q.event_shape, num_points=B)
+        values = {"logits": q.base_dist.logits}
+    elif isinstance(q, Independent) and isinstance(q.base_dist, _Bernoulli):
+        guide = BernoulliGuide(q.event_shape[0], num_points=B)
+        values = {"logits": q.base_dist.logits}
     elif isinstance(q, _Categorical) or (isinstance(q, Independent) and isinstance(q.base_dist, _Categorical)):
         base = q.base_dist if isinstance(q, Independent) else q
         guide = Categorical(base.logits.shape[-1], num_points=B, event_shape=tuple(q.event_shape))
@@ -60,8 +70,8 @@ def local_guide(q: Distribution) -> Guide:
         values = {"log_concentration1": q.concentration1.log(), "log_concentration0": q.concentration0.log()}
     else:
         raise TypeError(
-            f"refine needs q of a family it can optimize per point (diagonal or full-rank normal, categorical, "
-            f"Beta); the guide returned {type(q).__name__}"
+            f"refine needs q of a family it can optimize per point (diagonal or full-rank normal, categorical, one-hot "
+            f"categorical, Bernoulli, Beta); the guide returned {type(q).__name__}"
         )
     reference = values[next(iter(values))]
     guide = guide.to(dtype=reference.dtype if reference.is_floating_point() else None, device=reference.device)
@@ -98,7 +108,10 @@ def refine(
     optimum q* of the guide's family, and with it L[q*].
 
     Each point's ELBO is maximized by Adam on its own parameters (their gradients do not mix,
-    so the points are optimized together, ``batch_size`` at a time). The model is held fixed.
+    so the points are optimized together, ``batch_size`` at a time). The model is held fixed. A
+    q without a pathwise gradient (a discrete one, not summed over exactly) is refined with at
+    least 8 particles: the score-function gradient's leave-one-out baseline needs several to be of
+    use.
 
     Args:
         model: A :class:`~elbox.models.LatentModel`.
@@ -132,8 +145,11 @@ def refine(
             rows = None if index is None else index[begin : begin + step]
             local = _localized(model, guide, batch, rows)
             optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+            with torch.no_grad():
+                pathwise = local(batch).has_rsample or local(batch).has_enumerate_support
+            particles = num_samples if pathwise else max(num_samples, 8)
             for _ in range(steps):
-                loss = -elbo(model, local, batch, num_samples=num_samples).value.sum()
+                loss = -elbo(model, local, batch, num_samples=particles).value.sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

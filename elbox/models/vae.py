@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal, OneHotCategorical
+from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
 from elbox._validation import check_number, check_positive_int
 from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
+from elbox.distributions.one_hot import OneHot
 from elbox.guides.amortized import Amortized, mlp
 from elbox.guides.discrete import Bernoulli as BernoulliGuide
 from elbox.guides.discrete import OneHotCategorical as CategoricalGuide
@@ -339,7 +340,7 @@ class DiscreteVAE(_Decoded):
 
     def prior(self):
         if self.latent_type == "categorical":
-            base = OneHotCategorical(logits=self._prior_logits, validate_args=False)
+            base = OneHot(self._prior_logits)
         else:
             base = Bernoulli(logits=self._prior_logits, validate_args=False)
         return Independent(base, 1, validate_args=False)
