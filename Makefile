@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/vae_vs_pyro.py
 	$(PY) bench/evidence.py
 	$(PY) bench/ddp.py
+	$(PY) bench/categorical_vae.py --epochs 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check elbox tests bench examples

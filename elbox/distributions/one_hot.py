@@ -35,6 +35,13 @@ class OneHot(OneHotCategorical):
 
     Args:
         logits: ``[*batch, K]``, unnormalized.
+
+    Example:
+        >>> from torch.distributions import Independent, kl_divergence
+        >>> q = Independent(OneHot(torch.tensor([[2.0, 0.0, 0.0]])), 1)
+        >>> p = Independent(OneHot(torch.zeros(1, 3)), 1)
+        >>> round(float(kl_divergence(q, p)), 4)
+        0.433
     """
 
     def __init__(self, logits: Tensor):
