@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import EpochTimer, environment, mnist_train_test  # noqa: E402
 
 import elbox  # noqa: E402
-from elbox.data import mnist  # noqa: E402
 from elbox.inference import temperature_annealing  # noqa: E402
 from elbox.objectives import make_objective  # noqa: E402
 
@@ -58,17 +57,10 @@ def train_elbox(name, x, init, epochs, batch_size, seed):
     model = _model(init)
     objective = make_objective(bound, model, model.guide, **options)
     schedules = [temperature_annealing(**ANNEAL)] if bound == "gumbel_softmax" else []
-    times = []
-    start = time.perf_counter()
-
-    def lap(epoch, history):
-        nonlocal start
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-
+    lap = EpochTimer()
     elbox.fit(objective, x, epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed, binarization="dynamic",
               schedules=schedules, callback=lap)  # fmt: skip
-    return model, times
+    return model, lap.times
 
 
 def train_pyro(x, init, epochs, batch_size, seed):
@@ -130,10 +122,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    x, _ = mnist(split="train")
-    x = x[: args.train]
-    x_test, _ = mnist(split="test")
-    x_test = torch.bernoulli(x_test, generator=torch.Generator().manual_seed(0))
+    x, x_test = mnist_train_test(args.train)
     torch.manual_seed(args.seed)
     init = _model().state_dict()
     steps = args.epochs * math.ceil(len(x) / args.batch_size)

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import EpochTimer, environment, mnist_train_test  # noqa: E402
 
 import elbox  # noqa: E402
-from elbox.data import mnist  # noqa: E402
 
 D, H, L = 784, 200, 50
 
@@ -39,17 +38,10 @@ def _vae(init: dict | None = None) -> elbox.VAE:
 
 def train_elbox(x, init, epochs, batch_size, seed) -> tuple[elbox.VAE, list[float]]:
     vae = _vae(init)
-    times = []
-    start = time.perf_counter()
-
-    def lap(epoch, history):
-        nonlocal start
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-
+    lap = EpochTimer()
     elbox.fit(vae, vae.guide, x, epochs=epochs, batch_size=batch_size, lr=1e-3, adam_eps=1e-4,
               binarization="dynamic", seed=seed, callback=lap)  # fmt: skip
-    return vae, times
+    return vae, lap.times
 
 
 def train_by_hand(x, init, epochs, batch_size, seed) -> tuple[elbox.VAE, list[float]]:
@@ -146,10 +138,7 @@ def main() -> None:
     parser.add_argument("--skip-pyro", action="store_true")
     args = parser.parse_args()
 
-    x, _ = mnist(split="train")
-    x = x[: args.train]
-    x_test, _ = mnist(split="test")
-    x_test = torch.bernoulli(x_test, generator=torch.Generator().manual_seed(0))
+    x, x_test = mnist_train_test(args.train)
     torch.manual_seed(args.seed)
     init = _vae().state_dict()
     print(environment())

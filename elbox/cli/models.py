@@ -169,6 +169,20 @@ def _local_trajectories(model, m: dict, info: DataInfo):
     return MeanFieldNormal((info.steps, m["state_dim"]), num_points=info.points)
 
 
+def _hidden(default: list[int]) -> Key:
+    return Key(default, is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
+               "the encoder's hidden widths (the decoder mirrors them)")  # fmt: skip
+
+
+def _activation(default: str) -> Key:
+    return Key(default, one_of("tanh", "relu", "elu", "gelu", "softplus"),
+               "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation")  # fmt: skip
+
+
+_DECODER = Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
+               "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)")  # fmt: skip
+_OBSERVATION_VARIANCE = Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
+                            "σ² of the Gaussian decoder")  # fmt: skip
 _REG = Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
            "added to the diagonal of estimated covariances (raise it if a component collapses)")  # fmt: skip
 _COVARIANCE = Key("full", one_of("full", "diag"), "'full' or 'diag'", "the components' covariance")
@@ -177,14 +191,10 @@ register_model_type(ModelType(
     name="vae",
     keys={
         "latent_dim": Key(8, is_size, f"a positive integer up to {MAX_SIZE:,}", "the size of z"),
-        "hidden": Key([200, 200], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
-                      "the encoder's hidden widths (the decoder mirrors them)"),
-        "activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "softplus"),
-                          "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
-        "decoder": Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
-                       "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)"),
-        "observation_variance": Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
-                                    "σ² of the Gaussian decoder"),
+        "hidden": _hidden([200, 200]),
+        "activation": _activation("tanh"),
+        "decoder": _DECODER,
+        "observation_variance": _OBSERVATION_VARIANCE,
         "beta": Key(1.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
                     "the KL weight of the objective"),
         "deterministic_encoder": Key(False, is_bool, "true or false", "a plain autoencoder"),
@@ -201,14 +211,10 @@ register_model_type(ModelType(
                               "K, each categorical latent's classes"),
         "latent": Key("categorical", one_of("categorical", "bernoulli"), "'categorical' or 'bernoulli'",
                       "N categorical variables of K classes (one-hot), or N binary ones"),
-        "hidden": Key([512, 256], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
-                      "the encoder's hidden widths (the decoder mirrors them)"),
-        "activation": Key("relu", one_of("tanh", "relu", "elu", "gelu", "softplus"),
-                          "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation"),
-        "decoder": Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
-                       "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)"),
-        "observation_variance": Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
-                                    "σ² of the Gaussian decoder"),
+        "hidden": _hidden([512, 256]),
+        "activation": _activation("relu"),
+        "decoder": _DECODER,
+        "observation_variance": _OBSERVATION_VARIANCE,
     },
     build=_discrete_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a VAE with discrete latents (categorical, uniform prior; or Bernoulli): train it with "

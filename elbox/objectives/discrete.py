@@ -214,8 +214,19 @@ class ScoreFunction(Objective):
             self.signal_var.mul_(a).add_((1 - a) * var.double())
 
 
+class _Particles(Objective):
+    """An objective of S ≥ 2 particles per point and no other option (VIMCO, RWS)."""
+
+    def __init__(self, model, guide, *, num_samples: int = 5):
+        super().__init__(model, guide)
+        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
+
+    def options(self) -> dict:
+        return {"num_samples": self.num_samples}
+
+
 @register_objective("vimco")
-class VIMCO(Objective):
+class VIMCO(_Particles):
     r"""The importance-weighted bound with S particles for a discrete q, with VIMCO's
     leave-one-out score-function estimator (Mnih & Rezende, 2016).
 
@@ -232,13 +243,6 @@ class VIMCO(Objective):
     References:
         Variational Inference for Monte Carlo Objectives (Mnih & Rezende, 2016), https://arxiv.org/abs/1602.06725
     """
-
-    def __init__(self, model, guide, *, num_samples: int = 5):
-        super().__init__(model, guide)
-        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
-
-    def options(self) -> dict:
-        return {"num_samples": self.num_samples}
 
     def forward(self, batch: Batch | Tensor) -> Output:
         log_w, log_q = log_weights(self.model, self.guide, self.batch(batch), num_samples=self.num_samples)
@@ -291,7 +295,7 @@ class Enumerate(Objective):
 
 
 @register_objective("rws")
-class RWS(Objective):
+class RWS(_Particles):
     r"""Reweighted wake-sleep (Bornschein & Bengio, 2015): the model climbs the IWAE bound, and q
     the wake-φ update, a step on the forward KL(p(z | x) ‖ q(z | x)) by self-normalized
     importance sampling:
@@ -311,13 +315,6 @@ class RWS(Objective):
     References:
         Reweighted Wake-Sleep (Bornschein & Bengio, 2015), https://arxiv.org/abs/1406.2751
     """
-
-    def __init__(self, model, guide, *, num_samples: int = 5):
-        super().__init__(model, guide)
-        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
-
-    def options(self) -> dict:
-        return {"num_samples": self.num_samples}
 
     def forward(self, batch: Batch | Tensor) -> Output:
         x, q, p = prepare(self.model, self.guide, self.batch(batch))
