@@ -5,7 +5,11 @@
 Two workloads: one sequence of ``--steps`` steps, and ``--batch`` sequences of the same
 length (pykalman filters one sequence per call, so it loops; elbox filters the batch at
 once). Both in float64; the script prints seconds, the ratios and the largest difference
-between the log-likelihoods, which must agree.
+between the log-likelihoods, which must agree. Then the smoother on one sequence of
+``--smooth-steps`` steps: pykalman's ``smooth`` against elbox's ``e_step`` (filter, RTS smoother
+and the posterior's moments), with the largest difference of the smoothed means and covariances.
+
+    python bench/lgssm.py --smooth-steps 100000     # the long-sequence case of issue 16
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main() -> None:
     parser.add_argument("--obs-dim", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--smooth-steps", type=int, default=None, help="the smoother's sequence (default --steps)")
     parser.add_argument("--repeats", type=int, default=5, help="elbox is timed as the best of this many")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -72,11 +77,24 @@ def main() -> None:
                 best = min(best, times["elbox"])
             rows.append((label, times["pykalman"], best, np.abs(ours - expected).max()))
 
+        # the smoother: posterior means and covariances of one long sequence
+        Ts = args.smooth_steps or T
+        xs, _ = model.sample(1, num_steps=Ts)
+        with timed(times, "pykalman"):
+            means_pk, covs_pk = peer.smooth(xs[0].numpy())
+        best = np.inf
+        for _ in range(min(args.repeats, 3)):
+            with timed(times, "elbox"):
+                means, covs, _ = model.e_step(xs)[0].moments()
+            best = min(best, times["elbox"])
+        diff = max(np.abs(means[0].numpy() - means_pk).max(), np.abs(covs[0].numpy() - covs_pk).max())
+        rows.append((f"smoother, {Ts:,} steps", times["pykalman"], best, diff))
+
     print(f"# Kalman log-likelihood: state {D}, observations {Dx}, {T} steps, float64")
     print(f"# {environment()}")
-    print(f"{'':16s} {'pykalman (s)':>13s} {'elbox (s)':>11s} {'ratio':>8s} {'max |diff|':>11s}")
+    print(f"{'':24s} {'pykalman (s)':>13s} {'elbox (s)':>11s} {'ratio':>8s} {'max |diff|':>11s}")
     for label, peer_s, ours_s, diff in rows:
-        print(f"{label:16s} {peer_s:13.4f} {ours_s:11.5f} {peer_s / ours_s:7.0f}x {diff:11.1e}")
+        print(f"{label:24s} {peer_s:13.4f} {ours_s:11.5f} {peer_s / ours_s:7.0f}x {diff:11.1e}")
 
 
 if __name__ == "__main__":

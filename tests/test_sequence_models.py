@@ -368,6 +368,25 @@ def test_kalman_steady_state_shortcut_is_exact_on_long_sequences():
     np.testing.assert_allclose(model.log_evidence(x).detach().numpy(), expected, rtol=1e-10)
 
 
+def test_kalman_smoother_steady_state_shortcut_equals_every_step():
+    """The smoothed covariances broadcast where the filter and the backward recursion have settled
+    equal the step-by-step smoother's (steady_state=False), and so do the posterior's moments and
+    draws' log-densities; a ragged batch takes every step either way."""
+    model = _lgssm(D=3, Dx=2)
+    full = _lgssm(D=3, Dx=2)
+    full.load_state_dict(model.state_dict())
+    full.steady_state = False
+    x, _ = model.sample(2, num_steps=600)
+    fast, slow = model.e_step(x)[0], full.e_step(x)[0]
+    for a, b in zip(fast.moments(), slow.moments()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    z = slow.sample((3,))
+    torch.testing.assert_close(fast.log_prob(z), slow.log_prob(z), rtol=1e-10, atol=1e-8)
+    ragged = Sequences(x, lengths=torch.tensor([600, 450]))
+    for a, b in zip(model.e_step(ragged)[0].moments(), full.e_step(ragged)[0].moments()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def _pykalman(model: LinearGaussianSSM):
     from pykalman import KalmanFilter
 

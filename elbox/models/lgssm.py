@@ -342,14 +342,7 @@ class LinearGaussianSSM(LatentModel):
         g_rev = torch.cat([means[:, -1:], h.flip(1)], 1)
         M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)
         smoothed = affine_scan(M_rev, g_rev).flip(1)  # [B, T, D]
-        # Smoothed covariances: P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards.
-        b = keep.shape[0]
-        P_s = [P[-1].expand(b, D, D)]
-        for t in range(T - 2, -1, -1):
-            update = P[t] + J[t] @ (P_s[-1] - P_pred[t + 1]) @ J[t].T
-            P_s.append(torch.where(keep[:, t], update, P[t]))
-        P_s.reverse()
-        P_s = torch.stack(P_s, 1)  # [b, T, D, D]
+        P_s = self._smoothed_covariances(P, P_pred, J, keep, cov["steps"], ragged)  # [b, T, D, D]
         cross = J_kept @ P_s[:, 1:]  # Cov(z_t, z_{t+1} | x), [b, T-1, D, D]
         # The posterior as a reverse chain: z_T, then z_t | z_{t+1} ~ N(J z_{t+1} + m_t − J m_{t+1|t}, Σ_t).
         I_JA = eye - J @ A
@@ -374,6 +367,36 @@ class LinearGaussianSSM(LatentModel):
             moments=moments,
         )
         return posterior, log_norm.sum(-1)
+
+    def _smoothed_covariances(self, P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor, steps: int,
+                              ragged: bool) -> Tensor:  # fmt: skip
+        """P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards from P^s_T = P_T, ``[b, T, D, D]``.
+
+        Where the filter reached its steady state (from step ``steps − 1`` on, P_t, P_{t+1|t} and
+        J_t no longer change), this recursion runs with fixed coefficients and settles too, in
+        the same metric as the filter's: from there down to the filter's steady state every step
+        repeats the settled P^s, a broadcast rather than a step each. So one long sequence costs
+        the steps before the filter settles and the few after the end's transient, not T. Ragged
+        batches (each sequence ends at its own step) take every step.
+        """
+        T, D = P.shape[0], P.shape[-1]
+        b = keep.shape[0]
+        tol = 100 * torch.finfo(P.dtype).eps
+        steady_from = steps - 1 if self.steady_state and not ragged else T
+        chunks = [P[-1].expand(b, 1, D, D)]  # in reverse order of time
+        last = chunks[0][:, 0]
+        t = T - 2
+        while t >= 0:
+            update = P[t] + J[t] @ (last - P_pred[t + 1]) @ J[t].T
+            current = torch.where(keep[:, t], update, P[t])
+            if t >= steady_from and _settled(last[0], current[0], tol):
+                repeat = t - steady_from + 1  # steps t, t−1, …, steady_from: all the settled value
+                chunks.append(current.unsqueeze(1).expand(b, repeat, D, D))
+                last, t = current, steady_from - 1
+                continue
+            chunks.append(current.unsqueeze(1))
+            last, t = current, t - 1
+        return torch.cat(chunks[::-1], 1)
 
     # EM.
 
