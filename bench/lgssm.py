@@ -10,6 +10,10 @@ between the log-likelihoods, which must agree. Then the smoother on one sequence
 and the posterior's moments), with the largest difference of the smoothed means and covariances.
 
     python bench/lgssm.py --smooth-steps 100000     # the long-sequence case of issue 16
+
+With ``--unsettled-steps N``, the same two on a model whose covariance recursion never settles
+(an unobserved random walk beside the observed state): the filter's covariances then take the
+parallel scan after 1,024 steps.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--smooth-steps", type=int, default=None, help="the smoother's sequence (default --steps)")
+    parser.add_argument("--unsettled-steps", type=int, default=0, help="a never-settling model's sequence (0: none)")
     parser.add_argument("--repeats", type=int, default=5, help="elbox is timed as the best of this many")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -89,12 +94,50 @@ def main() -> None:
             best = min(best, times["elbox"])
         diff = max(np.abs(means[0].numpy() - means_pk).max(), np.abs(covs[0].numpy() - covs_pk).max())
         rows.append((f"smoother, {Ts:,} steps", times["pykalman"], best, diff))
+        if args.unsettled_steps:
+            rows += _unsettled(args.unsettled_steps, min(args.repeats, 3), times)
 
     print(f"# Kalman log-likelihood: state {D}, observations {Dx}, {T} steps, float64")
     print(f"# {environment()}")
     print(f"{'':24s} {'pykalman (s)':>13s} {'elbox (s)':>11s} {'ratio':>8s} {'max |diff|':>11s}")
     for label, peer_s, ours_s, diff in rows:
         print(f"{label:24s} {peer_s:13.4f} {ours_s:11.5f} {peer_s / ours_s:7.0f}x {diff:11.1e}")
+
+
+def _unsettled(T: int, repeats: int, times: dict) -> list:
+    """Log-likelihood and smoother rows for a model whose Riccati recursion never settles."""
+    model = elbox.LinearGaussianSSM(2, 1, transition_matrix=torch.diag(torch.tensor([0.9, 1.0])),
+                                    observation_matrix=torch.tensor([[1.0, 0.0]]),
+                                    transition_covariance=torch.diag(torch.tensor([0.5, 0.01])),
+                                    observation_covariance=torch.eye(1))  # fmt: skip
+    peer = KalmanFilter(
+        transition_matrices=model.transition_matrix.detach().numpy(),
+        observation_matrices=model.observation_matrix.detach().numpy(),
+        transition_covariance=model.transition_covariance.detach().numpy(),
+        observation_covariance=model.observation_covariance.detach().numpy(),
+        initial_state_mean=model.initial_loc.detach().numpy(),
+        initial_state_covariance=model.initial_covariance.detach().numpy(),
+    )
+    x, _ = model.sample(1, num_steps=T)
+    rows = []
+    with timed(times, "pykalman"):
+        expected = peer.loglikelihood(x[0].numpy())
+    best = np.inf
+    for _ in range(repeats):
+        with timed(times, "elbox"):
+            ours = float(model.log_evidence(x))
+        best = min(best, times["elbox"])
+    rows.append((f"unsettled, {T:,} steps", times["pykalman"], best, abs(ours - expected) / abs(expected)))
+    with timed(times, "pykalman"):
+        means_pk, covs_pk = peer.smooth(x[0].numpy())
+    best = np.inf
+    for _ in range(repeats):
+        with timed(times, "elbox"):
+            means, covs, _ = model.e_step(x)[0].moments()
+        best = min(best, times["elbox"])
+    diff = max(np.abs(means[0].numpy() - means_pk).max(), np.abs(covs[0].numpy() - covs_pk).max())
+    rows.append((f"unsettled smoother {T:,}", times["pykalman"], best, diff))
+    return rows
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from torch.distributions import MultivariateNormal
 
 import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
+from elbox.distributions import congruence_scan
 from tests.conftest import LENGTHS, _dirichlet, _random_covariance
 
 
@@ -368,23 +369,65 @@ def test_kalman_steady_state_shortcut_is_exact_on_long_sequences():
     np.testing.assert_allclose(model.log_evidence(x).detach().numpy(), expected, rtol=1e-10)
 
 
-def test_kalman_smoother_steady_state_shortcut_equals_every_step():
-    """The smoothed covariances broadcast where the filter and the backward recursion have settled
-    equal the step-by-step smoother's (steady_state=False), and so do the posterior's moments and
-    draws' log-densities; a ragged batch takes every step either way."""
-    model = _lgssm(D=3, Dx=2)
-    full = _lgssm(D=3, Dx=2)
-    full.load_state_dict(model.state_dict())
-    full.steady_state = False
-    x, _ = model.sample(2, num_steps=600)
-    fast, slow = model.e_step(x)[0], full.e_step(x)[0]
-    for a, b in zip(fast.moments(), slow.moments()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    z = slow.sample((3,))
-    torch.testing.assert_close(fast.log_prob(z), slow.log_prob(z), rtol=1e-10, atol=1e-8)
-    ragged = Sequences(x, lengths=torch.tensor([600, 450]))
-    for a, b in zip(model.e_step(ragged)[0].moments(), full.e_step(ragged)[0].moments()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+def _sequential_smoothed_covariances(model, lengths, T: int) -> torch.Tensor:
+    """The RTS covariances step by step, from each sequence's own end: the reference ``[b, T, D, D]``."""
+    cov = model._covariances(T)
+    P, P_pred, A = cov["filt"], cov["pred"], model.transition_matrix
+    out = []
+    for n in lengths:
+        P_s = [P[n - 1]]
+        for t in range(n - 2, -1, -1):
+            J = torch.linalg.solve(P_pred[t + 1], A @ P[t]).mT  # P_t Aᵀ P_{t+1|t}⁻¹
+            P_s.append(P[t] + J @ (P_s[-1] - P_pred[t + 1]) @ J.mT)
+        out.append(torch.stack(P_s[::-1] + [torch.eye(P.shape[-1])] * (T - n)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("steady_state", [True, False])
+def test_kalman_smoothed_covariances_equal_the_step_by_step_recursion(steady_state):
+    """Two fast paths against the plain recursion: where the filter settles, the settled value
+    broadcast over the steady stretch; otherwise (steady_state=False, ragged batches) the
+    congruence scan in log₂ T rounds."""
+    with torch.no_grad():
+        model = _lgssm(D=3, Dx=2)
+        model.steady_state = steady_state
+        x, _ = model.sample(2, num_steps=600)
+        for lengths in ([600, 600], [600, 450]):
+            seqs = Sequences(x, lengths=torch.tensor(lengths))
+            covs = model.e_step(seqs)[0].moments()[1]  # [b, T, D, D]
+            expected = _sequential_smoothed_covariances(model, lengths, 600)
+            if lengths[0] == lengths[1]:
+                expected = expected[:1]
+            torch.testing.assert_close(covs.expand_as(expected), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_a_filter_that_never_settles_finishes_by_the_scan_and_equals_pykalman():
+    """An unobserved random walk: its variance grows by Q every step, so the Riccati recursion
+    never settles; after 1,024 steps the rest is the parallel scan. The log-likelihood, smoothed
+    means and covariances equal pykalman's step-by-step filter and smoother."""
+    with torch.no_grad():
+        model = LinearGaussianSSM(2, 1, transition_matrix=torch.tensor([[0.9, 0.0], [0.0, 1.0]]),
+                                  observation_matrix=torch.tensor([[1.0, 0.0]]),
+                                  transition_covariance=torch.diag(torch.tensor([0.5, 0.01])),
+                                  observation_covariance=torch.eye(1), initial_loc=torch.randn(2))  # fmt: skip
+        T = 3000
+        x, _ = model.sample(1, num_steps=T)
+        assert model._covariances(T)["steps"] == T  # never settled
+        peer = _pykalman(model)
+        np.testing.assert_allclose(model.log_evidence(x).numpy(), [peer.loglikelihood(x[0].numpy())], rtol=1e-10)
+        means, covs, _ = model.e_step(x)[0].moments()
+        means_pk, covs_pk = peer.smooth(x[0].numpy())
+        np.testing.assert_allclose(means[0].numpy(), means_pk, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(covs[0].numpy(), covs_pk, rtol=1e-8, atol=1e-10)
+
+
+def test_the_congruence_scan_is_the_recursion():
+    M, G = 0.7 * torch.randn(3, 50, 4, 4), torch.randn(3, 50, 4, 4)
+    Y, expected = G[:, 0], [G[:, 0]]
+    for t in range(1, 50):
+        Y = M[:, t] @ Y @ M[:, t].mT + G[:, t]
+        expected.append(Y)
+    torch.testing.assert_close(congruence_scan(M, G), torch.stack(expected, 1), rtol=1e-10, atol=1e-10)
 
 
 def _pykalman(model: LinearGaussianSSM):

@@ -6,7 +6,7 @@ Importing this package registers their closed-form KL divergences in torch's reg
 """
 
 from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
-from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan
+from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, congruence_scan
 from elbox.distributions.markov import MarkovChain, viterbi
 from elbox.distributions.one_hot import OneHot
 from elbox.distributions.point_mass import PointMass
@@ -19,6 +19,7 @@ __all__ = [
     "OneHot",
     "PointMass",
     "affine_scan",
+    "congruence_scan",
     "build_flow",
     "viterbi",
 ]

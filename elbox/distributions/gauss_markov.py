@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
 
-__all__ = ["GaussMarkovChain", "affine_scan"]
+__all__ = ["GaussMarkovChain", "affine_scan", "congruence_scan"]
 
 
 def affine_scan(M: Tensor, g: Tensor) -> Tensor:
@@ -29,6 +29,27 @@ def affine_scan(M: Tensor, g: Tensor) -> Tensor:
             M = torch.cat([M[..., :shift, :, :], M[..., shift:, :, :] @ M[..., :-shift, :, :]], -3)
         shift *= 2
     return g
+
+
+def congruence_scan(M: Tensor, G: Tensor) -> Tensor:
+    r"""Solves Y_0 = G_0, Y_t = M_t Y_{t-1} M_tᵀ + G_t for all t at once, ``[*, T, D, D]``.
+
+    The matrix recursion of covariances carried through linear maps (the RTS smoother's
+    backward pass, a Lyapunov recursion). Maps of this form compose into one of the same form,
+    (M, G) then (M', G') being (M' M, M' G M'ᵀ + G'), so a Hillis–Steele prefix scan solves it
+    in log₂ T rounds of batched matrix products, as :func:`affine_scan` does for vectors.
+    ``M`` is ``[*, T, D, D]`` (``M_0`` is unused).
+    """
+    T = G.shape[-3]
+    shift = 1
+    while shift < T:
+        later = M[..., shift:, :, :]
+        carried = later @ G[..., :-shift, :, :] @ later.mT
+        G = torch.cat([G[..., :shift, :, :], G[..., shift:, :, :] + carried], -3)
+        if 2 * shift < T:
+            M = torch.cat([M[..., :shift, :, :], later @ M[..., :-shift, :, :]], -3)
+        shift *= 2
+    return G
 
 
 def _logdet_tril(L: Tensor) -> Tensor:

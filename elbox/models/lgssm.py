@@ -10,7 +10,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_number, check_positive_int
 from elbox.data.sequences import Sequences
-from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan
+from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, congruence_scan
 from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
 from elbox.models._sequence import as_sequences
 from elbox.models.base import LatentModel
@@ -264,33 +264,95 @@ class LinearGaussianSSM(LatentModel):
         in the covariance's own metric: ‖L⁻¹ (P_{t+1} − P_t) L⁻ᵀ‖_F ≤ 100 ε with L = chol(P_t),
         the change whitened by P_t. That is the same number whatever the units (or any linear
         change of coordinates) of the state, so a small, slowly settling block is not frozen
-        while a large one has settled. ``steady_state=False`` runs every step.
+        while a large one has settled. ``steady_state=False`` runs every step. A recursion that
+        has not settled after 1,024 steps, with more than as many to go, finishes by a parallel
+        prefix scan (:meth:`_riccati_scan`): log₂ T rounds instead of T steps.
         """
-        A, C = self.transition_matrix, self.observation_matrix
-        Q, R = self.transition_covariance, self.observation_covariance
-        eye = torch.eye(self.state_dim, dtype=A.dtype, device=A.device)
+        A, Q = self.transition_matrix, self.transition_covariance
         tol = 100 * torch.finfo(A.dtype).eps
         P_pred = self.initial_covariance
         out = {"pred": [], "filt": [], "gain": [], "chol_s": []}
+        rest = None
         for t in range(T):
-            S = C @ P_pred @ C.T + R
-            L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", _PD_HINT)
-            gain = torch.cholesky_solve(C @ P_pred, L_s).T  # P Cᵀ S⁻¹, [D, obs]
-            I_KC = eye - gain @ C
-            P = I_KC @ P_pred @ I_KC.T + gain @ R @ gain.T  # Joseph form: stays symmetric PD
+            if t == _RICCATI_STEPS and T - t > _RICCATI_STEPS:  # unsettled after so many steps: the rest by a scan
+                rest = self._riccati_scan(P_pred, T - t)
+                break
+            L_s, gain, P = self._update(P_pred)
             for key, value in zip(out, (P_pred, P, gain, L_s)):
                 out[key].append(value)
             P_next = A @ P @ A.T + Q
             if self.steady_state and t > 0 and _settled(P_pred, P_next, tol):
                 break
             P_pred = P_next
-        steady = T - len(out["pred"])
+        done = len(out["pred"])
+        if rest is not None:
+            result = {key: torch.cat([torch.stack(v), rest[key]]) for key, v in out.items()}
+            result["steps"] = T
+            return result
+        steady = T - done
         result = {
             key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
             for key, v in out.items()
         }
         result["steps"] = T - steady  # how many steps the recursion ran before its steady state
         return result
+
+    def _update(self, P_pred: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The measurement update of predicted covariances ``[*, D, D]``: chol(S), the gain and the
+        filtered covariance (Joseph form: it stays symmetric positive definite)."""
+        C, R = self.observation_matrix, self.observation_covariance
+        S = C @ P_pred @ C.T + R
+        L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", _PD_HINT)
+        gain = torch.cholesky_solve(C @ P_pred, L_s).mT  # P Cᵀ S⁻¹, [*, D, obs]
+        I_KC = torch.eye(P_pred.shape[-1], dtype=P_pred.dtype, device=P_pred.device) - gain @ C
+        return L_s, gain, I_KC @ P_pred @ I_KC.mT + gain @ R @ gain.mT
+
+    def _riccati_scan(self, P_pred: Tensor, n: int) -> dict:
+        r"""The covariance half of the filter for the next ``n`` steps from the predicted covariance
+        ``P_pred``, by a parallel prefix scan instead of n sequential steps (Särkkä & García-Fernández
+        2021): each step is an element (A_k, C_k, J_k) of the filtering recursion, elements compose
+        associatively,
+
+        .. math:: A_{ij} = A_j (I + C_i J_j)^{-1} A_i, \quad
+                  C_{ij} = A_j (I + C_i J_j)^{-1} C_i A_j^\top + C_j, \quad
+                  J_{ij} = A_i^\top (I + J_j C_i)^{-1} J_j A_i + J_i,
+
+        and the C of the first k composed is the k-th filtered covariance. log₂ n rounds of batched
+        D × D products and solves. Returns the same keys as the sequential recursion, ``[n, …]``.
+
+        References:
+            Temporal Parallelization of Bayesian Smoothers (Särkkä & García-Fernández, 2021),
+            https://arxiv.org/abs/1905.13002
+        """
+        A, C, Q = self.transition_matrix, self.observation_matrix, self.transition_covariance
+        D = self.state_dim
+        eye = torch.eye(D, dtype=A.dtype, device=A.device)
+        # the first element starts from P_pred; every later one is the same (a time-invariant model)
+        _, _, P_first = self._update(P_pred)
+        L_q, gain_q, C_e = self._update(Q)  # a step from the previous filtered state: predicted Q around A m
+        A_e = (eye - gain_q @ C) @ A
+        S_inv_C = torch.cholesky_solve(C, L_q)  # S⁻¹ C, S = C Q Cᵀ + R
+        J_e = A.T @ C.T @ S_inv_C @ A
+        Ak = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), A_e.expand(n - 1, D, D)])
+        Ck = torch.cat([P_first.unsqueeze(0), C_e.expand(n - 1, D, D)])
+        Jk = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), J_e.expand(n - 1, D, D)])
+        shift = 1
+        while shift < n:
+            Ai, Ci, Ji = Ak[:-shift], Ck[:-shift], Jk[:-shift]  # the earlier elements
+            Aj, Cj, Jj = Ak[shift:], Ck[shift:], Jk[shift:]
+            X = torch.linalg.solve(eye + Ci @ Jj, torch.cat([Ai, Ci @ Aj.mT], -1))  # (I + C_i J_j)⁻¹ [A_i, C_i A_jᵀ]
+            Y = torch.linalg.solve(eye + Jj @ Ci, Jj @ Ai)  # (I + J_j C_i)⁻¹ J_j A_i
+            A_new = Aj @ X[..., :D]
+            C_new = Aj @ X[..., D:] + Cj
+            J_new = Ai.mT @ Y + Ji
+            Ak = torch.cat([Ak[:shift], A_new])
+            Ck = torch.cat([Ck[:shift], 0.5 * (C_new + C_new.mT)])
+            Jk = torch.cat([Jk[:shift], 0.5 * (J_new + J_new.mT)])
+            shift *= 2
+        filtered = Ck  # [n, D, D]
+        predicted = torch.cat([P_pred.unsqueeze(0), A @ filtered[:-1] @ A.T + Q])
+        L_s, gain, _ = self._update(predicted)
+        return {"pred": predicted, "filt": filtered, "gain": gain, "chol_s": L_s}
 
     def _filter(self, x: Sequences) -> tuple[dict, Tensor, Tensor, Tensor]:
         """Filtered means ``[B, T, D]``, predicted means ``[B, T, D]`` and log p(x_t | x_{<t}) ``[B, T]``."""
@@ -383,6 +445,8 @@ class LinearGaussianSSM(LatentModel):
         b = keep.shape[0]
         tol = 100 * torch.finfo(P.dtype).eps
         steady_from = steps - 1 if self.steady_state and not ragged else T
+        if T - steady_from < _SCAN_FROM:  # no steady state to shortcut over (or a short one): the scan
+            return self._smoothed_by_scan(P, P_pred, J, keep)
         chunks = [P[-1].expand(b, 1, D, D)]  # in reverse order of time
         last = chunks[0][:, 0]
         t = T - 2
@@ -397,6 +461,19 @@ class LinearGaussianSSM(LatentModel):
             chunks.append(current.unsqueeze(1))
             last, t = current, t - 1
         return torch.cat(chunks[::-1], 1)
+
+    @staticmethod
+    def _smoothed_by_scan(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor) -> Tensor:
+        """The same recursion as a congruence scan, P^s_t = J_t P^s_{t+1} J_tᵀ + (P_t − J_t P_{t+1|t}
+        J_tᵀ), run backwards: log₂ T rounds of batched products; where a sequence has ended (``keep``
+        false) the map is the reset P^s_t = P_t."""
+        J = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
+        G = torch.where(keep, P[:-1] - J @ P_pred[1:] @ J.mT, P[:-1])  # [b, T-1, D, D]
+        b = keep.shape[0]
+        M_rev = torch.cat([J[:, :1], J.flip(1)], 1)  # M_0 unused
+        G_rev = torch.cat([P[-1].expand(b, 1, *P.shape[-2:]), G.flip(1)], 1)
+        P_s = congruence_scan(M_rev, G_rev).flip(1)  # [b, T, D, D]
+        return 0.5 * (P_s + P_s.mT)
 
     # EM.
 
@@ -517,6 +594,15 @@ class LinearGaussianSSM(LatentModel):
 
     def extra_repr(self) -> str:
         return f"state_dim={self.state_dim}, obs_dim={self.obs_dim}, input_dim={self.input_dim}"
+
+
+#: Below this many steps of filter steady state, the smoothed covariances are found by the scan
+#: rather than by the steady-state shortcut (which steps through the rest one at a time).
+_SCAN_FROM = 64
+#: The filter's covariance recursion runs step by step this long at most (a slowly settling
+#: model settles within it: 401 steps for a pole at 0.98); one still unsettled then, with more
+#: steps than this to go, finishes by the parallel scan (:meth:`LinearGaussianSSM._riccati_scan`).
+_RICCATI_STEPS = 1024
 
 
 def _sym(m: Tensor) -> Tensor:
