@@ -59,14 +59,7 @@ def main() -> None:
         initial_loc=torch.randn(D),
     )
     x, _ = model.sample(B, num_steps=T)  # [B, T, Dx]
-    peer = KalmanFilter(
-        transition_matrices=model.transition_matrix.detach().numpy(),
-        observation_matrices=model.observation_matrix.detach().numpy(),
-        transition_covariance=model.transition_covariance.detach().numpy(),
-        observation_covariance=model.observation_covariance.detach().numpy(),
-        initial_state_mean=model.initial_loc.detach().numpy(),
-        initial_state_covariance=model.initial_covariance.detach().numpy(),
-    )
+    peer = _peer(model)
     x_np = x.numpy()
 
     times: dict[str, float] = {}
@@ -104,20 +97,25 @@ def main() -> None:
         print(f"{label:24s} {peer_s:13.4f} {ours_s:11.5f} {peer_s / ours_s:7.0f}x {diff:11.1e}")
 
 
+def _peer(model) -> KalmanFilter:
+    """pykalman's filter of the same model."""
+    return KalmanFilter(
+    transition_matrices=model.transition_matrix.detach().numpy(),
+    observation_matrices=model.observation_matrix.detach().numpy(),
+    transition_covariance=model.transition_covariance.detach().numpy(),
+    observation_covariance=model.observation_covariance.detach().numpy(),
+    initial_state_mean=model.initial_loc.detach().numpy(),
+    initial_state_covariance=model.initial_covariance.detach().numpy(),
+)
+
+
 def _unsettled(T: int, repeats: int, times: dict) -> list:
     """Log-likelihood and smoother rows for a model whose Riccati recursion never settles."""
     model = elbox.LinearGaussianSSM(2, 1, transition_matrix=torch.diag(torch.tensor([0.9, 1.0])),
                                     observation_matrix=torch.tensor([[1.0, 0.0]]),
                                     transition_covariance=torch.diag(torch.tensor([0.5, 0.01])),
                                     observation_covariance=torch.eye(1))  # fmt: skip
-    peer = KalmanFilter(
-        transition_matrices=model.transition_matrix.detach().numpy(),
-        observation_matrices=model.observation_matrix.detach().numpy(),
-        transition_covariance=model.transition_covariance.detach().numpy(),
-        observation_covariance=model.observation_covariance.detach().numpy(),
-        initial_state_mean=model.initial_loc.detach().numpy(),
-        initial_state_covariance=model.initial_covariance.detach().numpy(),
-    )
+    peer = _peer(model)
     x, _ = model.sample(1, num_steps=T)
     rows = []
     with timed(times, "pykalman"):
