@@ -406,6 +406,10 @@ def test_elbox_fit_trains_a_discrete_vae_with_an_annealed_temperature_and_resume
     result = runner.invoke(app, ["evaluate", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "active units" in result.output
+    # a value the objective refuses is a config error naming the table
+    bad = _config(tmp_path, "enumerate", 0.0, 'strategy = "all"')
+    result = runner.invoke(app, ["fit", str(bad), "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert result.exit_code == 2 and "[objective] of objective = 'enumerate': strategy must be one of" in result.output
 
 
 @pytest.mark.parametrize(

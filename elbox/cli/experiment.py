@@ -37,6 +37,7 @@ from elbox.io import (
     save_checkpoint,
     write_json,
 )
+from elbox.objectives import make_objective
 
 __all__ = ["Run", "evaluate_run", "load_data", "load_run", "make_figures", "report_run", "train_run"]
 
@@ -198,10 +199,23 @@ def build_model(config: dict, info: DataInfo | None = None):
     return model, guide
 
 
+def build_objective(config: dict, model, guide):
+    """The config's objective (``[train] objective`` with ``num_samples`` and the ``[objective]``
+    table) on the model and guide; a bad option is a :class:`ConfigError` naming ``[objective]``."""
+    t = config["train"]
+    options = dict(config["objective"])
+    if t["objective"] != "max_likelihood" and (t["num_samples"] != 1 or t["objective"] != "elbo"):
+        options["num_samples"] = t["num_samples"]
+    try:
+        return make_objective(t["objective"], model, guide, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"[objective] of objective = {t['objective']!r}: {error}") from None
+
+
 def _fit_options(config: dict) -> dict:
+    """``fit``'s options from the config, besides the objective's own (see :func:`build_objective`)."""
     t = config["train"]
     options = {
-        "bound": t["objective"],
         "epochs": t["epochs"],
         "batch_size": t["batch_size"],
         "lr": t["lr"],
@@ -215,9 +229,6 @@ def _fit_options(config: dict) -> dict:
         "binarization": "dynamic" if config["data"]["binarization"] == "dynamic" else None,
         "tensorboard": config["log"]["tensorboard"],
     }
-    if t["objective"] != "max_likelihood" and (t["num_samples"] != 1 or t["objective"] != "elbo"):
-        options["num_samples"] = t["num_samples"]
-    options.update(config["objective"])
     if t["anneal_rate"] > 0:
         options["schedules"] = [temperature_annealing(initial=config["objective"]["temperature"],
                                                       minimum=t["min_temperature"], rate=t["anneal_rate"],
@@ -277,7 +288,8 @@ def train_run(
             history = _em_run(run, config, model, x, text)
         else:
             _initialize(config, model, x)
-            history = fit(model, guide, x, validation=valid, run_dir=run.path, resume=resume, progress=progress,
+            objective = build_objective(config, model, guide)
+            history = fit(objective, x, validation=valid, run_dir=run.path, resume=resume, progress=progress,
                           config=text, **_fit_options(config))  # fmt: skip
         seconds = time.perf_counter() - start
         from_rank0(make_figures, run, config, model)
