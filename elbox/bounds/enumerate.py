@@ -30,9 +30,9 @@ from elbox.bounds.elbo import Terms, _analytic_kl
 __all__ = ["enumerate_joint", "joint_support", "local_expectation"]
 
 
-def _variables(q: Distribution, estimator: str) -> tuple[Distribution, int, Tensor, Tensor]:
-    """q's per-variable distribution, N, each variable's values ``[K, *value]``, and the log-probability
-    of each value for each variable ``[B, N, K]``."""
+def _variables(q: Distribution, estimator: str) -> tuple[int, Tensor, Tensor]:
+    """N, each variable's values ``[K, *value]``, and the log-probability of each value for each
+    variable ``[B, N, K]``."""
     if isinstance(q, Independent):
         if q.reinterpreted_batch_ndims != 1:
             raise TypeError(f"the {estimator!r} estimator enumerates a product over one axis of variables; q "
@@ -57,7 +57,7 @@ def _variables(q: Distribution, estimator: str) -> tuple[Distribution, int, Tens
                   else torch.arange(K, device=logits.device))  # fmt: skip
     if not isinstance(q, Independent):  # one variable: N = 1
         log_probs = log_probs.unsqueeze(1)
-    return base, (log_probs.shape[1]), values, log_probs  # [B, N, K]
+    return log_probs.shape[1], values, log_probs  # [B, N, K]
 
 
 def joint_support(q: Distribution, max_support: int = 65536) -> Tensor:
@@ -66,7 +66,7 @@ def joint_support(q: Distribution, max_support: int = 65536) -> Tensor:
     Raises:
         ValueError: Where K^N exceeds ``max_support``; the message names the factorwise strategy.
     """
-    _, N, values, log_probs = _variables(q, "enumerate")
+    N, values, log_probs = _variables(q, "enumerate")
     K, B = values.shape[0], log_probs.shape[0]
     M = K**N
     if M > check_positive_int(max_support, "max_support"):
@@ -107,7 +107,7 @@ def local_expectation(model, guide, x, *, num_samples: int = 1, index: Tensor | 
     """
     x, q, p = prepare(model, guide, x, index)
     S = check_positive_int(num_samples, "num_samples")
-    _, N, values, log_probs = _variables(q, "enumerate")
+    N, values, log_probs = _variables(q, "enumerate")
     K = values.shape[0]
     z = q.sample((S,))  # [S, B, *event]
     single = not isinstance(q, Independent)
@@ -121,14 +121,12 @@ def local_expectation(model, guide, x, *, num_samples: int = 1, index: Tensor | 
         grid = grid.squeeze(3)
     kl = _analytic_kl(q, p)
     with torch.no_grad():  # the sums' terms carry no gradient: only q_n(k) does
-        batch_shape = grid.shape[: 3]
         flat = grid.reshape(N * K * S, *grid.shape[2:])  # [N K S, B, *event]
         if kl is not None:
-            f = model.log_likelihood(x, flat)
-        else:
-            f = model.log_joint(x, flat) - log_probs.detach().permute(1, 2, 0).reshape(N * K, 1, -1).expand(
-                N * K, S, -1).reshape(N * K * S, -1)  # fmt: skip
-        f = f.reshape(*batch_shape).reshape(N, K, S, -1).permute(2, 3, 0, 1)  # [S, B, N, K]
+            f = model.log_likelihood(x, flat).reshape(N, K, S, -1)  # [N, K, S, B]
+        else:  # log p(x, z_{-n}, k) − log q_n(k)
+            f = model.log_joint(x, flat).reshape(N, K, S, -1) - log_probs.permute(1, 2, 0).unsqueeze(2)
+        f = f.permute(2, 3, 0, 1)  # [S, B, N, K]
     # φ: Σ_n Σ_k q_n(k) f(z_{-n}, k); θ: log p(x, z) at the draws
     log_lik = model.log_likelihood(x, z)  # [S, B]
     phi = (log_probs.exp().unsqueeze(0) * f).sum((-1, -2)).mean(0)  # [B]

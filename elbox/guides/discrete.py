@@ -9,6 +9,8 @@ while every bound elbox reports is computed on exact draws of this discrete q.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli as _Bernoulli
@@ -53,9 +55,7 @@ class _Discrete(Guide):
         if self.encoder is None:
             return self._rows(self.logits, x, index)
         out = self.encoder(x)
-        expected = 1
-        for d in self.shape:
-            expected *= d
+        expected = math.prod(self.shape)
         if out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] != expected:
             raise ValueError(f"{type(self).__name__}'s encoder must return logits [B, {expected}] for a batch of "
                              f"{x.shape[0]} points; it returned {describe(out)}")  # fmt: skip

@@ -146,8 +146,8 @@ def refine(
             local = _localized(model, guide, batch, rows)
             optimizer = torch.optim.Adam(local.parameters(), lr=lr)
             with torch.no_grad():
-                pathwise = local(batch).has_rsample or local(batch).has_enumerate_support
-            particles = num_samples if pathwise else max(num_samples, 8)
+                q = local(batch)
+            particles = num_samples if q.has_rsample or q.has_enumerate_support else max(num_samples, 8)
             for _ in range(steps):
                 loss = -elbo(model, local, batch, num_samples=particles).value.sum()
                 optimizer.zero_grad(set_to_none=True)

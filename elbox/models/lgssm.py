@@ -284,12 +284,11 @@ class LinearGaussianSSM(LatentModel):
             if self.steady_state and t > 0 and _settled(P_pred, P_next, tol):
                 break
             P_pred = P_next
-        done = len(out["pred"])
         if rest is not None:
             result = {key: torch.cat([torch.stack(v), rest[key]]) for key, v in out.items()}
             result["steps"] = T
             return result
-        steady = T - done
+        steady = T - len(out["pred"])
         result = {
             key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
             for key, v in out.items()
