@@ -39,6 +39,11 @@ def congruence_scan(M: Tensor, G: Tensor) -> Tensor:
     (M, G) then (M', G') being (M' M, M' G M'ᵀ + G'), so a Hillis–Steele prefix scan solves it
     in log₂ T rounds of batched matrix products, as :func:`affine_scan` does for vectors.
     ``M`` is ``[*, T, D, D]`` (``M_0`` is unused).
+
+    Example:
+        >>> M, G = torch.full((3, 1, 1), 0.5), torch.ones(3, 1, 1)
+        >>> congruence_scan(M, G).flatten().tolist()  # 1, 0.25·1 + 1, 0.25·1.25 + 1
+        [1.0, 1.25, 1.3125]
     """
     T = G.shape[-3]
     shift = 1
