@@ -50,22 +50,6 @@ def evidence() -> dict:
     return {"report": report.to_dict(), "log_evidence": estimate.value.tolist()}
 
 
-def baselines() -> list:
-    """The score function's moving statistics (moving average; NVIL with its normalization) after
-    training on two processes: every rank's, which must be equal."""
-    from elbox.objectives import make_objective
-
-    x = (data(120) > 0.5).double()
-    found = []
-    for options in ({"baseline": "moving_average"}, {"baseline": "nvil", "normalize": True}):
-        torch.manual_seed(6)
-        model = elbox.DiscreteVAE(12, num_variables=2, num_categories=3, hidden=(8,)).double()
-        objective = make_objective("score_function", model, model.guide, **options)
-        elbox.fit(objective, x, epochs=2, batch_size=40, seed=3, lr=1e-2)
-        found.append([float(objective.signal_mean), float(objective.signal_var)])
-    return distributed.gather(found)
-
-
 CASES = {"autoencoder": autoencoder, "local_mixture": local_mixture}
 
 
@@ -75,7 +59,6 @@ def results() -> dict:
         module, history = case()
         out[name] = {"state": {k: v.tolist() for k, v in module.state_dict().items()}, "bound": history.lower_bound}
     out["evidence"] = evidence()
-    out["baselines"] = baselines()
     return out
 
 

@@ -20,7 +20,6 @@ from elbox.bounds.enumerate import enumerate_joint, local_expectation
 from elbox.bounds.importance import _with_score, log_weights
 from elbox.bounds.relaxed import check_temperature, gumbel_softmax
 from elbox.data.batches import Batch
-from elbox.distributed import all_sum
 from elbox.objectives.base import Objective, Output, register_objective
 
 __all__ = ["RWS", "VIMCO", "Enumerate", "GumbelSoftmax", "ScoreFunction"]
@@ -187,7 +186,7 @@ class ScoreFunction(Objective):
         if self.baseline == "moving_average":
             b = self.signal_mean.to(f.dtype) if started else f.new_zeros(())  # never of this step's draws
             if update:
-                self._track(f, variance=False)
+                self._track(f.mean(), None)
             return b.expand_as(f), 0.0
         # NVIL: b_ψ(x) + c (normalize: the centred signal divided by max(1, its moving standard deviation))
         net = self.baseline_net
@@ -197,32 +196,22 @@ class ScoreFunction(Objective):
         centred = residual - c
         scale = self.signal_var.to(f.dtype).sqrt().clamp_min(1.0) if self.normalize and started else 1.0
         if update:
-            self._track(residual, variance=True)
+            self._track(residual.mean(), centred.var() if centred.numel() > 1 else None)
         loss = (f - learned - c.detach()).square().mean(0)  # [B]
         return (f - centred / scale).detach(), loss
 
     @torch.no_grad()
-    def _track(self, values: Tensor, *, variance: bool) -> None:
-        """Moves the running mean (and variance) towards those of ``values``: over every rank's
-        share of the global batch under torch.distributed, so that the statistics, like the
-        parameters, are the same on every rank (and a resumed run equals an uninterrupted one)."""
-        values = values.detach().double()
-        n, total, squares = all_sum(torch.stack([values.new_tensor(float(values.numel())), values.sum(),
-                                                 values.square().sum()])).tolist()  # fmt: skip
-        if n == 0:
-            return
-        mean = total / n
-        var = (squares - n * mean * mean) / (n - 1) if variance and n > 1 else None
+    def _track(self, mean: Tensor, var: Tensor | None) -> None:
         a = self.decay
         if not bool(self.started):
-            self.signal_mean.fill_(mean)
+            self.signal_mean.fill_(float(mean))
             if var is not None:
-                self.signal_var.fill_(var)
+                self.signal_var.fill_(float(var))
             self.started.fill_(True)
             return
-        self.signal_mean.mul_(a).add_((1 - a) * mean)
+        self.signal_mean.mul_(a).add_((1 - a) * mean.double())
         if var is not None:
-            self.signal_var.mul_(a).add_((1 - a) * var)
+            self.signal_var.mul_(a).add_((1 - a) * var.double())
 
 
 class _Particles(Objective):
