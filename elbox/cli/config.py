@@ -29,6 +29,7 @@ from elbox.cli._schema import (
 from elbox.cli.models import MODEL_TYPES
 from elbox.distributions.flow import FLOW_TYPES
 from elbox.inference.schedules import SCHEDULES
+from elbox.precision import PRECISIONS
 
 __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
            "section_keys", "to_toml"]  # fmt: skip
@@ -124,6 +125,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "[objective] temperature τ₀ (0: none)"),
         "anneal_every": Key(500, is_positive_int, "a positive integer", "steps between the temperature's updates"),
         "min_temperature": Key(0.5, is_positive, "a positive number", "the annealed temperature's floor"),
+        "precision": Key("float32", one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS),
+                         "the encoder's and decoder's matrix products (vae, discrete_vae)"),
     },
     "objective": {},  # the objective's own options: their keys and defaults come from it (objective_keys)
     "evaluate": {
@@ -144,6 +147,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "refine_points": Key(500, is_positive_int, "a positive integer", "test points refined"),
         "seed": Key(0, lambda v: is_non_negative_int(v) and v < 2**63, "an integer in [0, 2**63)",
                     "seeds the particles: the same report on any number of processes"),
+        "precision": Key("float32", one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS),
+                         "the networks' products in importance sampling; bfloat16 also measures its shift"),
     },
     "log": {
         "tensorboard": Key(False, is_bool, "true or false",
@@ -334,6 +339,13 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
                               "use method = 'vi'")  # fmt: skip
     elif train["objective"] != "max_likelihood" and kind.guide is None:
         raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
+    for section in ("train", "evaluate"):
+        if config[section]["precision"] != "float32" and kind.name not in ("vae", "discrete_vae"):
+            raise ConfigError(f"{source}: [{section}] precision = {config[section]['precision']!r} applies to the "
+                              f"networks of 'vae' and 'discrete_vae' models; a {kind.name!r} model has none to round")
+    if config["evaluate"]["precision"] != "float32" and config["evaluate"]["method"] != "importance":
+        raise ConfigError(f"{source}: [evaluate] precision = {config['evaluate']['precision']!r} applies to method = "
+                          "'importance', where its shift is measured")  # fmt: skip
     if train["anneal_rate"] > 0:
         if "temperature" not in config["objective"]:
             raise ConfigError(f"{source}: [train] anneal_rate anneals the objective's temperature, which "

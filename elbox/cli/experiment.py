@@ -228,6 +228,7 @@ def _fit_options(config: dict) -> dict:
         "seed": t["seed"],
         "binarization": "dynamic" if config["data"]["binarization"] == "dynamic" else None,
         "tensorboard": config["log"]["tensorboard"],
+        "precision": t["precision"],
     }
     if t["anneal_rate"] > 0:
         options["schedules"] = [temperature_annealing(initial=config["objective"]["temperature"],
@@ -536,6 +537,10 @@ def evaluate_run(
         if e["max_points"]:
             x = x[: e["max_points"]]
         exact = getattr(model, "has_exact_evidence", False)
+        if e["precision"] != "float32" and (exact or e["method"] != "importance"):
+            raise ConfigError(f"[evaluate] precision = {e['precision']!r} applies to log p(x) by importance sampling; "
+                              + (f"this run's {type(model).__name__} has exact evidence" if exact else
+                                 f"[evaluate] method = {e['method']!r}"))  # fmt: skip
         guide = Exact(model) if exact else loaded.guide
         S = e["num_samples"]
         with torch.random.fork_rng(devices=[]):
@@ -545,6 +550,7 @@ def evaluate_run(
                 cubo_order=e["cubo_order"], method="exact" if exact else e["method"], ais_schedule=e["ais_steps"],
                 refine_steps=0 if exact else e["refine_steps"], refine_points=e["refine_points"],
                 batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
+                precision=e["precision"],
             )  # fmt: skip
         result = {
             "run": str(run.path),

@@ -176,6 +176,9 @@ def _evaluation_table(evaluation: dict) -> Table:
     row("  KL", r["kl"], "KL(q(z|x) ‖ p(z))")
     row(f"IWAE-{r['iwae']['num_samples']}", r["iwae"], "a lower bound")
     row("log p(x)", e, kind, mc=0.0 if e["method"] == "exact" else None)
+    if "precision_shift" in e:  # what the products' rounding moved log p̂ by, on the same draws
+        row(f"  {e['precision']} shift", e["precision_shift"],
+            escape(f"log p̂ in {e['precision']} − in float32, same draws (± points)"), mc=float("nan"))  # fmt: skip
     if r.get("bits_per_dim"):
         b = r["bits_per_dim"]
         row("  bits per dimension", b, escape(f"−log₂ p(x) / D, D = {b['dims']}"), mc=0.0 if e["method"] == "exact"

@@ -9,7 +9,7 @@ from elbox.evidence.diagnostics import (
     mutual_information,
     psis_khat,
 )
-from elbox.evidence.estimate import Estimate, bdmc, importance_log_weights, log_evidence
+from elbox.evidence.estimate import Estimate, bdmc, importance_log_weights, log_evidence, precision_shift
 from elbox.evidence.report import EvidenceReport, evidence_report
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "kl_per_dimension",
     "log_evidence",
     "mutual_information",
+    "precision_shift",
     "psis_khat",
 ]

@@ -15,8 +15,9 @@ from elbox._validation import check_points, check_positive_int
 from elbox.bounds._common import draw_with_log_prob, prepare
 from elbox.distributed import base_seed, map_batches
 from elbox.evidence.ais import AIS
+from elbox.precision import check_precision, matmul_precision
 
-__all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk"]
+__all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk", "precision_shift"]
 
 _METHODS = ("exact", "importance", "ais")
 
@@ -41,18 +42,38 @@ class Estimate:
         stderr: ``[B]``; zero for exact values.
         method: ``"exact"``, ``"importance"``, ``"ais"``, or ``"bdmc-upper"`` (reverse AIS).
         num_samples: Particles (or AIS chains) per data point; None for exact values.
+        precision: The networks' products: ``"float32"`` or ``"bfloat16"`` (:mod:`elbox.precision`).
+        precision_shift: In bfloat16, ``[B]``: what the rounding of the products moved each
+            point's log p̂ by, measured on the first particles (:func:`precision_shift`); None in
+            float32.
     """
 
     value: Tensor
     stderr: Tensor
     method: str
     num_samples: int | None = None
+    precision: str = "float32"
+    precision_shift: Tensor | None = None
 
     def mean(self) -> Mean:
         """The average over data points and its Monte Carlo standard error (the points' errors
         taken independent), as ``Mean(value, stderr)``."""
         n = self.value.numel()
         return Mean(float(self.value.mean()), float(self.stderr.square().sum().sqrt() / n))
+
+    def mean_shift(self) -> Mean | None:
+        """The average over data points of :attr:`precision_shift`, with its standard error over the
+        points; None in float32. The documented rule for bfloat16: its magnitude within the mean's
+        Monte Carlo error (``mean().stderr``)."""
+        if self.precision_shift is None:
+            return None
+        return _mean_over_points(self.precision_shift)
+
+
+def _mean_over_points(values: Tensor) -> Mean:
+    n = values.numel()
+    spread = float(values.double().std()) / math.sqrt(n) if n > 1 else math.nan
+    return Mean(float(values.double().mean()), spread)
 
 
 def _log_mean_and_stderr(log_w: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,19 +98,54 @@ def importance_log_weights(model, guide, x, *, num_samples: int, chunk_size: int
     """log w_s = log p_θ(x, z_s) − log q(z_s | x) for S particles from the guide (the prior when
     ``guide`` is None), drawn ``chunk_size`` at a time: ``[S, B]``."""
     S = check_positive_int(num_samples, "num_samples")
-    if guide is None:
-        x = model.check_data(x)
-        prior = model.prior_for(x)
-        B = len(x)
-        proposal = prior if tuple(prior.batch_shape) == (B,) else prior.expand(torch.Size([B]) + prior.batch_shape)
-    else:
-        x, proposal, _ = prepare(model, guide, x, index)
+    x, proposal = _proposal(model, guide, x, index)
     chunk = particle_chunk(x, S) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     log_w = []
     for begin in range(0, S, chunk):
         z, log_q = draw_with_log_prob(proposal, min(chunk, S - begin), pathwise=False)  # [s, B, *event], [s, B]
         log_w.append(model.log_joint(x, z) - log_q)
     return torch.cat(log_w)
+
+
+def _proposal(model, guide, x, index):
+    """The checked data and the importance proposal: the guide's q(z | x), or the prior."""
+    if guide is not None:
+        x, proposal, _ = prepare(model, guide, x, index)
+        return x, proposal
+    x = model.check_data(x)
+    prior = model.prior_for(x)
+    B = len(x)
+    return x, prior if tuple(prior.batch_shape) == (B,) else prior.expand(torch.Size([B]) + prior.batch_shape)
+
+
+@torch.no_grad()
+def precision_shift(model, guide, x, *, num_samples: int, index=None) -> Tensor:
+    r"""What the networks' current precision moves log p̂(x) by, per point ``[B]``.
+
+    Draws S particles from the proposal once, and evaluates their log-weights twice, with the
+    networks' products in the current precision (:func:`elbox.precision.matmul_precision`) and
+    in float32: the result is log (1/S) Σ_s w_s − log (1/S) Σ_s w_s^(float32), the same draws
+    in both (common random numbers), so what remains is the rounding's effect alone. Outside a
+    bfloat16 block it is zero.
+
+    Example:
+        >>> import torch, elbox
+        >>> from elbox.precision import matmul_precision
+        >>> _ = torch.manual_seed(0)
+        >>> model = elbox.VAE(data_dim=16, latent_dim=2, hidden=(32,)).float()  # bfloat16 rounds float32 networks
+        >>> x = (torch.rand(5, 16) < 0.5).float()
+        >>> with matmul_precision("bfloat16"):
+        ...     shift = elbox.evidence.precision_shift(model, model.guide, x, num_samples=64)
+        >>> shift.shape, bool(shift.abs().max() < 0.5)
+        (torch.Size([5]), True)
+    """
+    S = check_positive_int(num_samples, "num_samples")
+    x, proposal = _proposal(model, guide, x, index)
+    z, log_q = draw_with_log_prob(proposal, S, pathwise=False)
+    low = model.log_joint(x, z) - log_q
+    with matmul_precision("float32"):
+        high = model.log_joint(x, z) - log_q
+    return low.logsumexp(0) - high.logsumexp(0)
 
 
 @torch.no_grad()
@@ -108,6 +164,7 @@ def log_evidence(
     leapfrog_steps: int = 10,
     step_size: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
+    precision: str = "float32",
 ) -> Estimate:
     r"""log p_θ(x) per data point.
 
@@ -146,12 +203,22 @@ def log_evidence(
         leapfrog_steps: AIS: leapfrog steps per HMC move.
         step_size: AIS: the initial step size (adapted per data point).
         progress: Called as ``progress(points_done, points_total)`` after each batch.
+        precision: ``"float32"``, or ``"bfloat16"`` for the encoder's and decoder's products
+            (``"importance"`` only). The encoder's rounding changes only the proposal, which
+            leaves the estimate's target alone; the decoder's changes the model, so each batch
+            also measures the shift on its first chunk of particles
+            (:attr:`Estimate.precision_shift`).
 
     Returns:
         An :class:`Estimate`.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; received {method!r}")
+    if check_precision(precision) != "float32" and method != "importance":
+        raise ValueError(
+            f"precision={precision!r} applies to method='importance', where its shift is measured; received "
+            f"method={method!r}" + (" (exact evidence has no network products to round)" if method == "exact" else "")
+        )
     if method == "exact":
         if not getattr(model, "has_exact_evidence", False):
             raise ValueError(
@@ -168,20 +235,25 @@ def log_evidence(
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")
 
-    def estimate(begin: int, end: int) -> tuple[Tensor, Tensor]:
+    def estimate(begin: int, end: int) -> tuple[Tensor, ...]:
         batch = x[begin:end]
         if ais is not None:
-            log_w = ais.forward(batch, S)
-        else:
-            rows = None if index is None else index[begin:end]
+            return _log_mean_and_stderr(ais.forward(batch, S))
+        rows = None if index is None else index[begin:end]
+        with matmul_precision(precision):
             log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size, index=rows)
-        return _log_mean_and_stderr(log_w)
+            if precision == "float32":
+                return _log_mean_and_stderr(log_w)
+            chunk = particle_chunk(batch, S) if chunk_size is None else chunk_size
+            shift = precision_shift(model, guide, batch, num_samples=chunk, index=rows)
+        return (*_log_mean_and_stderr(log_w), shift)
 
     # each batch's draws from a seed of (base, batch): the same estimate on any number of ranks
     parts = map_batches(B, step, estimate, base=base_seed(), progress=progress)
     device = parts[0][0].device
-    value, stderr = (torch.cat([p[i].to(device) for p in parts]) for i in (0, 1))
-    return Estimate(value=value, stderr=stderr, method=method, num_samples=S)
+    value, stderr, *shift = (torch.cat([p[i].to(device) for p in parts]) for i in range(len(parts[0])))
+    return Estimate(value=value, stderr=stderr, method=method, num_samples=S, precision=precision,
+                    precision_shift=shift[0] if shift else None)  # fmt: skip
 
 
 @torch.no_grad()

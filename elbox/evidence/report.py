@@ -25,7 +25,8 @@ from elbox.evidence.diagnostics import (
     psis_khat,
     warn_collapse,
 )
-from elbox.evidence.estimate import _log_mean_and_stderr, log_evidence, particle_chunk
+from elbox.evidence.estimate import _log_mean_and_stderr, log_evidence, particle_chunk, precision_shift
+from elbox.precision import check_precision, matmul_precision
 
 __all__ = ["EvidenceReport", "evidence_report"]
 
@@ -58,7 +59,9 @@ class EvidenceReport:
         num_points: The data points evaluated.
         elbo, reconstruction, kl: The ELBO and its terms.
         iwae: The IWAE bound with ``num_samples`` K particles.
-        log_evidence: The estimate of log p(x), with ``method`` and ``num_samples``.
+        log_evidence: The estimate of log p(x), with ``method`` and ``num_samples``; in bfloat16
+            also ``precision`` and ``precision_shift`` (mean, stderr over the points, max_abs):
+            what the rounding moved log p̂ by, measured on the same draws.
         upper_bound: The CUBO of order ``n`` from ``num_samples`` particles.
         gap: log p̂(x) − ELBO; ``gap_stderr`` its standard error over the points, from the
             paired per-point differences; ``gap_mc_stderr`` its Monte Carlo standard error, from
@@ -141,6 +144,9 @@ class EvidenceReport:
         """(name, mean, stderr, what it is) from the lowest to the highest."""
         e = self.log_evidence
         kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
+        if "precision_shift" in e:
+            shift = e["precision_shift"]
+            kind += f", {e['precision']} products: shifted {shift['mean']:+.3g} ± {shift['stderr']:.2g} by rounding"
         return [
             ("ELBO", self.elbo["mean"], self.elbo["stderr"], "a lower bound"),
             (f"IWAE-{self.iwae['num_samples']}", self.iwae["mean"], self.iwae["stderr"], "a lower bound"),
@@ -184,6 +190,7 @@ def evidence_report(
     batch_size: int = 100,
     chunk_size: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    precision: str = "float32",
 ) -> EvidenceReport:
     r"""Evaluates a fitted model and guide on data ``x``: the bracket ELBO ≤ IWAE-K ≤ log p̂(x) ≤
     CUBO, the gap and its split, and diagnostics.
@@ -220,10 +227,25 @@ def evidence_report(
         batch_size: Data points at a time.
         chunk_size: Particles at a time (default: 4 MB worth).
         progress: Called as ``progress(stage, done, total)``.
+        precision: ``"float32"``, or ``"bfloat16"`` for the encoder's and decoder's products
+            (:mod:`elbox.precision`; log p̂ by importance sampling only). Each batch then also
+            measures the shift the rounding causes, on its first chunk of particles, reported as
+            ``log_evidence["precision_shift"]``, with a warning where it exceeds log p̂'s Monte
+            Carlo error.
 
     Returns:
         An :class:`EvidenceReport`.
     """
+    precision = check_precision(precision)
+    with matmul_precision(precision):
+        return _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elbo_samples, method,
+                                ais_schedule, refine_steps, refine_points, refine_lr, mi_points, batch_size,
+                                chunk_size, progress, precision)  # fmt: skip
+
+
+def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elbo_samples, method, ais_schedule,
+                     refine_steps, refine_points, refine_lr, mi_points, batch_size, chunk_size, progress,
+                     precision) -> EvidenceReport:  # fmt: skip
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; received {method!r}")
     S = check_positive_int(num_samples, "num_samples")
@@ -238,6 +260,9 @@ def evidence_report(
     step = check_positive_int(batch_size, "batch_size")
     if method == "auto":
         method = "exact" if getattr(model, "has_exact_evidence", False) else "importance"
+    if precision != "float32" and method != "importance":
+        raise ValueError(f"precision={precision!r} applies to log p̂ by importance sampling, where its shift is "
+                         f"measured; this report's method is {method!r}")  # fmt: skip
     start = time.perf_counter()
     x = model.check_data(x)
     N = len(x)
@@ -271,6 +296,9 @@ def evidence_report(
             "gap_mc": errors["gap"], "khat": khat, "reconstruction_mc": terms["reconstruction_mc"],
             "kl_mc": terms["kl_mc"], "means": means, "kl_dims": kl_dims,
         }  # fmt: skip
+        if precision != "float32":  # after the shared pass's draws, which stay those of a float32 report
+            chunk = particle_chunk(x[begin:end], S) if chunk_size is None else chunk_size
+            values["shift"] = precision_shift(model, guide, x[begin:end], num_samples=chunk)
         return {k: t.detach().double().cpu() for k, t in values.items() if t is not None}, proposal
 
     batches = map_batches(N, step, batch_pass, base=base, progress=lambda d, t: report("importance sampling", d, t))
@@ -295,6 +323,12 @@ def evidence_report(
         "method": method,
         "num_samples": evidence_samples,
     }
+    if "shift" in v:
+        shift = v["shift"]
+        spread = float(shift.std()) / math.sqrt(N)
+        log_evidence_summary["precision"] = precision
+        log_evidence_summary["precision_shift"] = {"mean": float(shift.mean()), "stderr": spread,
+                                                   "max_abs": float(shift.abs().max())}  # fmt: skip
     if method == "importance" and proposals == {"prior"}:
         log_evidence_summary["proposal"] = "prior"
         messages_proposal = [
@@ -315,6 +349,12 @@ def evidence_report(
             "fraction_above_0.5": float((khat > 0.5).double().mean()),
         }
     messages = list(messages_proposal)
+    if "shift" in v and abs(log_evidence_summary["precision_shift"]["mean"]) > log_evidence_summary["mc_stderr"]:
+        messages.append(
+            f"{precision} products moved log p̂(x) by {log_evidence_summary['precision_shift']['mean']:+.3g} nats "
+            f"(on the same draws), more than its Monte Carlo error, {log_evidence_summary['mc_stderr']:.2g}: the "
+            "decoder's rounding changes the model; report the float32 figure"
+        )
     unbounded = float(v["cubo_mc"].isnan().double().mean())
     if unbounded > 0 and proposals != {"prior"}:
         messages.append(

@@ -8,6 +8,7 @@ from torch.distributions import Independent, Normal
 from elbox._validation import check_positive_int
 from elbox.distributions.point_mass import PointMass
 from elbox.guides.base import Guide
+from elbox.precision import network
 
 __all__ = ["Amortized", "mlp"]
 
@@ -47,7 +48,7 @@ class Amortized(Guide):
         self.deterministic = bool(deterministic)
 
     def forward(self, x: Tensor, index: Tensor | None = None):
-        out = self.encoder(x)  # [B, 2D] or [B, D]
+        out = network(self.encoder, x)  # [B, 2D] or [B, D]
         D = self.latent_dim
         if self.deterministic:
             return PointMass(out)

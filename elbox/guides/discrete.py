@@ -19,6 +19,7 @@ from torch.distributions import Independent
 from elbox._validation import as_data, check_positive_int, describe
 from elbox.distributions.one_hot import OneHot
 from elbox.guides.base import Guide
+from elbox.precision import network
 
 __all__ = ["Bernoulli", "OneHotCategorical"]
 
@@ -54,7 +55,7 @@ class _Discrete(Guide):
         """``[B, *shape]``."""
         if self.encoder is None:
             return self._rows(self.logits, x, index)
-        out = self.encoder(x)
+        out = network(self.encoder, x)
         expected = math.prod(self.shape)
         if out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] != expected:
             raise ValueError(f"{type(self).__name__}'s encoder must return logits [B, {expected}] for a batch of "

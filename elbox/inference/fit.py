@@ -43,13 +43,14 @@ from elbox.inference.schedules import LRSchedule, Schedule, lr_schedule
 from elbox.inference.schedules import kl_warmup as warmup_schedule
 from elbox.io.run import RunDirectory, RunLock, load_checkpoint, remove_stale_temporaries
 from elbox.objectives import Objective, make_objective
+from elbox.precision import check_precision, matmul_precision
 
 __all__ = ["fit"]
 
 # Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
 _RESUME_KEYS = (
     "bound", "objective_options", "batch_size", "lr", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
-    "adam_eps", "binarization", "optimize_model", "world_size",
+    "adam_eps", "binarization", "optimize_model", "world_size", "precision",
 )  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def fit(
     config: str | None = None,
     progress: bool = False,
     tensorboard: bool = False,
+    precision: str = "float32",
     **objective_options,
 ) -> History:
     r"""Maximizes an objective over the guide's parameters (and the model's) by stochastic gradient.
@@ -149,6 +151,9 @@ def fit(
         config: Text saved in each checkpoint: the config of record (the CLI's TOML).
         progress: Show a progress bar with the bound and its parts.
         tensorboard: Also write TensorBoard event files to ``run_dir/tensorboard``.
+        precision: ``"float32"``, or ``"bfloat16"`` for the encoders' and decoders' matrix
+            products (:mod:`elbox.precision`); log-densities, their reductions and the bound stay
+            in the data's dtype, and the parameters and optimizer in theirs.
         **objective_options: Options of the objective built by name.
 
     Returns:
@@ -179,6 +184,7 @@ def fit(
     lr = _positive_finite(lr, "lr")
     adam_eps = _positive_finite(adam_eps, "adam_eps")
     seed = check_seed(seed)
+    precision = check_precision(precision)
     warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
     if clip_grad_norm is not None:
         clip_grad_norm = _positive_finite(clip_grad_norm, "clip_grad_norm")
@@ -236,7 +242,7 @@ def fit(
         "beta": float(objective.beta) if hasattr(objective, "beta") else None, "kl_warmup": warmup,
         "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
         "schedule": [schedule.name, schedule.epochs, schedule.stages, schedule.gamma, schedule.final],
-        "binarization": binarization, "optimize_model": optimize_model, "world_size": W,
+        "binarization": binarization, "optimize_model": optimize_model, "world_size": W, "precision": precision,
     }  # fmt: skip
     if W > 1:  # one command, one config, one data set on every rank, or a clear error on all of them
         agree({**options, "epochs": epochs, "run_dir": run_dir is not None, "resume": resume,
@@ -266,7 +272,7 @@ def fit(
     start = time.perf_counter()
     lock = RunLock(run.path) if run is not None and R == 0 else contextlib.nullcontext()
     with lock, torch.random.fork_rng(devices=rng_devices()), SignalGuard(run is not None) as signals, \
-            Progress(progress and R == 0, epochs) as bar:  # fmt: skip
+            Progress(progress and R == 0, epochs) as bar, matmul_precision(precision):  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
         # DDP wraps the objective (after the parameters are restored: it broadcasts rank 0's)
         # buffers (β, a temperature) are set alike on every rank by the schedules: synced once, not every forward

@@ -18,6 +18,7 @@ from elbox.guides.discrete import Bernoulli as BernoulliGuide
 from elbox.guides.discrete import OneHotCategorical as CategoricalGuide
 from elbox.guides.flow import FlowGuide
 from elbox.models.base import LatentModel
+from elbox.precision import network
 
 __all__ = ["VAE", "DiscreteVAE"]
 
@@ -53,7 +54,7 @@ class _Decoded(LatentModel):
 
     def _decode(self, z: Tensor) -> Tensor:
         """The decoder's output for z ``[*S, B, *latent]``: ``[*S, B, D]``."""
-        return self.decoder(z)
+        return network(self.decoder, z)
 
     @property
     def observation_variance(self) -> Tensor | None:
@@ -350,7 +351,7 @@ class DiscreteVAE(_Decoded):
         return self.prior().expand(torch.Size([x.shape[0]]))
 
     def _decode(self, z: Tensor) -> Tensor:
-        return self.decoder(z.flatten(-2) if self.latent_type == "categorical" else z)  # [*S, B, D]
+        return network(self.decoder, z.flatten(-2) if self.latent_type == "categorical" else z)  # [*S, B, D]
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The decoder's mean at q's mean, E_q[z | x] (the class probabilities: a point inside

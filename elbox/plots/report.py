@@ -206,6 +206,10 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
         (f"mutual information I(x; z) under q ({r['mi_points']} points)", _number(r.get("mutual_information"))),
         ("log p(x): Monte Carlo standard error", _number(r["log_evidence"].get("mc_stderr"), 4)),
     ]
+    shift = r["log_evidence"].get("precision_shift")
+    if shift:
+        diag_rows.append((f"log p(x): shift by {r['log_evidence']['precision']} rounding (same draws)",
+                          f"{_number(shift['mean'], 4)} ± {_number(shift['stderr'], 4)} (points)"))  # fmt: skip
     b = r.get("bits_per_dim")
     if b:
         diag_rows.append((f"bits per dimension −log₂ p(x) / D, D = {b['dims']}",
