@@ -3,6 +3,7 @@ made of in the data's dtype, and the shift the rounding causes measured and repo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -215,3 +216,61 @@ def test_a_bfloat16_run_end_to_end(tmp_path):
     assert "bfloat16 shift" in result.output
     e = json.loads((out / "evaluation.json").read_text())["report"]["log_evidence"]
     assert e["precision"] == "bfloat16" and math.isfinite(e["precision_shift"]["mean"])
+
+
+# Compilation: an option of fit, with a fallback and a message where it cannot be had.
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    model = elbox.VAE(data_dim=16, latent_dim=2, hidden=(8,))
+    x = (torch.rand(40, 16) < 0.4).float()
+    return model, x, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_compiled_fit_is_the_eager_fit_to_rounding():
+    model, x, init = _tiny()
+    compiled = elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0, compile=True)
+    model.load_state_dict(init)
+    eager = elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0)
+    assert compiled.lower_bound == pytest.approx(eager.lower_bound, rel=1e-5)
+
+
+def test_compile_without_a_compiler_says_so_and_trains_eagerly(monkeypatch):
+    fit_module = importlib.import_module("elbox.inference.fit")  # the module, which elbox.inference.fit shadows
+
+    def missing():
+        raise RuntimeError("no C++ compiler found: tried ('g++',)")
+
+    monkeypatch.setattr(fit_module, "_cpp_compiler", missing)
+    model, x, init = _tiny()
+    with pytest.warns(elbox.inference.CompileWarning, match=r"needs a C\+\+ compiler.*no C\+\+ compiler.*eagerly"):
+        fallback = elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0, compile=True)
+    model.load_state_dict(init)
+    eager = elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0)
+    assert fallback.lower_bound == eager.lower_bound  # the same computation
+
+
+def test_a_failed_compilation_falls_back_to_eager(monkeypatch):
+    calls = []
+
+    def broken(module):
+        def run(batch):
+            calls.append(1)
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("cc1plus: fatal error"), None)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, x, init = _tiny()
+    with pytest.warns(elbox.inference.CompileWarning, match="torch.compile failed on the objective.*eagerly"):
+        fallback = elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0, compile=True)
+    assert calls == [1]  # tried once, then eager for good
+    model.load_state_dict(init)
+    assert elbox.fit(model, model.guide, x, epochs=2, batch_size=20, seed=0).lower_bound == fallback.lower_bound
+
+
+def test_compile_must_be_a_bool():
+    model, x, _ = _tiny()
+    with pytest.raises(TypeError, match="compile must be True or False; received 'yes'"):
+        elbox.fit(model, model.guide, x, epochs=1, compile="yes")

@@ -127,6 +127,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_temperature": Key(0.5, is_positive, "a positive number", "the annealed temperature's floor"),
         "precision": Key("float32", one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS),
                          "the encoder's and decoder's matrix products (vae, discrete_vae)"),
+        "compile": Key(False, is_bool, "true or false",
+                       "run the objective through torch.compile (needs a C++ compiler; slower on these CPUs)"),
     },
     "objective": {},  # the objective's own options: their keys and defaults come from it (objective_keys)
     "evaluate": {

@@ -229,6 +229,7 @@ def _fit_options(config: dict) -> dict:
         "binarization": "dynamic" if config["data"]["binarization"] == "dynamic" else None,
         "tensorboard": config["log"]["tensorboard"],
         "precision": t["precision"],
+        "compile": t["compile"],
     }
     if t["anneal_rate"] > 0:
         options["schedules"] = [temperature_annealing(initial=config["objective"]["temperature"],

@@ -2,7 +2,7 @@
 
 from elbox.inference.callbacks import Callback, FitState, Interrupted
 from elbox.inference.em import em
-from elbox.inference.fit import fit
+from elbox.inference.fit import CompileWarning, fit
 from elbox.inference.gradients import (
     GradientReport,
     GradientStats,
@@ -24,6 +24,7 @@ __all__ = [
     "BoundDecreaseWarning",
     "BoundaryWarning",
     "Callback",
+    "CompileWarning",
     "ConvergenceWarning",
     "DivergenceWarning",
     "FitState",

@@ -45,7 +45,7 @@ from elbox.io.run import RunDirectory, RunLock, load_checkpoint, remove_stale_te
 from elbox.objectives import Objective, make_objective
 from elbox.precision import check_precision, matmul_precision
 
-__all__ = ["fit"]
+__all__ = ["CompileWarning", "fit"]
 
 # Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
 _RESUME_KEYS = (
@@ -81,6 +81,7 @@ def fit(
     progress: bool = False,
     tensorboard: bool = False,
     precision: str = "float32",
+    compile: bool = False,  # noqa: A002 - torch.compile's name, as users know it
     **objective_options,
 ) -> History:
     r"""Maximizes an objective over the guide's parameters (and the model's) by stochastic gradient.
@@ -154,6 +155,10 @@ def fit(
         precision: ``"float32"``, or ``"bfloat16"`` for the encoders' and decoders' matrix
             products (:mod:`elbox.precision`); log-densities, their reductions and the bound stay
             in the data's dtype, and the parameters and optimizer in theirs.
+        compile: Run the objective through ``torch.compile`` (on the CPU it needs a C++
+            compiler: without one, or if compilation fails, a :class:`CompileWarning` says so and
+            training runs eagerly). Measured on these CPUs it is slower than eager for the VAEs
+            (BENCHMARKS.md); it is there for GPUs and for objectives that compile whole.
         **objective_options: Options of the objective built by name.
 
     Returns:
@@ -185,6 +190,8 @@ def fit(
     adam_eps = _positive_finite(adam_eps, "adam_eps")
     seed = check_seed(seed)
     precision = check_precision(precision)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False; received {compile!r}")
     warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
     if clip_grad_norm is not None:
         clip_grad_norm = _positive_finite(clip_grad_norm, "clip_grad_norm")
@@ -278,6 +285,8 @@ def fit(
         # buffers (β, a temperature) are set alike on every rank by the schedules: synced once, not every forward
         forward = objective if W == 1 else torch.nn.parallel.DistributedDataParallel(objective,
                                                                                       forward_sync_buffers=False)
+        if compile:
+            forward = _compiled(forward, device)
         bar.resume(state.epoch)
         if valid is not None and binarization == "dynamic":  # one reproducible draw, comparable across epochs
             generator = torch.Generator(device=valid.device).manual_seed(0 if seed is None else seed)
@@ -492,6 +501,45 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
         "bound": history.lower_bound[-1], "reconstruction": history.reconstruction[-1], "kl": history.kl[-1],
         "validation": history.validation[-1] if valid is not None else None, "diverged": history.diverged,
     }  # fmt: skip
+
+
+class CompileWarning(UserWarning):
+    """``fit(compile=True)`` could not compile the objective and trains it eagerly instead."""
+
+
+def _cpp_compiler() -> str:
+    """The C++ compiler torch.compile would use on the CPU; raises where there is none."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    return get_cpp_compiler()
+
+
+def _compiled(module, device: torch.device):
+    """``torch.compile(module)``, or ``module`` itself with a :class:`CompileWarning` where the
+    CPU has no C++ compiler or the first compilation fails."""
+    if device.type == "cpu":
+        try:
+            _cpp_compiler()
+        except Exception as error:  # noqa: BLE001 - torch raises several kinds for a missing or broken compiler
+            warnings.warn(f"compile=True needs a C++ compiler for torch.compile on the CPU (g++ or clang++, or one "
+                          f"named by $CXX), and found none ({type(error).__name__}: {error}); training runs eagerly",
+                          CompileWarning, stacklevel=3)  # fmt: skip
+            return module
+    compiled = torch.compile(module)
+    current = [compiled]
+
+    def forward(batch):
+        try:
+            return current[0](batch)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            if current[0] is module:
+                raise
+            warnings.warn(f"torch.compile failed on the objective ({str(error).splitlines()[0]}); training runs "
+                          "eagerly", CompileWarning, stacklevel=2)  # fmt: skip
+            current[0] = module
+            return module(batch)
+
+    return forward
 
 
 def _positive_finite(value, name: str) -> float:
