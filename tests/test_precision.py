@@ -274,3 +274,16 @@ def test_compile_must_be_a_bool():
     model, x, _ = _tiny()
     with pytest.raises(TypeError, match="compile must be True or False; received 'yes'"):
         elbox.fit(model, model.guide, x, epochs=1, compile="yes")
+
+
+def test_the_precision_example_runs_end_to_end():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "precision.py"
+    result = subprocess.run([sys.executable, str(example), "--epochs", "2", "--seeds", "2", "--num-samples", "20",
+                             "--hidden", "16", "--latent", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for line in ("seed 1: test ELBO float32", "seed-to-seed sd", "bfloat16 − float32 =", "elbox's measured shift"):
+        assert line in result.stdout, line
