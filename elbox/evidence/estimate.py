@@ -148,6 +148,13 @@ def precision_shift(model, guide, x, *, num_samples: int, index=None) -> Tensor:
     return low.logsumexp(0) - high.logsumexp(0)
 
 
+def _first_chunk_shift(model, guide, x, S: int, chunk_size: int | None, index=None) -> Tensor:
+    """:func:`precision_shift` on one chunk of particles (the estimate's own chunk size), as a
+    bfloat16 estimate measures it per batch."""
+    chunk = particle_chunk(x, S) if chunk_size is None else chunk_size
+    return precision_shift(model, guide, x, num_samples=chunk, index=index)
+
+
 @torch.no_grad()
 def log_evidence(
     model,
@@ -244,8 +251,7 @@ def log_evidence(
             log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size, index=rows)
             if precision == "float32":
                 return _log_mean_and_stderr(log_w)
-            chunk = particle_chunk(batch, S) if chunk_size is None else chunk_size
-            shift = precision_shift(model, guide, batch, num_samples=chunk, index=rows)
+            shift = _first_chunk_shift(model, guide, batch, S, chunk_size, index=rows)
         return (*_log_mean_and_stderr(log_w), shift)
 
     # each batch's draws from a seed of (base, batch): the same estimate on any number of ranks

@@ -25,7 +25,13 @@ from elbox.evidence.diagnostics import (
     psis_khat,
     warn_collapse,
 )
-from elbox.evidence.estimate import _log_mean_and_stderr, log_evidence, particle_chunk, precision_shift
+from elbox.evidence.estimate import (
+    _first_chunk_shift,
+    _log_mean_and_stderr,
+    _mean_over_points,
+    log_evidence,
+    particle_chunk,
+)
 from elbox.precision import check_precision, matmul_precision
 
 __all__ = ["EvidenceReport", "evidence_report"]
@@ -297,8 +303,7 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
             "kl_mc": terms["kl_mc"], "means": means, "kl_dims": kl_dims,
         }  # fmt: skip
         if precision != "float32":  # after the shared pass's draws, which stay those of a float32 report
-            chunk = particle_chunk(x[begin:end], S) if chunk_size is None else chunk_size
-            values["shift"] = precision_shift(model, guide, x[begin:end], num_samples=chunk)
+            values["shift"] = _first_chunk_shift(model, guide, x[begin:end], S, chunk_size)
         return {k: t.detach().double().cpu() for k, t in values.items() if t is not None}, proposal
 
     batches = map_batches(N, step, batch_pass, base=base, progress=lambda d, t: report("importance sampling", d, t))
@@ -324,11 +329,10 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
         "num_samples": evidence_samples,
     }
     if "shift" in v:
-        shift = v["shift"]
-        spread = float(shift.std()) / math.sqrt(N)
+        shift = _mean_over_points(v["shift"])
         log_evidence_summary["precision"] = precision
-        log_evidence_summary["precision_shift"] = {"mean": float(shift.mean()), "stderr": spread,
-                                                   "max_abs": float(shift.abs().max())}  # fmt: skip
+        log_evidence_summary["precision_shift"] = {"mean": shift.value, "stderr": shift.stderr,
+                                                   "max_abs": float(v["shift"].abs().max())}  # fmt: skip
     if method == "importance" and proposals == {"prior"}:
         log_evidence_summary["proposal"] = "prior"
         messages_proposal = [
