@@ -61,11 +61,14 @@ def matmul_precision(precision: str = "float32") -> Iterator[None]:
 
     Example:
         >>> import torch
-        >>> from elbox.precision import matmul_precision, network
+        >>> from elbox.precision import check_precision, current_precision, matmul_precision, network
         >>> net = torch.nn.Linear(4, 3, dtype=torch.float32)
         >>> x = torch.randn(2, 4, dtype=torch.float32)
         >>> with matmul_precision("bfloat16"):
+        ...     inside = current_precision()
         ...     y = network(net, x)
+        >>> inside, current_precision(), check_precision("bfloat16")
+        ('bfloat16', 'float32', 'bfloat16')
         >>> y.dtype  # the product ran in bfloat16; its result is back in x's dtype
         torch.float32
         >>> bool((y - net(x)).abs().max() < 0.05)

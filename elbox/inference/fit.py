@@ -526,17 +526,17 @@ def _compiled(module, device: torch.device):
                           CompileWarning, stacklevel=3)  # fmt: skip
             return module
     compiled = torch.compile(module)
-    current = [compiled]
 
     def forward(batch):
+        nonlocal compiled
+        if compiled is None:  # compilation failed once: eager from then on
+            return module(batch)
         try:
-            return current[0](batch)
+            return compiled(batch)
         except torch._dynamo.exc.BackendCompilerFailed as error:
-            if current[0] is module:
-                raise
             warnings.warn(f"torch.compile failed on the objective ({str(error).splitlines()[0]}); training runs "
                           "eagerly", CompileWarning, stacklevel=2)  # fmt: skip
-            current[0] = module
+            compiled = None
             return module(batch)
 
     return forward

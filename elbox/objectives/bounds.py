@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_number, check_positive_int
-from elbox.bounds.elbo import _EXPECTATIONS, _KL_METHODS, elbo
+from elbox.bounds.elbo import _EXPECTATIONS, _KL_METHODS, Terms, elbo
 from elbox.bounds.importance import iwae, renyi
 from elbox.data.batches import Batch
 from elbox.objectives._fused import fused_elbo_parts
@@ -62,12 +62,10 @@ class ELBO(Objective):
         fused = fused_elbo_parts(self.model, self.guide, batch, self.num_samples, self.kl, self.expectation)
         if fused is not None:
             reconstruction, kl = fused
-            beta = float(self.beta)
-            value = reconstruction - kl
-            surrogate = value if beta == 1.0 else reconstruction - beta * kl
-            return Output(value, surrogate, {"reconstruction": reconstruction, "kl": kl})
-        terms = elbo(self.model, self.guide, batch, num_samples=self.num_samples, kl=self.kl,
-                     expectation=self.expectation)  # fmt: skip
+            terms = Terms(value=reconstruction - kl, reconstruction=reconstruction, kl=kl, kl_method="analytic")
+        else:
+            terms = elbo(self.model, self.guide, batch, num_samples=self.num_samples, kl=self.kl,
+                         expectation=self.expectation)  # fmt: skip
         parts = {"reconstruction": terms.reconstruction, "kl": terms.kl}
         beta = float(self.beta)
         if beta == 1.0:
