@@ -5,6 +5,7 @@ fit and its checkpoint, the discrete VAE's evidence report, and the bad-input er
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -34,6 +35,15 @@ def _problem(latent="categorical", seed=1):
         guide = Bernoulli(3, num_points=4, init_logits=torch.randn(4, 3))
     x, _ = model.sample(4)
     return model, guide, x
+
+
+def _one_point(latent: str):
+    """:func:`_problem`'s model with its first point alone, and a local q for it."""
+    model, guide, x = _problem(latent)
+    shape = guide.logits.shape[1:]
+    local = (OneHotCategorical(*shape, num_points=1, init_logits=guide.logits[:1].detach()) if latent == "categorical"
+             else Bernoulli(*shape, num_points=1, init_logits=guide.logits[:1].detach()))  # fmt: skip
+    return model, local, x[:1]
 
 
 def _gradients(objective, guide, x, repeats: int) -> torch.Tensor:
@@ -153,6 +163,59 @@ def test_the_unbiased_estimators_average_to_the_exact_gradient(name, options, la
     G = _gradients(make_objective(name, model, guide, **options), guide, x, REPEATS)
     se = G.std(0) / math.sqrt(REPEATS)
     assert ((G.mean(0) - exact).abs() < 4 * se + 1e-12).all(), ((G.mean(0) - exact) / se).abs().max()
+
+
+class _CurrentStepBaseline(elbox.objectives.ScoreFunction):
+    """The moving average updated with this step's draws before it is used: b depends on z_s, the
+    defect the baselines must not have (the float64 moving average had it, through an alias)."""
+
+    def _baseline(self, f, x):
+        self._track(f.mean(), None)
+        return self.signal_mean.to(f.dtype, copy=True).expand_as(f), 0.0
+
+
+def _bias_in_standard_errors(objective, model, guide, x) -> float:
+    """The largest |mean gradient − exact| / its standard error over q's logits, ``REPEATS`` draws; the
+    exact gradient by enumeration in float64."""
+    exact = _exact(*(copy.deepcopy(m).double() for m in (model, guide)), x.double()).to(guide.logits.dtype)
+    G = _gradients(objective, guide, x, REPEATS)
+    se = G.std(0) / math.sqrt(REPEATS)
+    # float32's rounding of the mean of REPEATS terms, beside the Monte Carlo error
+    rounding = 4 * torch.finfo(G.dtype).eps * math.sqrt(REPEATS) * G.abs().mean(0)
+    return float(((G.mean(0) - exact).abs() / (se + rounding + 1e-300)).max())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"baseline": "none"},
+        {"baseline": "moving_average", "decay": 0.3},
+        {"baseline": "moving_average", "decay": 0.9},
+        {"baseline": "nvil"},
+        {"baseline": "nvil", "decay": 0.3},
+        {"baseline": "leave_one_out", "num_samples": 2},
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("latent", ["categorical", "bernoulli"])
+def test_every_baseline_is_unbiased_in_either_dtype_its_statistics_taken_before_the_update(options, dtype, latent):
+    """The moving statistics are read as values before this step's update: in float64 the buffer
+    (float64) was read by alias and updated before use, so b held (1 − decay) × this step's mean f.
+    One data point, where that share of this step's draws is largest."""
+    model, guide, x = _one_point(latent)
+    model, guide, x = model.to(dtype), guide.to(dtype), x.to(dtype)
+    objective = make_objective("score_function", model, guide, **options).to(dtype)  # as fit moves it
+    assert objective.signal_mean.dtype == guide.logits.dtype == dtype
+    assert _bias_in_standard_errors(objective, model, guide, x) < 4
+
+
+def test_a_baseline_of_the_current_draws_is_caught_as_biased():
+    """The check above has the power to see the defect: the same estimator with b updated by this
+    step's draws first is far outside the error."""
+    for latent in ("categorical", "bernoulli"):
+        model, guide, x = _one_point(latent)
+        objective = _CurrentStepBaseline(model, guide, baseline="moving_average", decay=0.3)
+        assert _bias_in_standard_errors(objective, model, guide, x) > 10
 
 
 def test_vimco_averages_to_the_exact_gradient_of_the_importance_weighted_bound():

@@ -183,18 +183,19 @@ class ScoreFunction(Objective):
         if self.baseline == "leave_one_out":
             return (f.sum(0, keepdim=True) - f) / (f.shape[0] - 1), 0.0
         started = bool(self.started)
+        # the moving statistics as values (copies) taken before this step's update, so that b depends on
+        # earlier steps' draws alone: Tensor.to returns the buffer itself where the dtype already matches
+        c = self.signal_mean.to(f.dtype, copy=True) if started else f.new_zeros(())
         if self.baseline == "moving_average":
-            b = self.signal_mean.to(f.dtype) if started else f.new_zeros(())  # never of this step's draws
             if update:
                 self._track(f.mean(), None)
-            return b.expand_as(f), 0.0
+            return c.expand_as(f), 0.0
         # NVIL: b_ψ(x) + c (normalize: the centred signal divided by max(1, its moving standard deviation))
         net = self.baseline_net
         learned = net(x.to(net[1].weight.dtype)).squeeze(-1).to(f.dtype)  # [B]
         residual = f - learned.detach()  # [S, B]
-        c = self.signal_mean.to(f.dtype) if started else f.new_zeros(())
         centred = residual - c
-        scale = self.signal_var.to(f.dtype).sqrt().clamp_min(1.0) if self.normalize and started else 1.0
+        scale = self.signal_var.to(f.dtype, copy=True).sqrt().clamp_min(1.0) if self.normalize and started else 1.0
         if update:
             self._track(residual.mean(), centred.var() if centred.numel() > 1 else None)
         loss = (f - learned - c.detach()).square().mean(0)  # [B]
