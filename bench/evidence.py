@@ -38,7 +38,7 @@ D, H, L = 784, 200, 50
 
 def _model(run: Path | None) -> elbox.VAE:
     if run is not None and (run / "config.toml").is_file():
-        from elbox.cli.experiment import load_run
+        from elbox.runs import load_run
 
         return load_run(run).model
     torch.manual_seed(0)

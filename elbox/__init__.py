@@ -34,12 +34,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # load_run rebuilds a run from its config, which the command line's schema reads: imported on
-    # first use, so that `import elbox` stays free of it
+    # load_run rebuilds a run from its config (the run layer, elbox.runs): imported on first use, so
+    # that `import elbox` stays free of it
     if name in ("load_run", "Run"):
-        from elbox.cli import experiment
+        from elbox import runs
 
-        return getattr(experiment, name)
+        return getattr(runs, name)
     raise AttributeError(f"module 'elbox' has no attribute {name!r}")
 
 

@@ -5,7 +5,7 @@
 
 import sys
 
-from elbox.cli.demo import run_demo
+from elbox.runs.demo import run_demo
 
 report = run_demo(sys.argv[1] if len(sys.argv) > 1 else "runs/em_vs_vi")
 for row in report["rows"]:

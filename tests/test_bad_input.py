@@ -14,10 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 import elbox
-from elbox.cli.config import SCHEMA, ConfigError
 from elbox.cli.main import app
 from elbox.data import Sequences
 from elbox.guides import FullRankNormal, MeanFieldNormal
+from elbox.runs.config import SCHEMA, ConfigError
 
 runner = CliRunner()
 X = torch.randn(12, 3)
@@ -246,7 +246,7 @@ def _wrong(key) -> object:
 
 KEY_CASES = [(section, name) for section, keys in SCHEMA.items() if section != "record" for name in keys
              if (section, name) != ("model", "type")]  # fmt: skip
-KEY_CASES += [("model", name) for name in elbox.cli.models.MODEL_TYPES["vae"].keys]
+KEY_CASES += [("model", name) for name in elbox.runs.types.MODEL_TYPES["vae"].keys]
 
 
 def _toml(value) -> str:
@@ -255,7 +255,7 @@ def _toml(value) -> str:
 
 @pytest.mark.parametrize(("section", "name"), KEY_CASES, ids=[f"[{s}] {n}" for s, n in KEY_CASES])
 def test_every_config_key_with_a_wrong_value(tmp_path, section, name):
-    keys = elbox.cli.config.section_keys(section, {"model": {"type": "vae"}})
+    keys = elbox.runs.config.section_keys(section, {"model": {"type": "vae"}})
     config = tmp_path / "bad.toml"
     line = f"{name} = {_toml(_wrong(keys[name]))}"
     lines = [entry for entry in SMALL.splitlines() if not entry.startswith(f"{name} = ")]  # no duplicate key
@@ -412,4 +412,4 @@ def test_sequences_with_bad_lengths():
     with pytest.raises(ValueError, match="lengths"):
         Sequences(torch.randn(2, 4, 1), lengths=[5, 2])
     with pytest.raises(ConfigError, match="validation"):
-        elbox.cli.experiment.load_data(elbox.cli.config.parse_config({}), "validation")
+        elbox.runs.load_data(elbox.runs.config.parse_config({}), "validation")

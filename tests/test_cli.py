@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from elbox.cli.config import SCHEMA, ConfigError, load_config, parse_config
 from elbox.cli.main import app
 from elbox.io import RunDirectory, load_checkpoint
+from elbox.runs.config import SCHEMA, ConfigError, load_config, parse_config
 
 runner = CliRunner()
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -213,3 +213,17 @@ def test_demo_rejects_bad_options(tmp_path):
     assert result.exit_code != 0 and "pca" in result.output.lower()
     result = runner.invoke(app, ["demo", "--model", "hmm", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--model must be 'vae' or 'gmm'" in result.output
+
+
+def test_an_objective_without_num_samples_gets_its_own_default_recorded_in_the_config():
+    """[train] objective = "iwae" without num_samples trained the ELBO (one particle), silently: the
+    objective's own default (IWAE's 5) is used and written in the config of record."""
+    from elbox.runs import build_model, build_objective
+
+    record = {"dim": 64, "symbols": 0, "points": 10, "steps": 0, "inputs": 0, "sha256": ""}
+    config = parse_config({"data": {"name": "digits"}, "model": {"latent_dim": 2, "hidden": [8]},
+                           "train": {"objective": "iwae"}, "record": record})  # fmt: skip
+    assert config["train"]["num_samples"] == 5
+    assert build_objective(config, *build_model(config)).num_samples == 5
+    assert parse_config({"train": {"objective": "iwae", "num_samples": 2}})["train"]["num_samples"] == 2
+    assert parse_config({})["train"]["num_samples"] == 1

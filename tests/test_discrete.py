@@ -450,8 +450,8 @@ def _config(tmp_path, objective="gumbel_softmax", rate=0.1, objective_options="t
 def test_elbox_fit_trains_a_discrete_vae_with_an_annealed_temperature_and_resumes(tmp_path):
     from typer.testing import CliRunner
 
-    from elbox.cli.config import load_config
     from elbox.cli.main import app
+    from elbox.runs.config import load_config
 
     runner = CliRunner()
     config = _config(tmp_path, objective_options="temperature = 1.0\nhard = true")
@@ -486,7 +486,7 @@ def test_elbox_fit_trains_a_discrete_vae_with_an_annealed_temperature_and_resume
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, objective, rate, options, error):
-    from elbox.cli.config import ConfigError, load_config
+    from elbox.runs.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=error):
         load_config(_config(tmp_path, objective, rate, options))

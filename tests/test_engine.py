@@ -224,3 +224,13 @@ def test_progress_bar_runs(capsys):
     vae = _vae()
     elbox.fit(vae, vae.guide, x, progress=True, **{**OPTIONS, "epochs": 2})
     assert "bound" in capsys.readouterr().out
+
+
+def test_stopping_early_is_not_convergence():
+    """Early stopping says the validation bound stopped improving, not that a tolerance was met:
+    history.converged (EM's tolerance) stays False for a stochastic-gradient fit."""
+    x, valid = _data(), _data(60, seed=1)
+    vae = _vae()
+    history = elbox.fit(vae, vae.guide, x, epochs=200, batch_size=50, lr=0.05, seed=0, binarization="dynamic",
+                        validation=valid, patience=3)  # fmt: skip
+    assert history.stopped_early and not history.converged

@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 import elbox
-from elbox.cli.config import ConfigError, parse_config
 from elbox.cli.main import app
 from elbox.evidence import precision_shift
 from elbox.objectives import make_objective
 from elbox.precision import check_precision, current_precision, matmul_precision, network
+from elbox.runs.config import ConfigError, parse_config
 
 runner = CliRunner()
 

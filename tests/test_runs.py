@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import elbox
+import elbox.runs
 from elbox.cli.main import app
 from elbox.io import RunDirectory, load_checkpoint
 
@@ -139,7 +140,7 @@ def test_an_edited_config_toml_is_refused_naming_the_key(tmp_path):
         result = runner.invoke(app, command)
         text = " ".join(result.output.split())
         assert result.exit_code == 2 and "[model] activation: 'tanh' → 'relu'" in text, (command, result.output)
-    with pytest.raises(elbox.cli.config.ConfigError, match="was edited"):
+    with pytest.raises(elbox.runs.config.ConfigError, match="was edited"):
         elbox.load_run(out)
     assert not (out / "evaluation.json").exists()
     # put back, it evaluates; settings come from the command line or a separate file
@@ -284,7 +285,7 @@ def test_every_model_type_fits_evaluates_reports_and_loads_from_a_users_file(tmp
     records = RunDirectory(out).read_metrics()
     assert run.history.n_iter == len(records) and run.history.final == pytest.approx(records[-1]["bound"])
     if exact:
-        x = elbox.cli.experiment.load_data(run.config, "test")[0]
+        x = elbox.runs.load_data(run.config, "test")[0]
         log_px = float(run.model.log_evidence(x).detach().mean())
         assert log_px == pytest.approx(report["log_evidence"]["mean"], abs=1e-9)
 
@@ -353,3 +354,25 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
     bounds = [e.value for e in events.Scalars("bound")]
     assert bounds == pytest.approx([r["bound"] for r in RunDirectory(out).read_metrics()], rel=1e-6)
     assert {"kl", "reconstruction", "lr"} <= set(events.Tags()["scalars"])
+
+
+def test_training_and_loading_a_run_leave_the_callers_random_state_as_it_was(tmp_path):
+    """Building a run's model seeds torch's RNG with [train] seed inside the call alone: train_run and
+    load_run (a notebook's calls between its own draws) put the caller's state back, and the model
+    is the same whatever that state was."""
+    from elbox.runs import build_model, train_run
+
+    files = _files(tmp_path)
+    config = tmp_path / "vae.toml"
+    config.write_text(f'[data]\npath = "{files["unit"]}"\n[model]\ntype = "vae"\nlatent_dim = 2\nhidden = [8]\n'
+                      "[train]\nepochs = 1\nbatch_size = 40\n")  # fmt: skip
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    train_run(config, tmp_path / "run")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    run = elbox.load_run(tmp_path / "run")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first = build_model(run.config)[0].state_dict()
+    torch.manual_seed(7)
+    again = build_model(run.config)[0].state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -29,9 +29,9 @@ def _user_errors():
     way (divergence, posterior collapse) are printed as such."""
     import warnings
 
-    from elbox.cli.config import ConfigError
     from elbox.distributed import DistributedError
     from elbox.io import RunLockedError
+    from elbox.runs import ConfigError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -100,10 +100,10 @@ def fit(
     Under torchrun (`torchrun --nproc_per_node=N -m elbox fit CONFIG`) the same command trains
     data-parallel: [train] batch_size is the global batch; rank 0 writes the run directory. Workers
     restarted by torchrun --max-restarts resume from the last checkpoint by themselves."""
-    from elbox.cli.experiment import train_run
     from elbox.distributed import rank
     from elbox.inference import Interrupted
     from elbox.io import RunDirectory
+    from elbox.runs import train_run
 
     _import_plugins(imports)
     out = out or Path("runs") / config.stem
@@ -257,8 +257,8 @@ def evaluate(
 
     The run's config of record is the one in its checkpoint: an edited config.toml is refused.
     Settings come from the run, then --evaluate-config, then the options."""
-    from elbox.cli.experiment import evaluate_run
     from elbox.distributed import rank
+    from elbox.runs import evaluate_run
 
     with _user_errors(), _stage_progress() as progress:
         _start_process_group()  # under torchrun the test points are shared out; the report is one process's
@@ -279,8 +279,8 @@ def report(
 ) -> None:
     """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
     curves) and report.json to the run directory."""
-    from elbox.cli.experiment import report_run
     from elbox.distributed import rank
+    from elbox.runs import report_run
 
     with _user_errors(), _stage_progress() as progress:
         _start_process_group()
@@ -313,7 +313,7 @@ def demo(
     if model == "gmm":
         _gmm_demo(out, components, pca, vi_epochs, seed, force)
         return
-    from elbox.cli.demo import run_vae_demo
+    from elbox.runs.demo import run_vae_demo
 
     with _user_errors():
         result = run_vae_demo(out, epochs=epochs, sweep_epochs=sweep_epochs, seed=seed, progress=progress,
@@ -332,7 +332,7 @@ def demo(
 
 
 def _gmm_demo(out: Path, components: int, pca: int, vi_epochs: int, seed: int, force: bool) -> None:
-    from elbox.cli.demo import run_demo
+    from elbox.runs.demo import run_demo
 
     with _user_errors(), console.status("fitting a Gaussian mixture to the digits by EM and by VI"):
         report = run_demo(out, components=components, pca=pca, vi_epochs=vi_epochs, seed=seed, force=force)

@@ -354,7 +354,6 @@ def fit(
             piece.on_fit_end(state)
     history = state.history
     history.seconds = time.perf_counter() - start
-    history.converged = history.stopped_early
     if history.diverged:
         warnings.warn(
             f"the run diverged: the bound fell from {history.steps[0]:.4g} at the first step to "

@@ -32,7 +32,8 @@ class History:
         lower_bound: The bound averaged per data point, after each EM iteration's E-step (where
             it equals the exact log-likelihood) or at the end of each VI epoch.
         steps: For VI, the bound per optimizer step (mini-batch average).
-        converged: Whether the tolerance was met.
+        converged: For EM, whether the tolerance was met. VI by stochastic gradient has no
+            convergence test: False (whether early stopping ended it is ``stopped_early``).
         n_iter: EM iterations or VI epochs run.
         seconds: Wall time of the fit.
         restarts: For EM with ``n_init > 1``, each restart's final bound; the best is kept.

@@ -90,7 +90,7 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
     """A class decorator that registers an :class:`Objective` under ``name``.
 
     Code outside elbox registers its own objectives the same way; ``elbox.fit(model, guide, x,
-    objective=name)`` and ``[train] objective = "name"`` in a config then find them.
+    bound=name)`` and ``[train] objective = "name"`` in a config then find them.
 
     Example:
         >>> from elbox.bounds import elbo

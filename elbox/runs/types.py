@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from elbox.cli._schema import (
+from elbox.distributions.flow import FLOW_TYPES
+from elbox.runs._schema import (
     MAX_SIZE,
+    ConfigError,
     Key,
     is_bool,
     is_list_of_positive_ints,
@@ -19,7 +21,6 @@ from elbox.cli._schema import (
     is_size,
     one_of,
 )
-from elbox.distributions.flow import FLOW_TYPES
 
 __all__ = ["MODEL_TYPES", "DataInfo", "ModelType", "register_model_type"]
 
@@ -61,6 +62,16 @@ class ModelType:
         description: One line for the docs and errors.
         sections: Other config sections the type reads (``("guide", "prior")`` for the VAE):
             ``build`` finds each as a table in its model config under the section's name.
+        resolve: ``resolve(config)``: sets the type's ``"auto"`` values in the parsed config (the
+            VAE's binarization and flow context; the flow's dequantization step), before the
+            generic ones (``auto`` binarization is ``"none"``, the context 0).
+        check: ``check(config, source)``: refuses combinations of keys the type cannot run, with a
+            :class:`ConfigError` that starts with ``source`` and names the keys.
+        networks: Whether the type's model has encoder/decoder networks that ``precision =
+            "bfloat16"`` rounds.
+        em: Whether ``[train] method = "em"`` applies (the model has a closed-form M-step).
+        figures: ``figures(directory, config, model) -> list[Path]``: the type's own figures,
+            drawn into the run directory after training (every type gets its training curves).
     """
 
     name: str
@@ -73,6 +84,11 @@ class ModelType:
     dtype: torch.dtype | None
     description: str
     sections: tuple[str, ...] = ()
+    resolve: Callable[[dict], None] | None = None
+    check: Callable[[dict, str], None] | None = None
+    networks: bool = False
+    em: bool = True
+    figures: Callable | None = None
 
 
 MODEL_TYPES: dict[str, ModelType] = {}
@@ -84,6 +100,70 @@ def register_model_type(model_type: ModelType) -> ModelType:
         raise ValueError(f"a model type's method must be 'em' or 'vi'; received {model_type.method!r}")
     MODEL_TYPES[model_type.name] = model_type
     return model_type
+
+
+def _resolve_vae(config: dict) -> None:
+    model, data = config["model"], config["data"]
+    if data["binarization"] == "auto":
+        data["binarization"] = "dynamic" if model["decoder"] == "bernoulli" else "none"
+    if config["guide"]["context_dim"] == "auto" and model["type"] == "vae":
+        config["guide"]["context_dim"] = 2 * model["latent_dim"]
+
+
+def _check_vae(config: dict, source: str) -> None:
+    model, train = config["model"], config["train"]
+    if model["decoder"] == "bernoulli" and config["data"]["binarization"] == "none":
+        raise ConfigError(
+            f"{source}: [model] decoder = 'bernoulli' needs binary data, but [data] binarization = 'none'; "
+            "binarize, or use decoder = 'continuous_bernoulli' (intensities) or 'gaussian'"
+        )
+    if model["decoder"] != "gaussian" and model["observation_variance"] != 1.0:
+        raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
+    if train["objective"] in ("iwae", "renyi") and model.get("deterministic_encoder"):
+        raise ConfigError(f"{source}: [train] objective = {train['objective']!r} needs a stochastic encoder")
+    if config["guide"]["type"] == "flow" and model.get("deterministic_encoder"):
+        raise ConfigError(f"{source}: [guide] type = 'flow' is a distribution over z; [model] deterministic_encoder "
+                          "= true asks for a point")  # fmt: skip
+
+
+def _resolve_flow(config: dict) -> None:
+    if config["model"]["dequantize"] == "auto":
+        config["model"]["dequantize"] = {"digits": 1 / 16, "mnist": 1 / 255}.get(config["data"]["name"], "none")
+
+
+def _check_flow(config: dict, source: str) -> None:
+    model, train = config["model"], config["train"]
+    if config["data"]["binarization"] != "none":
+        raise ConfigError(f"{source}: [model] type = 'flow' models intensities: set [data] binarization = 'none'")
+    if model["dequantize"] == "none" and train["objective"] != "max_likelihood":
+        raise ConfigError(f"{source}: a flow over continuous data (dequantize = 'none') has exact log p(x) and no "
+                          "latent: use [train] objective = 'max_likelihood'")  # fmt: skip
+    if model["dequantize"] != "none" and train["objective"] not in ("elbo", "iwae"):
+        raise ConfigError(f"{source}: a dequantized flow is trained by the dequantized likelihood, "
+                          "E_u log p(x + u): use [train] objective = 'elbo' (or 'iwae', a tighter bound on the "
+                          "cells' probability)")  # fmt: skip
+
+
+@torch.no_grad()
+def _vae_figures(directory, config: dict, model) -> list:
+    """Reconstructions beside inputs, prior samples and the latent space, on the test split."""
+    from elbox import plots
+    from elbox.runs.data import load_data
+
+    x, labels = load_data(config, "test")
+    x = model.check_data(x[:2000])
+    labels = labels[:2000] if labels is not None else torch.zeros(len(x), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    paths = {name: directory / f"{name}.png" for name in ("reconstructions", "samples", "latent_space")}
+    plots.plot_reconstructions(x[:16], model.reconstruct(x[:16]), paths["reconstructions"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["train"]["seed"])
+        means = model.likelihood(model.prior().sample((32,))).mean
+    plots.plot_samples(means, paths["samples"])
+    plots.plot_latent_space(model.latent_mean(x).flatten(1), labels, paths["latent_space"])  # one-hot z: [n, N K]
+    model.train(was_training)
+    return list(paths.values())
 
 
 def _vae(m: dict, info: DataInfo):
@@ -201,7 +281,8 @@ register_model_type(ModelType(
     },
     build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a variational autoencoder (an amortized Gaussian or flow q; a normal or flow prior)",
-    sections=("guide", "prior"),
+    sections=("guide", "prior"), resolve=_resolve_vae, check=_check_vae, networks=True, em=False,
+    figures=_vae_figures,
 ))  # fmt: skip
 register_model_type(ModelType(
     name="discrete_vae",
@@ -219,6 +300,7 @@ register_model_type(ModelType(
     build=_discrete_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a VAE with discrete latents (categorical, uniform prior; or Bernoulli): train it with "
                             "gumbel_softmax, score_function, vimco, enumerate or rws",
+    resolve=_resolve_vae, check=_check_vae, networks=True, em=False, figures=_vae_figures,
 ))  # fmt: skip
 register_model_type(ModelType(
     name="flow",
@@ -235,6 +317,7 @@ register_model_type(ModelType(
     },
     build=_flow, guide=_dequantization, method="vi", init=None, sequences=False, dtype=None,
     description="a normalizing-flow density (exact log p(x); dequantized for discrete data)",
+    resolve=_resolve_flow, check=_check_flow,
 ))  # fmt: skip
 register_model_type(ModelType(
     name="gmm",
@@ -266,4 +349,3 @@ register_model_type(ModelType(
     build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,
     description="a linear-Gaussian state-space model, the Kalman filter's (exact evidence)",
 ))  # fmt: skip
-

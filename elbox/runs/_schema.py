@@ -6,8 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_SIZE", "Key", "is_bool", "is_list_of_positive_ints", "is_non_negative_int", "is_number",
+__all__ = ["MAX_SIZE", "ConfigError", "Key", "is_bool", "is_list_of_positive_ints", "is_non_negative_int", "is_number",
            "is_positive", "is_positive_int", "is_size", "one_of"]  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key."""
 
 
 @dataclass(frozen=True)

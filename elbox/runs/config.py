@@ -14,8 +14,12 @@ from typing import Any
 
 import tomllib
 
-from elbox.cli._schema import (
+from elbox.distributions.flow import FLOW_TYPES
+from elbox.inference.schedules import SCHEDULES
+from elbox.precision import PRECISIONS
+from elbox.runs._schema import (
     MAX_SIZE,
+    ConfigError,
     Key,
     is_bool,
     is_list_of_positive_ints,
@@ -26,17 +30,10 @@ from elbox.cli._schema import (
     is_size,
     one_of,
 )
-from elbox.cli.models import MODEL_TYPES
-from elbox.distributions.flow import FLOW_TYPES
-from elbox.inference.schedules import SCHEDULES
-from elbox.precision import PRECISIONS
+from elbox.runs.types import MODEL_TYPES
 
 __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
            "section_keys", "to_toml"]  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run; the message names the key."""
 
 
 def _objective_name(v) -> bool:
@@ -75,8 +72,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "num_samples": Key(5000, is_positive_int, "a positive integer", "mnist1d: signals generated in all"),
     },
     "model": {
-        "type": Key("vae", lambda v: v in MODEL_TYPES, "a model type: " + ", ".join(repr(k) for k in MODEL_TYPES),
-                    "the model"),
+        "type": Key("vae", lambda v: v in MODEL_TYPES, "a registered model type", "the model"),
     },
     "guide": {
         "type": Key("gaussian", one_of("gaussian", "flow"), "'gaussian' or 'flow'",
@@ -99,7 +95,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "method": Key("auto", one_of("auto", "em", "vi"), "'auto', 'em' or 'vi'",
                       "em: expectation-maximization; vi: stochastic gradient on the objective; auto: the model's"),
         "objective": Key("elbo", _objective_name, "a registered objective", "what VI maximizes"),
-        "num_samples": Key(1, is_positive_int, "a positive integer", "particles per data point"),
+        "num_samples": Key(1, is_positive_int, "a positive integer",
+                           "particles per data point (default: the objective's own, e.g. 5 for iwae)"),
         "epochs": Key(100, is_positive_int, "a positive integer", "passes over the training data"),
         "batch_size": Key(100, is_positive_int, "a positive integer", "points per step"),
         "lr": Key(1e-3, is_positive, "a positive number", "Adam's learning rate"),
@@ -209,6 +206,11 @@ def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
     return {**SCHEMA["model"], **(MODEL_TYPES[kind].keys if kind in MODEL_TYPES else {})}
 
 
+def _model_types() -> str:
+    """The registered model types as an error lists them: the registry's, plugins included."""
+    return "a model type: " + ", ".join(repr(k) for k in MODEL_TYPES)
+
+
 def _suggest(name: str, known) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -246,7 +248,7 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         keys = section_keys(section, raw)
         if section == "model" and given.get("type", "vae") not in MODEL_TYPES:
             value = given.get("type")
-            raise ConfigError(f"{source}: [model] type must be {SCHEMA['model']['type'].expected}; received {value!r}"
+            raise ConfigError(f"{source}: [model] type must be {_model_types()}; received {value!r}"
                               f"{_suggest(str(value), MODEL_TYPES)}")  # fmt: skip
         for name in given:
             if name not in keys:
@@ -273,19 +275,30 @@ def _resolve(config: dict, raw: dict, source: str) -> None:
     """Replaces ``auto`` by what it stands for, so that the run records what was done."""
     data, model, train = config["data"], config["model"], config["train"]
     kind = MODEL_TYPES[model["type"]]
+    if data["path"]:
+        data["name"] = "file"
+    if kind.resolve is not None:  # the type's own "auto" values first, then the generic ones
+        kind.resolve(config)
     if data["binarization"] == "auto":
-        binary = kind.name in ("vae", "discrete_vae") and model["decoder"] == "bernoulli"
-        data["binarization"] = "dynamic" if binary else "none"
+        data["binarization"] = "none"
     if train["method"] == "auto":
         train["method"] = kind.method
     if train["init"] == "auto":
         train["init"] = kind.init or "none"
     if config["guide"]["context_dim"] == "auto":
-        config["guide"]["context_dim"] = 2 * model["latent_dim"] if kind.name == "vae" else 0
-    if kind.name == "flow" and model["dequantize"] == "auto":
-        model["dequantize"] = {"digits": 1 / 16, "mnist": 1 / 255}.get(data["name"], "none")
-    if data["path"]:
-        data["name"] = "file"
+        config["guide"]["context_dim"] = 0
+    if "num_samples" not in raw.get("train", {}):  # the objective's own default (IWAE's 5), recorded as such
+        train["num_samples"] = _default_particles(train["objective"])
+
+
+def _default_particles(name: str) -> int:
+    """The registered objective's default ``num_samples`` (1 where it has none)."""
+    from elbox.objectives import OBJECTIVES
+
+    cls = OBJECTIVES.get(name)
+    parameter = inspect.signature(cls.__init__).parameters.get("num_samples") if cls is not None else None
+    default = None if parameter is None else parameter.default
+    return default if isinstance(default, int) and not isinstance(default, bool) and default > 0 else 1
 
 
 def _check_consistency(config: dict, raw: dict, source: str) -> None:
@@ -297,33 +310,13 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
         raise ConfigError(f"{source}: [data] give a built-in name or your own path, not both")
     if data["name"] == "file" and not data["path"]:
         raise ConfigError(f"{source}: [data] name = 'file' needs path, the file to read")
-    if kind.name in ("vae", "discrete_vae"):
-        if model["decoder"] == "bernoulli" and not binary:
-            raise ConfigError(
-                f"{source}: [model] decoder = 'bernoulli' needs binary data, but [data] binarization = 'none'; "
-                "binarize, or use decoder = 'continuous_bernoulli' (intensities) or 'gaussian'"
-            )
-        if model["decoder"] != "gaussian" and model["observation_variance"] != 1.0:
-            raise ConfigError(f"{source}: [model] observation_variance applies to decoder = 'gaussian' only")
-        if train["objective"] in ("iwae", "renyi") and model.get("deterministic_encoder"):
-            raise ConfigError(f"{source}: [train] objective = {train['objective']!r} needs a stochastic encoder")
     for section, default in (("guide", "gaussian"), ("prior", "normal")):
         if config[section]["type"] != default and section not in kind.sections:
+            owners = [t.name for t in MODEL_TYPES.values() if section in t.sections]
             raise ConfigError(f"{source}: [{section}] type = {config[section]['type']!r} applies to [model] type = "
-                              f"'vae' only; received a {kind.name!r} model")  # fmt: skip
-    if kind.name == "vae" and config["guide"]["type"] == "flow" and model["deterministic_encoder"]:
-        raise ConfigError(f"{source}: [guide] type = 'flow' is a distribution over z; [model] deterministic_encoder "
-                          "= true asks for a point")  # fmt: skip
-    if kind.name == "flow":
-        if binary:
-            raise ConfigError(f"{source}: [model] type = 'flow' models intensities: set [data] binarization = 'none'")
-        if model["dequantize"] == "none" and train["objective"] != "max_likelihood":
-            raise ConfigError(f"{source}: a flow over continuous data (dequantize = 'none') has exact log p(x) and no "
-                              "latent: use [train] objective = 'max_likelihood'")  # fmt: skip
-        if model["dequantize"] != "none" and train["objective"] not in ("elbo", "iwae"):
-            raise ConfigError(f"{source}: a dequantized flow is trained by the dequantized likelihood, "
-                              "E_u log p(x + u): use [train] objective = 'elbo' (or 'iwae', a tighter bound on the "
-                              "cells' probability)")  # fmt: skip
+                              f"{' or '.join(map(repr, owners))} only; received a {kind.name!r} model")  # fmt: skip
+    if kind.check is not None:
+        kind.check(config, source)
     if data["name"] == "mnist1d" and binary:
         raise ConfigError(
             f"{source}: [data] name = 'mnist1d' is real-valued: set binarization = 'none' and decoder = 'gaussian'"
@@ -336,15 +329,16 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
             ".npz file (x, and lengths for sequences of different lengths)"
         )
     if train["method"] == "em":
-        if kind.name in ("vae", "discrete_vae"):  # the built-in types without an M-step
-            raise ConfigError(f"{source}: [train] method = 'em' needs a closed-form M-step, which a VAE has not; "
-                              "use method = 'vi'")  # fmt: skip
+        if not kind.em:
+            raise ConfigError(f"{source}: [train] method = 'em' needs a closed-form M-step, which a {kind.name!r} "
+                              "model has not; use method = 'vi'")  # fmt: skip
     elif train["objective"] != "max_likelihood" and kind.guide is None:
         raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
     for section in ("train", "evaluate"):
-        if config[section]["precision"] != "float32" and kind.name not in ("vae", "discrete_vae"):
+        if config[section]["precision"] != "float32" and not kind.networks:
+            owners = " and ".join(repr(t.name) for t in MODEL_TYPES.values() if t.networks)
             raise ConfigError(f"{source}: [{section}] precision = {config[section]['precision']!r} applies to the "
-                              f"networks of 'vae' and 'discrete_vae' models; a {kind.name!r} model has none to round")
+                              f"networks of {owners} models; a {kind.name!r} model has none to round")
     if config["evaluate"]["precision"] != "float32" and config["evaluate"]["method"] != "importance":
         raise ConfigError(f"{source}: [evaluate] precision = {config['evaluate']['precision']!r} applies to method = "
                           "'importance', where its shift is measured")  # fmt: skip

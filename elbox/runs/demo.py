@@ -147,7 +147,7 @@ def run_vae_demo(
     reconstruction, KL, log p(x) by importance sampling), draws its figures, and sweeps β to show
     the rate/distortion trade-off, and ends by writing the evidence report (report.html,
     report.json). Returns the evaluation, the sweep, the figure names and the report's path."""
-    from elbox.cli.experiment import demo_config, evaluate_run, load_data, report_run, train_run
+    from elbox.runs import evaluate_run, load_data, report_run, train_run
 
     out = Path(out)
     start = time.perf_counter()
@@ -194,3 +194,18 @@ def _sweep_point(config: dict, x, x_test, beta: float, epochs: int, seed: int, s
         "beta": beta, "kl": float(terms.kl.mean()), "distortion": float(-terms.reconstruction.mean()),
         "elbo": float(terms.value.mean()),
     }  # fmt: skip
+
+
+def demo_config(epochs: int = 300, seed: int = 0) -> dict:
+    """The demo's config: a VAE on the embedded digits (configs/vae_digits.toml, shorter)."""
+    from elbox.runs.config import parse_config
+
+    return parse_config(
+        {
+            "data": {"name": "digits", "binarization": "dynamic", "validation": 200, "test": 297},
+            "model": {"latent_dim": 8, "hidden": [256, 256], "activation": "tanh", "decoder": "bernoulli"},
+            "train": {"epochs": epochs, "batch_size": 100, "lr": 1e-3, "seed": seed, "patience": 50},
+            "evaluate": {"num_samples": 1000, "batch_size": 100, "refine_points": 297},
+        },
+        "the demo's config",
+    )

@@ -1,0 +1,145 @@
+"""The data a run trains and is evaluated on: a config's data source, split and binarized, and the
+record of its shape that the model is built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from elbox.data.sequences import Sequences
+from elbox.runs.config import RECORD, ConfigError
+from elbox.runs.types import MODEL_TYPES, DataInfo
+
+__all__ = ["data_info", "data_name", "info_of_record", "load_data", "record_of"]
+
+_SPLIT_SEED = 0  # the train/test split does not depend on the run's seed
+_DIGITS_TEST = 297
+
+
+def load_data(config: dict, split: str):
+    """The split ``"train"``, ``"validation"`` or ``"test"`` of the config's data (``[N, D]``, or
+    :class:`Sequences` for sequence models) and its labels (None for a user's file). Training
+    data keep their intensities under dynamic binarization (the engine draws per batch);
+    held-out splits are binarized once, reproducibly."""
+    data = config["data"]
+    name, held_out = data["name"], data["validation"]
+    if split == "validation" and held_out == 0:
+        raise ConfigError("[data] validation is 0: there is no validation split")
+    if name == "mnist":
+        from elbox.data import mnist
+
+        root = data["root"] or None
+        if root is not None and not Path(root).expanduser().is_dir():
+            raise FileNotFoundError(f"[data] root: the MNIST directory {root} does not exist")
+        x, y = mnist(root, split=split, validation=held_out)
+        return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
+    if name == "file":
+        x, y = _user_file(config), None
+        N = len(x)
+        test = data["test"] or max(1, N // 5)
+        if test + held_out >= N:
+            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training points of {N} in "
+                              f"{data['path']}")  # fmt: skip
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        train_index, test_index = order[:-test], order[-test:]
+    elif name == "digits":
+        from elbox.data import digits
+
+        x, y = digits()
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        test = data["test"] or _DIGITS_TEST
+        if test + held_out >= x.shape[0]:
+            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training digits of {x.shape[0]}")
+        train_index, test_index = order[:-test], order[-test:]
+    else:
+        from elbox.data import mnist1d
+
+        x_train, y_train = mnist1d(data["num_samples"], split="train")
+        x_test, y_test = mnist1d(data["num_samples"], split="test")
+        x, y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
+        train_index = torch.arange(x_train.shape[0])
+        test_index = torch.arange(x_train.shape[0], x.shape[0])
+    if held_out >= train_index.numel():
+        raise ConfigError(f"[data] validation = {held_out} leaves no training points of {train_index.numel()}")
+    cut = train_index.numel() - held_out
+    index = {"train": train_index[:cut], "validation": train_index[cut:], "test": test_index}[split]
+    x = x[index]
+    y = None if y is None else y[index]
+    if isinstance(x, Sequences):
+        return x, y
+    return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
+
+
+def _user_file(config: dict):
+    """The user's file as the model type needs it: points ``[N, D]``, or sequences."""
+    from elbox.data import load_file
+
+    path = config["data"]["path"]
+    x = load_file(path)
+    recorded = config.get(RECORD, {}).get("sha256")
+    if recorded:
+        from elbox.data.files import file_checksum
+
+        if file_checksum(path) != recorded:
+            raise ConfigError(
+                f"[data] path: {path} has changed since the run was trained (its SHA-256 differs from the one "
+                "recorded); evaluate on the file the run was trained on, or train a new run"
+            )
+    if MODEL_TYPES[config["model"]["type"]].sequences and not isinstance(x, Sequences):
+        if x.dim() == 2 and x.is_floating_point():
+            x = x.unsqueeze(-1)  # [N, T] numbers: sequences of one value per step
+        x = Sequences(x)
+    return x
+
+
+def _binarized(x: torch.Tensor, method: str, split: str, seed: int) -> torch.Tensor:
+    """A split as the run sees it: training data under dynamic binarization keep their
+    intensities (the engine draws per batch); held-out data are one seeded draw."""
+    from elbox.data import binarize
+
+    if method == "none" or (method == "dynamic" and split == "train"):
+        return x
+    if method == "threshold":
+        return binarize(x, method="threshold")
+    generator = torch.Generator().manual_seed(seed + {"train": 0, "validation": 1, "test": 2}[split])
+    return binarize(x, method="fixed", generator=generator)
+
+
+def data_info(x) -> DataInfo:
+    """The data's shape, as the model is built from it."""
+    if isinstance(x, Sequences):
+        values = x.values
+        symbols = int(values.max()) + 1 if not values.is_floating_point() and values.dim() == 2 else 0
+        dim = 0 if symbols else int(values.shape[-1])
+        inputs = 0 if x.inputs is None else int(x.inputs.shape[-1])
+        return DataInfo(dim=dim, symbols=symbols, points=len(x), steps=int(values.shape[1]), inputs=inputs)
+    if x.dim() != 2:
+        raise ConfigError(f"[data]: this model takes points [N, D]; the data have shape {list(x.shape)} (for "
+                          "sequences choose a sequence model: [model] type = 'hmm' or 'lgssm')")  # fmt: skip
+    return DataInfo(dim=int(x.shape[1]), points=len(x))
+
+
+def record_of(config: dict, x) -> dict:
+    """The record of the data kept in the run's config: the shape the model is built from, and a
+    user's file's checksum."""
+    info = data_info(x)
+    record = {"dim": info.dim, "symbols": info.symbols, "points": info.points, "steps": info.steps,
+              "inputs": info.inputs, "sha256": ""}  # fmt: skip
+    if config["data"]["name"] == "file":
+        from elbox.data.files import file_checksum
+
+        record["sha256"] = file_checksum(config["data"]["path"])
+    return record
+
+
+def info_of_record(config: dict) -> DataInfo:
+    """The data's shape, from the run's record of it."""
+    r = config[RECORD]
+    return DataInfo(dim=r["dim"], symbols=r["symbols"], points=r["points"], steps=r["steps"], inputs=r["inputs"])
+
+
+
+def data_name(config: dict) -> str:
+    """The data's name as tables and figures show it: the file's name, or the data set's."""
+    return Path(config["data"]["path"]).name if config["data"]["name"] == "file" else config["data"]["name"]

@@ -1,0 +1,133 @@
+"""A run evaluated (the evidence report on its test set, evaluation.json) and reported (report.json, report.html)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from elbox.distributed import from_rank0, rank0_context
+from elbox.io import RunDirectory, RunLock, write_json
+from elbox.runs.config import ConfigError, parse_config, read_toml
+from elbox.runs.data import data_name, load_data
+from elbox.runs.load import load_run
+
+__all__ = ["evaluate_run", "evaluation_settings", "report_run"]
+
+
+def evaluation_settings(config: dict, evaluate_config: str | os.PathLike | None = None, **overrides) -> dict:
+    """The ``[evaluate]`` settings: the run's, then a separate TOML file's ``[evaluate]`` table,
+    then the command line's options (those not None)."""
+    settings = dict(config["evaluate"])
+    if evaluate_config is not None:
+        path = Path(evaluate_config)
+        raw = read_toml(path, "--evaluate-config:")
+        extra = [s for s in raw if s != "evaluate"]
+        if extra:
+            raise ConfigError(f"{path}: an evaluation config holds [evaluate] alone; received [{extra[0]}]")
+        given = raw.get("evaluate", {})
+        parsed = parse_config({"evaluate": given}, str(path))["evaluate"]
+        settings.update({k: parsed[k] for k in given})
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int | None = None,
+    max_points: int | None = None,
+    evaluate_config: str | os.PathLike | None = None,
+    progress=None,
+) -> dict:
+    """The evidence report of a run's model on its test set (:func:`elbox.evidence_report`),
+    written to ``evaluation.json``. Exact models report their exact log p(x), and the gap of their
+    q (the exact posterior of an EM fit: zero); a VI fit of an exact model also reports the exact
+    gap of its trained q on the training points.
+
+    Returns:
+        evaluation.json's content: ``run``, ``data``, ``checkpoint``, ``settings`` and ``report``.
+    """
+    from elbox.evidence import evidence_report
+    from elbox.guides import Exact
+
+    loaded = load_run(run_dir)
+    run, config, model = loaded.directory, loaded.config, loaded.model
+    e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)
+    with rank0_context(lambda: RunLock(run.path)):
+        x, _ = load_data(config, "test")
+        if e["max_points"]:
+            x = x[: e["max_points"]]
+        exact = getattr(model, "has_exact_evidence", False)
+        if e["precision"] != "float32" and (exact or e["method"] != "importance"):
+            raise ConfigError(f"[evaluate] precision = {e['precision']!r} applies to log p(x) by importance sampling; "
+                              + (f"this run's {type(model).__name__} has exact evidence" if exact else
+                                 f"[evaluate] method = {e['method']!r}"))  # fmt: skip
+        guide = Exact(model) if exact else loaded.guide
+        S = e["num_samples"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(e["seed"])  # each batch's particles from a seed of (this seed, the batch)
+            report = evidence_report(
+                model, guide, x, num_samples=max(S, 5), iwae_samples=min(e["iwae_samples"], max(S, 5)),
+                cubo_order=e["cubo_order"], method="exact" if exact else e["method"], ais_schedule=e["ais_steps"],
+                refine_steps=0 if exact else e["refine_steps"], refine_points=e["refine_points"],
+                batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
+                precision=e["precision"],
+            )  # fmt: skip
+        result = {
+            "run": str(run.path),
+            "data": f"{data_name(config)} test set, {len(x)} points",
+            "checkpoint": loaded.checkpoint,
+            "settings": e,
+            "report": report.to_dict(),
+        }
+        if exact and not isinstance(loaded.guide, Exact):
+            result["training_gap"] = _training_gap(config, model, loaded.guide)
+        from_rank0(write_json, run.path / "evaluation.json", result)
+    return result
+
+
+@torch.no_grad()
+def _training_gap(config: dict, model, guide) -> dict:
+    """A VI fit's local q on its own training points: the exact gap log p(x) − ELBO = KL(q ‖ p(z|x))."""
+    from elbox.bounds import elbo
+
+    x, _ = load_data(config, "train")
+    index = torch.arange(len(x))
+    log_px = model.log_evidence(x).double()
+    bound = elbo(model, guide, x, index=index, num_samples=100).value.double()
+    gap = log_px - bound
+    stderr = float(gap.std() / len(x) ** 0.5) if len(x) > 1 else None
+    return {"points": len(x), "log_evidence": float(log_px.mean()), "elbo": float(bound.mean()),
+            "gap": float(gap.mean()), "gap_stderr": stderr}  # fmt: skip
+
+
+def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_config=None, progress=None) -> dict:
+    """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
+    per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
+    (evaluated first when there is none, when ``fresh``, or when settings are given)."""
+
+    loaded = load_run(run_dir)  # refuses an edited config.toml before anything is written
+    run = loaded.directory
+    run.read_metrics()  # and damaged metrics, before the evaluation is written
+    path = run.path / "evaluation.json"
+    evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
+    if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
+        evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, progress=progress)
+    with rank0_context(lambda: RunLock(run.path)):
+        from_rank0(_write_report, run, evaluation)
+    return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}
+
+
+def _write_report(run: RunDirectory, evaluation: dict) -> None:
+    from elbox.plots import write_html_report
+
+    metrics = run.read_metrics()
+    content = {**evaluation, "training": metrics}
+    write_json(run.path / "report.json", content)
+    context = {"run directory": evaluation["run"], "data": evaluation["data"],
+               "checkpoint": evaluation["checkpoint"], "epochs trained": len(metrics)}  # fmt: skip
+    write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
+                      training=metrics, context=context)  # fmt: skip
