@@ -60,26 +60,8 @@ def _start_process_group() -> None:
         raise DistributedError(f"could not start the process group from torchrun's environment: {error}") from None
 
 
-def _import_plugins(modules: list[str] | None) -> None:
-    """Imports the modules (or .py files) that register objectives or model types of their own."""
-    import importlib
-    import importlib.util
-
-    for name in modules or []:
-        path = Path(name)
-        try:
-            if path.suffix == ".py":
-                if not path.is_file():
-                    raise FileNotFoundError(f"--import: {path} does not exist")
-                spec = importlib.util.spec_from_file_location(path.stem, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[path.stem] = module
-                spec.loader.exec_module(module)
-            else:
-                importlib.import_module(name)
-        except ImportError as error:
-            console.print(f"[bold red]error:[/] --import {escape(name)}: {escape(str(error))}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
+_IMPORTS_HELP = ("A module or .py file to import first: one that registers objectives or model types of its own "
+                 "(repeatable; fit records it in the run, which evaluate and report import again).")
 
 
 @app.command()
@@ -88,8 +70,7 @@ def fit(
     out: Path = typer.Option(None, help="The run directory (default: runs/<config name>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
-    imports: list[str] = typer.Option(None, "--import", help="A module or .py file to import first: one that "
-                                      "registers objectives or model types of its own (repeatable)."),
+    imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
 ) -> None:
     """Fit the config's model (any registered type, by EM or VI with any registered objective)
     into a run directory: config.toml, metrics.jsonl, checkpoints, figures.
@@ -105,14 +86,13 @@ def fit(
     from elbox.io import RunDirectory
     from elbox.runs import train_run
 
-    _import_plugins(imports)
     out = out or Path("runs") / config.stem
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and RunDirectory(out).has_checkpoint():
         resume = True  # torchrun --max-restarts restarted the workers: continue from the last checkpoint
     try:
         with _user_errors():
             _start_process_group()
-            result = train_run(config, out, resume=resume, progress=progress)
+            result = train_run(config, out, resume=resume, progress=progress, imports=imports or ())
     except Interrupted as stop:
         if rank() == 0:
             console.print(f"[yellow]interrupted:[/] {escape(str(stop))}. Resume with: elbox fit {config} --out {out} "
@@ -251,6 +231,7 @@ def evaluate(
     num_samples: int = typer.Option(None, min=1, help="Importance samples per point (default: the run's)."),
     max_points: int = typer.Option(None, min=0, help="Evaluate the first N test points (0: all)."),
     evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table of settings."),
+    imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
 ) -> None:
     """The evidence report on the test set: ELBO ≤ IWAE ≤ log p̂(x) ≤ CUBO, the gap split, k-hat,
     active units (exact models: the exact log p(x) and gap); writes evaluation.json.
@@ -259,9 +240,11 @@ def evaluate(
     Settings come from the run, then --evaluate-config, then the options."""
     from elbox.distributed import rank
     from elbox.runs import evaluate_run
+    from elbox.runs.plugins import import_plugins
 
     with _user_errors(), _stage_progress() as progress:
         _start_process_group()  # under torchrun the test points are shared out; the report is one process's
+        import_plugins(imports or ())
         result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points,
                               evaluate_config=evaluate_config, progress=progress)  # fmt: skip
     if rank() != 0:
@@ -276,14 +259,17 @@ def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
     fresh: bool = typer.Option(False, help="Evaluate again even if evaluation.json exists."),
     evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table (evaluates again)."),
+    imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
 ) -> None:
     """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
     curves) and report.json to the run directory."""
     from elbox.distributed import rank
     from elbox.runs import report_run
+    from elbox.runs.plugins import import_plugins
 
     with _user_errors(), _stage_progress() as progress:
         _start_process_group()
+        import_plugins(imports or ())
         result = report_run(run_dir, fresh=fresh, evaluate_config=evaluate_config, progress=progress)
     if rank() != 0:
         return

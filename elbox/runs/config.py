@@ -30,6 +30,7 @@ from elbox.runs._schema import (
     is_size,
     one_of,
 )
+from elbox.runs.plugins import import_plugins
 from elbox.runs.types import MODEL_TYPES
 
 __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
@@ -153,6 +154,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tensorboard": Key(False, is_bool, "true or false",
                            "also write TensorBoard event files (needs the tensorboard package)"),
     },
+    "plugins": {
+        "imports": Key([], lambda v: isinstance(v, list) and all(isinstance(i, str) and i for i in v),
+                       "a list of module names or .py files",
+                       "imported before the config is read: modules that register model types or objectives"),
+    },
     "record": {
         "dim": Key(0, is_non_negative_int, "a non-negative integer", "the size of a data point (a step)"),
         "symbols": Key(0, is_non_negative_int, "a non-negative integer", "symbols of categorical sequences"),
@@ -229,6 +235,12 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
     Raises:
         ConfigError: naming the section and key at fault.
     """
+    plugins = raw.get("plugins", {})
+    imports = plugins.get("imports", []) if isinstance(plugins, dict) else []
+    if not (isinstance(imports, list) and all(isinstance(i, str) and i for i in imports)):
+        raise ConfigError(f"{source}: [plugins] imports must be a list of module names or .py files; received "
+                          f"{imports!r}")  # fmt: skip
+    import_plugins(imports, f"{source}: [plugins] imports:")  # the types and objectives the rest may name
     unknown = [s for s in raw if s not in SCHEMA]
     if unknown:
         s = unknown[0]

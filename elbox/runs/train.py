@@ -23,6 +23,7 @@ from elbox.runs.config import RECORD, ConfigError, load_config, to_toml
 from elbox.runs.data import load_data, record_of
 from elbox.runs.figures import make_figures
 from elbox.runs.load import config_of_record
+from elbox.runs.plugins import import_plugins, resolved
 
 __all__ = ["train_run"]
 
@@ -37,6 +38,7 @@ def train_run(
     resume: bool = False,
     progress: bool = False,
     config: dict | None = None,
+    imports: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Fits the config's model (by EM or VI) into ``run_dir``, or continues the run there, and
     draws its figures. The directory is locked while it runs.
@@ -45,12 +47,18 @@ def train_run(
         FileExistsError: If ``run_dir`` holds a run, or other files, and ``resume`` is False
             (nothing is overwritten; a directory whose run never reached its first checkpoint is
             started again).
-        ConfigError: For a bad config, or, on resume, one that differs from the run's.
+        ConfigError: For a bad config, or, on resume, one that differs from the run's; for a
+            plugin in ``imports`` (modules or ``.py`` files that register model types or
+            objectives, recorded in the run's ``[plugins] imports``) that cannot be imported.
         RunLockedError: If another process is writing ``run_dir``.
     """
     run = RunDirectory(run_dir)
+    import_plugins(imports)
     if config is None:
         config = load_config(config_path)
+    if imports:  # recorded in the run, so that evaluate, report and load_run import them again
+        recorded = config["plugins"]["imports"]
+        config = {**config, "plugins": {"imports": recorded + [p for p in resolved(imports) if p not in recorded]}}
     if is_distributed():  # under torchrun: the same config on every rank, and VI (EM runs in one process)
         agree(to_toml(config), f"the config ({config_path})")
         if config["train"]["method"] == "em":
