@@ -376,3 +376,31 @@ def test_training_and_loading_a_run_leave_the_callers_random_state_as_it_was(tmp
     torch.manual_seed(7)
     again = build_model(run.config)[0].state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_em_metrics_are_the_kept_restarts_and_factor_analysis_keeps_its_fast_path(tmp_path, monkeypatch):
+    """With n_init > 1 the metrics were the last restart's iterations, not the kept one's; and the
+    metrics callback sent factor analysis down its per-point E-steps instead of its statistics."""
+    from elbox.runs import train_run
+
+    torch.manual_seed(0)
+    points, _ = elbox.GaussianMixture(4, 2, loc=3 * torch.randn(4, 2)).double().sample(200)
+    np.save(tmp_path / "points.npy", points.numpy())
+    config = tmp_path / "gmm.toml"
+    config.write_text('[data]\npath = "points.npy"\n[model]\ntype = "gmm"\ncomponents = 4\n'
+                      "[train]\nn_init = 4\nseed = 1\n")  # fmt: skip
+    history = train_run(config, tmp_path / "gmm")["history"]
+    assert history.restarts[-1] != max(history.restarts)  # the last restart is not the kept one
+    bounds = [r["bound"] for r in RunDirectory(tmp_path / "gmm").read_metrics()]
+    assert bounds == history.lower_bound and bounds[-1] == max(history.restarts)
+
+    steps = []
+    e_step = elbox.FactorAnalysis.e_step
+    monkeypatch.setattr(elbox.FactorAnalysis, "e_step", lambda self, *a, **k: steps.append(1) or e_step(self, *a, **k))
+    factors, _ = elbox.FactorAnalysis(6, 2).double().sample(300)
+    np.save(tmp_path / "factors.npy", factors.numpy())
+    config = tmp_path / "fa.toml"
+    config.write_text('[data]\npath = "factors.npy"\n[model]\ntype = "fa"\nlatent_dim = 2\n'
+                      '[train]\ninit = "random"\ntol = 1e-9\n')  # fmt: skip
+    history = train_run(config, tmp_path / "fa")["history"]
+    assert history.n_iter > 2 and len(steps) < history.n_iter  # the iterations ran on the statistics
