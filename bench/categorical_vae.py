@@ -59,7 +59,7 @@ def train_elbox(name, x, init, epochs, batch_size, seed):
     schedules = [temperature_annealing(**ANNEAL)] if bound == "gumbel_softmax" else []
     lap = EpochTimer()
     elbox.fit(objective, x, epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed, binarization="dynamic",
-              schedules=schedules, callback=lap)  # fmt: skip
+              schedules=schedules, callbacks=lap)  # fmt: skip
     return model, lap.times
 
 

@@ -43,7 +43,8 @@ def worker(train: int, epochs: int, batch_size: int, out: str) -> None:
     vae = elbox.VAE(784, 50, hidden=(200, 200), activation="tanh", decoder="bernoulli")
     laps = [time.perf_counter()]
     history = elbox.fit(vae, vae.guide, x, epochs=epochs, batch_size=batch_size, lr=1e-3, adam_eps=1e-4, seed=0,
-                        binarization="dynamic", callback=lambda epoch, h: laps.append(time.perf_counter()))  # fmt: skip
+                        binarization="dynamic",
+                        callbacks=lambda epoch, h: laps.append(time.perf_counter()))  # fmt: skip
     if distributed.rank() == 0:
         times = [b - a for a, b in zip(laps, laps[1:])]
         Path(out).write_text(json.dumps({"epochs": times, "bound": history.lower_bound[-1],

@@ -44,7 +44,7 @@ def train_elbox(x, init, epochs, batch_size, seed, **options) -> tuple[elbox.VAE
     vae = _vae(init)
     lap = EpochTimer()
     elbox.fit(vae, vae.guide, x, epochs=epochs, batch_size=batch_size, lr=1e-3, adam_eps=1e-4,
-              binarization="dynamic", seed=seed, callback=lap, **options)  # fmt: skip
+              binarization="dynamic", seed=seed, callbacks=lap, **options)  # fmt: skip
     return vae, lap.times
 
 

@@ -117,7 +117,7 @@ def test_nan_guard_names_the_term_and_keeps_the_last_good_checkpoint(tmp_path, m
 
     monkeypatch.setattr(ELBO, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite in epoch 2, step 1 \(non-finite term: kl\).*intact"):
-        elbox.fit(vae, vae.guide, x, run_dir=tmp_path, callback=remember, **OPTIONS)
+        elbox.fit(vae, vae.guide, x, run_dir=tmp_path, callbacks=remember, **OPTIONS)
     assert RunDirectory(tmp_path).checkpoint().read_bytes() == saved[1]
     tensors, meta = load_checkpoint(RunDirectory(tmp_path).checkpoint())
     assert meta["epoch"] == 2 and all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

@@ -113,7 +113,7 @@ def test_beta_is_a_checkpointed_buffer_and_the_schedule_drives_it(tmp_path):
     objective = ELBO(model, guide)
     seen = []
     elbox.fit(objective, x, epochs=4, batch_size=30, seed=0, kl_warmup=4, run_dir=tmp_path,
-              callback=lambda epoch, history: seen.append(float(objective.beta)))  # fmt: skip
+              callbacks=lambda epoch, history: seen.append(float(objective.beta)))  # fmt: skip
     assert seen == [0.25, 0.5, 0.75, 1.0]
     tensors, _ = elbox.io.load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
     assert float(tensors["beta"]) == 1.0 and any(k.startswith("guide.") for k in tensors)

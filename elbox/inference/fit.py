@@ -39,6 +39,7 @@ from elbox.inference.callbacks import (
     SignalGuard,
 )
 from elbox.inference.history import DivergenceWarning, History
+from elbox.inference.optimizers import OPTIMIZERS, make_optimizer, optimizer_options
 from elbox.inference.schedules import LRSchedule, Schedule, lr_schedule
 from elbox.inference.schedules import kl_warmup as warmup_schedule
 from elbox.io.run import RunDirectory, RunLock, load_checkpoint, remove_stale_temporaries
@@ -50,7 +51,7 @@ __all__ = ["CompileWarning", "fit"]
 # Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
 _RESUME_KEYS = (
     "bound", "objective_options", "batch_size", "lr", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
-    "adam_eps", "binarization", "optimize_model", "world_size", "precision",
+    "adam_eps", "binarization", "optimize_model", "world_size", "precision", "optimizer",
 )  # fmt: skip
 
 
@@ -63,14 +64,14 @@ def fit(
     lr: float = 1e-2,
     optimize_model: bool = True,
     seed: int | None = None,
-    callbacks: Sequence[Callback | Callable] = (),
-    callback: Callable | None = None,
+    callbacks: Sequence[Callback | Callable] | Callback | Callable = (),
     schedules: Sequence[Schedule] = (),
     beta: float | None = None,
     kl_warmup: int = 0,
     clip_grad_norm: float | None = None,
     schedule: str | LRSchedule | None = None,
     adam_eps: float = 1e-8,
+    optimizer: str | dict = "adam",
     binarization: str | None = None,
     validation=None,
     patience: int | None = None,
@@ -130,8 +131,7 @@ def fit(
         seed: Seeds the shuffling, binarization and particles (torch's global RNG is left as
             it was).
         callbacks: :class:`~elbox.inference.callbacks.Callback` objects or ``f(epoch, history)``
-            functions, called after each epoch.
-        callback: One more ``f(epoch, history)``.
+            functions (or one of them), called after each epoch.
         schedules: :class:`~elbox.inference.schedules.Schedule` objects driving attributes of
             the objective.
         beta: The ELBO's KL weight (default the model's ``beta``, else 1).
@@ -139,7 +139,12 @@ def fit(
         clip_grad_norm: If given, gradients are clipped to this total norm.
         schedule: The learning-rate schedule: None or ``"constant"``, ``"iwae"`` (Burda et al.
             2016), ``"cosine"``, ``"exponential"``, or an :class:`LRSchedule`.
-        adam_eps: Adam's ε (Burda et al. use 1e-4).
+        adam_eps: Adam's ε (Burda et al. use 1e-4); the ``eps`` of any optimizer that has one,
+            unless ``optimizer`` gives it.
+        optimizer: ``"adam"`` (fused), ``"adamw"``, ``"sgd"`` (momentum) or ``"clipped_adam"``
+            (Pyro's: element-wise clipping and a per-step learning-rate decay), or a dict of
+            ``name`` and its options (:mod:`elbox.inference.optimizers`), e.g.
+            ``{"name": "clipped_adam", "beta1": 0.96, "lr_decay": 0.99996, "weight_decay": 2.0}``.
         binarization: ``"dynamic"``: each batch is a fresh Bernoulli draw from the intensities
             in ``data`` (and ``validation`` is binarized once, reproducibly).
         validation: Held-out data: its bound is computed after each epoch (needs a guide that
@@ -242,7 +247,11 @@ def fit(
         params = [p for p in params if id(p) not in own or id(p) in guide_params]
     if not params:
         raise ValueError("nothing to optimize: neither the guide nor the model has trainable parameters")
-    optimizer = _adam(params, lr, adam_eps)
+    spec = {"name": optimizer} if isinstance(optimizer, str) else optimizer
+    if isinstance(spec, dict) and spec.get("name") in OPTIMIZERS and "eps" in optimizer_options(spec["name"]) \
+            and "eps" not in spec:
+        spec = {**spec, "eps": adam_eps}
+    optimizer, optimizer_record = make_optimizer(spec, params, lr)
     options = {
         "bound": objective.name or type(objective).__name__, "objective_options": objective.options(),
         "batch_size": batch_size, "lr": lr, "seed": seed,
@@ -250,6 +259,7 @@ def fit(
         "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
         "schedule": [schedule.name, schedule.epochs, schedule.stages, schedule.gamma, schedule.final],
         "binarization": binarization, "optimize_model": optimize_model, "world_size": W, "precision": precision,
+        "optimizer": optimizer_record,
     }  # fmt: skip
     if W > 1:  # one command, one config, one data set on every rank, or a clear error on all of them
         agree({**options, "epochs": epochs, "run_dir": run_dir is not None, "resume": resume,
@@ -263,7 +273,8 @@ def fit(
     elif tensorboard:
         raise ValueError("tensorboard=True needs run_dir, where the event files are written")
     # under DDP the best parameters are kept in memory (the same on every rank), not read back from rank 0's disk
-    user = [c if isinstance(c, Callback) else FunctionCallback(c) for c in (*callbacks, callback) if c is not None]
+    callbacks = [callbacks] if isinstance(callbacks, Callback) or callable(callbacks) else list(callbacks)
+    user = [c if isinstance(c, Callback) else FunctionCallback(c) for c in callbacks]
     pieces: list[Callback] = [c for c in user if c.measures]  # measurements join the epoch's record first
     pieces += [EarlyStopping(patience, checkpointer if W == 1 else None)] if patience is not None else []
     pieces += [MetricsLog(run, tensorboard)] if run is not None and R == 0 else []
@@ -571,14 +582,6 @@ def _check(model, data, binarization: str | None, name: str):
         )
     model.check_data((x[:1] > 0.5).to(x.dtype))  # the shape, as the model sees a binary point
     return x
-
-
-def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
-    """Fused Adam (one kernel over all parameters) where the parameters allow it."""
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 @torch.no_grad()

@@ -71,6 +71,7 @@ def fit_options(config: dict) -> dict:
         "lr": t["lr"],
         "schedule": t["schedule"],
         "adam_eps": t["adam_eps"],
+        "optimizer": {"name": t["optimizer"], **config["optimizer"]},
         "kl_warmup": t["kl_warmup"],
         "clip_grad_norm": t["clip_grad_norm"] or None,
         "patience": t["patience"] or None,

@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from elbox.distributions.flow import FLOW_TYPES
+from elbox.inference.optimizers import OPTIMIZERS, optimizer_options
 from elbox.inference.schedules import SCHEDULES
 from elbox.precision import PRECISIONS
 from elbox.runs._schema import (
@@ -100,9 +101,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "particles per data point (default: the objective's own, e.g. 5 for iwae)"),
         "epochs": Key(100, is_positive_int, "a positive integer", "passes over the training data"),
         "batch_size": Key(100, is_positive_int, "a positive integer", "points per step"),
-        "lr": Key(1e-3, is_positive, "a positive number", "Adam's learning rate"),
+        "lr": Key(1e-3, is_positive, "a positive number", "the learning rate"),
         "schedule": Key("constant", one_of(*SCHEDULES), " or ".join(repr(s) for s in SCHEDULES), "the lr schedule"),
-        "adam_eps": Key(1e-8, is_positive, "a positive number", "Adam's ε"),
+        "adam_eps": Key(1e-8, is_positive, "a positive number", "the optimizer's ε (Adam's)"),
+        "optimizer": Key("adam", lambda v: v in OPTIMIZERS, " or ".join(repr(o) for o in OPTIMIZERS),
+                         "the optimizer; its options in [optimizer]"),
         "kl_warmup": Key(0, is_non_negative_int, "a non-negative integer", "epochs of linear KL warm-up (0: none)"),
         "clip_grad_norm": Key(0.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
                               "0: no clipping"),
@@ -129,6 +132,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "run the objective through torch.compile (needs a C++ compiler; slower on these CPUs)"),
     },
     "objective": {},  # the objective's own options: their keys and defaults come from it (objective_keys)
+    "optimizer": {},  # the optimizer's own options, from its factory's signature (optimizer_keys)
     "evaluate": {
         "num_samples": Key(1000, is_positive_int, "a positive integer", "importance samples per test point"),
         "chunk_size": Key(0, is_non_negative_int, "a non-negative integer",
@@ -199,9 +203,22 @@ def objective_keys(name: str) -> dict[str, Key]:
     return keys
 
 
+def optimizer_keys(name: str) -> dict[str, Key]:
+    """The ``[optimizer]`` keys of the optimizer ``name``: its factory's keyword options, with their
+    defaults (``eps`` aside, which is ``[train] adam_eps``)."""
+    if name not in OPTIMIZERS:
+        return {}
+    return {k: Key(v, is_number, "a number", f"an option of the {name!r} optimizer")
+            for k, v in optimizer_options(name).items() if k != "eps"}  # fmt: skip
+
+
 def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
     """The keys of a section; ``[model]``'s depend on its ``type``, ``[objective]``'s on ``[train]
     objective``."""
+    if section == "optimizer":
+        train = config_or_raw.get("train", {})
+        train = train if isinstance(train, dict) else {}
+        return optimizer_keys(train.get("optimizer", "adam"))
     if section == "objective":
         train = config_or_raw.get("train", {})
         train = train if isinstance(train, dict) else {}
@@ -265,6 +282,8 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         for name in given:
             if name not in keys:
                 kind = f" for type = {given.get('type', 'vae')!r}" if section == "model" else ""
+                if section == "optimizer":
+                    kind = f" for optimizer = {raw.get('train', {}).get('optimizer', 'adam')!r}"
                 if section == "objective":
                     kind = f" for objective = {raw.get('train', {}).get('objective', 'elbo')!r}"
                 raise ConfigError(
