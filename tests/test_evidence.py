@@ -84,3 +84,42 @@ def test_log_evidence_rejects_bad_arguments():
 
     with pytest.raises(ValueError, match="has no exact evidence"):
         elbox.log_evidence(Opaque(), x)
+
+
+class _LaplaceGuide(elbox.guides.Guide):
+    """A mean-field Laplace q, global or local: a family refine does not know until registered."""
+
+    def __init__(self, dim: int, num_points: int | None = None):
+        super().__init__(num_points)
+        shape = (dim,) if num_points is None else (num_points, dim)
+        self.loc = torch.nn.Parameter(torch.zeros(shape))
+        self.log_scale = torch.nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x, index=None):
+        loc, log_scale = self._rows(self.loc, x, index), self._rows(self.log_scale, x, index)
+        return torch.distributions.Independent(torch.distributions.Laplace(loc, log_scale.exp()), 1)
+
+
+def test_a_q_family_refine_does_not_know_is_reported_and_can_be_registered(monkeypatch):
+    """The report said nothing of a family refine could not optimize (elbox evaluate crashed on one):
+    it now says why the gap is not split, and a registration teaches refine the family."""
+    import importlib
+
+    refine_module = importlib.import_module("elbox.inference.refine")  # the module, not the function
+    monkeypatch.setattr(refine_module, "_LOCAL_GUIDES", list(refine_module._LOCAL_GUIDES))  # undone after the test
+    torch.manual_seed(0)
+    model = elbox.FactorAnalysis(4, 2)
+    x, _ = model.sample(12)
+    guide = _LaplaceGuide(2)
+    report = elbox.evidence_report(model, guide, x, num_samples=50, refine_steps=5, refine_points=4)
+    assert report.approximation_gap is None and any("Laplace" in w and "register_local_guide" in w
+                                                    for w in report.warnings)  # fmt: skip
+    is_laplace = lambda q: isinstance(q, torch.distributions.Independent) and isinstance(  # noqa: E731
+        q.base_dist, torch.distributions.Laplace)
+    elbox.inference.register_local_guide(is_laplace, lambda q, B: (
+        _LaplaceGuide(q.event_shape[0], num_points=B), {"loc": q.base_dist.loc, "log_scale": q.base_dist.scale.log()}))
+    assert elbox.inference.can_refine(guide(x))
+    report = elbox.evidence_report(model, guide, x, num_samples=50, refine_steps=5, refine_points=4)
+    assert report.refined_points == 4 and report.approximation_gap is not None
+    with pytest.raises(TypeError, match="two functions"):
+        elbox.inference.register_local_guide(is_laplace, None)

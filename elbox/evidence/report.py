@@ -417,7 +417,20 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
             result.mutual_information = None
 
     # a point-mass q's gap is infinite: nothing to split; nor is there in a guide with nothing to optimize
+    unrefinable = None
     if refine_steps and proposals != {"prior"} and getattr(guide, "refinable", True):
+        from elbox.inference.refine import can_refine, family
+
+        if not hasattr(guide, "local_guide"):
+            with torch.no_grad():
+                q = prepare(model, guide, x[:1])[1]
+            unrefinable = None if can_refine(q) else family(q)
+        if unrefinable is not None:
+            messages.append(
+                f"the gap is not split into approximation and amortization gaps: q's family ({unrefinable}) has no "
+                "per-point refinement (teach it one with elbox.inference.register_local_guide)"
+            )
+    if refine_steps and proposals != {"prior"} and getattr(guide, "refinable", True) and unrefinable is None:
         from elbox.inference.refine import refine
 
         R = min(N, check_positive_int(refine_points, "refine_points"))

@@ -17,7 +17,7 @@ from elbox.inference.history import (
     DivergenceWarning,
     History,
 )
-from elbox.inference.refine import local_guide, refine
+from elbox.inference.refine import can_refine, local_guide, refine, register_local_guide
 from elbox.inference.schedules import Schedule, temperature_annealing
 
 __all__ = [
@@ -34,10 +34,12 @@ __all__ = [
     "History",
     "Interrupted",
     "Schedule",
+    "can_refine",
     "em",
     "fit",
     "gradient_report",
     "local_guide",
+    "register_local_guide",
     "refine",
     "temperature_annealing",
     "temperature_sweep",

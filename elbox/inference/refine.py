@@ -34,44 +34,64 @@ from elbox.guides import Bernoulli as BernoulliGuide
 from elbox.guides import Beta, Categorical, FullRankNormal, Guide, MeanFieldNormal, OneHotCategorical
 from elbox.models._gaussian import tril_to_raw
 
-__all__ = ["local_guide", "refine"]
+__all__ = ["can_refine", "local_guide", "refine", "register_local_guide"]
+
+
+#: The families refine can optimize per point: ``(matches, make)`` pairs, the last registered tried first.
+_LOCAL_GUIDES: list[tuple[Callable[[Distribution], bool], Callable[[Distribution, int], tuple]]] = []
+
+
+def register_local_guide(matches: Callable[[Distribution], bool],
+                         make: Callable[[Distribution, int], tuple[Guide, dict]]) -> None:  # fmt: skip
+    """Teaches :func:`refine` (and so the evidence report's gap split) a family of q.
+
+    Args:
+        matches: ``matches(q) -> bool``: whether a distribution returned by a guide is of the family.
+        make: ``make(q, B) -> (guide, values)``: a local guide of the family with one q per data point
+            (``num_points=B``), and the values of its parameters that reproduce ``q`` (each
+            ``[B, ...]``, by parameter name).
+
+    Families registered later are tried first, so a registration can refine a narrower case of a
+    built-in family. A guide with its own ``local_guide(x, index)`` method needs none.
+    """
+    if not (callable(matches) and callable(make)):
+        raise TypeError(f"register_local_guide takes two functions, matches(q) and make(q, B); received "
+                        f"{type(matches).__name__} and {type(make).__name__}")  # fmt: skip
+    _LOCAL_GUIDES.insert(0, (matches, make))
+
+
+def family(q: Distribution) -> str:
+    """q's family as messages name it: ``Independent(Laplace)``, ``MultivariateNormal``."""
+    base = getattr(q, "base_dist", None)
+    return f"{type(q).__name__}({type(base).__name__})" if base is not None else type(q).__name__
+
+
+def can_refine(q: Distribution) -> bool:
+    """Whether :func:`local_guide` knows q's family."""
+    return any(matches(q) for matches, _ in _LOCAL_GUIDES)
 
 
 def local_guide(q: Distribution) -> Guide:
     """A local guide of q's family with one q per data point of q's batch, started at q.
 
     Families: a diagonal normal (``Independent(Normal)``), a full-rank normal, a categorical (or
-    a product of them), one-hot categoricals and Bernoullis (the discrete VAE's), and a Beta. A
-    guide with its own ``local_guide(x, index)`` method (the :class:`~elbox.guides.FlowGuide`)
-    makes its local copy itself.
+    a product of them), one-hot categoricals and Bernoullis (the discrete VAE's), a Beta, and any
+    registered with :func:`register_local_guide`. A guide with its own ``local_guide(x, index)``
+    method (the :class:`~elbox.guides.FlowGuide`) makes its local copy itself.
 
     Raises:
-        TypeError: For any other family.
+        TypeError: For a family nothing registered.
     """
     B = q.batch_shape[0]
-    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
-        guide = MeanFieldNormal(tuple(q.event_shape), num_points=B)
-        values = {"loc": q.base_dist.loc, "log_scale": q.base_dist.scale.log()}
-    elif isinstance(q, MultivariateNormal):
-        guide = FullRankNormal(q.event_shape[0], num_points=B)
-        values = {"loc": q.loc, "_raw": tril_to_raw(q.scale_tril)}
-    elif isinstance(q, Independent) and isinstance(q.base_dist, _OneHotCategorical):
-        guide = OneHotCategorical(*q.event_shape, num_points=B)
-        values = {"logits": q.base_dist.logits}
-    elif isinstance(q, Independent) and isinstance(q.base_dist, _Bernoulli):
-        guide = BernoulliGuide(q.event_shape[0], num_points=B)
-        values = {"logits": q.base_dist.logits}
-    elif isinstance(q, _Categorical) or (isinstance(q, Independent) and isinstance(q.base_dist, _Categorical)):
-        base = q.base_dist if isinstance(q, Independent) else q
-        guide = Categorical(base.logits.shape[-1], num_points=B, event_shape=tuple(q.event_shape))
-        values = {"logits": base.logits}
-    elif isinstance(q, _Beta):
-        guide = Beta(num_points=B)
-        values = {"log_concentration1": q.concentration1.log(), "log_concentration0": q.concentration0.log()}
+    for matches, make in _LOCAL_GUIDES:
+        if matches(q):
+            guide, values = make(q, B)
+            break
     else:
         raise TypeError(
             f"refine needs q of a family it can optimize per point (diagonal or full-rank normal, categorical, one-hot "
-            f"categorical, Bernoulli, Beta); the guide returned {type(q).__name__}"
+            f"categorical, Bernoulli, Beta, or one registered with elbox.inference.register_local_guide); the guide "
+            f"returned {family(q)}"
         )
     reference = values[next(iter(values))]
     guide = guide.to(dtype=reference.dtype if reference.is_floating_point() else None, device=reference.device)
@@ -79,6 +99,34 @@ def local_guide(q: Distribution) -> Guide:
         for name, value in values.items():
             getattr(guide, name).copy_(value.expand_as(getattr(guide, name)))
     return guide
+
+
+def _independent_of(kind):
+    return lambda q: isinstance(q, Independent) and isinstance(q.base_dist, kind)
+
+
+def _categorical(q) -> bool:
+    return isinstance(q, _Categorical) or (isinstance(q, Independent) and isinstance(q.base_dist, _Categorical))
+
+
+def _local_categorical(q, B):
+    base = q.base_dist if isinstance(q, Independent) else q
+    guide = Categorical(base.logits.shape[-1], num_points=B, event_shape=tuple(q.event_shape))
+    return guide, {"logits": base.logits}
+
+
+register_local_guide(lambda q: isinstance(q, _Beta), lambda q, B: (
+    Beta(num_points=B), {"log_concentration1": q.concentration1.log(), "log_concentration0": q.concentration0.log()}))
+register_local_guide(_categorical, _local_categorical)
+register_local_guide(_independent_of(_Bernoulli), lambda q, B: (
+    BernoulliGuide(q.event_shape[0], num_points=B), {"logits": q.base_dist.logits}))
+register_local_guide(_independent_of(_OneHotCategorical), lambda q, B: (
+    OneHotCategorical(*q.event_shape, num_points=B), {"logits": q.base_dist.logits}))
+register_local_guide(lambda q: isinstance(q, MultivariateNormal), lambda q, B: (
+    FullRankNormal(q.event_shape[0], num_points=B), {"loc": q.loc, "_raw": tril_to_raw(q.scale_tril)}))
+register_local_guide(_independent_of(Normal), lambda q, B: (
+    MeanFieldNormal(tuple(q.event_shape), num_points=B),
+    {"loc": q.base_dist.loc, "log_scale": q.base_dist.scale.log()}))
 
 
 def _localized(model, guide, x, index) -> Guide:
