@@ -180,15 +180,18 @@ def run_vae_demo(
 
 def _sweep_point(config: dict, x, x_test, beta: float, epochs: int, seed: int, status) -> dict:
     """One β of the sweep: a VAE like the demo's, trained at that β; its test rate and distortion."""
-    from elbox.models import VAE
 
     if hasattr(status, "update"):
         status.update(f"β sweep: training at β = {beta:g}")
-    m = config["model"]
-    torch.manual_seed(seed)
-    vae = VAE(x.shape[1], m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"], beta=beta)
+    from elbox.runs import build_model
+    from elbox.runs.types import DataInfo
+
+    # the run's own VAE at this β, built by the run layer from the demo's config (seeded by its seed)
+    at_beta = {**config, "model": {**config["model"], "beta": beta}}
+    vae, _ = build_model(at_beta, DataInfo(dim=x.shape[1], points=len(x)))
     fit(vae, vae.guide, x, epochs=epochs, batch_size=100, lr=1e-3, seed=seed, binarization="dynamic")
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the test ELBO's draws, the same on every call
         terms = elbo(vae, vae.guide, x_test)
     return {
         "beta": beta, "kl": float(terms.kl.mean()), "distortion": float(-terms.reconstruction.mean()),
