@@ -76,26 +76,28 @@ def make_optimizer(spec: str | dict, params: list, lr: float) -> tuple[torch.opt
     return OPTIMIZERS[name](params, lr, **options), {"name": name, **options}
 
 
+def _fused(kind, params, **options) -> torch.optim.Optimizer:
+    """``kind(params, fused=True, **options)`` (one kernel over every parameter) where the
+    parameters allow it, else the plain implementation."""
+    try:
+        return kind(params, fused=True, **options)
+    except (RuntimeError, ValueError):
+        return kind(params, **options)
+
+
 @register_optimizer("adam")
 def adam(params, lr: float, *, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
          weight_decay: float = 0.0) -> torch.optim.Adam:  # fmt: skip
-    """Adam (L2 weight decay), fused (one kernel over every parameter) where the parameters allow."""
-    options = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
-    try:
-        return torch.optim.Adam(params, fused=True, **options)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, **options)
+    """Adam (L2 weight decay), fused where the parameters allow."""
+    return _fused(torch.optim.Adam, params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 @register_optimizer("adamw")
 def adamw(params, lr: float, *, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
           weight_decay: float = 0.01) -> torch.optim.AdamW:  # fmt: skip
-    """AdamW: the weight decay applied to the parameters, not added to the gradient."""
-    options = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
-    try:
-        return torch.optim.AdamW(params, fused=True, **options)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, **options)
+    """AdamW: the weight decay applied to the parameters, not added to the gradient; fused where
+    the parameters allow."""
+    return _fused(torch.optim.AdamW, params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 @register_optimizer("sgd")
