@@ -27,6 +27,9 @@ def mlp(sizes: list[int], activation: str = "tanh") -> nn.Sequential:
             layers.append(_ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
+#: The clamp on the encoder's log σ (|log σ| ≤ 15): one constant, which the fused VAE step reads too.
+LOG_SCALE_BOUND = 15.0
+
 
 class Amortized(Guide):
     r"""q_φ(z | x) = N(μ_φ(x), diag σ_φ(x)²), one encoder shared by every x (Kingma & Welling).
@@ -54,7 +57,7 @@ class Amortized(Guide):
             return PointMass(out)
         loc, log_scale = out[..., :D], out[..., D:]
         # the scale is an exp, so positive: torch's argument checks (each a device sync) are skipped
-        scale = log_scale.clamp(-15.0, 15.0).exp()
+        scale = log_scale.clamp(-LOG_SCALE_BOUND, LOG_SCALE_BOUND).exp()
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
     def extra_repr(self) -> str:

@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elbox.data.batches import Batch
+from elbox.guides.amortized import LOG_SCALE_BOUND
 from elbox.precision import current_precision
 
 __all__ = ["fused_elbo_parts"]
 
 _ACTIVATIONS = (nn.Tanh, nn.ReLU)
-#: The amortized guide's clamp on log σ (guides/amortized.py).
-_LOG_SCALE_BOUND = 15.0
 
 
 def _layers(network: nn.Module) -> tuple[list[nn.Linear], type] | None:
@@ -90,7 +89,7 @@ class _FusedELBO(torch.autograd.Function):
                 hidden.append(h)
         L = eps.shape[1]
         loc, log_scale = h[:, :L], h[:, L:]
-        clamped = log_scale.clamp(-_LOG_SCALE_BOUND, _LOG_SCALE_BOUND)
+        clamped = log_scale.clamp(-LOG_SCALE_BOUND, LOG_SCALE_BOUND)
         scale = clamped.exp()
         z = torch.addcmul(loc, scale, eps)
         # KL(N(μ, σ²) ‖ N(0, 1)) per dimension, as torch's registered Normal–Normal KL computes it
@@ -145,7 +144,7 @@ class _FusedELBO(torch.autograd.Function):
         # z = μ + σ ε, and the KL's own gradient: d KL/dμ = μ, d KL/d log σ = σ² − 1
         g_loc = torch.addcmul(delta, loc, g_kl[:, None])
         g_log_scale = delta.mul_(scale).mul_(eps).add_((scale.square() - 1).mul_(g_kl[:, None]))
-        g_log_scale.mul_((log_scale >= -_LOG_SCALE_BOUND) & (log_scale <= _LOG_SCALE_BOUND))
+        g_log_scale.mul_((log_scale >= -LOG_SCALE_BOUND) & (log_scale <= LOG_SCALE_BOUND))
         delta = torch.cat([g_loc, g_log_scale], dim=1)
         # the encoder's layers, last to first
         inputs = [x, *hidden]

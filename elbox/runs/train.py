@@ -10,6 +10,7 @@ import torch
 
 from elbox.distributed import agree, from_rank0, is_distributed, rank0_context
 from elbox.inference import History, em, fit
+from elbox.inference.callbacks import CHECKPOINT_FORMAT
 from elbox.io import (
     RunDirectory,
     RunLock,
@@ -175,7 +176,7 @@ def _em_run(run: RunDirectory, config: dict, model, x, text: str) -> History:
         run.append_metrics({"epoch": iteration + 1, "bound": bound, "reconstruction": None, "kl": None,
                             "validation": None})  # fmt: skip
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta = {"format": "elbox-checkpoint-1", "epoch": history.n_iter, "method": "em", "history": history.to_dict(),
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": history.n_iter, "method": "em", "history": history.to_dict(),
             "config": text}  # fmt: skip
     save_checkpoint(run.checkpoint(), tensors, meta)
     return history
