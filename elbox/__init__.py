@@ -14,6 +14,7 @@ from elbox.inference import (
     fit,
     gradient_report,
     refine,
+    select,
 )
 from elbox.models import (
     HMM,
@@ -85,4 +86,5 @@ __all__ = [
     "refine",
     "register_objective",
     "renyi",
+    "select",
 ]

@@ -19,6 +19,7 @@ from elbox.inference.history import (
 )
 from elbox.inference.refine import can_refine, local_guide, refine, register_local_guide
 from elbox.inference.schedules import Schedule, temperature_annealing
+from elbox.inference.select import Selection, select
 
 __all__ = [
     "BoundDecreaseWarning",
@@ -34,6 +35,7 @@ __all__ = [
     "History",
     "Interrupted",
     "Schedule",
+    "Selection",
     "can_refine",
     "em",
     "fit",
@@ -41,6 +43,7 @@ __all__ = [
     "local_guide",
     "register_local_guide",
     "refine",
+    "select",
     "temperature_annealing",
     "temperature_sweep",
 ]

@@ -62,6 +62,13 @@ class FactorAnalysis(LatentModel):
         return self.loading.shape[1]
 
     @property
+    def num_free_parameters(self) -> int:
+        """The free parameters, for BIC: the mean (D), the loadings up to a rotation of the factors
+        (D K − K(K−1)/2) and the noise variances (D, or 1 for PPCA)."""
+        D, K = self.dim, self.latent_dim
+        return D + D * K - K * (K - 1) // 2 + (1 if self.isotropic else D)
+
+    @property
     def noise_variance(self) -> Tensor:
         """Ψ's diagonal, ``[D]``."""
         return self.log_noise.exp().expand(self.dim)

@@ -112,6 +112,18 @@ class HMM(LatentModel):
     # Parameters, constrained.
 
     @property
+    def num_free_parameters(self) -> int:
+        """The free parameters (hmmlearn's count, for BIC): K − 1 initial probabilities, K(K − 1)
+        transitions, and the emissions' (Gaussian: K D means and K covariances of D(D+1)/2 or D
+        entries; categorical: K(M − 1))."""
+        K = self.num_states
+        if self.emission == "gaussian":
+            emissions = self.emissions.num_free_parameters - (K - 1)  # the mixture's weights play no part
+        else:
+            emissions = K * (self.num_symbols - 1)
+        return K - 1 + K * (K - 1) + emissions
+
+    @property
     def num_states(self) -> int:
         return self.initial_logits.shape[0]
 

@@ -98,6 +98,14 @@ class GaussianMixture(LatentModel):
     def dim(self) -> int:
         return self.loc.shape[1]
 
+    @property
+    def num_free_parameters(self) -> int:
+        """The free parameters (scikit-learn's count, for BIC): K − 1 weights, K D means and K
+        covariances of D(D+1)/2 (full) or D (diag) entries."""
+        K, D = self.num_components, self.dim
+        covariance = D * (D + 1) // 2 if self.covariance_type == "full" else D
+        return K - 1 + K * D + K * covariance
+
     def _checked(self, value, name: str, shape: tuple[int, ...]) -> Tensor:
         value = as_data(value, name, dtype=self.loc.dtype)
         if tuple(value.shape) != shape:
