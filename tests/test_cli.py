@@ -227,3 +227,24 @@ def test_an_objective_without_num_samples_gets_its_own_default_recorded_in_the_c
     assert build_objective(config, *build_model(config)).num_samples == 5
     assert parse_config({"train": {"objective": "iwae", "num_samples": 2}})["train"]["num_samples"] == 2
     assert parse_config({})["train"]["num_samples"] == 1
+
+
+def test_whether_a_guide_is_built_is_the_objectives_to_say_not_its_name():
+    """A guide was built unless the objective was named "max_likelihood": an objective of the
+    model alone registered under another name got one, and num_samples was passed to objectives
+    that take none."""
+    from elbox.objectives import MaxLikelihood, register_objective
+    from elbox.runs import build_model, build_objective
+
+    @register_objective("likelihood_alone")
+    class LikelihoodAlone(MaxLikelihood):
+        pass
+
+    record = {"dim": 3, "symbols": 0, "points": 10, "steps": 0, "inputs": 0, "sha256": ""}
+    config = parse_config({"data": {"path": "x.npy"}, "model": {"type": "fa", "latent_dim": 1},
+                           "train": {"method": "vi", "objective": "likelihood_alone"}, "record": record})  # fmt: skip
+    model, guide = build_model(config)
+    assert guide is None and build_objective(config, model, guide).guide is None
+    config["train"]["num_samples"] = 4
+    with pytest.raises(ConfigError, match="num_samples = 4: objective = 'likelihood_alone' draws no particles"):
+        build_objective(config, model, guide)

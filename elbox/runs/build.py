@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 from elbox.inference import temperature_annealing
-from elbox.objectives import make_objective
+from elbox.objectives import get_objective, make_objective
 from elbox.runs.config import ConfigError
 from elbox.runs.data import info_of_record
 from elbox.runs.types import MODEL_TYPES, DataInfo
@@ -43,7 +45,7 @@ def built_model(config: dict, info: DataInfo | None = None):
     model = kind.build(model_config, info).to(dtype)
     train = config["train"]
     guide = None
-    if train["method"] == "vi" and train["objective"] != "max_likelihood":
+    if train["method"] == "vi" and get_objective(train["objective"]).needs_guide:
         guide = kind.guide(model, config["model"], info)
         guide = guide.to(dtype) if guide is not None else None
     return model, guide
@@ -54,8 +56,11 @@ def build_objective(config: dict, model, guide):
     table) on the model and guide; a bad option is a :class:`ConfigError` naming ``[objective]``."""
     t = config["train"]
     options = dict(config["objective"])
-    if t["objective"] != "max_likelihood" and (t["num_samples"] != 1 or t["objective"] != "elbo"):
+    if "num_samples" in inspect.signature(get_objective(t["objective"]).__init__).parameters:
         options["num_samples"] = t["num_samples"]
+    elif t["num_samples"] != 1:
+        raise ConfigError(f"[train] num_samples = {t['num_samples']}: objective = {t['objective']!r} draws no "
+                          "particles; remove num_samples")  # fmt: skip
     try:
         return make_objective(t["objective"], model, guide, **options)
     except (TypeError, ValueError) as error:

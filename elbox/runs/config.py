@@ -17,6 +17,7 @@ import tomllib
 from elbox.distributions.flow import FLOW_TYPES
 from elbox.inference.optimizers import OPTIMIZERS, optimizer_options
 from elbox.inference.schedules import SCHEDULES
+from elbox.objectives import OBJECTIVES
 from elbox.precision import PRECISIONS
 from elbox.runs._schema import (
     MAX_SIZE,
@@ -363,7 +364,7 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
         if not kind.em:
             raise ConfigError(f"{source}: [train] method = 'em' needs a closed-form M-step, which a {kind.name!r} "
                               "model has not; use method = 'vi'")  # fmt: skip
-    elif train["objective"] != "max_likelihood" and kind.guide is None:
+    elif OBJECTIVES[train["objective"]].needs_guide and kind.guide is None:
         raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
     for section in ("train", "evaluate"):
         if config[section]["precision"] != "float32" and not kind.networks:
