@@ -40,14 +40,10 @@ __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config
 
 
 def _objective_name(v) -> bool:
-    from elbox.objectives import OBJECTIVES
-
     return isinstance(v, str) and v in OBJECTIVES
 
 
 def _objectives() -> str:
-    from elbox.objectives import OBJECTIVES
-
     return "a registered objective: " + ", ".join(repr(k) for k in OBJECTIVES)
 
 
@@ -181,8 +177,6 @@ def objective_keys(name: str) -> dict[str, Key]:
     """The ``[objective]`` keys of the registered objective ``name``: the keyword options of its
     constructor that have a number, string or true/false default (``num_samples`` is [train]'s),
     with those defaults and the meanings in its ``option_help``."""
-    from elbox.objectives import OBJECTIVES
-
     cls = OBJECTIVES.get(name)
     if cls is None:
         return {}
@@ -325,8 +319,6 @@ def _resolve(config: dict, raw: dict, source: str) -> None:
 
 def _default_particles(name: str) -> int:
     """The registered objective's default ``num_samples`` (1 where it has none)."""
-    from elbox.objectives import OBJECTIVES
-
     cls = OBJECTIVES.get(name)
     parameter = inspect.signature(cls.__init__).parameters.get("num_samples") if cls is not None else None
     default = None if parameter is None else parameter.default
