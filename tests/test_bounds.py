@@ -78,7 +78,7 @@ def test_analytic_elbo_gradient_matches_finite_differences():
 
     def objective(loc, raw):
         guide.loc.data, guide._raw.data = loc, raw
-        q = MultivariateNormal(loc, scale_tril=elbox.models._gaussian.raw_to_tril(raw))
+        q = MultivariateNormal(loc, scale_tril=elbox.distributions._gaussian.raw_to_tril(raw))
         return model.expected_log_likelihood(x, q) - kl_divergence(q, model.prior())
 
     inputs = tuple(p.detach().clone().requires_grad_() for p in params)

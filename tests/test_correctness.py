@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import elbox
+from elbox.distributions.kalman import kalman_covariances
 
 
 def _channel_models(a2: float, q2: float, scale: float, **options):
@@ -39,10 +40,10 @@ def test_the_kalman_steady_state_does_not_depend_on_the_units_of_the_state(scale
         channels = fast.log_evidence(x[..., :1]) + slow.log_evidence(x[..., 1:])
         torch.testing.assert_close(value, channels, rtol=1e-10, atol=0)
         torch.testing.assert_close(value, full.log_evidence(x), rtol=1e-10, atol=0)
-        steps = joint._covariances(1500)["steps"]
+        steps = kalman_covariances(joint._linear_gaussian(), 1500)["steps"]
     assert steps < 1500  # the shortcut was taken
     # the same step in every unit: the criterion is invariant to a rescaling of the state
-    assert steps == _channel_models(0.98, 1e-3, 1.0)[0]._covariances(1500)["steps"]
+    assert steps == kalman_covariances(_channel_models(0.98, 1e-3, 1.0)[0]._linear_gaussian(), 1500)["steps"]
 
 
 def _collinear(n=50, seed=1):

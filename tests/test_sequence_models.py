@@ -13,6 +13,8 @@ from torch.distributions import MultivariateNormal
 import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
 from elbox.distributions import congruence_scan
+from elbox.distributions import hmm_kernels as fb
+from elbox.distributions.kalman import kalman_covariances
 from tests.conftest import LENGTHS, _dirichlet, _random_covariance
 
 
@@ -99,13 +101,14 @@ def test_log_evidence_by_a_tree_of_products_equals_the_forward_loop(make, seed):
     x, _ = model.sample(len(lengths), num_steps=int(lengths.max()))
     seqs = Sequences(x, lengths=lengths)
     log_e = model.emission_log_prob(seqs)
-    tree = model._log_evidence_by_products(log_e)
-    loop = model._forward(log_e)[1].sum(-1)
+    pi, A = model.initial_logits, model.transition_logits
+    tree = fb.log_evidence_by_products(pi, A, log_e)
+    loop = fb.forward(pi, A, log_e)[1].sum(-1)
     torch.testing.assert_close(tree, loop, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(model.log_evidence(seqs), loop, rtol=1e-12, atol=1e-10)
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = [torch.autograd.grad(f(model.emission_log_prob(seqs)).sum(), params)
-             for f in (model._log_evidence_by_products, lambda e: model._forward(e)[1].sum(-1))]  # fmt: skip
+    ways = (lambda e: fb.log_evidence_by_products(pi, A, e), lambda e: fb.forward(pi, A, e)[1].sum(-1))
+    grads = [torch.autograd.grad(f(model.emission_log_prob(seqs)).sum(), params) for f in ways]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
@@ -139,10 +142,10 @@ def test_forward_backward_in_chunks_equals_the_loop_over_time(make, seed):
         ws.append(ratio[:, t] * betas[-1])
     beta, w = torch.stack(betas[::-1], 1), torch.stack(ws[::-1], 1)
     for L in (1, 3, 8, 11, 128, 200):
-        chunked_alpha, chunked_c = model._forward_chunked(e, L)
+        chunked_alpha, chunked_c = fb.forward_chunked(model.initial_probs, A, e, L)
         torch.testing.assert_close(chunked_alpha, alpha, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(chunked_c, c, rtol=1e-12, atol=1e-14)
-        chunked_beta, chunked_w = model._backward_chunked(ratio, alpha, L)
+        chunked_beta, chunked_w = fb.backward_chunked(A, ratio, alpha, L)
         torch.testing.assert_close(chunked_beta, beta, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(chunked_w, w, rtol=1e-10, atol=1e-12)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -150,7 +153,8 @@ def test_forward_backward_in_chunks_equals_the_loop_over_time(make, seed):
     def log_p(L):
         e = model.emission_log_prob(seqs)
         shift = e.amax(-1, keepdim=True)
-        return (model._forward_chunked((e - shift).exp(), L)[1].log() + shift.squeeze(-1)).sum()
+        chunked = fb.forward_chunked(model.initial_probs, model.transition_matrix, (e - shift).exp(), L)
+        return (chunked[1].log() + shift.squeeze(-1)).sum()
 
     for a, b in zip(torch.autograd.grad(log_p(11), params), torch.autograd.grad(log_p(T), params)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
@@ -163,9 +167,9 @@ def test_a_long_sequence_posterior_by_chunks_equals_the_loop(monkeypatch):
     torch.manual_seed(0)
     model = _gaussian_hmm(K=5, D=2)
     x, _ = model.sample(1, num_steps=6000)
-    assert model._chunk(1, 6000, 5) == 78
+    assert fb.chunk_length(1, 6000, 5) == 78
     post, log_p = model.e_step(x)
-    monkeypatch.setattr(type(model), "_chunk", staticmethod(lambda B, T, K: 0))
+    monkeypatch.setattr(fb, "chunk_length", lambda B, T, K: 0)
     post_loop, log_p_loop = model.e_step(x)
     torch.testing.assert_close(log_p, log_p_loop, rtol=1e-12, atol=0)
     torch.testing.assert_close(post.marginals(), post_loop.marginals(), rtol=0, atol=1e-12)
@@ -362,7 +366,7 @@ def test_kalman_log_evidence_equals_the_stacked_gaussian():
 def test_kalman_steady_state_shortcut_is_exact_on_long_sequences():
     model = _lgssm()
     x, _ = model.sample(2, num_steps=300)
-    cov = model._covariances(300)
+    cov = kalman_covariances(model._linear_gaussian(), 300)
     assert cov["steps"] < 150  # the steady state was reached, and reused from there on
     # The same log-likelihood as a step-by-step filter with no shortcut (pykalman's).
     expected = [_pykalman(model).loglikelihood(x[b].numpy()) for b in range(2)]
@@ -371,7 +375,7 @@ def test_kalman_steady_state_shortcut_is_exact_on_long_sequences():
 
 def _sequential_smoothed_covariances(model, lengths, T: int) -> torch.Tensor:
     """The RTS covariances step by step, from each sequence's own end: the reference ``[b, T, D, D]``."""
-    cov = model._covariances(T)
+    cov = kalman_covariances(model._linear_gaussian(), T)
     P, P_pred, A = cov["filt"], cov["pred"], model.transition_matrix
     out = []
     for n in lengths:
@@ -412,7 +416,7 @@ def test_a_filter_that_never_settles_finishes_by_the_scan_and_equals_pykalman():
                                   observation_covariance=torch.eye(1), initial_loc=torch.randn(2))  # fmt: skip
         T = 3000
         x, _ = model.sample(1, num_steps=T)
-        assert model._covariances(T)["steps"] == T  # never settled
+        assert kalman_covariances(model._linear_gaussian(), T)["steps"] == T  # never settled
         peer = _pykalman(model)
         np.testing.assert_allclose(model.log_evidence(x).numpy(), [peer.loglikelihood(x[0].numpy())], rtol=1e-10)
         means, covs, _ = model.e_step(x)[0].moments()

@@ -6,13 +6,14 @@ from elbox.data.digits import digits
 from elbox.data.files import load_file
 from elbox.data.mnist import load_idx, mnist
 from elbox.data.mnist1d import mnist1d
-from elbox.data.sequences import Sequences
+from elbox.data.sequences import Sequences, as_sequences
 
 __all__ = [
     "Batch",
     "BatchIterator",
     "Sequences",
     "as_batch",
+    "as_sequences",
     "binarize",
     "digits",
     "draws",

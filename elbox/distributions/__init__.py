@@ -1,12 +1,16 @@
 """Distributions torch lacks: discrete and Gaussian Markov chains over latent sequences, and the
 point mass of a deterministic encoder; a one-hot categorical cheap to build; and zuko's
-normalizing flows, built by name.
+normalizing flows, built by name. The exact sequence kernels are plain functions here:
+forward–backward (:mod:`~elbox.distributions.hmm_kernels`), the Kalman filter and the RTS
+smoother (:mod:`~elbox.distributions.kalman`).
 
 Importing this package registers their closed-form KL divergences in torch's registry.
 """
 
 from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
 from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, congruence_scan
+from elbox.distributions.hmm_kernels import ForwardBackward, forward_backward, hmm_log_evidence
+from elbox.distributions.kalman import KalmanFilter, LinearGaussian, RTSSmoother, kalman_filter, rts_smoother
 from elbox.distributions.markov import MarkovChain, viterbi
 from elbox.distributions.one_hot import OneHot
 from elbox.distributions.point_mass import PointMass
@@ -14,12 +18,20 @@ from elbox.distributions.point_mass import PointMass
 __all__ = [
     "FLOW_TYPES",
     "FlowDistribution",
+    "ForwardBackward",
     "GaussMarkovChain",
+    "KalmanFilter",
+    "LinearGaussian",
     "MarkovChain",
     "OneHot",
     "PointMass",
+    "RTSSmoother",
     "affine_scan",
-    "congruence_scan",
     "build_flow",
+    "congruence_scan",
+    "forward_backward",
+    "hmm_log_evidence",
+    "kalman_filter",
+    "rts_smoother",
     "viterbi",
 ]

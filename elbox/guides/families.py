@@ -11,8 +11,8 @@ from torch.distributions import Categorical as _Categorical
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_number, check_positive_int
+from elbox.distributions._gaussian import raw_to_tril
 from elbox.guides.base import Guide
-from elbox.models._gaussian import raw_to_tril
 
 __all__ = ["Beta", "Categorical", "FullRankNormal", "MeanFieldNormal"]
 

@@ -30,9 +30,9 @@ from torch.distributions import OneHotCategorical as _OneHotCategorical
 from elbox._validation import check_points, check_positive_int
 from elbox.bounds import elbo
 from elbox.bounds._common import prepare
+from elbox.distributions._gaussian import tril_to_raw
 from elbox.guides import Bernoulli as BernoulliGuide
 from elbox.guides import Beta, Categorical, FullRankNormal, Guide, MeanFieldNormal, OneHotCategorical
-from elbox.models._gaussian import tril_to_raw
 
 __all__ = ["can_refine", "local_guide", "refine", "register_local_guide"]
 

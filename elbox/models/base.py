@@ -170,6 +170,11 @@ class LatentModel(nn.Module):
             return t
         return torch.empty(0)
 
+    def _sequence_options(self) -> dict:
+        """What :func:`~elbox.data.as_sequences` needs from a sequence model: its dtype, device and name."""
+        ref = self._reference()
+        return {"dtype": ref.dtype, "device": ref.device, "owner": type(self).__name__}
+
     def check_data(self, x) -> Tensor:
         """Converts ``x`` to the model's dtype and checks it is a finite batch of data points.
 

@@ -21,7 +21,7 @@ from torch.distributions import (
 from torch.distributions.transforms import SigmoidTransform
 
 from elbox._validation import as_data, check_positive_int
-from elbox.models._gaussian import (
+from elbox.distributions._gaussian import (
     conjugate_gaussian,
     covariance_to_raw,
     gaussian_moments,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_number, check_positive_int
-from elbox.models._gaussian import conjugate_gaussian, gaussian_moments
+from elbox.distributions._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
 __all__ = ["FactorAnalysis"]

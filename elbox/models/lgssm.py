@@ -9,16 +9,14 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_number, check_positive_int
-from elbox.data.sequences import Sequences
-from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, congruence_scan
-from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
-from elbox.models._sequence import as_sequences
+from elbox.data.sequences import Sequences, as_sequences
+from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
+from elbox.distributions.gauss_markov import GaussMarkovChain
+from elbox.distributions.kalman import PD_HINT as _PD_HINT
+from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, rts_smoother
 from elbox.models.base import LatentModel
 
 __all__ = ["LinearGaussianSSM"]
-
-_PD_HINT = "Raise reg_covar, or check the data's scale."
-
 
 class LinearGaussianSSM(LatentModel):
     r"""A linear-Gaussian state-space model (a Kalman filter model), with optional inputs u_t.
@@ -173,7 +171,7 @@ class LinearGaussianSSM(LatentModel):
 
     def check_data(self, x) -> Sequences:
         """``x`` as a checked :class:`~elbox.data.Sequences` of ``[B, T, obs_dim]`` observations."""
-        return as_sequences(self, x, event_shape=(self.obs_dim,), num_inputs=self.input_dim)
+        return as_sequences(x, event_shape=(self.obs_dim,), num_inputs=self.input_dim, **self._sequence_options())
 
     def _drive(self, x: Sequences) -> Tensor | None:
         """B u_t for t ≥ 2 (the input driving the step into z_t), ``[B, T-1, state_dim]``, or None."""
@@ -253,226 +251,47 @@ class LinearGaussianSSM(LatentModel):
     def em_regularizer(self) -> str | None:
         return f"reg_covar={self.reg_covar:g}" if self.reg_covar > 0 else None
 
-    # The Kalman filter.
+    # The Kalman filter and smoother (elbox.distributions.kalman).
 
-    def _covariances(self, T: int) -> dict:
-        """The data-free half of the filter, shared by every sequence: predicted and filtered
-        covariances ``[T, D, D]``, gains ``[T, D, obs]`` and chol(S_t) ``[T, obs, obs]``.
+    def _linear_gaussian(self) -> LinearGaussian:
+        return LinearGaussian(
+            self.transition_matrix, self.observation_matrix, self.transition_covariance,
+            self.observation_covariance, self.initial_loc, self.initial_covariance, self.steady_state,
+        )  # fmt: skip
 
-        Once the predicted covariance stops changing, every later step repeats the last one, so
-        the recursion stops there and the rest is a broadcast view. "Stops changing" is measured
-        in the covariance's own metric: ‖L⁻¹ (P_{t+1} − P_t) L⁻ᵀ‖_F ≤ 100 ε with L = chol(P_t),
-        the change whitened by P_t. That is the same number whatever the units (or any linear
-        change of coordinates) of the state, so a small, slowly settling block is not frozen
-        while a large one has settled. ``steady_state=False`` runs every step. A recursion that
-        has not settled after 1,024 steps, with more than as many to go, finishes by a parallel
-        prefix scan (:meth:`_riccati_scan`): log₂ T rounds instead of T steps.
-        """
-        A, Q = self.transition_matrix, self.transition_covariance
-        tol = 100 * torch.finfo(A.dtype).eps
-        P_pred = self.initial_covariance
-        out = {"pred": [], "filt": [], "gain": [], "chol_s": []}
-        rest = None
-        for t in range(T):
-            if t == _RICCATI_STEPS and T - t > _RICCATI_STEPS:  # unsettled after so many steps: the rest by a scan
-                rest = self._riccati_scan(P_pred, T - t)
-                break
-            L_s, gain, P = self._update(P_pred)
-            for key, value in zip(out, (P_pred, P, gain, L_s)):
-                out[key].append(value)
-            P_next = A @ P @ A.T + Q
-            if self.steady_state and t > 0 and _settled(P_pred, P_next, tol):
-                break
-            P_pred = P_next
-        if rest is not None:
-            result = {key: torch.cat([torch.stack(v), rest[key]]) for key, v in out.items()}
-            result["steps"] = T
-            return result
-        steady = T - len(out["pred"])
-        result = {
-            key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
-            for key, v in out.items()
-        }
-        result["steps"] = T - steady  # how many steps the recursion ran before its steady state
-        return result
-
-    def _update(self, P_pred: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The measurement update of predicted covariances ``[*, D, D]``: chol(S), the gain and the
-        filtered covariance (Joseph form: it stays symmetric positive definite)."""
-        C, R = self.observation_matrix, self.observation_covariance
-        S = C @ P_pred @ C.T + R
-        L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", _PD_HINT)
-        gain = torch.cholesky_solve(C @ P_pred, L_s).mT  # P Cᵀ S⁻¹, [*, D, obs]
-        I_KC = torch.eye(P_pred.shape[-1], dtype=P_pred.dtype, device=P_pred.device) - gain @ C
-        return L_s, gain, I_KC @ P_pred @ I_KC.mT + gain @ R @ gain.mT
-
-    def _riccati_scan(self, P_pred: Tensor, n: int) -> dict:
-        r"""The covariance half of the filter for the next ``n`` steps from the predicted covariance
-        ``P_pred``, by a parallel prefix scan instead of n sequential steps (Särkkä & García-Fernández
-        2021): each step is an element (A_k, C_k, J_k) of the filtering recursion, elements compose
-        associatively,
-
-        .. math:: A_{ij} = A_j (I + C_i J_j)^{-1} A_i, \quad
-                  C_{ij} = A_j (I + C_i J_j)^{-1} C_i A_j^\top + C_j, \quad
-                  J_{ij} = A_i^\top (I + J_j C_i)^{-1} J_j A_i + J_i,
-
-        and the C of the first k composed is the k-th filtered covariance. log₂ n rounds of batched
-        D × D products and solves. Returns the same keys as the sequential recursion, ``[n, …]``.
-
-        References:
-            Temporal Parallelization of Bayesian Smoothers (Särkkä & García-Fernández, 2021),
-            https://arxiv.org/abs/1905.13002
-        """
-        A, C, Q = self.transition_matrix, self.observation_matrix, self.transition_covariance
-        D = self.state_dim
-        eye = torch.eye(D, dtype=A.dtype, device=A.device)
-        # the first element starts from P_pred; every later one is the same (a time-invariant model)
-        _, _, P_first = self._update(P_pred)
-        L_q, gain_q, C_e = self._update(Q)  # a step from the previous filtered state: predicted Q around A m
-        A_e = (eye - gain_q @ C) @ A
-        S_inv_C = torch.cholesky_solve(C, L_q)  # S⁻¹ C, S = C Q Cᵀ + R
-        J_e = A.T @ C.T @ S_inv_C @ A
-        Ak = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), A_e.expand(n - 1, D, D)])
-        Ck = torch.cat([P_first.unsqueeze(0), C_e.expand(n - 1, D, D)])
-        Jk = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), J_e.expand(n - 1, D, D)])
-        shift = 1
-        while shift < n:
-            Ai, Ci, Ji = Ak[:-shift], Ck[:-shift], Jk[:-shift]  # the earlier elements
-            Aj, Cj, Jj = Ak[shift:], Ck[shift:], Jk[shift:]
-            X = torch.linalg.solve(eye + Ci @ Jj, torch.cat([Ai, Ci @ Aj.mT], -1))  # (I + C_i J_j)⁻¹ [A_i, C_i A_jᵀ]
-            Y = torch.linalg.solve(eye + Jj @ Ci, Jj @ Ai)  # (I + J_j C_i)⁻¹ J_j A_i
-            A_new = Aj @ X[..., :D]
-            C_new = Aj @ X[..., D:] + Cj
-            J_new = Ai.mT @ Y + Ji
-            Ak = torch.cat([Ak[:shift], A_new])
-            Ck = torch.cat([Ck[:shift], 0.5 * (C_new + C_new.mT)])
-            Jk = torch.cat([Jk[:shift], 0.5 * (J_new + J_new.mT)])
-            shift *= 2
-        filtered = Ck  # [n, D, D]
-        predicted = torch.cat([P_pred.unsqueeze(0), A @ filtered[:-1] @ A.T + Q])
-        L_s, gain, _ = self._update(predicted)
-        return {"pred": predicted, "filt": filtered, "gain": gain, "chol_s": L_s}
-
-    def _filter(self, x: Sequences) -> tuple[dict, Tensor, Tensor, Tensor]:
-        """Filtered means ``[B, T, D]``, predicted means ``[B, T, D]`` and log p(x_t | x_{<t}) ``[B, T]``."""
-        B, T = x.mask.shape
-        cov = self._covariances(T)
-        A, C = self.transition_matrix, self.observation_matrix
-        gain = cov["gain"]  # [T, D, obs]
-        I_KC = torch.eye(self.state_dim, dtype=A.dtype, device=A.device) - gain @ C  # [T, D, D]
-        # m_t = (I − K_t C)(A m_{t-1} + B u_t) + K_t x_t: an affine recurrence, solved by a scan.
-        drive = self._drive(x)
-        pred_offset = self.initial_loc.expand(B, 1, -1)
-        if drive is not None:
-            pred_offset = torch.cat([pred_offset, drive], 1)  # [B, T, D]: μ_0, then B u_t
-        else:
-            pred_offset = torch.cat([pred_offset, pred_offset.new_zeros(B, T - 1, self.state_dim)], 1)
-        g = (I_KC @ pred_offset.unsqueeze(-1)).squeeze(-1) + (gain @ x.values.unsqueeze(-1)).squeeze(-1)
-        means = affine_scan(I_KC @ A, g)  # [B, T, D]
-        predicted = torch.cat([pred_offset[:, :1], means[:, :-1] @ A.T + pred_offset[:, 1:]], 1)  # [B, T, D]
-        innovation = x.values - predicted @ C.T  # [B, T, obs]
-        L_s = cov["chol_s"]  # [T, obs, obs]
-        w = torch.linalg.solve_triangular(L_s, innovation.unsqueeze(-1), upper=False).squeeze(-1)
-        log_norm = -0.5 * w.square().sum(-1) - L_s.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        log_norm = (log_norm - 0.5 * self.obs_dim * math.log(2 * math.pi)) * x.mask  # [B, T]
-        return cov, means, predicted, log_norm
+    def _filter(self, x: Sequences) -> KalmanFilter:
+        return kalman_filter(self._linear_gaussian(), x.values, x.mask, self._drive(x))
 
     def log_evidence(self, x) -> Tensor:
         """log p(x) by the Kalman filter, ``[B]``."""
-        return self._filter(self.check_data(x))[3].sum(-1)
+        return self._filter(self.check_data(x)).log_norm.sum(-1)
 
     def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
         """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
         x = self.check_data(x)
-        cov, means, predicted, log_norm = self._filter(x)
-        B, T = x.mask.shape
-        D = self.state_dim
-        A = self.transition_matrix
-        eye = torch.eye(D, dtype=A.dtype, device=A.device)
-        P, P_pred = cov["filt"], cov["pred"]  # [T, D, D]
-        if T > 1:
-            L_pred = safe_cholesky(P_pred[1:], "a predicted state covariance", _PD_HINT)
-            J = torch.cholesky_solve(A @ P[:-1], L_pred).mT  # J_t = P_t Aᵀ P_{t+1|t}⁻¹, [T-1, D, D]
-        else:
-            J = P.new_zeros(0, D, D)
-        ragged = x.ragged
-        keep = x.mask[:, 1:, None, None] if ragged else x.mask.new_ones(1, T - 1, 1, 1)  # [b, T-1, 1, 1]
-        J_kept = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
-        # Smoothed means: m^s_t = J_t m^s_{t+1} + (m_t − J_t m_{t+1|t}), a scan run backwards.
-        h = means[:, :-1] - (J_kept @ predicted[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1, D]
-        g_rev = torch.cat([means[:, -1:], h.flip(1)], 1)
-        M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)
-        smoothed = affine_scan(M_rev, g_rev).flip(1)  # [B, T, D]
-        P_s = self._smoothed_covariances(P, P_pred, J, keep, cov["steps"], ragged)  # [b, T, D, D]
-        cross = J_kept @ P_s[:, 1:]  # Cov(z_t, z_{t+1} | x), [b, T-1, D, D]
-        # The posterior as a reverse chain: z_T, then z_t | z_{t+1} ~ N(J z_{t+1} + m_t − J m_{t+1|t}, Σ_t).
-        I_JA = eye - J @ A
-        cond = I_JA @ P[:-1] @ I_JA.mT + J @ self.transition_covariance @ J.mT  # Joseph form of P_t − J P_{t+1|t} Jᵀ
-        cond = torch.where(keep, cond, P[:-1])
-        valid = x.mask[:, :, None] if ragged else x.mask.new_ones(1, T, 1)
-        cond = torch.where(valid[:, :-1, :, None], cond, eye)
-        offset = torch.where(valid[:, :-1], torch.where(keep.squeeze(-1), h, means[:, :-1]), 0.0)
+        params = self._linear_gaussian()
+        filtered = kalman_filter(params, x.values, x.mask, self._drive(x))
+        smoothed = rts_smoother(params, filtered, x.mask, x.ragged)
+        T, D = x.mask.shape[1], self.state_dim
+        eye = torch.eye(D, dtype=self.transition_matrix.dtype, device=self.transition_matrix.device)
+        P = filtered.covariances["filt"]
+        valid = x.mask[:, :, None] if x.ragged else x.mask.new_ones(1, T, 1)
         last = valid[:, -1]
         moments = (
-            torch.where(valid, smoothed, 0.0),
-            torch.where(valid.unsqueeze(-1), P_s, eye),
-            torch.where(keep, cross, 0.0),
+            torch.where(valid, smoothed.means, 0.0),
+            torch.where(valid.unsqueeze(-1), smoothed.covariances, eye),
+            torch.where(smoothed.keep, smoothed.cross, 0.0),
         )
         posterior = GaussMarkovChain(
-            torch.where(last, means[:, -1], 0.0),
+            torch.where(last, filtered.means[:, -1], 0.0),
             safe_cholesky(torch.where(last.unsqueeze(-1), P[-1], eye), "a filtered state covariance", _PD_HINT),
-            J_kept,
-            offset,
-            safe_cholesky(cond, "a smoothing covariance", _PD_HINT),
+            smoothed.gains,
+            torch.where(valid[:, :-1], smoothed.offset, 0.0),
+            safe_cholesky(torch.where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
             reverse=True,
             moments=moments,
         )
-        return posterior, log_norm.sum(-1)
-
-    def _smoothed_covariances(self, P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor, steps: int,
-                              ragged: bool) -> Tensor:  # fmt: skip
-        """P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards from P^s_T = P_T, ``[b, T, D, D]``.
-
-        Where the filter reached its steady state (from step ``steps − 1`` on, P_t, P_{t+1|t} and
-        J_t no longer change), this recursion runs with fixed coefficients and settles too, in
-        the same metric as the filter's: from there down to the filter's steady state every step
-        repeats the settled P^s, a broadcast rather than a step each. So one long sequence costs
-        the steps before the filter settles and the few after the end's transient, not T. Ragged
-        batches (each sequence ends at its own step) take every step.
-        """
-        T, D = P.shape[0], P.shape[-1]
-        b = keep.shape[0]
-        tol = 100 * torch.finfo(P.dtype).eps
-        steady_from = steps - 1 if self.steady_state and not ragged else T
-        if T - steady_from < _SCAN_FROM:  # no steady state to shortcut over (or a short one): the scan
-            return self._smoothed_by_scan(P, P_pred, J, keep)
-        chunks = [P[-1].expand(b, 1, D, D)]  # in reverse order of time
-        last = chunks[0][:, 0]
-        t = T - 2
-        while t >= 0:
-            update = P[t] + J[t] @ (last - P_pred[t + 1]) @ J[t].T
-            current = torch.where(keep[:, t], update, P[t])
-            if t >= steady_from and _settled(last[0], current[0], tol):
-                repeat = t - steady_from + 1  # steps t, t−1, …, steady_from: all the settled value
-                chunks.append(current.unsqueeze(1).expand(b, repeat, D, D))
-                last, t = current, steady_from - 1
-                continue
-            chunks.append(current.unsqueeze(1))
-            last, t = current, t - 1
-        return torch.cat(chunks[::-1], 1)
-
-    @staticmethod
-    def _smoothed_by_scan(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor) -> Tensor:
-        """The same recursion as a congruence scan, P^s_t = J_t P^s_{t+1} J_tᵀ + (P_t − J_t P_{t+1|t}
-        J_tᵀ), run backwards: log₂ T rounds of batched products; where a sequence has ended (``keep``
-        false) the map is the reset P^s_t = P_t."""
-        J = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
-        G = torch.where(keep, P[:-1] - J @ P_pred[1:] @ J.mT, P[:-1])  # [b, T-1, D, D]
-        b = keep.shape[0]
-        M_rev = torch.cat([J[:, :1], J.flip(1)], 1)  # M_0 unused
-        G_rev = torch.cat([P[-1].expand(b, 1, *P.shape[-2:]), G.flip(1)], 1)
-        P_s = congruence_scan(M_rev, G_rev).flip(1)  # [b, T, D, D]
-        return 0.5 * (P_s + P_s.mT)
+        return posterior, filtered.log_norm.sum(-1)
 
     # EM.
 
@@ -578,12 +397,7 @@ class LinearGaussianSSM(LatentModel):
             if self.input_dim:
                 if inputs is None:
                     raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs [n, T, {self.input_dim}]")
-                seqs = as_sequences(
-                    self,
-                    Sequences(torch.zeros(n, T, self.obs_dim), inputs=inputs),
-                    event_shape=(self.obs_dim,),
-                    num_inputs=self.input_dim,
-                )
+                seqs = self.check_data(Sequences(torch.zeros(n, T, self.obs_dim), inputs=inputs))
                 prior = self.prior_for(seqs)
             else:
                 prior = None
@@ -595,26 +409,5 @@ class LinearGaussianSSM(LatentModel):
         return f"state_dim={self.state_dim}, obs_dim={self.obs_dim}, input_dim={self.input_dim}"
 
 
-#: Below this many steps of filter steady state, the smoothed covariances are found by the scan
-#: rather than by the steady-state shortcut (which steps through the rest one at a time).
-_SCAN_FROM = 64
-#: The filter's covariance recursion runs step by step this long at most (a slowly settling
-#: model settles within it: 401 steps for a pole at 0.98); one still unsettled then, with more
-#: steps than this to go, finishes by the parallel scan (:meth:`LinearGaussianSSM._riccati_scan`).
-_RICCATI_STEPS = 1024
-
-
 def _sym(m: Tensor) -> Tensor:
     return 0.5 * (m + m.mT)
-
-
-def _settled(P: Tensor, P_next: Tensor, tol: float) -> bool:
-    """Whether ‖L⁻¹ (P_next − P) L⁻ᵀ‖_F ≤ tol for L = chol(P): the change relative to P in P's own
-    metric, invariant under any invertible linear map of the state. A P that is not positive
-    definite (a deterministic state) never counts as settled: the recursion runs on."""
-    L, info = torch.linalg.cholesky_ex(P)
-    if bool(info):
-        return False
-    half = torch.linalg.solve_triangular(L, P_next - P, upper=False)  # L⁻¹ Δ
-    white = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ Δᵀ L⁻ᵀ
-    return bool(torch.linalg.matrix_norm(white) <= tol)

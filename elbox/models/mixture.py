@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
 
 from elbox._validation import as_data, check_number, check_positive_int, check_probabilities
-from elbox.models._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
+from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
 from elbox.models.base import LatentModel
 
 __all__ = ["GaussianMixture"]
