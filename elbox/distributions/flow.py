@@ -36,6 +36,9 @@ __all__ = ["FLOW_TYPES", "FlowDistribution", "build_flow"]
 
 #: The flows a config or constructor can name.
 FLOW_TYPES = ("maf", "nsf", "realnvp")
+#: A flow's defaults where it transforms a latent (the VAE's q and prior, the flow guide):
+#: zuko's MAF, 3 transformations of two hidden layers of 64. Every constructor and config reads them here.
+FLOW_DEFAULTS = {"flow": "maf", "transforms": 3, "hidden": (64, 64)}
 
 
 def _zuko():
@@ -46,7 +49,8 @@ def _zuko():
     return zuko
 
 
-def build_flow(kind: str, features: int, context: int = 0, transforms: int = 3, hidden=(64, 64),
+def build_flow(kind: str, features: int, context: int = 0, transforms: int = FLOW_DEFAULTS["transforms"],
+               hidden=FLOW_DEFAULTS["hidden"],
                *, sample_fast: bool = False):  # fmt: skip
     """A zuko flow over ``features`` dimensions, conditioned on ``context`` features (0: none).
 

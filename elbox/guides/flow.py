@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from elbox._validation import check_number, check_positive_int, describe
-from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
+from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES, FlowDistribution, build_flow
 from elbox.guides.base import Guide
 
 __all__ = ["FlowGuide"]
@@ -56,7 +56,8 @@ class FlowGuide(Guide):
     """
 
     def __init__(self, latent_dim: int, *, encoder: nn.Module | None = None, context_dim: int = 0,
-                 flow: str = "maf", transforms: int = 3, hidden=(64, 64), num_points: int | None = None,
+                 flow: str = FLOW_DEFAULTS["flow"], transforms: int = FLOW_DEFAULTS["transforms"],
+                 hidden=FLOW_DEFAULTS["hidden"], num_points: int | None = None,
                  init_scale: float = 1.0, shared_flow: nn.Module | None = None):  # fmt: skip
         super().__init__(num_points)
         D = self.latent_dim = check_positive_int(latent_dim, "latent_dim")

@@ -59,7 +59,12 @@ class FlowDensity(LatentModel):
     #: counts no active units for it.
     has_latent_code = False
 
-    def __init__(self, data_dim: int, flow: str = "maf", transforms: int = 5, hidden=(128, 128),
+    #: The density's defaults (a flow over the data is deeper and wider than one over a latent);
+    #: ``[model] type = "flow"`` reads them here.
+    DEFAULTS = {"flow": "maf", "transforms": 5, "hidden": (128, 128)}
+
+    def __init__(self, data_dim: int, flow: str = DEFAULTS["flow"], transforms: int = DEFAULTS["transforms"],
+                 hidden=DEFAULTS["hidden"],
                  dequantize: float | None = None):  # fmt: skip
         super().__init__()
         D = check_positive_int(data_dim, "data_dim")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
 from elbox._validation import check_number, check_positive_int
-from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
+from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES, FlowDistribution, build_flow
 from elbox.distributions.one_hot import OneHot
 from elbox.guides.amortized import Amortized, mlp
 from elbox.guides.discrete import Bernoulli as BernoulliGuide
@@ -235,7 +235,7 @@ class VAE(_Decoded):
         )
 
 
-_FLOW_DEFAULTS = {"flow": "maf", "transforms": 3, "hidden": [64, 64]}
+_FLOW_DEFAULTS = {**FLOW_DEFAULTS, "hidden": list(FLOW_DEFAULTS["hidden"])}  # a table as the config writes it
 
 
 def _flow_spec(value, name: str, default: str, latent_dim: int) -> dict:

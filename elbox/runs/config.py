@@ -14,7 +14,7 @@ from typing import Any
 
 import tomllib
 
-from elbox.distributions.flow import FLOW_TYPES
+from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES
 from elbox.inference.optimizers import OPTIMIZERS, optimizer_options
 from elbox.inference.schedules import SCHEDULES
 from elbox.objectives import OBJECTIVES
@@ -44,9 +44,9 @@ __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config
 
 
 _MODEL_TYPE = Registered(MODEL_TYPES, "a model type")
-_FLOW_KIND = Key("maf", choice(*FLOW_TYPES), "type = 'flow': which flow")
-_FLOW_TRANSFORMS = Key(3, SIZE, "type = 'flow': stacked transformations")
-_FLOW_HIDDEN = Key([64, 64], SIZES, "type = 'flow': each transformation's hidden widths")
+_FLOW_KIND = Key(FLOW_DEFAULTS["flow"], choice(*FLOW_TYPES), "type = 'flow': which flow")
+_FLOW_TRANSFORMS = Key(FLOW_DEFAULTS["transforms"], SIZE, "type = 'flow': stacked transformations")
+_FLOW_HIDDEN = Key(list(FLOW_DEFAULTS["hidden"]), SIZES, "type = 'flow': each transformation's hidden widths")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from elbox.distributions.flow import FLOW_TYPES
+from elbox.models.flow import FlowDensity
 from elbox.runs._schema import (
     BOOL,
     MAX_SIZE,
@@ -302,9 +303,10 @@ register_model_type(ModelType(
 register_model_type(ModelType(
     name="flow",
     keys={
-        "flow": Key("maf", choice(*FLOW_TYPES), "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
-        "transforms": Key(5, SIZE, "stacked transformations"),
-        "hidden": Key([128, 128], SIZES, "the hidden widths of each transformation's network"),
+        "flow": Key(FlowDensity.DEFAULTS["flow"], choice(*FLOW_TYPES),
+                    "zuko's masked autoregressive, neural spline or RealNVP coupling flow"),
+        "transforms": Key(FlowDensity.DEFAULTS["transforms"], SIZE, "stacked transformations"),
+        "hidden": Key(list(FlowDensity.DEFAULTS["hidden"]), SIZES, "each transformation's hidden widths"),
         "dequantize": Key("auto", lambda v: v in ("auto", "none") or is_positive(v),
                           "'auto', 'none' or a positive grid step",
                           "discrete data's grid step for uniform dequantization (auto: 1/16 for the digits, 1/255 "
