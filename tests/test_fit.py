@@ -105,3 +105,22 @@ def test_progress_is_a_line_per_epoch_where_the_output_is_not_a_terminal(capsys)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert lines[0].startswith("epoch 1/40 · bound") and lines[-1].startswith("epoch 40/40 · bound")
     assert len(lines) < 10  # rate-limited: the first, the last, and at most one every 5 s
+
+
+@pytest.mark.parametrize("argument", ["data", "validation"])
+def test_a_message_about_the_data_names_the_argument_wherever_it_comes_from(argument):
+    """The models name the data as the caller calls them (check_data's ``name``), so a message
+    from inside a model's own check (the Bernoulli decoder's, a sequence model's) names ``data`` or
+    ``validation``, not ``x``. Before, fit rewrote messages that began with "x " and missed these."""
+    torch.manual_seed(0)
+    binary = (torch.rand(20, 6) > 0.5).float()
+    bad = {"data": binary.clone(), "validation": binary.clone()}
+    bad[argument][3, 2] = 0.5
+    vae = elbox.VAE(6, 2, hidden=(8,))
+    with pytest.raises(ValueError, match=f"binary data; {argument} holds"):
+        elbox.fit(vae, vae.guide, bad["data"], validation=bad["validation"], epochs=1)
+    hmm = elbox.HMM(2, dim=1)
+    seqs = {"data": torch.randn(4, 5, 1), "validation": torch.randn(4, 5, 1)}
+    seqs[argument] = torch.randn(4, 5, 2)
+    with pytest.raises(ValueError, match=f"^{argument} must have shape"):
+        elbox.fit(hmm, None, seqs["data"], validation=seqs["validation"], bound="max_likelihood", epochs=1)

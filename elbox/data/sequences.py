@@ -164,19 +164,19 @@ def _check_prefix(mask: Tensor) -> None:
         )
 
 
-def _numeric(x) -> Tensor:
+def _numeric(x, name: str = "x") -> Tensor:
     """``x`` as a tensor of real numbers (integers for symbols); anything else is a TypeError."""
     if not isinstance(x, Tensor):
         array = np.asarray(x)
         if array.dtype.kind not in "iuf":
-            raise TypeError(f"x must be numeric data; received {describe(array)}")
+            raise TypeError(f"{name} must be numeric data; received {describe(array)}")
         x = torch.as_tensor(array)
     if x.device.type == "meta":
-        raise TypeError(f"x is on the meta device and holds no data; received {describe(x)}")
+        raise TypeError(f"{name} is on the meta device and holds no data; received {describe(x)}")
     if x.is_complex():
-        raise TypeError(f"x must be real-valued; received {describe(x)}")
+        raise TypeError(f"{name} must be real-valued; received {describe(x)}")
     if x.dtype == torch.bool:
-        raise TypeError(f"x must be numeric data (numbers, or integer symbols); received {describe(x)}")
+        raise TypeError(f"{name} must be numeric data (numbers, or integer symbols); received {describe(x)}")
     return x
 
 
@@ -189,6 +189,7 @@ def as_sequences(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     owner: str = "the model",
+    name: str = "x",
 ) -> Sequences:
     """``x`` (a tensor ``[B, T, *event]``, a :class:`Sequences` or a list of ``[T_b, *event]``
     arrays) as a checked Sequences: values finite where the mask is set (padded entries are
@@ -207,6 +208,7 @@ def as_sequences(
         dtype: The values' (and inputs') dtype (default torch's default dtype).
         device: Where the checked batch lives (default: where ``x`` is).
         owner: Who asks, named in error messages (e.g. ``"HMM"``).
+        name: What the data are called in error messages (``fit`` passes ``"data"``).
 
     Example:
         >>> seqs = as_sequences([torch.randn(5, 2), torch.randn(3, 2)], event_shape=(2,))
@@ -227,43 +229,42 @@ def as_sequences(
     elif isinstance(x, list | tuple) and len(x) > 0 and not isinstance(x[0], int | float):
         seqs = Sequences.from_list(x)
     else:
-        seqs = Sequences(_numeric(x))
-    name = owner
-    _numeric(seqs.values)
+        seqs = Sequences(_numeric(x, name))
+    _numeric(seqs.values, name)
     device = seqs.values.device if device is None else device
     values, mask = seqs.values.to(device), seqs.mask.to(device)
     want = (None, None) if integer else (None, None, *event_shape)
     if values.dim() != len(want) or any(w is not None and w != g for w, g in zip(want, values.shape)):
         expected = "[B, T]" if integer else "[B, T, " + ", ".join(str(d) for d in event_shape) + "]"
-        raise ValueError(f"x must have shape {expected} for {name}; received {describe(values)}")
+        raise ValueError(f"{name} must have shape {expected} for {owner}; received {describe(values)}")
     valid = mask.reshape(mask.shape + (1,) * (values.dim() - 2))
     if integer:
         if values.is_floating_point():
-            values = as_data(torch.where(valid, values, 0), "x")
+            values = as_data(torch.where(valid, values, 0), name)
             if (values != values.round()).any():
                 raise ValueError(
-                    f"x must hold integer symbols for {name} (categorical emissions); received {describe(values)}"
+                    f"{name} must hold integer symbols for {owner} (categorical emissions); received {describe(values)}"
                 )
         values = torch.where(valid, values, 0).long()
         M = event_shape[0]
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= M):
             raise ValueError(
-                f"x must hold symbols in [0, {M}) for {name}; received values in "
+                f"{name} must hold symbols in [0, {M}) for {owner}; received values in "
                 f"[{int(values.min())}, {int(values.max())}]"
             )
     else:
         if not values.is_floating_point():
             values = values.to(dtype)
-        values = as_data(torch.where(valid, values.to(dtype), 0.0), "x")
+        values = as_data(torch.where(valid, values.to(dtype), 0.0), name)
     inputs = seqs.inputs
     if num_inputs:
         if inputs is None:
-            raise ValueError(f"{name} has input_dim={num_inputs}: pass the inputs as Sequences(x, inputs=u)")
+            raise ValueError(f"{owner} has input_dim={num_inputs}: pass the inputs as Sequences(x, inputs=u)")
         inputs = as_data(inputs, "inputs", ndim=3, dtype=dtype, device=device)
         if inputs.shape[-1] != num_inputs:
             raise ValueError(f"inputs must have shape [B, T, {num_inputs}]; received {describe(inputs)}")
     elif inputs is not None:
-        raise ValueError(f"{name} has no inputs (input_dim=0) but the sequences carry inputs {describe(inputs)}")
+        raise ValueError(f"{owner} has no inputs (input_dim=0) but the sequences carry inputs {describe(inputs)}")
     checked = Sequences.__new__(Sequences)
     checked.values, checked.mask, checked.inputs = values, mask, inputs
     return checked

@@ -562,25 +562,15 @@ def _positive_finite(value, name: str) -> float:
 def _checked_data(model, data, binarization: str | None, name: str):
     """The data in the model's dtype, checked once here, at the entry point; a message about the
     data names the argument (``data`` or ``validation``)."""
-    try:
-        return _check(model, data, binarization, name)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        if message.startswith("x "):
-            message = name + message[1:]
-        raise type(error)(message) from None
-
-
-def _check(model, data, binarization: str | None, name: str):
     if binarization is None:
-        return model.check_data(data)
+        return model.check_data(data, name=name)
     x = as_data(data, name, dtype=model._reference().dtype, device=model._reference().device)
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"binarization='dynamic' needs intensities in [0, 1]; {name} holds values in "
             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
         )
-    model.check_data((x[:1] > 0.5).to(x.dtype))  # the shape, as the model sees a binary point
+    model.check_data((x[:1] > 0.5).to(x.dtype), name=name)  # the shape, as the model sees a binary point
     return x
 
 

@@ -175,8 +175,9 @@ class LatentModel(nn.Module):
         ref = self._reference()
         return {"dtype": ref.dtype, "device": ref.device, "owner": type(self).__name__}
 
-    def check_data(self, x) -> Tensor:
-        """Converts ``x`` to the model's dtype and checks it is a finite batch of data points.
+    def check_data(self, x, *, name: str = "x") -> Tensor:
+        """Converts ``x`` to the model's dtype and checks it is a finite batch of data points;
+        an error names the data as ``name`` (``fit`` passes ``"data"`` or ``"validation"``).
 
         Every call checks: nothing is remembered about a tensor (its memory can change behind
         torch's back, through numpy or ``.data``). The one exception is explicit: an
@@ -184,8 +185,8 @@ class LatentModel(nn.Module):
         ``checked=True`` from data it has just checked passes as it is.
         """
         if isinstance(x, Batch):
-            return x.data if x.checked else self._check_data(x.data)
-        return self._check_data(x)
+            return x.data if x.checked else self._check_data(x.data, name)
+        return self._check_data(x, name)
 
     @property
     def em_regularizer(self) -> str | None:
@@ -220,13 +221,13 @@ class LatentModel(nn.Module):
         """The M-step from :meth:`em_statistics` alone (see :meth:`em_bound`)."""
         raise NotImplementedError
 
-    def _check_data(self, x) -> Tensor:
+    def _check_data(self, x, name: str = "x") -> Tensor:
         ref = self._reference()
-        x = as_data(x, "x", ndim=1 + len(self.data_shape), dtype=ref.dtype, device=ref.device)
+        x = as_data(x, name, ndim=1 + len(self.data_shape), dtype=ref.dtype, device=ref.device)
         if any(want is not None and want != got for want, got in zip(self.data_shape, x.shape[1:])):
             expected = ", ".join("N" if d is None else str(d) for d in self.data_shape)
             raise ValueError(
-                f"x must have shape [B, {expected}] for {type(self).__name__}; "
+                f"{name} must have shape [B, {expected}] for {type(self).__name__}; "
                 f"received shape {tuple(x.shape)}"
             )
         return x

@@ -97,11 +97,11 @@ class BetaBernoulli(LatentModel):
             return Bernoulli(logits=z)
         return Bernoulli(probs=z.unsqueeze(-1))
 
-    def _check_data(self, x) -> Tensor:
-        x = super()._check_data(x)
+    def _check_data(self, x, name: str = "x") -> Tensor:
+        x = super()._check_data(x, name)
         if ((x != 0) & (x != 1)).any():
             bad = x[(x != 0) & (x != 1)][0].item()
-            raise ValueError(f"x must hold coin flips, each 0 or 1; received the value {bad}")
+            raise ValueError(f"{name} must hold coin flips, each 0 or 1; received the value {bad}")
         return x
 
     def _counts(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -127,15 +127,16 @@ class FlowDensity(LatentModel):
             x = torch.floor(y / self.dequantize) * self.dequantize
             return x, y - x
 
-    def _check_data(self, x) -> Tensor:
-        x = super()._check_data(x)
+    def _check_data(self, x, name: str = "x") -> Tensor:
+        x = super()._check_data(x, name)
         if self.dequantize is not None:
             cells = x / self.dequantize
             off = (cells - cells.round()).abs()
             if bool((off > 1e-4).any()):
                 bad = x.flatten()[off.flatten().argmax()].item()
                 raise ValueError(
-                    f"dequantize = {self.dequantize:g} needs data on a grid of that step (multiples of it); x holds "
+                    f"dequantize = {self.dequantize:g} needs data on a grid of that step (multiples of it); "
+                    f"{name} holds "
                     f"{bad:.6g}, which is not: give the data's own step (1/16 for the digits, 1/255 for MNIST) or "
                     "dequantize=None for continuous data"
                 )

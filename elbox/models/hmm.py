@@ -176,11 +176,11 @@ class HMM(LatentModel):
 
     # Data.
 
-    def check_data(self, x) -> Sequences:
+    def check_data(self, x, *, name: str = "x") -> Sequences:
         """``x`` as a checked :class:`~elbox.data.Sequences` (see :func:`as_sequences`)."""
         if self.emission == "categorical":
-            return as_sequences(x, event_shape=(self.num_symbols,), integer=True, **self._sequence_options())
-        return as_sequences(x, event_shape=(self.dim,), **self._sequence_options())
+            return as_sequences(x, event_shape=(self.num_symbols,), integer=True, name=name, **self._sequence_options())
+        return as_sequences(x, event_shape=(self.dim,), name=name, **self._sequence_options())
 
     def emission_log_prob(self, x) -> Tensor:
         """log p(x_t | z_t = k) for every step and state, ``[B, T, K]``; zero past a sequence's end."""

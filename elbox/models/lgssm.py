@@ -169,9 +169,10 @@ class LinearGaussianSSM(LatentModel):
 
     # Data.
 
-    def check_data(self, x) -> Sequences:
+    def check_data(self, x, *, name: str = "x") -> Sequences:
         """``x`` as a checked :class:`~elbox.data.Sequences` of ``[B, T, obs_dim]`` observations."""
-        return as_sequences(x, event_shape=(self.obs_dim,), num_inputs=self.input_dim, **self._sequence_options())
+        return as_sequences(x, event_shape=(self.obs_dim,), num_inputs=self.input_dim, name=name,
+                            **self._sequence_options())
 
     def _drive(self, x: Sequences) -> Tensor | None:
         """B u_t for t ≥ 2 (the input driving the step into z_t), ``[B, T-1, state_dim]``, or None."""

@@ -88,17 +88,17 @@ class _Decoded(LatentModel):
             z = self.prior().sample((n,))  # [n, *latent]
             return self.likelihood(z).sample(), z
 
-    def _check_data(self, x) -> Tensor:
-        x = super()._check_data(x)
+    def _check_data(self, x, name: str = "x") -> Tensor:
+        x = super()._check_data(x, name)
         if self.decoder_type == "bernoulli" and not ((x == 0) | (x == 1)).all():
             raise ValueError(
-                f"the Bernoulli decoder needs binary data; x holds values in [{float(x.min()):.3g}, "
+                f"the Bernoulli decoder needs binary data; {name} holds values in [{float(x.min()):.3g}, "
                 f"{float(x.max()):.3g}] that are not all 0 or 1. Binarize it (elbox.data.binarize, or "
                 "dynamic binarization in fit), or use decoder='continuous_bernoulli' for intensities in [0, 1]"
             )
         if self.decoder_type == "continuous_bernoulli" and ((x < 0) | (x > 1)).any():
             raise ValueError(
-                f"the continuous Bernoulli decoder needs data in [0, 1]; received values in "
+                f"the continuous Bernoulli decoder needs data in [0, 1]; {name} holds values in "
                 f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
             )
         return x
