@@ -346,3 +346,27 @@ def test_two_evaluations_with_different_seeds_agree_within_the_reported_monte_ca
         assert abs(a[0] - b[0]) < 4 * math.hypot(a[1], b[1]), name
         # the points' spread is another error, and much larger here: the Monte Carlo one is not it
         assert reports[0].elbo["stderr"] > 5 * reports[0].elbo["mc_stderr"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_report_takes_the_elbos_expectation_as_elbo_does(seed):
+    """One decision (elbox.bounds.closed_forms) for both: where the reconstruction and the KL have
+    closed forms (a sum over a categorical q; a Gaussian q under factor analysis) the report's
+    per-point ELBO equals elbo()'s, in float64 on random instances (global guides: the report
+    evaluates q on new points), with no Monte Carlo error."""
+    torch.manual_seed(seed)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    mixture = elbox.GaussianMixture(2, 3).double()
+    mixture.initialize(x)
+    factor = elbox.FactorAnalysis(3, 1).double()
+    factor.initialize(x)
+    for model, guide in ((mixture, elbox.guides.Categorical(2)), (factor, elbox.guides.MeanFieldNormal(1))):
+        guide = guide.double()
+        with torch.no_grad():
+            for p in guide.parameters():
+                p.normal_()
+        report = elbox.evidence_report(model, guide, x, num_samples=50, iwae_samples=5, refine_steps=0)
+        expected = elbox.elbo(model, guide, x).value
+        torch.testing.assert_close(torch.tensor(report.per_point["elbo"], dtype=torch.float64), expected,
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
+        assert report.elbo["mc_stderr"] == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor
 from torch.distributions import kl_divergence
@@ -10,7 +11,7 @@ from torch.distributions import kl_divergence
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw, draw_with_log_prob, prepare, score_surrogate
 
-__all__ = ["Terms", "elbo"]
+__all__ = ["ClosedForms", "Terms", "closed_forms", "elbo"]
 
 _KL_METHODS = ("analytic", "mc")
 _EXPECTATIONS = ("auto", "analytic", "enumerate", "sample")
@@ -93,38 +94,25 @@ def elbo(
     if expectation not in _EXPECTATIONS:
         raise ValueError(f"expectation must be one of {_EXPECTATIONS}; received {expectation!r}")
     x, q, p = prepare(model, guide, x, index)
-    enumerable = q.support.is_discrete and q.has_enumerate_support
-    if expectation == "enumerate" and not enumerable:
-        raise ValueError(f"expectation='enumerate' needs a discrete q with enumerable support; q is {type(q).__name__}")
-    if expectation == "enumerate" or (expectation == "auto" and enumerable):
-        return _enumerated(model, x, q, p, kl)
-    if expectation in ("auto", "analytic"):
-        expected = model.expected_log_likelihood(x, q)
-        if expected is not None:
-            kl_value = _analytic_kl(q, p)
-            if kl_value is None:
-                raise ValueError(
-                    f"expectation='analytic' needs a registered KL({type(q).__name__} ‖ {type(p).__name__})"
-                )
-            return Terms(value=expected - kl_value, reconstruction=expected, kl=kl_value, kl_method="analytic")
-        if expectation == "analytic":
-            raise ValueError(
-                f"expectation='analytic': {type(model).__name__} has no closed-form E_q[log p(x | z)] "
-                f"for q = {type(q).__name__}; use expectation='sample'"
-            )
-
-    analytic = _analytic_kl(q, p) if kl == "analytic" else None
-    if analytic is None:  # q's density at its own draws: one pass for a flow (rsample_and_log_prob)
+    exact = closed_forms(model, x, q, p, expectation=expectation, kl=kl)
+    if exact.reconstruction is not None and exact.kl is not None:
+        value = exact.reconstruction - exact.kl
+        return Terms(value=value, reconstruction=exact.reconstruction, kl=exact.kl, kl_method=exact.kl_method)
+    sample_kl = exact.kl is None
+    if sample_kl:  # q's density at its own draws: one pass for a flow (rsample_and_log_prob)
         z, log_q = draw_with_log_prob(q, num_samples)  # [S, B, *event], [S, B]
     else:
         z, log_q = draw(q, num_samples), None
-    log_lik = model.log_likelihood(x, z)  # [S, B]
-    reconstruction = log_lik.mean(0)
-    if analytic is not None:
-        kl_value, kl_method, signal = analytic, "analytic", log_lik
-    else:
+    if exact.reconstruction is None:
+        log_lik = model.log_likelihood(x, z)  # [S, B]
+        reconstruction, signal = log_lik.mean(0), log_lik
+    else:  # the closed form, with a KL that has none: only the KL is sampled
+        reconstruction, signal = exact.reconstruction, 0.0
+    if sample_kl:
         log_ratio = log_q - p.log_prob(z)  # [S, B]
-        kl_value, kl_method, signal = log_ratio.mean(0), "mc", log_lik - log_ratio
+        kl_value, kl_method, signal = log_ratio.mean(0), "mc", signal - log_ratio
+    else:
+        kl_value, kl_method = exact.kl, exact.kl_method
     value = reconstruction - kl_value
     score = None
     if not q.has_rsample:
@@ -133,21 +121,56 @@ def elbo(
     return Terms(value=value, reconstruction=reconstruction, kl=kl_value, kl_method=kl_method, score=score)
 
 
+class ClosedForms(NamedTuple):
+    """The ELBO's terms that have a closed form for this model and q (None where one must be
+    sampled): the reconstruction E_q[log p(x | z)] and KL(q ‖ p), and how the KL was taken
+    (``"analytic"``, ``"enumerate"``; ``"mc"`` when it is None)."""
+
+    reconstruction: Tensor | None
+    kl: Tensor | None
+    kl_method: str
+
+
+def closed_forms(model, x, q, p, *, expectation: str = "auto", kl: str = "analytic") -> ClosedForms:
+    """The one decision of how the ELBO's expectation is taken, shared by :func:`elbo` and the
+    evidence report (:func:`~elbox.evidence.evidence_report`), so that the two always agree.
+
+    The reconstruction is exact where it can be: a sum over a discrete q's enumerable support
+    (``"enumerate"``), else the model's closed form for this q (``"analytic"``, e.g. a Gaussian q
+    under a linear-Gaussian model); ``"sample"`` (or neither available) leaves it to particles.
+    The KL is taken from torch's ``kl_divergence`` registry when ``kl="analytic"`` and one is
+    registered, else summed over an enumerable q, else left to particles. An explicit
+    ``expectation`` that cannot be honoured is an error; ``"auto"`` takes what exists.
+    """
+    enumerable = q.support.is_discrete and q.has_enumerate_support
+    if expectation == "enumerate" and not enumerable:
+        raise ValueError(f"expectation='enumerate' needs a discrete q with enumerable support; q is {type(q).__name__}")
+    analytic = _analytic_kl(q, p) if kl == "analytic" else None
+    if expectation == "enumerate" or (expectation == "auto" and enumerable):
+        values = q.enumerate_support(expand=True)  # [K, B]
+        log_q = q.log_prob(values)  # [K, B]
+        probs = log_q.exp()
+        reconstruction = (probs * model.log_likelihood(x, values)).sum(0)
+        kl_value = analytic if analytic is not None else (probs * (log_q - p.log_prob(values))).sum(0)
+        return ClosedForms(reconstruction, kl_value, "enumerate")
+    if expectation in ("auto", "analytic"):
+        expected = model.expected_log_likelihood(x, q)
+        if expected is None and expectation == "analytic":
+            raise ValueError(
+                f"expectation='analytic': {type(model).__name__} has no closed-form E_q[log p(x | z)] "
+                f"for q = {type(q).__name__}; use expectation='sample'"
+            )
+        if expected is not None:
+            if analytic is None and expectation == "analytic":
+                raise ValueError(
+                    f"expectation='analytic' needs a registered KL({type(q).__name__} ‖ {type(p).__name__})"
+                )
+            return ClosedForms(expected, analytic, "analytic" if analytic is not None else "mc")
+    return ClosedForms(None, analytic, "analytic" if analytic is not None else "mc")
+
+
 def _analytic_kl(q, p) -> Tensor | None:
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
         return None
-
-
-def _enumerated(model, x: Tensor, q, p, kl: str) -> Terms:
-    z = q.enumerate_support(expand=True)  # [K, B]
-    log_q = q.log_prob(z)  # [K, B]
-    probs = log_q.exp()
-    reconstruction = (probs * model.log_likelihood(x, z)).sum(0)
-    analytic = _analytic_kl(q, p) if kl == "analytic" else None
-    kl_value = analytic if analytic is not None else (probs * (log_q - p.log_prob(z))).sum(0)
-    return Terms(
-        value=reconstruction - kl_value, reconstruction=reconstruction, kl=kl_value, kl_method="enumerate"
-    )
-

@@ -15,6 +15,7 @@ from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw_with_log_prob, log_mean_exp, prepare
+from elbox.bounds.elbo import closed_forms
 from elbox.data.batches import Batch
 from elbox.distributed import base_seed, map_batches, seed_for, seeded
 from elbox.evidence.diagnostics import (
@@ -596,14 +597,7 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
                  "kl": -minus_inf, "iwae": minus_inf, "sampled": None}  # fmt: skip
         return terms, log_w, means, None, "prior"
     log_lik, log_ratio = torch.cat(log_lik), torch.cat(log_ratio)  # [S, B]
-    expected = model.expected_log_likelihood(x, q)
-    kl = _closed_form_kl(q, p)
-    if expected is None and q.support.is_discrete and q.has_enumerate_support:  # a sum, as elbo() takes it
-        values = q.enumerate_support(expand=True)  # [K, B]
-        log_q = q.log_prob(values)
-        probs = log_q.exp()
-        expected = (probs * model.log_likelihood(x, values)).sum(0)
-        kl = kl if kl is not None else (probs * (log_q - p.log_prob(values))).sum(0)
+    expected, kl, _ = closed_forms(model, x, q, p)  # exactly as elbo() takes them
     reconstruction = log_lik.mean(0) if expected is None else expected
     kl_value = log_ratio.mean(0) if kl is None else kl
     # the Monte Carlo error of the ELBO per point: zero where both terms are closed forms
@@ -615,15 +609,6 @@ def _shared_pass(model, guide, x, S: int, K: int, chunk_size: int | None):
              "kl_mc": log_ratio.std(0) / math.sqrt(S) if kl is None else zero,
              "iwae": log_mean_exp(log_w[:K]), "sampled": sampled if torch.is_tensor(sampled) else None}  # fmt: skip
     return terms, log_w, means, kl_per_dimension(q, p), "q"
-
-
-def _closed_form_kl(q, p) -> Tensor | None:
-    from torch.distributions import kl_divergence
-
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        return None
 
 
 def _mean(q, particle_mean: Tensor | None) -> Tensor | None:
