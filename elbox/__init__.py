@@ -7,6 +7,7 @@ from elbox.evidence import Estimate, EvidenceReport, bdmc, evidence_report, log_
 from elbox.inference import (
     ConvergenceWarning,
     DivergenceWarning,
+    FitOptions,
     History,
     Interrupted,
     Schedule,
@@ -54,6 +55,7 @@ __all__ = [
     "Estimate",
     "EvidenceReport",
     "FactorAnalysis",
+    "FitOptions",
     "FlowDensity",
     "GaussianMixture",
     "HierarchicalNormal",

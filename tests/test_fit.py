@@ -124,3 +124,44 @@ def test_a_message_about_the_data_names_the_argument_wherever_it_comes_from(argu
     seqs[argument] = torch.randn(4, 5, 2)
     with pytest.raises(ValueError, match=f"^{argument} must have shape"):
         elbox.fit(hmm, None, seqs["data"], validation=seqs["validation"], bound="max_likelihood", epochs=1)
+
+
+def test_fit_options_are_declared_once_and_read_everywhere():
+    """FitOptions is the one declaration: fit's signature shows its fields with their defaults,
+    the checkpoint records exactly the resume options it marks, keyword options and an options
+    object are the same call, and a bad value names the option."""
+    import dataclasses
+    import inspect
+
+    from elbox.inference.fit import _RESUME_KEYS
+
+    fields = {f.name: f.default for f in dataclasses.fields(elbox.FitOptions)}
+    signature = inspect.signature(elbox.fit).parameters
+    assert all(signature[name].default == default for name, default in fields.items())
+    assert set(elbox.FitOptions.resume_names()) <= set(_RESUME_KEYS)
+    assert set(_RESUME_KEYS) - set(elbox.FitOptions.resume_names()) == {"bound", "objective_options", "world_size"}
+    torch.manual_seed(0)
+    x = torch.randn(30, 3)
+
+    def run(**how):
+        model = elbox.FactorAnalysis(3, 1)
+        return elbox.fit(model, MeanFieldNormal(1, num_points=30), x, **how).steps
+
+    by_keyword = run(epochs=3, batch_size=10, lr=0.05, seed=4)
+    by_object = run(options=elbox.FitOptions(epochs=3, batch_size=10, lr=0.05, seed=4))
+    overridden = run(options=elbox.FitOptions(epochs=3, batch_size=10, lr=0.5, seed=4), lr=0.05)
+    assert by_keyword == by_object == overridden
+    with pytest.raises(ValueError, match="lr must be positive"):
+        elbox.FitOptions(lr=-1.0)
+    with pytest.raises(TypeError, match="options must be a FitOptions"):
+        run(options={"lr": 0.1})
+
+
+def test_a_checkpoint_records_the_resume_options(tmp_path):
+    from elbox.inference.fit import _RESUME_KEYS
+    from elbox.io.run import RunDirectory, load_checkpoint
+
+    model = elbox.FactorAnalysis(3, 1)
+    elbox.fit(model, MeanFieldNormal(1, num_points=20), torch.randn(20, 3), epochs=1, run_dir=tmp_path / "run", seed=1)
+    _, meta = load_checkpoint(RunDirectory(tmp_path / "run").checkpoint())
+    assert set(meta["options"]) == set(_RESUME_KEYS)

@@ -17,6 +17,7 @@ from elbox.inference.history import (
     DivergenceWarning,
     History,
 )
+from elbox.inference.options import FitOptions
 from elbox.inference.refine import can_refine, local_guide, refine, register_local_guide
 from elbox.inference.schedules import Schedule, temperature_annealing
 from elbox.inference.select import Selection, select
@@ -28,6 +29,7 @@ __all__ = [
     "CompileWarning",
     "ConvergenceWarning",
     "DivergenceWarning",
+    "FitOptions",
     "FitState",
     "GradientReport",
     "GradientStats",

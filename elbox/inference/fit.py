@@ -4,6 +4,8 @@ composes schedules, checkpoints, early stopping, metrics and progress."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import time
 import warnings
@@ -12,7 +14,7 @@ from signal import SIGTERM
 
 import torch
 
-from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
+from elbox._validation import as_data, check_points
 from elbox.data.batches import BatchIterator, binarize
 from elbox.distributed import (
     agree,
@@ -40,50 +42,32 @@ from elbox.inference.callbacks import (
 )
 from elbox.inference.history import DivergenceWarning, History
 from elbox.inference.optimizers import OPTIMIZERS, make_optimizer, optimizer_options
-from elbox.inference.schedules import LRSchedule, Schedule, lr_schedule
+from elbox.inference.options import FitOptions
+from elbox.inference.schedules import Schedule, lr_schedule
 from elbox.inference.schedules import kl_warmup as warmup_schedule
 from elbox.io.run import RunDirectory, RunLock, load_checkpoint, remove_stale_temporaries
 from elbox.objectives import Objective, make_objective
-from elbox.precision import check_precision, matmul_precision
+from elbox.precision import matmul_precision
 
 __all__ = ["CompileWarning", "fit"]
 
-# Options that must be the same when a run is resumed, for the result to equal an uninterrupted run.
-_RESUME_KEYS = (
-    "bound", "objective_options", "batch_size", "lr", "seed", "beta", "kl_warmup", "clip_grad_norm", "schedule",
-    "adam_eps", "binarization", "optimize_model", "world_size", "precision", "optimizer",
-)  # fmt: skip
+# Options that must be the same when a run is resumed, for the result to equal an uninterrupted run:
+# the objective, the world size, and the options FitOptions marks (elbox/inference/options.py).
+_RESUME_KEYS = ("bound", "objective_options", *FitOptions.resume_names(), "world_size")
 
 
 def fit(
     objective,
     *args,
     bound: str | None = None,
-    epochs: int | None = 100,
-    batch_size: int | None = None,
-    lr: float = 1e-2,
-    optimize_model: bool = True,
-    seed: int | None = None,
     callbacks: Sequence[Callback | Callable] | Callback | Callable = (),
     schedules: Sequence[Schedule] = (),
-    beta: float | None = None,
-    kl_warmup: int = 0,
-    clip_grad_norm: float | None = None,
-    schedule: str | LRSchedule | None = None,
-    adam_eps: float = 1e-8,
-    optimizer: str | dict = "adam",
-    binarization: str | None = None,
     validation=None,
-    patience: int | None = None,
     run_dir=None,
     resume: bool = False,
-    checkpoint_every: int = 1,
     config: str | None = None,
-    progress: bool = False,
-    tensorboard: bool = False,
-    precision: str = "float32",
-    compile: bool = False,  # noqa: A002 - torch.compile's name, as users know it
-    **objective_options,
+    options: FitOptions | None = None,
+    **kwargs,
 ) -> History:
     r"""Maximizes an objective over the guide's parameters (and the model's) by stochastic gradient.
 
@@ -124,47 +108,28 @@ def fit(
             ``data`` follow).
         *args: ``data``, or ``guide, data``.
         bound: The registered objective's name when a model is given (default ``"elbo"``).
-        epochs: Passes over the data (None: the schedule's length, e.g. 3,280 for ``"iwae"``).
-        batch_size: Points per step (default: all of them).
-        lr: Adam's learning rate (the schedule multiplies it).
-        optimize_model: Whether θ is fitted too, or only the guide.
-        seed: Seeds the shuffling, binarization and particles (torch's global RNG is left as
-            it was).
         callbacks: :class:`~elbox.inference.callbacks.Callback` objects or ``f(epoch, history)``
             functions (or one of them), called after each epoch.
         schedules: :class:`~elbox.inference.schedules.Schedule` objects driving attributes of
             the objective.
-        beta: The ELBO's KL weight (default the model's ``beta``, else 1).
-        kl_warmup: Epochs over which β rises linearly from 0 (Sønderby et al. 2016); 0 for none.
-        clip_grad_norm: If given, gradients are clipped to this total norm.
-        schedule: The learning-rate schedule: None or ``"constant"``, ``"iwae"`` (Burda et al.
-            2016), ``"cosine"``, ``"exponential"``, or an :class:`LRSchedule`.
-        adam_eps: Adam's ε (Burda et al. use 1e-4); the ``eps`` of any optimizer that has one,
-            unless ``optimizer`` gives it.
-        optimizer: ``"adam"`` (fused), ``"adamw"``, ``"sgd"`` (momentum) or ``"clipped_adam"``
-            (Pyro's: element-wise clipping and a per-step learning-rate decay), or a dict of
-            ``name`` and its options (:mod:`elbox.inference.optimizers`), e.g.
-            ``{"name": "clipped_adam", "beta1": 0.96, "lr_decay": 0.99996, "weight_decay": 2.0}``.
-        binarization: ``"dynamic"``: each batch is a fresh Bernoulli draw from the intensities
-            in ``data`` (and ``validation`` is binarized once, reproducibly).
         validation: Held-out data: its bound is computed after each epoch (needs a guide that
             takes new points, e.g. an amortized one).
-        patience: Early stopping after this many epochs without a better validation (else
-            training) bound; the best parameters are put back.
         run_dir: A directory for metrics and checkpoints (see above).
         resume: Continue the run in ``run_dir`` from its last checkpoint.
-        checkpoint_every: Epochs between checkpoints of ``last``.
         config: Text saved in each checkpoint: the config of record (the CLI's TOML).
-        progress: Show a progress bar with the bound and its parts.
-        tensorboard: Also write TensorBoard event files to ``run_dir/tensorboard``.
-        precision: ``"float32"``, or ``"bfloat16"`` for the encoders' and decoders' matrix
-            products (:mod:`elbox.precision`); log-densities, their reductions and the bound stay
-            in the data's dtype, and the parameters and optimizer in theirs.
-        compile: Run the objective through ``torch.compile`` (on the CPU it needs a C++
-            compiler: without one, or if compilation fails, a :class:`CompileWarning` says so and
-            training runs eagerly). Measured on these CPUs it is slower than eager for the VAEs
-            (BENCHMARKS.md); it is there for GPUs and for objectives that compile whole.
-        **objective_options: Options of the objective built by name.
+        options: A :class:`~elbox.inference.options.FitOptions`; options given by keyword
+            override its fields.
+        **kwargs: The training options, the fields of :class:`~elbox.inference.options.FitOptions`
+            (``epochs=100``, ``batch_size``, ``lr=1e-2``, ``optimize_model``, ``seed``, ``beta``,
+            ``kl_warmup``, ``clip_grad_norm``, ``schedule``, ``adam_eps``, ``optimizer="adam"``,
+            ``binarization``, ``patience``, ``checkpoint_every``, ``progress``, ``tensorboard``,
+            ``precision``, ``compile``: each field's help says what it does); any other keyword is
+            an option of the objective built by name (``num_samples=``, ``kl=``, ``alpha=``, …).
+            ``compile=True`` needs a C++ compiler on the CPU (without one, or if compilation fails,
+            a :class:`CompileWarning` says so and training runs eagerly); measured on these CPUs it
+            is slower than eager for the VAEs (BENCHMARKS.md). ``precision="bfloat16"`` rounds the
+            encoders' and decoders' products only (:mod:`elbox.precision`); log-densities, their
+            reductions and the bound stay in the data's dtype.
 
     Returns:
         A :class:`History`: the bound per epoch (data-weighted mean over the epoch's steps) and
@@ -178,28 +143,24 @@ def fit(
         RunLockedError: If another process is writing ``run_dir``.
         Interrupted: On SIGTERM or SIGINT, after the checkpoint is written.
     """
-    objective, data = _objective(objective, args, bound, beta, objective_options)
+    training = {k: kwargs.pop(k) for k in FitOptions.names() if k in kwargs}
+    opts = (options if options is not None else FitOptions()).replace(**training) if training or options is None \
+        else options  # fmt: skip
+    if not isinstance(opts, FitOptions):
+        raise TypeError(f"options must be a FitOptions; received {type(opts).__name__}")
+    objective, data = _objective(objective, args, bound, opts.beta, kwargs)
     model = objective.model
-    schedule = lr_schedule(schedule, epochs)
+    schedule = lr_schedule(opts.schedule, opts.epochs)
+    epochs = opts.epochs
     if epochs is None:
         if schedule.epochs is None:
             raise ValueError(f"epochs=None needs a schedule of fixed length; the {schedule.name!r} schedule has none")
         epochs = schedule.epochs
-    epochs = check_positive_int(epochs, "epochs")
-    if binarization not in (None, "dynamic"):
-        raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
+    binarization, lr, seed, patience = opts.binarization, opts.lr, opts.seed, opts.patience
     x = check_points(_checked_data(model, data, binarization, "data"), "data")
     N = len(x)
-    batch_size = N if batch_size is None else min(check_positive_int(batch_size, "batch_size"), N)
-    lr = _positive_finite(lr, "lr")
-    adam_eps = _positive_finite(adam_eps, "adam_eps")
-    seed = check_seed(seed)
-    precision = check_precision(precision)
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be True or False; received {compile!r}")
-    warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
-    if clip_grad_norm is not None:
-        clip_grad_norm = _positive_finite(clip_grad_norm, "clip_grad_norm")
+    batch_size = N if opts.batch_size is None else min(opts.batch_size, N)
+    warmup, clip_grad_norm = opts.kl_warmup, opts.clip_grad_norm
     guide = objective.guide
     if guide is not None and getattr(guide, "is_local", False):
         if guide.num_points != N:
@@ -212,9 +173,6 @@ def fit(
                 f"validation needs a guide that takes new points (an amortized one); {type(guide).__name__} is local "
                 "(one q per training point) and has no q for held-out points"
             )
-    if patience is not None:
-        patience = check_positive_int(patience, "patience")
-    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     valid = None if validation is None else _checked_data(model, validation, binarization, "validation")
     schedules = list(schedules)
     if not all(isinstance(s, Schedule) for s in schedules):
@@ -241,26 +199,25 @@ def fit(
     objective.to(dtype=x.dtype if torch.is_tensor(x) and x.dtype.is_floating_point else reference.dtype,
                  device=reference.device)  # fmt: skip
     params = [p for p in objective.parameters() if p.requires_grad]
-    if not optimize_model:
+    if not opts.optimize_model:
         own = {id(p) for p in model.parameters()}
         guide_params = {id(p) for p in objective.guide.parameters()} if objective.guide is not None else set()
         params = [p for p in params if id(p) not in own or id(p) in guide_params]
     if not params:
         raise ValueError("nothing to optimize: neither the guide nor the model has trainable parameters")
-    spec = {"name": optimizer} if isinstance(optimizer, str) else optimizer
+    spec = {"name": opts.optimizer} if isinstance(opts.optimizer, str) else opts.optimizer
     if isinstance(spec, dict) and spec.get("name") in OPTIMIZERS and "eps" in optimizer_options(spec["name"]) \
             and "eps" not in spec:
-        spec = {**spec, "eps": adam_eps}
+        spec = {**spec, "eps": opts.adam_eps}
     optimizer, optimizer_record = make_optimizer(spec, params, lr)
-    options = {
+    # the record a resumed run must match: the options as resolved (the batch, β, the schedule, the optimizer)
+    resolved = {
         "bound": objective.name or type(objective).__name__, "objective_options": objective.options(),
-        "batch_size": batch_size, "lr": lr, "seed": seed,
-        "beta": float(objective.beta) if hasattr(objective, "beta") else None, "kl_warmup": warmup,
-        "clip_grad_norm": clip_grad_norm, "adam_eps": adam_eps,
+        "batch_size": batch_size, "beta": float(objective.beta) if hasattr(objective, "beta") else None,
         "schedule": [schedule.name, schedule.epochs, schedule.stages, schedule.gamma, schedule.final],
-        "binarization": binarization, "optimize_model": optimize_model, "world_size": W, "precision": precision,
-        "optimizer": optimizer_record,
+        "optimizer": optimizer_record, "world_size": W,
     }  # fmt: skip
+    options = {key: resolved[key] if key in resolved else getattr(opts, key) for key in _RESUME_KEYS}
     if W > 1:  # one command, one config, one data set on every rank, or a clear error on all of them
         agree({**options, "epochs": epochs, "run_dir": run_dir is not None, "resume": resume,
                "data": _fingerprint(x), "validation": None if valid is None else _fingerprint(valid)},
@@ -269,15 +226,16 @@ def fit(
     # the pieces the loop calls after each epoch, in order: stopping decides, then files are written
     checkpointer = None
     if run is not None:
-        checkpointer = Checkpointer(run, checkpoint_every, config, epochs, valid is not None or patience is not None)
-    elif tensorboard:
+        early = valid is not None or patience is not None
+        checkpointer = Checkpointer(run, opts.checkpoint_every, config, epochs, early)
+    elif opts.tensorboard:
         raise ValueError("tensorboard=True needs run_dir, where the event files are written")
     # under DDP the best parameters are kept in memory (the same on every rank), not read back from rank 0's disk
     callbacks = [callbacks] if isinstance(callbacks, Callback) or callable(callbacks) else list(callbacks)
     user = [c if isinstance(c, Callback) else FunctionCallback(c) for c in callbacks]
     pieces: list[Callback] = [c for c in user if c.measures]  # measurements join the epoch's record first
     pieces += [EarlyStopping(patience, checkpointer if W == 1 else None)] if patience is not None else []
-    pieces += [MetricsLog(run, tensorboard)] if run is not None and R == 0 else []
+    pieces += [MetricsLog(run, opts.tensorboard)] if run is not None and R == 0 else []
     pieces += [checkpointer] if run is not None else []
     pieces += [c for c in user if not c.measures]
 
@@ -290,13 +248,13 @@ def fit(
     start = time.perf_counter()
     lock = RunLock(run.path) if run is not None and R == 0 else contextlib.nullcontext()
     with lock, torch.random.fork_rng(devices=rng_devices()), SignalGuard(run is not None) as signals, \
-            Progress(progress and R == 0, epochs) as bar, matmul_precision(precision):  # fmt: skip
+            Progress(opts.progress and R == 0, epochs) as bar, matmul_precision(opts.precision):  # fmt: skip
         partial = _start(run, resume, checkpointer, state, epochs, seed)
         # DDP wraps the objective (after the parameters are restored: it broadcasts rank 0's)
         # buffers (β, a temperature) are set alike on every rank by the schedules: synced once, not every forward
         forward = objective if W == 1 else torch.nn.parallel.DistributedDataParallel(objective,
                                                                                       forward_sync_buffers=False)
-        if compile:
+        if opts.compile:
             forward = _compiled(forward, device)
         bar.resume(state.epoch)
         if valid is not None and binarization == "dynamic":  # one reproducible draw, comparable across epochs
@@ -321,24 +279,13 @@ def fit(
                 for s in stepwise:
                     scheduled[s.attribute] = s.apply(objective, len(state.history.steps) + len(values))
                 out = forward(batch)
-                if W == 1:
-                    loss = -out.surrogate.mean()
-                    value, terms, stop = out.value.detach().mean(), {k: t.detach().mean() for k, t in
-                                                                     out.parts.items()}, signals.received  # fmt: skip
-                    if not torch.isfinite(loss.detach()):
-                        _raise_non_finite(state, epoch, len(values), out.parts, run)
-                else:  # this rank's share of the global batch mean; the bound and the decisions summed over ranks
-                    size = min(batch_size, N - len(values) * batch_size)
-                    share = shard(size, R, W)
-                    weight = W / size if share.stop > share.start else 0.0
-                    loss = -out.surrogate.sum() * weight
-                    reduced = _reduction(out, loss, weight, size, signals.received)  # summed during the backward pass
+                size = min(batch_size, N - len(values) * batch_size)
+                loss, reduced = _step_loss(out, size, signals.received)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if W > 1:
-                    value, terms, stop = reduced()
-                    if stop == "non-finite":  # before the step: the parameters stay as they were
-                        _raise_non_finite(state, epoch, len(values), terms, run)
+                value, terms, stop = reduced()  # under DDP, summed over the ranks during the backward pass
+                if stop == "non-finite":  # before the step: the parameters stay as they were
+                    _raise_non_finite(state, epoch, len(values), terms, run)
                 if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                 optimizer.step()
@@ -373,6 +320,19 @@ def fit(
             stacklevel=2,
         )
     return history
+
+
+def _signature() -> inspect.Signature:
+    """fit's signature as help() and editors show it: the training options (FitOptions' fields,
+    with their defaults) as keyword parameters, then the objective's own options."""
+    own = [p for p in inspect.signature(fit).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    training = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+                for f in dataclasses.fields(FitOptions)]  # fmt: skip
+    rest = inspect.Parameter("objective_options", inspect.Parameter.VAR_KEYWORD)
+    return inspect.signature(fit).replace(parameters=[*own, *training, rest])
+
+
+fit.__signature__ = _signature()
 
 
 def _objective(objective, args: tuple, bound: str | None, beta, options: dict) -> tuple[Objective, object]:
@@ -448,6 +408,30 @@ def _seed(state: FitState, seed: int | None) -> None:
         return
     torch.manual_seed(seed if R == 0 else seed_for(seed, R))
     state.data_seed = seed
+
+
+def _step_loss(out, size: int, signal):
+    """One step's loss (minus the batch mean of the surrogate) and the function that gives the
+    step's mean bound and parts with one decision: ``"non-finite"`` where the loss is not finite,
+    else the signal received (None if none). One body for one process and for DDP: under DDP
+    each rank's loss is its share of the global batch mean (``size`` points in all), and the
+    bound, parts and decisions are summed over the ranks while the backward pass runs, so every
+    rank records the same numbers and stops at the same step."""
+    W = world_size()
+    if W == 1:
+        loss = -out.surrogate.mean()
+        value, terms = out.value.detach().mean(), {k: t.detach().mean() for k, t in out.parts.items()}
+
+        def local():
+            if not torch.isfinite(loss.detach()):
+                return value, terms, "non-finite"
+            return value, terms, signal
+
+        return loss, local
+    share = shard(size, rank(), W)
+    weight = W / size if share.stop > share.start else 0.0
+    loss = -out.surrogate.sum() * weight
+    return loss, _reduction(out, loss, weight, size, signal)
 
 
 def _reduction(out, loss, weight: float, size: int, signal):
@@ -550,13 +534,6 @@ def _compiled(module, device: torch.device):
             return module(batch)
 
     return forward
-
-
-def _positive_finite(value, name: str) -> float:
-    value = check_number(value, name, only_type=True)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite; received {value}")
-    return value
 
 
 def _checked_data(model, data, binarization: str | None, name: str):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from elbox.inference import temperature_annealing
+from elbox.inference.options import FitOptions
 from elbox.objectives import get_objective, make_objective
 from elbox.runs.config import ConfigError
 from elbox.runs.data import info_of_record
@@ -68,30 +69,27 @@ def build_objective(config: dict, model, guide):
 
 
 def fit_options(config: dict) -> dict:
-    """``fit``'s options from the config, besides the objective's own (see :func:`build_objective`)."""
+    """``fit``'s keyword arguments from the config: ``options``, a checked
+    :class:`~elbox.inference.options.FitOptions` (the ``[train]`` keys of the same names, with
+    the config's 0 for "none" where fit takes None), and ``schedules`` (the temperature's)."""
     t = config["train"]
-    options = {
-        "epochs": t["epochs"],
-        "batch_size": t["batch_size"],
-        "lr": t["lr"],
-        "schedule": t["schedule"],
-        "adam_eps": t["adam_eps"],
-        "optimizer": {"name": t["optimizer"], **config["optimizer"]},
-        "kl_warmup": t["kl_warmup"],
-        "clip_grad_norm": t["clip_grad_norm"] or None,
-        "patience": t["patience"] or None,
-        "checkpoint_every": t["checkpoint_every"],
-        "seed": t["seed"],
-        "binarization": "dynamic" if config["data"]["binarization"] == "dynamic" else None,
-        "tensorboard": config["log"]["tensorboard"],
-        "precision": t["precision"],
-        "compile": t["compile"],
-    }
+    same = {name: t[name] for name in FitOptions.names() if name in t and name not in (*_NONE_AS_ZERO, "optimizer")}
+    options = FitOptions(
+        **same,
+        **{name: t[name] or None for name in _NONE_AS_ZERO},
+        optimizer={"name": t["optimizer"], **config["optimizer"]},
+        binarization="dynamic" if config["data"]["binarization"] == "dynamic" else None,
+        tensorboard=config["log"]["tensorboard"],
+    )
+    schedules = []
     if t["anneal_rate"] > 0:
-        options["schedules"] = [temperature_annealing(initial=config["objective"]["temperature"],
-                                                      minimum=t["min_temperature"], rate=t["anneal_rate"],
-                                                      every=t["anneal_every"])]  # fmt: skip
-    return options
+        schedules.append(temperature_annealing(initial=config["objective"]["temperature"], minimum=t["min_temperature"],
+                                               rate=t["anneal_rate"], every=t["anneal_every"]))  # fmt: skip
+    return {"options": options, "schedules": schedules}
+
+
+#: [train] keys whose 0 means "none" in the config (TOML has no null), None in FitOptions.
+_NONE_AS_ZERO = ("clip_grad_norm", "patience")
 
 
 def initialize(config: dict, model, x) -> None:
