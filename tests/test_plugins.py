@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import elbox
+from elbox.runs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +83,33 @@ def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):
     assert result.returncode == 2 and "[plugins] imports: no_such_plugin_module" in result.stdout, result.stdout
     result = _elbox("fit", tmp_path / "config.toml", "--import", "missing.py", "--out", tmp_path / "run", cwd=tmp_path)
     assert result.returncode == 2 and "--import missing.py" in result.stdout and "does not exist" in result.stdout
+
+
+def test_a_data_set_is_one_registration():
+    """A DataSource registered from outside the package is a [data] name like the built-in ones:
+    the config accepts it, load_data gives its splits (validation held out by the shared helper),
+    an unknown name's message lists it, and a key that only another source reads is refused."""
+    from elbox.runs import load_data
+    from elbox.runs.config import parse_config
+    from elbox.runs.sources import DATA_SOURCES, DataSource, register_data_source, split_by_seed
+
+    def rings(config, split):
+        angle = torch.linspace(0, 6.28, 120)
+        x = torch.stack([angle.cos(), angle.sin()], -1) * (1 + (torch.arange(120) % 2)).unsqueeze(-1)
+        return split_by_seed(x, torch.arange(120) % 2, split, 20, config["data"]["validation"], "the rings")
+
+    if "rings_for_test" not in DATA_SOURCES:
+        register_data_source(DataSource("rings_for_test", rings, "two rings", real_valued=True))
+    config = parse_config({"data": {"name": "rings_for_test", "validation": 10, "binarization": "none"},
+                           "model": {"type": "gmm"}})  # fmt: skip
+    sizes = {split: len(load_data(config, split)[0]) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 90, "validation": 10, "test": 20}
+    with pytest.raises(ConfigError, match="'rings_for_test'"):
+        parse_config({"data": {"name": "ringz"}})
+    with pytest.raises(ConfigError, match=r"\[data\] root applies to name = 'mnist' only"):
+        parse_config({"data": {"name": "rings_for_test", "root": "/tmp", "binarization": "none"},
+                      "model": {"type": "gmm"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="real-valued"):
+        parse_config({"data": {"name": "rings_for_test", "binarization": "fixed"}, "model": {"type": "gmm"}})
+    with pytest.raises(ValueError, match="registered already"):
+        register_data_source(DataSource("digits", rings, "another digits"))

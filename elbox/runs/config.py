@@ -37,6 +37,7 @@ from elbox.runs._schema import (
     is_number,
 )
 from elbox.runs.plugins import import_plugins
+from elbox.runs.sources import DATA_SOURCES
 from elbox.runs.types import MODEL_TYPES
 
 __all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
@@ -50,7 +51,7 @@ _FLOW_HIDDEN = Key(list(FLOW_DEFAULTS["hidden"]), SIZES, "type = 'flow': each tr
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
-        "name": Key("digits", choice("digits", "mnist", "mnist1d", "file"),
+        "name": Key("digits", Registered(DATA_SOURCES, "a data source"),
                     "a built-in dataset, or 'file' for your own (path)"),
         "path": Key("", lambda v: isinstance(v, str), "a file path (a string)",
                     "your own .npy, .npz or .csv file instead of a built-in dataset (relative to the config file)"),
@@ -309,6 +310,12 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
         raise ConfigError(f"{source}: [data] give a built-in name or your own path, not both")
     if data["name"] == "file" and not data["path"]:
         raise ConfigError(f"{source}: [data] name = 'file' needs path, the file to read")
+    data_source = DATA_SOURCES[data["name"]]
+    for key, value in given["data"].items():  # a key that only another source reads, set to other than its default
+        owners = [s.name for s in DATA_SOURCES.values() if key in s.keys]
+        if owners and data_source.name not in owners and value != SCHEMA["data"][key].default:
+            raise ConfigError(f"{source}: [data] {key} applies to name = {' or '.join(map(repr, owners))} only; "
+                              f"received name = {data_source.name!r}")  # fmt: skip
     for section, default in (("guide", "gaussian"), ("prior", "normal")):
         if config[section]["type"] != default and section not in kind.sections:
             owners = [t.name for t in MODEL_TYPES.values() if section in t.sections]
@@ -316,12 +323,9 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
                               f"{' or '.join(map(repr, owners))} only; received a {kind.name!r} model")  # fmt: skip
     if kind.check is not None:
         kind.check(config, source)
-    if data["name"] == "mnist1d" and binary:
-        raise ConfigError(
-            f"{source}: [data] name = 'mnist1d' is real-valued: set binarization = 'none' and decoder = 'gaussian'"
-        )
-    if data["root"] and data["name"] != "mnist":
-        raise ConfigError(f"{source}: [data] root applies to name = 'mnist' only")
+    if data_source.real_valued and binary:
+        raise ConfigError(f"{source}: [data] name = {data_source.name!r} is real-valued: set binarization = 'none' and "
+                          "decoder = 'gaussian'")  # fmt: skip
     if kind.sequences and not data["path"]:
         raise ConfigError(
             f"{source}: [model] type = {kind.name!r} models sequences: give [data] path, a .npy file [N, T, D] or "

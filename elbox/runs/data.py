@@ -9,66 +9,32 @@ import torch
 
 from elbox.data.sequences import Sequences
 from elbox.runs.config import RECORD, ConfigError
+from elbox.runs.sources import DATA_SOURCES, DataSource, register_data_source, split_by_seed
 from elbox.runs.types import MODEL_TYPES, DataInfo
 
 __all__ = ["data_info", "data_name", "info_of_record", "load_data", "record_of"]
 
-_SPLIT_SEED = 0  # the train/test split does not depend on the run's seed
-_DIGITS_TEST = 297
-
-
 def load_data(config: dict, split: str):
-    """The split ``"train"``, ``"validation"`` or ``"test"`` of the config's data (``[N, D]``, or
-    :class:`Sequences` for sequence models) and its labels (None for a user's file). Training
+    """The split ``"train"``, ``"validation"`` or ``"test"`` of the config's data source
+    (``[data] name``, from :data:`~elbox.runs.sources.DATA_SOURCES`): ``[N, D]``, or
+    :class:`Sequences` for sequence models, and its labels (None where it has none). Training
     data keep their intensities under dynamic binarization (the engine draws per batch);
     held-out splits are binarized once, reproducibly."""
     data = config["data"]
-    name, held_out = data["name"], data["validation"]
-    if split == "validation" and held_out == 0:
+    if split == "validation" and data["validation"] == 0:
         raise ConfigError("[data] validation is 0: there is no validation split")
-    if name == "mnist":
-        from elbox.data import mnist
-
-        root = data["root"] or None
-        if root is not None and not Path(root).expanduser().is_dir():
-            raise FileNotFoundError(f"[data] root: the MNIST directory {root} does not exist")
-        x, y = mnist(root, split=split, validation=held_out)
-        return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
-    if name == "file":
-        x, y = _user_file(config), None
-        N = len(x)
-        test = data["test"] or max(1, N // 5)
-        if test + held_out >= N:
-            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training points of {N} in "
-                              f"{data['path']}")  # fmt: skip
-        order = torch.randperm(N, generator=torch.Generator().manual_seed(_SPLIT_SEED))
-        train_index, test_index = order[:-test], order[-test:]
-    elif name == "digits":
-        from elbox.data import digits
-
-        x, y = digits()
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(_SPLIT_SEED))
-        test = data["test"] or _DIGITS_TEST
-        if test + held_out >= x.shape[0]:
-            raise ConfigError(f"[data] test + validation = {test + held_out} leaves no training digits of {x.shape[0]}")
-        train_index, test_index = order[:-test], order[-test:]
-    else:
-        from elbox.data import mnist1d
-
-        x_train, y_train = mnist1d(data["num_samples"], split="train")
-        x_test, y_test = mnist1d(data["num_samples"], split="test")
-        x, y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
-        train_index = torch.arange(x_train.shape[0])
-        test_index = torch.arange(x_train.shape[0], x.shape[0])
-    if held_out >= train_index.numel():
-        raise ConfigError(f"[data] validation = {held_out} leaves no training points of {train_index.numel()}")
-    cut = train_index.numel() - held_out
-    index = {"train": train_index[:cut], "validation": train_index[cut:], "test": test_index}[split]
-    x = x[index]
-    y = None if y is None else y[index]
+    x, y = DATA_SOURCES[data["name"]].load(config, split)
     if isinstance(x, Sequences):
         return x, y
     return _binarized(x, data["binarization"], split, config["train"]["seed"]), y
+
+
+def _file(config: dict, split: str) -> tuple:
+    """The user's own file (``[data] path``): a fifth of it (or ``[data] test`` points) held out
+    at random as the test set."""
+    x = _user_file(config)
+    return split_by_seed(x, None, split, config["data"]["test"] or max(1, len(x) // 5), config["data"]["validation"],
+                         config["data"]["path"])  # fmt: skip
 
 
 def _user_file(config: dict):
@@ -143,3 +109,7 @@ def info_of_record(config: dict) -> DataInfo:
 def data_name(config: dict) -> str:
     """The data's name as tables and figures show it: the file's name, or the data set's."""
     return Path(config["data"]["path"]).name if config["data"]["name"] == "file" else config["data"]["name"]
+
+
+register_data_source(DataSource("file", _file, "your own .npy, .npz or .csv file ([data] path): points [N, D], or "
+                                "sequences (x, lengths, inputs)", keys=("path",)))  # fmt: skip
