@@ -11,9 +11,10 @@ from torch.distributions.utils import lazy_property
 
 from elbox._validation import as_data, check_positive_int, check_probabilities
 from elbox.data.sequences import Sequences, as_sequences
-from elbox.distributions.hmm_kernels import forward_backward, hmm_log_evidence
+from elbox.distributions.hmm_kernels import forward, forward_backward, hmm_log_evidence
 from elbox.distributions.markov import MarkovChain, viterbi
 from elbox.models.base import LatentModel
+from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
 from elbox.models.mixture import GaussianMixture
 
 __all__ = ["HMM", "HMMPosterior"]
@@ -254,6 +255,39 @@ class HMM(LatentModel):
         posterior = HMMPosterior(fb.filtered, self.transition_logits.log_softmax(-1), x.mask, fb.marginals,
                                  fb.transition_counts, log_filtered=fb.log_filtered)  # fmt: skip
         return posterior, fb.log_norm.sum(-1)
+
+    @torch.no_grad()
+    def forecast(self, x, steps: int, *, level: float = 0.9) -> Forecast:
+        r"""p(x_{T+1:T+k} | x_{1:T}) for each sequence, from its own last step: the filtered
+        p(z_T | x_{1:T}) carried k steps by the transition matrix, p(z_{T+j}) = α_T A^j, and the
+        emissions mixed by it. Gaussian emissions: the mixture's mean, variance and the exact
+        central ``level`` interval of each coordinate (the mixture's quantiles); categorical
+        ones: the symbols' probabilities (no interval).
+
+        Returns:
+            A :class:`~elbox.models.forecast.Forecast` with ``state_probs`` ``[B, k, K]``.
+        """
+        k, level = check_steps(steps), check_level(level)
+        x = self.check_data(x)
+        alpha, _ = forward(self.initial_logits, self.transition_logits, self._emission_log_prob(x))
+        B = len(x)
+        p = alpha[torch.arange(B), x.mask.sum(1) - 1]  # p(z_T | x_{1:T}), [B, K]
+        A = self.transition_matrix
+        probs = []
+        for _ in range(k):  # k products of [B, K] by [K, K]: the horizon, not the data's length
+            p = p @ A
+            probs.append(p)
+        state_probs = torch.stack(probs, 1)  # [B, k, K]
+        if self.emission == "categorical":
+            return Forecast(state_probs @ self.emission_probs, None, None, None, level, state_probs=state_probs)
+        loc = self.emissions.loc  # [K, D]
+        var = self.emissions.covariance
+        var = var.diagonal(dim1=-2, dim2=-1) if var.dim() == 3 else var  # [K, D]
+        mean = state_probs @ loc  # [B, k, D]
+        variance = state_probs @ (var + loc.square()) - mean.square()
+        weights = state_probs.unsqueeze(-2).expand(*state_probs.shape[:2], loc.shape[1], -1)  # [B, k, D, K]
+        lower, upper = mixture_quantiles(weights, loc.T, var.sqrt().T, ((1 - level) / 2, (1 + level) / 2))
+        return Forecast(mean, variance, lower, upper, level, state_probs=state_probs)
 
     def posterior(self, x) -> HMMPosterior:
         return self.e_step(x)[0]

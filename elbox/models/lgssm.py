@@ -15,6 +15,7 @@ from elbox.distributions.gauss_markov import GaussMarkovChain
 from elbox.distributions.kalman import PD_HINT as _PD_HINT
 from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, rts_smoother
 from elbox.models.base import LatentModel
+from elbox.models.forecast import Forecast, check_level, check_steps, normal_interval
 
 __all__ = ["LinearGaussianSSM"]
 
@@ -293,6 +294,59 @@ class LinearGaussianSSM(LatentModel):
             moments=moments,
         )
         return posterior, filtered.log_norm.sum(-1)
+
+    # Forecasts.
+
+    @torch.no_grad()
+    def forecast(self, x, steps: int, *, level: float = 0.9, inputs=None) -> Forecast:
+        r"""p(x_{T+1:T+k} | x_{1:T}) for each sequence, from its own last step: the Kalman filter's
+        last state, then k predictions, z_{T+j} ~ N(A m + B u, A P Aᵀ + Q) and
+        x_{T+j} ~ N(C m, C P Cᵀ + R), with the central ``level`` interval of every coordinate.
+
+        Args:
+            x: The sequences (ragged batches forecast each from its own end).
+            steps: k, the steps ahead.
+            level: The intervals' probability.
+            inputs: ``[B, k, input_dim]``, the inputs of the k future steps (models with inputs).
+
+        Returns:
+            A :class:`~elbox.models.forecast.Forecast` with the predictive state too.
+        """
+        k, level = check_steps(steps), check_level(level)
+        x = self.check_data(x)
+        B = len(x)
+        future = None
+        if self.input_dim:
+            if inputs is None:
+                raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs, the future steps' inputs "
+                                 f"[{B}, {k}, {self.input_dim}]")  # fmt: skip
+            ref = self._reference()
+            future = as_data(inputs, "inputs", ndim=3, dtype=ref.dtype, device=ref.device)
+            if tuple(future.shape) != (B, k, self.input_dim):
+                raise ValueError(f"inputs must have shape [{B}, {k}, {self.input_dim}] (sequences, steps ahead, "
+                                 f"inputs); received {list(future.shape)}")  # fmt: skip
+            future = future @ self.control_matrix.T  # [B, k, D]
+        elif inputs is not None:
+            raise ValueError("inputs: this model has no inputs (input_dim=0)")
+        filtered = self._filter(x)
+        last = x.mask.sum(1) - 1  # [B]
+        m = filtered.means[torch.arange(B), last]  # [B, D]
+        P = filtered.covariances["filt"][last]  # [B, D, D]
+        A, C, Q, R = self.transition_matrix, self.observation_matrix, self.transition_covariance, \
+            self.observation_covariance  # fmt: skip
+        means, covs = [], []
+        for j in range(k):  # k steps of B small products each: the horizon, not the data's length
+            m = m @ A.T + (future[:, j] if future is not None else 0.0)
+            P = A @ P @ A.T + Q
+            means.append(m)
+            covs.append(P)
+        state_mean, state_cov = torch.stack(means, 1), torch.stack(covs, 1)  # [B, k, D], [B, k, D, D]
+        mean = state_mean @ C.T
+        cov = C @ state_cov @ C.T + R  # [B, k, obs, obs]
+        variance = cov.diagonal(dim1=-2, dim2=-1)
+        lower, upper = normal_interval(mean, variance, level)
+        return Forecast(mean, variance, lower, upper, level, state_mean=state_mean, state_covariance=state_cov,
+                        covariance=cov)  # fmt: skip
 
     # EM.
 
