@@ -4,6 +4,7 @@ file), and a command that fails changes no file."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import elbox
+import elbox.plots  # imported lazily by elbox itself
 from elbox.cli.main import app
 from elbox.data import Sequences
 from elbox.guides import FullRankNormal, MeanFieldNormal
@@ -42,6 +44,12 @@ NUMBERS = {
     "tol": lambda v: elbox.em(elbox.FactorAnalysis(3, 1), X, tol=v),
     "beta  ": lambda v: elbox.objectives.ELBO(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), beta=v),  # ELBO's
     "alpha": lambda v: elbox.objectives.Renyi(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), alpha=v),
+    "concentration1": lambda v: elbox.BetaBernoulli(v, 1.0),
+    "concentration0": lambda v: elbox.guides.Beta(concentration0=v),
+    "hyper_scale": lambda v: elbox.HierarchicalNormal(2, hyper_scale=v),
+    "hyper_loc": lambda v: elbox.HierarchicalNormal(2, hyper_loc=v),
+    "noise_scale": lambda v: elbox.models.MixturePrior(torch.zeros(2, 1), noise_scale=v),
+    "reg_covar   ": lambda v: elbox.NormalNormal(2, reg_covar=v),  # the conjugate model's
 }
 BAD_NUMBERS = {"'1e-3'": ("1e-3", TypeError), "True": (True, TypeError), "[1.0]": ([1.0], TypeError),
                "nan": (float("nan"), ValueError), "inf": (float("inf"), ValueError),
@@ -50,8 +58,8 @@ NUMBER_CASES = [
     (name.strip(), make, value, ValueError if name == "observation_variance" and label == "'1e-3'" else error)
     for name, make in NUMBERS.items()
     for label, (value, error) in BAD_NUMBERS.items()
-    if not (name.strip() == "alpha" and label == "-1")  # α < 0 is allowed (not a lower bound, but defined)
-]  # observation_variance takes one string, 'learned': another is a ValueError
+    if not (name.strip() in ("alpha", "hyper_loc") and label == "-1")  # α < 0 is defined (not a lower bound); a
+]  # negative population mean is a mean  # observation_variance takes one string, 'learned': another is a ValueError
 
 
 @pytest.mark.parametrize(("name", "make", "value", "error"), NUMBER_CASES,
@@ -208,6 +216,73 @@ MISC = {
 @pytest.mark.parametrize("case", MISC)
 def test_other_bad_arguments(case):
     make, error, words = MISC[case]
+    with pytest.raises(error, match=words):
+        make()
+
+
+def _fa():
+    return elbox.FactorAnalysis(3, 1)
+
+
+def _dvae():
+    return elbox.DiscreteVAE(4, num_variables=2, num_categories=3, hidden=(8,))
+
+
+def _mvn(batch: int, dim: int):
+    return torch.distributions.MultivariateNormal(torch.zeros(batch, dim), torch.eye(dim))
+
+
+_schedules, _optimizers, _callbacks = elbox.inference.schedules, elbox.inference.optimizers, elbox.inference.callbacks
+_select = functools.partial(elbox.select, lambda k: elbox.GaussianMixture(k, 3), X)
+
+# Every public module's worst arguments (the probe of issue 25, item 8): what each was before is in the commit log.
+API = {
+    # models and their methods
+    "noise_scale of the wrong length": (lambda: elbox.HierarchicalNormal(3, noise_scale=torch.ones(2)), ValueError,
+                                        "noise_scale must be one number or \\[num_groups\\]"),
+    "fit_noise not a bool": (lambda: elbox.HierarchicalNormal(2, fit_noise="no"), TypeError, "fit_noise"),
+    "a mixture prior's scale of the wrong shape": (lambda: elbox.models.MixturePrior(torch.zeros(2, 3),
+                                                   scale=torch.ones(3)), ValueError, "scale must be"),
+    "isotropic not a bool": (lambda: elbox.FactorAnalysis(3, 1, isotropic="yes"), TypeError, "isotropic"),
+    "deterministic_encoder not a bool": (lambda: elbox.VAE(4, 2, deterministic_encoder="yes"), TypeError,
+                                         "deterministic_encoder"),
+    "noise_variance of the wrong shape": (lambda: setattr(_fa(), "noise_variance", torch.ones(2)), ValueError,
+                                          "noise_variance must be one number or \\[dim\\]"),
+    "a mixture's posterior that is not one": (lambda: elbox.GaussianMixture(2, 3).m_step(X, "abc"), TypeError,
+                                              "posterior"),
+    "a posterior of the wrong latent size": (lambda: _fa().m_step(X, _mvn(12, 2)), ValueError,
+                                             "posterior must have event shape \\[1\\]"),
+    "a posterior of the wrong batch": (lambda: _fa().m_step(X, _mvn(5, 1)), ValueError,
+                                       "posterior must have batch shape \\[12\\]"),
+    "a conjugate posterior of the wrong batch": (lambda: elbox.NormalNormal(3).m_step(torch.randn(4, 2, 3),
+                                                 _mvn(2, 3)), ValueError, "posterior must have batch shape"),
+    "a random-effects posterior that is not one": (lambda: elbox.HierarchicalNormal(2).m_step(torch.randn(4, 2, 1),
+                                                   "abc"), TypeError, "posterior"),
+    "z of the wrong latent size": (lambda: _fa().log_joint(X, torch.randn(12, 2)), ValueError, "z must have shape"),
+    "a VAE's z of the wrong latent size": (lambda: elbox.VAE(4, 2).likelihood(torch.randn(5, 3)), ValueError,
+                                           "z must have shape"),
+    "no sequences": (lambda: elbox.HMM(2, dim=3).log_evidence(torch.empty(0, 4, 3)), ValueError,
+                     "x must hold at least one sequence"),
+    # guides
+    "event_shape as an int": (lambda: elbox.guides.Categorical(2, event_shape=3), TypeError, "event_shape"),
+    "an encoder that is a string": (lambda: elbox.guides.Amortized("mlp", 2), TypeError, "encoder"),
+    "an encoder too narrow": (lambda: elbox.guides.Amortized(torch.nn.Linear(3, 3), 2)(torch.randn(4, 3)), ValueError,
+                              "encoder must return"),
+    "an encoder too wide": (lambda: elbox.guides.Amortized(torch.nn.Linear(3, 5), 2)(torch.randn(4, 3)), ValueError,
+                            "encoder must return"),
+    "deterministic not a bool": (lambda: elbox.guides.Amortized(torch.nn.Linear(3, 4), 2, deterministic="yes"),
+                                 TypeError, "deterministic"),
+    "a flow guide's encoder that is a string": (lambda: elbox.guides.FlowGuide(2, encoder="mlp"), TypeError,
+                                                "encoder"),
+    "a layer of width 0": (lambda: elbox.guides.mlp([4, 0, 2]), ValueError, "sizes"),
+    "one layer size": (lambda: elbox.guides.mlp([4]), ValueError, "sizes"),
+    "sizes as an int": (lambda: elbox.guides.mlp(5), TypeError, "sizes"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", API)
+def test_bad_arguments_across_the_api(case):
+    make, error, words = API[case]
     with pytest.raises(error, match=words):
         make()
 
@@ -404,7 +479,8 @@ def test_damaged_metrics_are_named_not_dropped(trained, tmp_path, case):
 
 def test_the_table_has_at_least_two_hundred_cases():
     count = (len(NUMBER_CASES) + len(INTEGER_CASES) + len(SEED_CASES) + len(DATA_CASES) + len(ENTRY_POINTS)
-             + len(MISC) + len(KEY_CASES) + len(CLI_CASES) + len(RUN_CASES) + len(METRICS_CASES))  # fmt: skip
+             + len(MISC) + len(API) + len(KEY_CASES) + len(CLI_CASES) + len(RUN_CASES)
+             + len(METRICS_CASES))  # fmt: skip
     assert count >= 200, count
 
 

@@ -50,6 +50,8 @@ def as_sequences(model, x, *, event_shape: tuple[int, ...], integer: bool = Fals
         seqs = Sequences(_numeric(x))
     name = type(model).__name__
     _numeric(seqs.values)
+    if len(seqs.values) == 0:
+        raise ValueError(f"x must hold at least one sequence for {name}; received {describe(seqs.values)}")
     values, mask = seqs.values.to(ref.device), seqs.mask.to(ref.device)
     want = (None, None) if integer else (None, None, *event_shape)
     if values.dim() != len(want) or any(w is not None and w != g for w, g in zip(want, values.shape)):
