@@ -44,12 +44,17 @@ NUMBERS = {
     "tol": lambda v: elbox.em(elbox.FactorAnalysis(3, 1), X, tol=v),
     "beta  ": lambda v: elbox.objectives.ELBO(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), beta=v),  # ELBO's
     "alpha": lambda v: elbox.objectives.Renyi(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), alpha=v),
+    "alpha ": lambda v: elbox.renyi(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, alpha=v, num_samples=2),
     "concentration1": lambda v: elbox.BetaBernoulli(v, 1.0),
     "concentration0": lambda v: elbox.guides.Beta(concentration0=v),
     "hyper_scale": lambda v: elbox.HierarchicalNormal(2, hyper_scale=v),
     "hyper_loc": lambda v: elbox.HierarchicalNormal(2, hyper_loc=v),
     "noise_scale": lambda v: elbox.models.MixturePrior(torch.zeros(2, 1), noise_scale=v),
     "reg_covar   ": lambda v: elbox.NormalNormal(2, reg_covar=v),  # the conjugate model's
+    "lr ": lambda v: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, lr=v, steps=1),  # refine's
+    "gamma": lambda v: elbox.inference.schedules.lr_schedule("exponential", gamma=v),
+    "final": lambda v: elbox.inference.schedules.lr_schedule("cosine", 5, final=v),
+    "beta   ": lambda v: elbox.inference.schedules.kl_warmup(v, 5),  # the warm-up's
 }
 BAD_NUMBERS = {"'1e-3'": ("1e-3", TypeError), "True": (True, TypeError), "[1.0]": ([1.0], TypeError),
                "nan": (float("nan"), ValueError), "inf": (float("inf"), ValueError),
@@ -90,6 +95,8 @@ INTEGERS = {
     "num_samples   ": lambda v: elbox.objectives.IWAE(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), num_samples=v),
     "steps": lambda v: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, steps=v),
     "n": lambda v: elbox.FactorAnalysis(3, 1).sample(v),
+    "epochs ": lambda v: elbox.inference.schedules.kl_warmup(1.0, v),  # the warm-up's
+    "patience ": lambda v: elbox.inference.callbacks.EarlyStopping(v, None),
 }  # fmt: skip
 BAD_INTEGERS = {"0": (0, ValueError), "-2": (-2, ValueError), "1.5": (1.5, TypeError), "'3'": ("3", TypeError),
                 "True": (True, TypeError)}  # fmt: skip
@@ -150,12 +157,40 @@ def test_bad_data_is_named(model, bad):
         instance.log_evidence(transform(x))
 
 
+def _vae():
+    return elbox.VAE(3, 1, hidden=(4,), decoder="gaussian")
+
+
+# The same bad data through entry points whose argument is not the models' x: the message names the
+# argument (select passes its x to em, whose argument is data).
+ARGUMENTS = {
+    "em(data)": ("data", lambda x: elbox.em(elbox.FactorAnalysis(3, 1), x)),
+    "select(x)": ("x", lambda x: elbox.select(lambda k: elbox.GaussianMixture(k, 3), x, [1])),
+    "select(x_valid)": ("x_valid", lambda x: elbox.select(lambda k: elbox.GaussianMixture(k, 3), X, [1], x_valid=x)),
+}  # fmt: skip
+ARGUMENT_CASES = [(entry, bad) for entry in ARGUMENTS for bad in BAD_DATA]
+
+
+@pytest.mark.parametrize(("entry", "bad"), ARGUMENT_CASES, ids=[f"{e}-{b}" for e, b in ARGUMENT_CASES])
+def test_bad_data_is_named_by_the_argument(entry, bad):
+    name, call = ARGUMENTS[entry]
+    transform, error, words = BAD_DATA[bad]
+    with pytest.raises(error, match=rf"^{name}\b.*({words})|({words}).*\b{name}\b"):
+        call(transform(X))
+
+
 ENTRY_POINTS = {
     "em": lambda x: elbox.em(elbox.FactorAnalysis(3, 1), x),
     "fit": lambda x: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x, epochs=1),
     "refine": lambda x: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x),
     "log_evidence": lambda x: elbox.log_evidence(elbox.FactorAnalysis(3, 1), x),
     "evidence_report": lambda x: elbox.evidence_report(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x),
+    "elbo": lambda x: elbox.elbo(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x),
+    "iwae": lambda x: elbox.iwae(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), x, num_samples=2),
+    "an objective": lambda x: elbox.objectives.IWAE(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1))(x),
+    "fit's validation": lambda x: elbox.fit((v := _vae()), v.guide, X, validation=x, epochs=1),
+    "select": lambda x: elbox.select(lambda k: elbox.GaussianMixture(k, 3), x, [1]),
+    "select's x_valid": lambda x: elbox.select(lambda k: elbox.GaussianMixture(k, 3), X, [1], x_valid=x),
 }
 
 
@@ -277,6 +312,71 @@ API = {
     "a layer of width 0": (lambda: elbox.guides.mlp([4, 0, 2]), ValueError, "sizes"),
     "one layer size": (lambda: elbox.guides.mlp([4]), ValueError, "sizes"),
     "sizes as an int": (lambda: elbox.guides.mlp(5), TypeError, "sizes"),
+    # bounds and objectives
+    "a model that is not one": (lambda: elbox.elbo("fa", MeanFieldNormal(1), X), TypeError, "model must be"),
+    "a guide that is not one": (lambda: elbox.elbo(_fa(), "q", X), TypeError, "guide must be"),
+    "no guide": (lambda: elbox.iwae(_fa(), None, X, num_samples=2), TypeError, "guide must be"),
+    "n as a string": (lambda: elbox.cubo(_fa(), MeanFieldNormal(1), X, num_samples=2, n="2"), TypeError,
+                      "n must be a number"),
+    "hard not a bool": (lambda: elbox.bounds.gumbel_softmax((d := _dvae()), d.guide, torch.ones(3, 4),
+                                                            temperature=1.0, hard="yes"), TypeError, "hard"),
+    "relaxed draws of a string": (lambda: elbox.bounds.relaxed_draws("q", 1.0), TypeError, "q must be"),
+    "an objective's name that is a list": (lambda: elbox.objectives.get_objective([]), TypeError, "objective"),
+    "max_likelihood with a guide": (lambda: elbox.fit(_fa(), MeanFieldNormal(1), X, bound="max_likelihood",
+                                                      epochs=1), TypeError, "takes no guide"),
+    # fit, em, refine, select
+    "kl_warmup longer than the run": (lambda: elbox.fit(_fa(), MeanFieldNormal(1), X, epochs=2, kl_warmup=5),
+                                      ValueError, "kl_warmup must be at most epochs"),
+    "a cosine schedule longer than the run": (lambda: elbox.fit(_fa(), MeanFieldNormal(1), X, epochs=3,
+                                                                schedule=_schedules.lr_schedule("cosine", 100)),
+                                              ValueError, "schedule: the cosine schedule spans 100"),
+    "callbacks as a number": (lambda: _fit(callbacks=5)(), TypeError, "callbacks"),
+    "callbacks of strings": (lambda: _fit(callbacks=["print"])(), TypeError, "callbacks"),
+    "one Schedule, not a list": (lambda: _fit(schedules=elbox.Schedule("beta", lambda e: 1.0))(), TypeError,
+                                 "schedules"),
+    "run_dir as a number": (lambda: _fit(run_dir=5)(), TypeError, "run_dir"),
+    "optimize_model not a bool": (lambda: _fit(optimize_model="no")(), TypeError, "optimize_model"),
+    "progress not a bool": (lambda: _fit(progress="yes")(), TypeError, "progress"),
+    "config not text": (lambda: _fit(config={"train": {}})(), TypeError, "config"),
+    "em's callback not a function": (lambda: elbox.em(_fa(), X, callback=5), TypeError, "callback"),
+    "em's init unknown": (lambda: elbox.em(elbox.GaussianMixture(2, 3), X, init="kmeans"), ValueError,
+                          "init must be"),
+    "refine's progress not a function": (lambda: elbox.refine(_fa(), MeanFieldNormal(1), X, steps=1, progress=5),
+                                         TypeError, "progress"),
+    "candidates as an int": (lambda: _select(3), TypeError, "candidates"),
+    "temperatures as a number": (lambda: elbox.inference.temperature_sweep(elbox.objectives.GumbelSoftmax(
+        (d := _dvae()), d.guide), torch.ones(3, 4), 1.0, repeats=2), TypeError, "temperatures"),
+    "a gradient monitor's parameters": (lambda: elbox.inference.GradientVariance(X, parameters="encoder"),
+                                        ValueError, "parameters"),
+    "local_guide of a string": (lambda: elbox.inference.local_guide("q"), TypeError, "q must be"),
+    "can_refine of a string": (lambda: elbox.inference.can_refine("q"), TypeError, "q must be"),
+    # schedules, optimizers, callbacks
+    "a schedule's attribute as a number": (lambda: elbox.Schedule(5, lambda e: 1.0), TypeError, "attribute"),
+    "a schedule's attribute empty": (lambda: elbox.Schedule("", lambda e: 1.0), ValueError, "attribute"),
+    "a schedule giving text": (lambda: elbox.fit(elbox.objectives.ELBO(_fa(), MeanFieldNormal(1)), X, epochs=1,
+                                                 schedules=[elbox.Schedule("beta", lambda e: "high")]), TypeError,
+                               "schedule of 'beta' must give a number"),
+    "a schedule giving NaN": (lambda: elbox.fit(elbox.objectives.ELBO(_fa(), MeanFieldNormal(1)), X, epochs=1,
+                                                schedules=[elbox.Schedule("beta", lambda e: float("nan"))]),
+                              ValueError, "schedule of 'beta' must give finite numbers"),
+    "an LRSchedule of an unknown name": (lambda: _schedules.LRSchedule("linear"), ValueError, "name must be"),
+    "a cosine LRSchedule without epochs": (lambda: _schedules.LRSchedule("cosine"), TypeError, "epochs"),
+    "an LRSchedule's gamma": (lambda: _schedules.LRSchedule("exponential", gamma=-1.0), ValueError, "gamma"),
+    "an LRSchedule's final": (lambda: _schedules.LRSchedule("cosine", epochs=5, final=2.0), ValueError, "final"),
+    "an option of another schedule": (lambda: _schedules.lr_schedule("exponential", gama=0.9), TypeError, "gama"),
+    "a negative warm-up": (lambda: _schedules.kl_weight(0, 1.0, -2), ValueError, "warmup"),
+    "an optimizer's lr of 0": (lambda: _optimizers.make_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], 0.0),
+                               ValueError, "lr must be positive"),
+    "an optimizer's lr as text": (lambda: _optimizers.make_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))],
+                                                                     "0.1"), TypeError, "lr"),
+    "an optimizer of nothing": (lambda: _optimizers.make_optimizer("adam", [], 0.1), ValueError, "params"),
+    "ClippedAdam's lr_decay": (lambda: _optimizers.ClippedAdam([torch.nn.Parameter(torch.zeros(2))], 0.1,
+                                                               betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+                                                               clip_value=10.0, lr_decay=2.0), ValueError, "lr_decay"),
+    "an optimizer's name as a number": (lambda: _optimizers.register_optimizer(5), ValueError, "name"),
+    "a checkpointer's run as text": (lambda: _callbacks.Checkpointer("run", 1, None, 5, False), TypeError, "run"),
+    "a metrics log's run as text": (lambda: _callbacks.MetricsLog("run"), TypeError, "run"),
+    "a signal guard's enabled": (lambda: _callbacks.SignalGuard("yes"), TypeError, "enabled"),
 }  # fmt: skip
 
 
@@ -478,8 +578,8 @@ def test_damaged_metrics_are_named_not_dropped(trained, tmp_path, case):
 
 
 def test_the_table_has_at_least_two_hundred_cases():
-    count = (len(NUMBER_CASES) + len(INTEGER_CASES) + len(SEED_CASES) + len(DATA_CASES) + len(ENTRY_POINTS)
-             + len(MISC) + len(API) + len(KEY_CASES) + len(CLI_CASES) + len(RUN_CASES)
+    count = (len(NUMBER_CASES) + len(INTEGER_CASES) + len(SEED_CASES) + len(DATA_CASES) + len(ARGUMENT_CASES)
+             + len(ENTRY_POINTS) + len(MISC) + len(API) + len(KEY_CASES) + len(CLI_CASES) + len(RUN_CASES)
              + len(METRICS_CASES))  # fmt: skip
     assert count >= 200, count
 

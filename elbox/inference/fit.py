@@ -12,7 +12,16 @@ from signal import SIGTERM
 
 import torch
 
-from elbox._validation import as_data, check_number, check_points, check_positive_int, check_seed
+from elbox._validation import (
+    as_data,
+    check_bool,
+    check_number,
+    check_path,
+    check_points,
+    check_positive_int,
+    check_seed,
+    describe,
+)
 from elbox.data.batches import BatchIterator, binarize
 from elbox.distributed import (
     agree,
@@ -186,6 +195,12 @@ def fit(
             raise ValueError(f"epochs=None needs a schedule of fixed length; the {schedule.name!r} schedule has none")
         epochs = schedule.epochs
     epochs = check_positive_int(epochs, "epochs")
+    if schedule.name == "cosine" and schedule.epochs > epochs:
+        raise ValueError(
+            f"schedule: the cosine schedule spans {schedule.epochs} epochs, more than the run's epochs={epochs}, so "
+            f"its learning rate would never come down to final={schedule.final:g}; pass schedule='cosine' (it then "
+            f"spans the run) or lr_schedule('cosine', {epochs})"
+        )
     if binarization not in (None, "dynamic"):
         raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
     x = check_points(_checked_data(model, data, binarization, "data"), "data")
@@ -198,6 +213,27 @@ def fit(
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False; received {compile!r}")
     warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
+    if warmup > epochs:
+        raise ValueError(
+            f"kl_warmup must be at most epochs ({epochs}): β rises over kl_warmup epochs and would never reach its "
+            f"value in a run this short; received kl_warmup={warmup}"
+        )
+    for name, flag in (("optimize_model", optimize_model), ("progress", progress), ("resume", resume),
+                       ("tensorboard", tensorboard)):  # fmt: skip
+        check_bool(flag, name)
+    if config is not None and not isinstance(config, str):
+        raise TypeError(f"config must be the config's text (a string) or None; received {describe(config)}")
+    if run_dir is not None:
+        check_path(run_dir, "run_dir")
+    if not (isinstance(callbacks, Callback) or callable(callbacks)):
+        if isinstance(callbacks, str | bytes) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a list of Callback objects or functions f(epoch, history); received "
+                            f"{describe(callbacks)}")  # fmt: skip
+        callbacks = list(callbacks)
+        for c in callbacks:
+            if not (isinstance(c, Callback) or callable(c)):
+                raise TypeError(f"callbacks must be Callback objects or functions f(epoch, history); received "
+                                f"{describe(c)}")  # fmt: skip
     if clip_grad_norm is not None:
         clip_grad_norm = _positive_finite(clip_grad_norm, "clip_grad_norm")
     guide = objective.guide
@@ -215,7 +251,11 @@ def fit(
     if patience is not None:
         patience = check_positive_int(patience, "patience")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
-    valid = None if validation is None else _checked_data(model, validation, binarization, "validation")
+    valid = None if validation is None else check_points(_checked_data(model, validation, binarization, "validation"),
+                                                         "validation")  # fmt: skip
+    if isinstance(schedules, Schedule | str) or not hasattr(schedules, "__iter__"):
+        raise TypeError(f"schedules must be a list of Schedule objects (schedules=[...]); received "
+                        f"{describe(schedules)}")  # fmt: skip
     schedules = list(schedules)
     if not all(isinstance(s, Schedule) for s in schedules):
         raise TypeError(f"schedules must be Schedule objects; received {[type(s).__name__ for s in schedules]}")
