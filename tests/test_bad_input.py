@@ -25,6 +25,11 @@ runner = CliRunner()
 X = torch.randn(12, 3)
 
 
+def _report(**options):
+    return elbox.evidence_report(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, num_samples=30, iwae_samples=5,
+                                 **options)  # fmt: skip
+
+
 def _fit(**options):
     return lambda: elbox.fit(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, epochs=1, **options)
 
@@ -52,6 +57,10 @@ NUMBERS = {
     "noise_scale": lambda v: elbox.models.MixturePrior(torch.zeros(2, 1), noise_scale=v),
     "reg_covar   ": lambda v: elbox.NormalNormal(2, reg_covar=v),  # the conjugate model's
     "lr ": lambda v: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, lr=v, steps=1),  # refine's
+    "refine_lr": lambda v: _report(refine_lr=v),
+    "cubo_order": lambda v: _report(cubo_order=v),
+    "step_size": lambda v: elbox.log_evidence(elbox.FactorAnalysis(3, 1), X, method="ais", num_samples=2, step_size=v),
+    "threshold": lambda v: elbox.evidence.active_units(torch.randn(10, 2), threshold=v),
     "gamma": lambda v: elbox.inference.schedules.lr_schedule("exponential", gamma=v),
     "final": lambda v: elbox.inference.schedules.lr_schedule("cosine", 5, final=v),
     "beta   ": lambda v: elbox.inference.schedules.kl_warmup(v, 5),  # the warm-up's
@@ -95,6 +104,10 @@ INTEGERS = {
     "num_samples   ": lambda v: elbox.objectives.IWAE(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), num_samples=v),
     "steps": lambda v: elbox.refine(elbox.FactorAnalysis(3, 1), MeanFieldNormal(1), X, steps=v),
     "n": lambda v: elbox.FactorAnalysis(3, 1).sample(v),
+    "elbo_samples": lambda v: _report(elbo_samples=v),
+    "refine_points": lambda v: _report(refine_points=v),
+    "mi_points": lambda v: _report(mi_points=v),
+    "chunk_size": lambda v: _report(chunk_size=v),
     "epochs ": lambda v: elbox.inference.schedules.kl_warmup(1.0, v),  # the warm-up's
     "patience ": lambda v: elbox.inference.callbacks.EarlyStopping(v, None),
 }  # fmt: skip
@@ -377,6 +390,28 @@ API = {
     "a checkpointer's run as text": (lambda: _callbacks.Checkpointer("run", 1, None, 5, False), TypeError, "run"),
     "a metrics log's run as text": (lambda: _callbacks.MetricsLog("run"), TypeError, "run"),
     "a signal guard's enabled": (lambda: _callbacks.SignalGuard("yes"), TypeError, "enabled"),
+    # evidence
+    "log_evidence of a string": (lambda: elbox.log_evidence("fa", X), TypeError, "model must be"),
+    "log_evidence's progress": (lambda: elbox.log_evidence(_fa(), X, guide=MeanFieldNormal(1), method="importance",
+                                                           num_samples=2, progress=5), TypeError, "progress"),
+    "an AIS schedule of no moves": (lambda: elbox.log_evidence(_fa(), X, method="ais", num_samples=2, schedule=0),
+                                    ValueError, "schedule must be"),
+    "a report's AIS schedule of no moves": (lambda: _report(ais_schedule=0), ValueError, "ais_schedule must be"),
+    "AIS of a string": (lambda: elbox.evidence.AIS("fa"), TypeError, "model must be"),
+    "bdmc's z on the meta device": (lambda: elbox.bdmc(_fa(), X, torch.empty(12, 1, device="meta"), num_chains=2,
+                                                       schedule=3), TypeError, "z is on the meta device"),
+    "bdmc's z with NaN": (lambda: elbox.bdmc(_fa(), X, torch.full((12, 1), float("nan")), num_chains=2, schedule=3),
+                          ValueError, "z must be finite"),
+    "k-hat of text": (lambda: elbox.evidence.psis_khat([["a"]]), TypeError, "log_weights"),
+    "k-hat on the meta device": (lambda: elbox.evidence.psis_khat(torch.empty(50, 2, device="meta")), TypeError,
+                                 "log_weights"),
+    "active units of the meta device": (lambda: elbox.evidence.active_units(torch.empty(10, 2, device="meta")),
+                                        TypeError, "means"),
+    "active units' unit_dims": (lambda: elbox.evidence.active_units(torch.randn(10, 2), unit_dims=-1), ValueError,
+                                "unit_dims"),
+    "KL per dimension of a string": (lambda: elbox.evidence.kl_per_dimension("q", _fa().prior()), TypeError,
+                                     "q must be"),
+    "mutual information of a string": (lambda: elbox.evidence.mutual_information("q"), TypeError, "q must be"),
 }  # fmt: skip
 
 
