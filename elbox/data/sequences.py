@@ -39,8 +39,7 @@ class Sequences:
     """
 
     def __init__(self, values, mask=None, *, lengths=None, inputs=None):
-        if not isinstance(values, Tensor):
-            values = torch.as_tensor(np.asarray(values))
+        values = _tensor(values, "values")
         if values.dim() < 2:
             raise ValueError(f"values must be [B, T, ...] (batch and time first); received {describe(values)}")
         B, T = values.shape[:2]
@@ -68,8 +67,7 @@ class Sequences:
             mask = mask.to(values.device)
         _check_prefix(mask)
         if inputs is not None:
-            if not isinstance(inputs, Tensor):
-                inputs = torch.as_tensor(np.asarray(inputs))
+            inputs = _tensor(inputs, "inputs")
             if inputs.dim() != 3 or tuple(inputs.shape[:2]) != (B, T):
                 raise ValueError(f"inputs must have shape [B, T, U] = [{B}, {T}, U]; received {describe(inputs)}")
         self.values, self.mask, self.inputs = values, mask, inputs
@@ -144,6 +142,18 @@ class Sequences:
         span = f"{int(lengths.min())}..{int(lengths.max())}" if len(self) else "-"
         inputs = "" if self.inputs is None else f", inputs {list(self.inputs.shape)}"
         return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs})"
+
+
+def _tensor(x, name: str) -> Tensor:
+    """``x`` as a tensor with data: numbers (not strings or objects), not on the meta device."""
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in "biufc":  # complex: refused as such where the values are read
+            raise TypeError(f"{name} must be numeric; received {describe(array)}")
+        x = torch.as_tensor(array)
+    if x.device.type == "meta":
+        raise TypeError(f"{name} is on the meta device and holds no data; received {describe(x)}")
+    return x
 
 
 def _check_prefix(mask: Tensor) -> None:
