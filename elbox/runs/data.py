@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from elbox.data.sequences import Sequences
-from elbox.runs.config import RECORD, ConfigError
+from elbox.runs.config import RECORD, ConfigError, check_config
 from elbox.runs.types import MODEL_TYPES, DataInfo
 
 __all__ = ["data_info", "data_name", "info_of_record", "load_data", "record_of"]
@@ -22,7 +22,9 @@ def load_data(config: dict, split: str):
     :class:`Sequences` for sequence models) and its labels (None for a user's file). Training
     data keep their intensities under dynamic binarization (the engine draws per batch);
     held-out splits are binarized once, reproducibly."""
-    data = config["data"]
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation' or 'test'; received {split!r}")
+    data = check_config(config)["data"]
     name, held_out = data["name"], data["validation"]
     if split == "validation" and held_out == 0:
         raise ConfigError("[data] validation is 0: there is no validation split")
