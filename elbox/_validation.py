@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_data", "check_number", "check_points", "check_positive_int", "check_probabilities", "check_seed",
-           "describe"]  # fmt: skip
+__all__ = ["as_data", "as_tensor", "check_bool", "check_callable", "check_distribution", "check_dtype", "check_guide",
+           "check_model",
+           "check_number", "check_path", "check_points", "check_positive_int", "check_probabilities", "check_seed",
+           "check_sizes", "check_tensor", "describe", "named"]  # fmt: skip
 
 
 def describe(x) -> str:
@@ -151,3 +155,123 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; received {value}")
     return int(value)
+
+
+def check_bool(value, name: str) -> bool:
+    """Checks that ``value`` is True or False (a string such as ``"no"`` would be truthy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False; received {describe(value)}")
+    return bool(value)
+
+
+def check_callable(value, name: str, what: str = "a function", *, optional: bool = False):
+    """Checks that ``value`` can be called (or is None, with ``optional``)."""
+    if value is None and optional:
+        return None
+    if not callable(value):
+        raise TypeError(f"{name} must be {what}; received {describe(value)}")
+    return value
+
+
+def check_sizes(sizes, name: str, *, minimum_length: int = 0) -> list[int]:
+    """A sequence of positive integers (layer widths), at least ``minimum_length`` of them."""
+    if isinstance(sizes, int | str | bytes) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of positive integers, such as (64, 64); received {describe(sizes)}")
+    sizes = [check_positive_int(size, name) for size in sizes]
+    if len(sizes) < minimum_length:
+        raise ValueError(f"{name} must hold at least {minimum_length} sizes; received {sizes}")
+    return sizes
+
+
+def check_model(model, name: str = "model"):
+    """Checks that ``model`` is an elbox model (a :class:`~elbox.models.LatentModel`: a module
+    with ``check_data`` and ``prior_for``)."""
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "check_data") and hasattr(model, "prior_for")):
+        raise TypeError(f"{name} must be an elbox model (a LatentModel, such as elbox.FactorAnalysis); "
+                        f"received {describe(model)}")  # fmt: skip
+    return model
+
+
+def check_guide(guide, name: str = "guide"):
+    """Checks that ``guide`` is a module that can be called on data (``guide(x, index)`` → q)."""
+    if not (isinstance(guide, torch.nn.Module) and callable(guide)):
+        raise TypeError(f"{name} must be a guide (an nn.Module whose guide(x) returns q(z | x), such as "
+                        f"elbox.guides.MeanFieldNormal); received {describe(guide)}")  # fmt: skip
+    return guide
+
+
+def check_distribution(q, name: str = "q", *, batch_shape: tuple | None = None, event_shape: tuple | None = None,
+                       kind: type | tuple[type, ...] | None = None):  # fmt: skip
+    """Checks that ``q`` is a ``torch.distributions.Distribution`` (of ``kind``, with these batch and
+    event shapes where given): a posterior passed to an M-step, a q passed to a diagnostic."""
+    kind = kind or torch.distributions.Distribution
+    if not isinstance(q, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"{name} must be a torch.distributions {names}; received {describe(q)}")
+    for which, want in (("batch", batch_shape), ("event", event_shape)):
+        got = tuple(getattr(q, which + "_shape"))
+        if want is not None and got != tuple(want):
+            raise ValueError(f"{name} must have {which} shape {list(want)}; received {type(q).__name__} with "
+                             f"{which} shape {list(got)}")  # fmt: skip
+    return q
+
+
+def check_tensor(x, name: str, *, min_dim: int = 0) -> Tensor:
+    """Checks that ``x`` is a tensor of at least ``min_dim`` dimensions, and nothing more: for the
+    distributions built in the hot loops (their values are not read here, which would cost a
+    device synchronization per call)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor; received {describe(x)}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions; received {describe(x)}")
+    return x
+
+
+def check_dtype(dtype, name: str = "dtype") -> torch.dtype | None:
+    """None, or a floating torch dtype (``torch.float32``, ``torch.float64``)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating torch dtype such as torch.float32, or None; received "
+                        f"{describe(dtype)}")  # fmt: skip
+    return dtype
+
+
+def check_path(path, name: str = "path"):
+    """Checks that ``path`` is a string or an ``os.PathLike``."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a path (a string or a pathlib.Path); received {describe(path)}")
+    return path
+
+
+def as_tensor(x, name: str, *, ndim: int | tuple[int, ...] | None = None, finite: bool = True) -> Tensor:
+    """Like :func:`as_data` but keeping the dtype (integer latents stay integers): a real tensor
+    with data (not on the meta device), of the right rank, finite where it is floating (unless
+    ``finite=False``)."""
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be numeric; received {describe(x)}") from error
+    if x.device.type == "meta":
+        raise TypeError(f"{name} is on the meta device and holds no data; received {describe(x)}")
+    if x.is_complex() or not (x.is_floating_point() or _is_integer(x) or x.dtype == torch.bool):
+        raise TypeError(f"{name} must be real-valued; received {describe(x)}")
+    if ndim is not None and x.dim() not in ((ndim,) if isinstance(ndim, int) else tuple(ndim)):
+        expected = " or ".join(str(n) for n in ((ndim,) if isinstance(ndim, int) else ndim))
+        raise ValueError(f"{name} must have {expected} dimensions; received {describe(x)}")
+    if finite and x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite; it holds {int((~torch.isfinite(x)).sum())} non-finite entries")
+    return x
+
+
+@contextlib.contextmanager
+def named(name: str, default: str = "x"):
+    """Re-raises a TypeError or ValueError about the argument ``default`` (a message that starts
+    with ``"x "``, as the models' data checks word it) as one about ``name``: an entry point whose
+    argument is called ``data`` says so."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if name == default or type(error) not in (TypeError, ValueError) or not message.startswith(default + " "):
+            raise
+        raise type(error)(name + message[len(default):]) from None

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_guide, check_model, check_points, check_positive_int
 from elbox.data.batches import Batch
 
 __all__ = ["draw", "draw_with_log_prob", "leave_one_out_log_mean", "log_mean_exp", "prepare", "score_surrogate"]
@@ -34,11 +34,13 @@ def prepare(model, guide, x, index=None) -> tuple[Tensor, Distribution, Distribu
     Returns:
         (x, q, prior): the data in the model's dtype, q with batch ``[B]``, and p(z).
     """
+    check_model(model)
+    check_guide(guide)
     if isinstance(x, Batch):
         index = x.index if index is None else index
-        x = x.data if x.checked else model.check_data(x.data)
+        x = x.data if x.checked else check_points(model.check_data(x.data))
     else:
-        x = model.check_data(x)
+        x = check_points(model.check_data(x))
     q = guide(x, index=index) if index is not None else guide(x)
     p = model.prior_for(x)
     name = type(guide).__name__

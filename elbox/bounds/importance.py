@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor
 
+from elbox._validation import check_number
 from elbox.bounds._common import draw_with_log_prob, leave_one_out_log_mean, log_mean_exp, prepare, score_surrogate
 
 __all__ = ["cubo", "iwae", "log_weights", "renyi"]
@@ -82,9 +83,7 @@ def renyi(model, guide, x: Tensor, *, alpha: float, num_samples: int, index: Ten
     Returns:
         ``[B]``.
     """
-    alpha = float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number; received {alpha}")
+    alpha = check_number(alpha, "alpha")
     log_w, log_q = log_weights(model, guide, x, num_samples=num_samples, index=index)
     if alpha == 1.0:
         value = log_w.mean(0)
@@ -122,7 +121,7 @@ def cubo(model, guide, x: Tensor, *, num_samples: int, n: float = 2.0, index: Te
     Returns:
         ``[B]``.
     """
-    n = float(n)
+    n = check_number(n, "n", only_type=True)
     if not (n > 1 and math.isfinite(n)):
         raise ValueError(f"n must be a finite number greater than 1; received {n}")
     return renyi(model, guide, x, alpha=1 - n, num_samples=num_samples, index=index)

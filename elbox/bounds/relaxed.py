@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_bool, check_distribution, check_positive_int
 from elbox.bounds._common import prepare
 from elbox.bounds.elbo import Terms, _analytic_kl
 from elbox.distributions.one_hot import softmax
@@ -79,6 +79,7 @@ def relaxed_draws(q: Distribution, temperature: float, num_samples: int = 1) -> 
         (z, z̃): the exact draws (no gradient) and the relaxed ones (differentiable in q's
         logits), each ``[S, *q.batch_shape, *q.event_shape]``.
     """
+    check_distribution(q)
     tau = check_temperature(temperature)
     S = check_positive_int(num_samples, "num_samples")
     base = _base(q, "gumbel_softmax")
@@ -123,6 +124,7 @@ def gumbel_softmax(model, guide, x, *, temperature: float, num_samples: int = 1,
         (terms, surrogate): the ELBO's :class:`~elbox.bounds.Terms` ``[B]``, and the surrogate
         ``[B]`` whose gradient is the estimator's.
     """
+    hard = check_bool(hard, "hard")
     x, q, p = prepare(model, guide, x, index)
     z, z_relaxed = relaxed_draws(q, temperature, num_samples)  # [S, B, *event] each
     kl = _analytic_kl(q, p)

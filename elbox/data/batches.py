@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from elbox._validation import as_data, check_positive_int, describe
+from elbox._validation import as_data, check_bool, check_model, check_positive_int, describe
+from elbox.data.sequences import Sequences
 from elbox.distributed import shard
 
 __all__ = ["Batch", "BatchIterator", "as_batch", "binarize", "draws"]
@@ -39,6 +40,9 @@ class Batch:
         return iter((self.data, self.index))
 
     def __post_init__(self) -> None:
+        check_bool(self.checked, "Batch.checked")
+        if self.index is not None and not hasattr(self.data, "__len__"):
+            raise TypeError(f"Batch.data must be data points (a tensor or Sequences); received {describe(self.data)}")
         if self.index is not None:
             index = self.index
             if not isinstance(index, Tensor) or index.dtype not in (torch.int32, torch.int64) or index.dim() != 1:
@@ -64,7 +68,7 @@ def binarize(x: Tensor, *, method: str = "dynamic", generator: torch.Generator |
     x = as_data(x, "x")
     if (x < 0).any() or (x > 1).any():
         raise ValueError(
-            f"binarize needs intensities in [0, 1]; received values in [{float(x.min())}, {float(x.max())}]"
+            f"x must hold intensities in [0, 1] to binarize; received values in [{float(x.min())}, {float(x.max())}]"
         )
     if method == "threshold":
         return (x > 0.5).to(x.dtype)
@@ -77,6 +81,7 @@ def draws(model, n: int, **options) -> tuple[Tensor, Tensor]:
     """``n`` pairs (x, z) drawn from any :class:`~elbox.models.LatentModel`: synthetic data whose
     generating model (and, for exact models, evidence) is known."""
     n = check_positive_int(n, "n")
+    check_model(model)
     with torch.no_grad():
         return model.sample(n, **options)
 
@@ -130,6 +135,12 @@ class BatchIterator:
     ):
         if binarization not in (None, "dynamic"):
             raise ValueError(f"binarization must be None or 'dynamic'; received {binarization!r}")
+        if not isinstance(x, Tensor | Sequences):
+            raise TypeError(f"x must be a tensor [N, ...] or Sequences; received {describe(x)}")
+        if shard is not None:
+            if not (isinstance(shard, tuple | list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)
+                    and 0 <= shard[0] < shard[1]):  # fmt: skip
+                raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size; received {shard!r}")
         self.x, self.batch_size = x, check_positive_int(batch_size, "batch_size")
         self.shuffle, self.binarization, self.generator, self.drop_last = shuffle, binarization, generator, drop_last
         self.checked, self.shard = checked, shard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_dtype, check_positive_int
 
 __all__ = ["digits"]
 
@@ -21,6 +21,9 @@ def digits(pca_components: int | None = None, dtype: torch.dtype | None = None) 
     Returns:
         (x, labels).
     """
+    check_dtype(dtype)
+    if pca_components is not None:
+        check_positive_int(pca_components, "pca_components")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elbox._validation import describe
+from elbox._validation import check_path, describe
 from elbox.data.sequences import Sequences
 
 __all__ = ["FILE_SUFFIXES", "file_checksum", "load_file"]
@@ -39,7 +39,7 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
         ValueError: For an unknown suffix, a file that is not the format its suffix says, or
             content that is not numeric data of a usable shape (the message names it).
     """
-    path = Path(path).expanduser()
+    path = Path(check_path(path)).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"[data] path: the data file {path} does not exist")
     suffix = path.suffix.lower()

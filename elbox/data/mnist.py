@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_dtype, check_path, check_positive_int
 
 __all__ = ["load_idx", "mnist"]
 
@@ -41,7 +41,7 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ValueError: If the header is not an IDX header, or the payload's size disagrees with it.
     """
-    path = Path(path)
+    path = Path(check_path(path))
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
@@ -157,6 +157,9 @@ def mnist(
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}; received {split!r}")
     validation = check_positive_int(validation, "validation", minimum=0)
+    check_dtype(dtype)
+    if root is not None:
+        check_path(root, "root")
     if split == "validation" and validation == 0:
         raise ValueError("split='validation' needs validation= > 0, the number of training images to hold out")
     arrays = _from_package() if root is None else _from_directory(Path(root).expanduser())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_dtype, check_positive_int
 
 __all__ = ["mnist1d"]
 
@@ -29,6 +29,10 @@ def mnist1d(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; received {split!r}")
     num_samples = check_positive_int(num_samples, "num_samples", minimum=10)
+    seed = check_positive_int(seed, "seed", minimum=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32) (numpy's generator's range); received {seed}")
+    check_dtype(dtype)
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as error:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from elbox._validation import as_data, describe
-from elbox.data.batches import Batch
 
 __all__ = ["Sequences", "as_sequences"]
 
@@ -40,8 +39,7 @@ class Sequences:
     """
 
     def __init__(self, values, mask=None, *, lengths=None, inputs=None):
-        if not isinstance(values, Tensor):
-            values = torch.as_tensor(np.asarray(values))
+        values = _tensor(values, "values")
         if values.dim() < 2:
             raise ValueError(f"values must be [B, T, ...] (batch and time first); received {describe(values)}")
         B, T = values.shape[:2]
@@ -69,8 +67,7 @@ class Sequences:
             mask = mask.to(values.device)
         _check_prefix(mask)
         if inputs is not None:
-            if not isinstance(inputs, Tensor):
-                inputs = torch.as_tensor(np.asarray(inputs))
+            inputs = _tensor(inputs, "inputs")
             if inputs.dim() != 3 or tuple(inputs.shape[:2]) != (B, T):
                 raise ValueError(f"inputs must have shape [B, T, U] = [{B}, {T}, U]; received {describe(inputs)}")
         self.values, self.mask, self.inputs = values, mask, inputs
@@ -147,6 +144,18 @@ class Sequences:
         return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs})"
 
 
+def _tensor(x, name: str) -> Tensor:
+    """``x`` as a tensor with data: numbers (not strings or objects), not on the meta device."""
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in "biufc":  # complex: refused as such where the values are read
+            raise TypeError(f"{name} must be numeric; received {describe(array)}")
+        x = torch.as_tensor(array)
+    if x.device.type == "meta":
+        raise TypeError(f"{name} is on the meta device and holds no data; received {describe(x)}")
+    return x
+
+
 def _check_prefix(mask: Tensor) -> None:
     """Raises unless every row of ``mask`` is True up to some length >= 1, then False."""
     if mask.shape[1] == 0:
@@ -215,11 +224,15 @@ def as_sequences(
         >>> seqs.mask.sum(-1)
         tensor([5, 3])
     """
+    from elbox.data.batches import Batch  # (batches.py reads Sequences: imported here, not at the top)
+
     if isinstance(x, Batch):  # an entry point's batch of data it has just checked passes as it is
         if x.checked:
             return x.data
         x = x.data
     dtype = torch.get_default_dtype() if dtype is None else dtype
+    from elbox.data.batches import Batch  # (batches.py reads Sequences: imported here, not at the top)
+
     if isinstance(x, Batch):  # an entry point's batch of data it has just checked passes as it is
         if x.checked:
             return x.data
@@ -231,6 +244,8 @@ def as_sequences(
     else:
         seqs = Sequences(_numeric(x, name))
     _numeric(seqs.values, name)
+    if len(seqs.values) == 0:
+        raise ValueError(f"{name} must hold at least one sequence for {owner}; received {describe(seqs.values)}")
     device = seqs.values.device if device is None else device
     values, mask = seqs.values.to(device), seqs.mask.to(device)
     want = (None, None) if integer else (None, None, *event_shape)

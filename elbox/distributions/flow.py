@@ -108,6 +108,9 @@ class FlowDistribution(torch.distributions.Distribution):
     def __init__(self, transform, base):
         from zuko.distributions import NormalizingFlow
 
+        if not isinstance(base, torch.distributions.Distribution):
+            raise TypeError(f"base must be a torch.distributions.Distribution; received {type(base).__name__}")
+
         self.flow = NormalizingFlow(transform, base)
         super().__init__(self.flow.batch_shape, self.flow.event_shape, validate_args=False)
 

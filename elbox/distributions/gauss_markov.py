@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
 
+from elbox._validation import check_tensor
+
 __all__ = ["GaussMarkovChain", "affine_scan", "congruence_scan"]
 
 
@@ -19,6 +21,11 @@ def affine_scan(M: Tensor, g: Tensor) -> Tensor:
     matrix products instead of T sequential steps. ``M`` is ``[*, T, D, D]`` (``M_0`` is
     unused) and broadcasts against ``g [*, T, D]``.
     """
+    check_tensor(M, "M", min_dim=3)
+    check_tensor(g, "g", min_dim=2)
+    if M.shape[-2:] != (g.shape[-1], g.shape[-1]) or M.shape[-3] not in (1, g.shape[-2]):
+        raise ValueError(f"M must be [*, T, D, D] (or [*, 1, D, D]) for g [*, T, D] = {list(g.shape)}; received shape "
+                         f"{list(M.shape)}")  # fmt: skip
     T = g.shape[-2]
     M = M.expand(*M.shape[:-3], T, *M.shape[-2:]) if M.shape[-3] == 1 else M
     shift = 1
@@ -45,6 +52,10 @@ def congruence_scan(M: Tensor, G: Tensor) -> Tensor:
         >>> congruence_scan(M, G).flatten().tolist()  # 1, 0.25·1 + 1, 0.25·1.25 + 1
         [1.0, 1.25, 1.3125]
     """
+    check_tensor(M, "M", min_dim=3)
+    check_tensor(G, "G", min_dim=3)
+    if G.shape[-1] != G.shape[-2] or M.shape[-3:] != G.shape[-3:]:
+        raise ValueError(f"M and G must both be [*, T, D, D]; received shapes {list(M.shape)} and {list(G.shape)}")
     T = G.shape[-3]
     shift = 1
     while shift < T:

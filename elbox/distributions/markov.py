@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, Independent, constraints, register_kl
 
+from elbox._validation import check_tensor
+
 __all__ = ["MarkovChain"]
 
 
@@ -37,14 +39,16 @@ class MarkovChain(Distribution):
     has_enumerate_support = False
 
     def __init__(self, initial_logits: Tensor, transition_logits: Tensor, reverse: bool = False):
+        check_tensor(initial_logits, "initial_logits", min_dim=1)
+        check_tensor(transition_logits, "transition_logits")
         if transition_logits.dim() < 3 or transition_logits.shape[-1] != transition_logits.shape[-2]:
             raise ValueError(
                 f"transition_logits must be [*batch, T-1, K, K]; received shape {tuple(transition_logits.shape)}"
             )
         if initial_logits.shape[-1] != transition_logits.shape[-1]:
             raise ValueError(
-                f"initial_logits must be [*batch, K] with K = {transition_logits.shape[-1]}; "
-                f"received shape {tuple(initial_logits.shape)}"
+                f"initial_logits must be [*batch, K] with K = {transition_logits.shape[-1]} (the K of "
+                f"transition_logits); received shape {tuple(initial_logits.shape)}"
             )
         self._initial = initial_logits.log_softmax(-1)
         self._transition = transition_logits.log_softmax(-1)
@@ -173,6 +177,17 @@ def viterbi(
 ) -> tuple[Tensor, Tensor]:
     """The most probable path of a chain (times per-step emission log-likelihoods ``[*, T, K]``)
     and its log-probability: max-product forward pass, then backtracking. Returns ``([*, T], [*])``."""
+    check_tensor(initial_logits, "initial_logits", min_dim=1)
+    check_tensor(transition_logits, "transition_logits", min_dim=3)
+    K = initial_logits.shape[-1]
+    if transition_logits.shape[-2:] != (K, K):
+        raise ValueError(f"transition_logits must be [*, T-1, K, K] with K = {K} (initial_logits' K); received shape "
+                         f"{tuple(transition_logits.shape)}")  # fmt: skip
+    if emission_logits is not None and (
+        check_tensor(emission_logits, "emission_logits", min_dim=2).shape[-2:] != (transition_logits.shape[-3] + 1, K)
+    ):
+        raise ValueError(f"emission_logits must be [*, T, K] = [*, {transition_logits.shape[-3] + 1}, {K}]; received "
+                         f"shape {tuple(emission_logits.shape)}")  # fmt: skip
     T = transition_logits.shape[-3] + 1
     if reverse:  # run it in the chain's own direction
         transition_logits = transition_logits.flip(-3)

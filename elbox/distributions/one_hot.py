@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, OneHotCategorical, register_kl
 
+from elbox._validation import check_tensor
+
 __all__ = ["OneHot", "log_softmax", "softmax"]
 
 
@@ -45,6 +47,7 @@ class OneHot(OneHotCategorical):
     """
 
     def __init__(self, logits: Tensor):
+        check_tensor(logits, "logits", min_dim=1)
         # the inner Categorical, given its normalized logits as they are (its own constructor would
         # normalize again, by a logsumexp that is slow for short rows, and validate)
         normalized = log_softmax(logits)

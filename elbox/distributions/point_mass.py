@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
 
+from elbox._validation import check_tensor
+
 __all__ = ["PointMass"]
 
 
@@ -24,7 +26,7 @@ class PointMass(Distribution):
     has_rsample = True
 
     def __init__(self, loc: Tensor):
-        self.loc = loc
+        self.loc = check_tensor(loc, "loc", min_dim=1)
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
 
     @property

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints, transform_to
 
-from elbox._validation import check_positive_int, describe
+from elbox._validation import check_model, check_number, check_positive_int, describe
 
 __all__ = ["AIS", "annealing_schedule", "check_schedule"]
 
@@ -69,7 +69,7 @@ def check_schedule(schedule) -> Tensor:
     """The β schedule as a float64 tensor: an int T (a sigmoid schedule of T moves) or a
     sequence rising strictly from 0 to 1."""
     if isinstance(schedule, int) and not isinstance(schedule, bool):
-        return annealing_schedule(schedule)
+        return annealing_schedule(check_positive_int(schedule, "schedule"))
     try:
         betas = torch.as_tensor(schedule, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
@@ -117,9 +117,11 @@ class AIS:
     """
 
     def __init__(self, model, *, schedule=200, kernel: str = "hmc", leapfrog_steps: int = 10, step_size: float = 0.1):
+        check_model(model)
         if kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {sorted(_KERNELS)}; received {kernel!r}")
-        if not (isinstance(step_size, int | float) and step_size > 0 and math.isfinite(step_size)):
+        step_size = check_number(step_size, "step_size", only_type=True)
+        if not (step_size > 0 and math.isfinite(step_size)):
             raise ValueError(f"step_size must be a positive number; received {describe(step_size)}")
         self.model = model
         self.betas = check_schedule(schedule)

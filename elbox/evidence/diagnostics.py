@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from elbox._validation import check_positive_int
+from elbox._validation import as_tensor, check_distribution, check_number, check_positive_int
 
 __all__ = [
     "PosteriorCollapseWarning",
@@ -48,6 +48,7 @@ def psis_khat(log_weights: Tensor) -> Tensor:
     """
     from arviz_stats.base.array import array_stats
 
+    log_weights = as_tensor(log_weights, "log_weights", finite=False)  # −∞: a weight of zero
     if log_weights.dim() != 2 or log_weights.shape[0] < 5:
         raise ValueError(
             f"log_weights must be [S, B] with S >= 5 particles per point; received shape {list(log_weights.shape)}"
@@ -84,8 +85,12 @@ def active_units(means: Tensor, threshold: float = 0.01, *, unit_dims: int = 0) 
     Returns:
         (the number of active units, the variance of each unit's mean across x ``[U]``).
     """
+    means = as_tensor(means, "means", finite=False)
+    threshold = check_number(threshold, "threshold", minimum=0.0)
+    unit_dims = check_positive_int(unit_dims, "unit_dims", minimum=0)
     if means.dim() < 1 + unit_dims or means.shape[0] < 2:
-        raise ValueError(f"means must be [N, *latent_shape] with N >= 2; received shape {list(means.shape)}")
+        raise ValueError(f"means must be [N, *latent_shape] with N >= 2 (and unit_dims = {unit_dims} trailing "
+                         f"dimensions per unit); received shape {list(means.shape)}")  # fmt: skip
     variance = means.detach().double().var(0)
     if unit_dims:
         variance = variance.sum(tuple(range(-unit_dims, 0)))
@@ -96,6 +101,8 @@ def active_units(means: Tensor, threshold: float = 0.01, *, unit_dims: int = 0) 
 def kl_per_dimension(q: Distribution, prior: Distribution) -> Tensor | None:
     """KL(q(z_u | x) ‖ p(z_u)) for each latent dimension u, ``[B, U]``, where both factorize
     over dimensions as diagonal normals; None otherwise."""
+    check_distribution(q)
+    check_distribution(prior, "prior")
     if not (isinstance(q, Independent) and isinstance(q.base_dist, Normal)):
         return None
     p = prior.base_dist if isinstance(prior, Independent) else prior
@@ -116,6 +123,10 @@ def mutual_information(q: Distribution, *, chunk_size: int = 256) -> float:
     the aggregate posterior q(z) taken as the mixture of the N q's (He et al., 2019). It is
     at most log N, so use enough points; a value near 0 means z carries nothing about x.
     """
+    check_distribution(q)
+    if len(q.batch_shape) != 1:
+        raise ValueError(f"q must have batch shape [N], one q(z | x) per data point; received {type(q).__name__} "
+                         f"with batch shape {list(q.batch_shape)}")  # fmt: skip
     N = q.batch_shape[0]
     check_positive_int(chunk_size, "chunk_size")
     z = q.sample()  # [N, *event]

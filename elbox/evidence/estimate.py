@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from elbox._validation import check_points, check_positive_int
+from elbox._validation import as_tensor, check_callable, check_model, check_points, check_positive_int
 from elbox.bounds._common import draw_with_log_prob, prepare
 from elbox.distributed import base_seed, map_batches
 from elbox.evidence.ais import AIS
@@ -219,8 +219,10 @@ def log_evidence(
     Returns:
         An :class:`Estimate`.
     """
+    check_model(model)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; received {method!r}")
+    check_callable(progress, "progress", "a function progress(points_done, points_total)", optional=True)
     if check_precision(precision) != "float32" and method != "importance":
         raise ValueError(
             f"precision={precision!r} applies to method='importance', where its shift is measured; received "
@@ -294,10 +296,10 @@ def bdmc(
         (lower, upper): two :class:`Estimate`, ``method`` ``"ais"`` and ``"bdmc-upper"``.
     """
     C = check_positive_int(num_chains, "num_chains")
-    x = model.check_data(x)
+    x = check_points(check_model(model).check_data(x))
     prior = model.prior_for(x)
     event = tuple(prior.event_shape)
-    z = torch.as_tensor(z)
+    z = as_tensor(z, "z")
     lead = z.dim() - len(event)  # 1: [B, *event]; 2: [C, B, *event]
     if lead not in (1, 2) or tuple(z.shape[lead:]) != event or z.shape[lead - 1] != len(x):
         raise ValueError(

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_model, check_number, check_positive_int, named
 from elbox.bounds._common import draw_with_log_prob, log_mean_exp, prepare
 from elbox.bounds.elbo import closed_forms
 from elbox.data.batches import Batch
 from elbox.distributed import base_seed, map_batches, seed_for, seeded
+from elbox.evidence.ais import check_schedule
 from elbox.evidence.diagnostics import (
     active_units,
     collapse_warning,
@@ -253,15 +254,25 @@ def evidence_report(
 def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elbo_samples, method, ais_schedule,
                      refine_steps, refine_points, refine_lr, mi_points, batch_size, chunk_size, progress,
                      precision) -> EvidenceReport:  # fmt: skip
+    check_model(model)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; received {method!r}")
+    elbo_samples = check_positive_int(elbo_samples, "elbo_samples")
+    refine_steps = check_positive_int(refine_steps, "refine_steps", minimum=0)
+    check_positive_int(refine_points, "refine_points")
+    refine_lr = check_number(refine_lr, "refine_lr", minimum=0.0, strict=True)
+    check_positive_int(mi_points, "mi_points")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+    with named("ais_schedule", "schedule"):
+        check_schedule(ais_schedule)
     S = check_positive_int(num_samples, "num_samples")
     K = check_positive_int(iwae_samples, "iwae_samples")
     if K > S:
         raise ValueError(f"iwae_samples must be at most num_samples = {S}; received {K}")
     if S < 25:  # the Pareto fit takes the largest S/5 weights and needs at least 5 of them
         raise ValueError(f"num_samples must be at least 25 for the PSIS k-hat's tail fit; received {S}")
-    n = float(cubo_order)
+    n = check_number(cubo_order, "cubo_order", only_type=True)
     if not (n > 1 and math.isfinite(n)):
         raise ValueError(f"cubo_order must be a finite number greater than 1; received {cubo_order!r}")
     step = check_positive_int(batch_size, "batch_size")

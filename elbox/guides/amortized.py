@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_bool, check_positive_int, check_sizes, describe
 from elbox.distributions.point_mass import PointMass
 from elbox.guides.base import Guide
 from elbox.precision import network
@@ -20,6 +20,7 @@ def mlp(sizes: list[int], activation: str = "tanh") -> nn.Sequential:
     the last)."""
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; received {activation!r}")
+    sizes = check_sizes(sizes, "sizes", minimum_length=2)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -46,13 +47,20 @@ class Amortized(Guide):
 
     def __init__(self, encoder: nn.Module, latent_dim: int, deterministic: bool = False):
         super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module mapping x to [B, 2 * latent_dim]; received "
+                            f"{describe(encoder)}")  # fmt: skip
         self.encoder = encoder
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        self.deterministic = bool(deterministic)
+        self.deterministic = check_bool(deterministic, "deterministic")
 
     def forward(self, x: Tensor, index: Tensor | None = None):
         out = network(self.encoder, x)  # [B, 2D] or [B, D]
         D = self.latent_dim
+        width = D if self.deterministic else 2 * D
+        if out.shape[-1:] != (width,):
+            raise ValueError(f"the encoder must return [B, {'latent_dim' if self.deterministic else '2 * latent_dim'}] "
+                             f"= [B, {width}] (latent_dim = {D}); it returned {describe(out)}")  # fmt: skip
         if self.deterministic:
             return PointMass(out)
         loc, log_scale = out[..., :D], out[..., D:]

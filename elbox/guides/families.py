@@ -106,6 +106,9 @@ class Categorical(Guide):
     def __init__(self, num_categories: int, num_points: int | None = None, init_logits=None, event_shape=()):
         super().__init__(num_points)
         K = check_positive_int(num_categories, "num_categories")
+        if isinstance(event_shape, int | str) or not hasattr(event_shape, "__iter__"):
+            raise TypeError(f"event_shape must be a tuple of positive integers, such as (T,); received "
+                            f"{type(event_shape).__name__} {event_shape!r}")  # fmt: skip
         event = tuple(check_positive_int(d, "event_shape") for d in event_shape)
         shape = (*event, K)
         if init_logits is None:
@@ -137,10 +140,8 @@ class Beta(Guide):
 
     def __init__(self, num_points: int | None = None, concentration1: float = 1.0, concentration0: float = 1.0):
         super().__init__(num_points)
-        if not (concentration1 > 0 and concentration0 > 0):
-            raise ValueError(
-                f"concentration1 and concentration0 must be positive; received {concentration1}, {concentration0}"
-            )
+        concentration1 = check_number(concentration1, "concentration1", minimum=0.0, strict=True)
+        concentration0 = check_number(concentration0, "concentration0", minimum=0.0, strict=True)
         self.log_concentration1 = _init_param((), self.num_points, torch.tensor(math.log(concentration1)))
         self.log_concentration0 = _init_param((), self.num_points, torch.tensor(math.log(concentration0)))
 

@@ -66,6 +66,9 @@ class FlowGuide(Guide):
             raise ValueError(f"flow must be one of {FLOW_TYPES}; received {flow!r}")
         if encoder is not None and num_points is not None:
             raise ValueError("a FlowGuide is amortized (encoder=) or local (num_points=), not both")
+        if encoder is not None and not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module mapping x to [B, 2 * latent_dim + context_dim]; received "
+                            f"{describe(encoder)}")  # fmt: skip
         init_scale = check_number(init_scale, "init_scale", minimum=0.0, strict=True)
         self.kind, self.transforms = flow, check_positive_int(transforms, "transforms")
         self.encoder = encoder

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from elbox._validation import check_bool, check_positive_int, describe
 from elbox.distributed import from_rank0, gather, rank, rng_devices
 from elbox.inference.history import History
 from elbox.io.run import RunDirectory, load_checkpoint, save_checkpoint
@@ -50,6 +51,11 @@ class FitState:
     data_seed: int = 0
 
 
+def _check_run(run) -> None:
+    if not isinstance(run, RunDirectory):
+        raise TypeError(f"run must be an elbox.io.RunDirectory (RunDirectory(path)); received {describe(run)}")
+
+
 class Callback:
     """Called by :func:`elbox.fit` after each epoch (``on_epoch_end``) and when it ends.
 
@@ -81,6 +87,7 @@ class MetricsLog(Callback):
     (torch's own ``SummaryWriter``, which needs the ``tensorboard`` package)."""
 
     def __init__(self, run: RunDirectory, tensorboard: bool = False):
+        _check_run(run)
         self.run, self.writer = run, None
         if tensorboard:
             try:
@@ -110,6 +117,9 @@ class EarlyStopping(Callback):
     checkpoint, or from memory without a run directory)."""
 
     def __init__(self, patience: int, checkpointer: Checkpointer | None):
+        patience = check_positive_int(patience, "patience")
+        if checkpointer is not None and not isinstance(checkpointer, Checkpointer):
+            raise TypeError(f"checkpointer must be a Checkpointer or None; received {describe(checkpointer)}")
         self.patience, self.checkpointer, self.state = patience, checkpointer, None
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -139,6 +149,11 @@ class Checkpointer(Callback):
     rank 0 alone writes; an error in the write is raised on every rank."""
 
     def __init__(self, run: RunDirectory, every: int, config: str | None, epochs: int, keep_best: bool):
+        _check_run(run)
+        every, epochs = check_positive_int(every, "every"), check_positive_int(epochs, "epochs")
+        if config is not None and not isinstance(config, str):
+            raise TypeError(f"config must be the config's text (a string) or None; received {describe(config)}")
+        keep_best = check_bool(keep_best, "keep_best")
         self.run, self.every, self.config, self.epochs, self.keep_best = run, every, config, epochs, keep_best
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -285,7 +300,7 @@ class SignalGuard:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.enabled = check_bool(enabled, "enabled") and threading.current_thread() is threading.main_thread()
         self.received: int | None = None
         self._previous: dict = {}
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from elbox._validation import check_number, check_points, check_positive_int, check_seed
+from elbox._validation import check_callable, check_number, check_points, check_positive_int, check_seed, named
 from elbox.data.batches import Batch
 from elbox.inference.history import BoundaryWarning, BoundDecreaseWarning, ConvergenceWarning, History
 from elbox.models.base import LatentModel
@@ -81,7 +81,10 @@ def em(
         raise ValueError(f"on_failure must be 'raise' or 'warn'; received {on_failure!r}")
     if init is None and n_init > 1:
         raise ValueError("n_init > 1 needs init= (restarts from the same parameters would all agree)")
-    x = check_points(model.check_data(data), "data")
+    check_callable(callback, "callback", "a function callback(iteration, model, posterior, log_evidence)",
+                   optional=True)  # fmt: skip
+    with named("data"):
+        x = check_points(model.check_data(data), "data")
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
 
@@ -92,7 +95,8 @@ def em(
     x = Batch(x, checked=True)  # checked above: the steps take it as it is
     for _ in range(n_init):
         if init is not None:
-            model.initialize(x, method=init, generator=generator)
+            with named("init", "method"), named("data"):  # initialize(x, method=...) is em(data, init=...)
+                model.initialize(x, method=init, generator=generator)
         history = _run(model, x, max_iter, tol, callback, statistics, on_failure)
         finals.append(history.final)
         if best is None or history.final > best.final:

@@ -14,7 +14,7 @@ from signal import SIGTERM
 
 import torch
 
-from elbox._validation import as_data, check_points
+from elbox._validation import as_data, check_bool, check_path, check_points, describe
 from elbox.data.batches import BatchIterator, binarize
 from elbox.distributed import (
     agree,
@@ -156,11 +156,36 @@ def fit(
         if schedule.epochs is None:
             raise ValueError(f"epochs=None needs a schedule of fixed length; the {schedule.name!r} schedule has none")
         epochs = schedule.epochs
+    if schedule.name == "cosine" and schedule.epochs > epochs:
+        raise ValueError(
+            f"schedule: the cosine schedule spans {schedule.epochs} epochs, more than the run's epochs={epochs}, so "
+            f"its learning rate would never come down to final={schedule.final:g}; pass schedule='cosine' (it then "
+            f"spans the run) or lr_schedule('cosine', {epochs})"
+        )
     binarization, lr, seed, patience = opts.binarization, opts.lr, opts.seed, opts.patience
     x = check_points(_checked_data(model, data, binarization, "data"), "data")
     N = len(x)
     batch_size = N if opts.batch_size is None else min(opts.batch_size, N)
     warmup, clip_grad_norm = opts.kl_warmup, opts.clip_grad_norm
+    if warmup > epochs:
+        raise ValueError(
+            f"kl_warmup must be at most epochs ({epochs}): β rises over kl_warmup epochs and would never reach its "
+            f"value in a run this short; received kl_warmup={warmup}"
+        )
+    check_bool(resume, "resume")
+    if config is not None and not isinstance(config, str):
+        raise TypeError(f"config must be the config's text (a string) or None; received {describe(config)}")
+    if run_dir is not None:
+        check_path(run_dir, "run_dir")
+    if not (isinstance(callbacks, Callback) or callable(callbacks)):
+        if isinstance(callbacks, str | bytes) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a list of Callback objects or functions f(epoch, history); received "
+                            f"{describe(callbacks)}")  # fmt: skip
+        callbacks = list(callbacks)
+        for c in callbacks:
+            if not (isinstance(c, Callback) or callable(c)):
+                raise TypeError(f"callbacks must be Callback objects or functions f(epoch, history); received "
+                                f"{describe(c)}")  # fmt: skip
     guide = objective.guide
     if guide is not None and getattr(guide, "is_local", False):
         if guide.num_points != N:
@@ -173,7 +198,11 @@ def fit(
                 f"validation needs a guide that takes new points (an amortized one); {type(guide).__name__} is local "
                 "(one q per training point) and has no q for held-out points"
             )
-    valid = None if validation is None else _checked_data(model, validation, binarization, "validation")
+    valid = None if validation is None else check_points(_checked_data(model, validation, binarization, "validation"),
+                                                         "validation")  # fmt: skip
+    if isinstance(schedules, Schedule | str) or not hasattr(schedules, "__iter__"):
+        raise TypeError(f"schedules must be a list of Schedule objects (schedules=[...]); received "
+                        f"{describe(schedules)}")  # fmt: skip
     schedules = list(schedules)
     if not all(isinstance(s, Schedule) for s in schedules):
         raise TypeError(f"schedules must be Schedule objects; received {[type(s).__name__ for s in schedules]}")

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from elbox._validation import check_positive_int, check_seed
+from elbox._validation import check_positive_int, check_seed, describe
 from elbox.distributed import seed_for, seeded
 from elbox.inference.callbacks import Callback, FitState
 
@@ -268,6 +268,8 @@ def temperature_sweep(objective, x, temperatures, *, repeats: int = 500, paramet
     if not hasattr(objective, "temperature"):
         raise TypeError(f"temperature_sweep needs an objective with a temperature (gumbel_softmax); "
                         f"{objective.name or type(objective).__name__!r} has none")  # fmt: skip
+    if isinstance(temperatures, str | bytes) or not hasattr(temperatures, "__iter__"):
+        raise TypeError(f"temperatures must be a list of τ > 0; received {describe(temperatures)}")
     taus = [check_temperature(t, "temperatures") for t in temperatures]
     if not taus:
         raise ValueError("temperatures must hold at least one τ")
@@ -305,6 +307,8 @@ class GradientVariance(Callback):
         self.x = x
         self.repeats = check_positive_int(repeats, "repeats", minimum=2)
         self.every = check_positive_int(every, "every")
+        if parameters not in _WITH_RESPECT_TO:
+            raise ValueError(f"parameters must be one of {_WITH_RESPECT_TO}; received {parameters!r}")
         self.parameters = parameters
         self.seed = check_seed(seed) or 0
         self.values: list[tuple[int, float]] = []

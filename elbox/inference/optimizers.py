@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from elbox._validation import check_number
+
 __all__ = ["OPTIMIZERS", "ClippedAdam", "make_optimizer", "optimizer_options", "register_optimizer"]
 
 OPTIMIZERS: dict[str, Callable] = {}
@@ -32,8 +34,13 @@ OPTIMIZERS: dict[str, Callable] = {}
 
 def register_optimizer(name: str) -> Callable[[Callable], Callable]:
     """A decorator that registers ``factory(params, lr, **options)`` under ``name``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"an optimizer's name must be an identifier-like string; received {name!r}")
 
     def register(factory: Callable) -> Callable:
+        if not callable(factory):
+            raise TypeError(f"register_optimizer({name!r}) decorates a factory(params, lr, **options); received "
+                            f"{type(factory).__name__}")  # fmt: skip
         OPTIMIZERS[name] = factory
         return factory
 
@@ -68,6 +75,12 @@ def make_optimizer(spec: str | dict, params: list, lr: float) -> tuple[torch.opt
     if unknown:
         raise ValueError(f"optimizer {name!r} has no option {unknown[0]!r}; its options are {sorted(known)}")
     options = {**known, **given}
+    lr = check_number(lr, "lr", only_type=True)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive and finite; received {lr}")
+    params = list(params)
+    if not params:
+        raise ValueError("params must hold at least one parameter to optimize; received none")
     for key, value in options.items():
         bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
         if bad or value < 0 or (key.startswith("beta") and value >= 1) or (key == "lr_decay" and not 0 < value <= 1):
@@ -118,6 +131,10 @@ class ClippedAdam(torch.optim.Adam):
 
     def __init__(self, params, lr: float, *, betas, eps: float, weight_decay: float, clip_value: float,
                  lr_decay: float):  # fmt: skip
+        if isinstance(clip_value, bool) or not isinstance(clip_value, int | float) or not clip_value >= 0:
+            raise ValueError(f"clip_value must be a non-negative number; received {clip_value!r}")
+        if isinstance(lr_decay, bool) or not isinstance(lr_decay, int | float) or not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be a number in (0, 1]; received {lr_decay!r}")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         for group in self.param_groups:
             group.update(clip_value=clip_value, lr_decay=lr_decay, decay=1.0)

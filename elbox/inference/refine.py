@@ -27,7 +27,7 @@ from torch.distributions import Categorical as _Categorical
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 from torch.distributions import OneHotCategorical as _OneHotCategorical
 
-from elbox._validation import check_points, check_positive_int
+from elbox._validation import check_callable, check_distribution, check_number, check_points, check_positive_int
 from elbox.bounds import elbo
 from elbox.bounds._common import prepare
 from elbox.distributions._gaussian import tril_to_raw
@@ -68,6 +68,7 @@ def family(q: Distribution) -> str:
 
 def can_refine(q: Distribution) -> bool:
     """Whether :func:`local_guide` knows q's family."""
+    check_distribution(q)
     return any(matches(q) for matches, _ in _LOCAL_GUIDES)
 
 
@@ -82,6 +83,7 @@ def local_guide(q: Distribution) -> Guide:
     Raises:
         TypeError: For a family nothing registered.
     """
+    check_distribution(q)
     B = q.batch_shape[0]
     for matches, make in _LOCAL_GUIDES:
         if matches(q):
@@ -177,8 +179,10 @@ def refine(
     """
     steps = check_positive_int(steps, "steps")
     num_samples = check_positive_int(num_samples, "num_samples")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+    lr = check_number(lr, "lr", only_type=True)
+    if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number; received {lr!r}")
+    check_callable(progress, "progress", "a function progress(points_done, points_total)", optional=True)
     x = check_points(model.check_data(x))
     B = len(x)
     step = B if batch_size is None else check_positive_int(batch_size, "batch_size")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from elbox._validation import check_positive_int
+from elbox._validation import check_number, check_positive_int, describe
 
 __all__ = [
     "LRSchedule",
@@ -39,6 +39,15 @@ class LRSchedule:
     stages: int = 8
     gamma: float = 1.0
     final: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise ValueError(f"name must be one of {SCHEDULES}; received {self.name!r}")
+        if self.epochs is not None or self.name == "cosine":  # the cosine's span is its epochs
+            check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.stages, "stages")
+        _check_gamma(self.gamma)
+        _check_final(self.final)
 
     def multiplier(self, epoch: int) -> float:
         if self.name == "constant":
@@ -83,24 +92,38 @@ def lr_schedule(name: str | LRSchedule | None, epochs: int | None = None, **opti
         return name
     if name not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; received {name!r}")
+    known = {"iwae": {"stages"}, "exponential": {"gamma"}, "cosine": {"final"}}.get(name, set())
+    if set(options) - known:
+        raise TypeError(f"the {name!r} schedule takes {sorted(known) or 'no options'}; received {sorted(options)}")
     if name == "iwae":
         return iwae_schedule(options.get("stages", 8))
     if name == "exponential":
-        gamma = float(options.get("gamma", 0.99))
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma (the exponential schedule's factor) must be in (0, 1]; received {gamma}")
-        return LRSchedule("exponential", gamma=gamma)
+        return LRSchedule("exponential", gamma=_check_gamma(options.get("gamma", 0.99)))
     if name == "cosine":
-        final = float(options.get("final", 0.0))
-        if not 0 <= final <= 1:
-            raise ValueError(f"final (the cosine schedule's last multiplier) must be in [0, 1]; received {final}")
+        final = _check_final(options.get("final", 0.0))
         return LRSchedule("cosine", epochs=check_positive_int(epochs, "epochs"), final=final)
     return LRSchedule()
+
+
+def _check_gamma(gamma) -> float:
+    gamma = check_number(gamma, "gamma", only_type=True)
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma (the exponential schedule's factor) must be in (0, 1]; received {gamma}")
+    return gamma
+
+
+def _check_final(final) -> float:
+    final = check_number(final, "final", only_type=True)
+    if not 0 <= final <= 1:
+        raise ValueError(f"final (the cosine schedule's last multiplier) must be in [0, 1]; received {final}")
+    return final
 
 
 def kl_weight(epoch: int, beta: float, warmup: int) -> float:
     """β during KL warm-up: rising linearly to ``beta`` over the first ``warmup`` epochs
     (Sønderby et al. 2016; reached at epoch ``warmup − 1``), then constant."""
+    check_positive_int(warmup, "warmup", minimum=0)
+    check_positive_int(epoch, "epoch", minimum=0)
     return beta * min(1.0, (epoch + 1) / warmup) if warmup else beta
 
 
@@ -130,6 +153,12 @@ class Schedule:
     every: int | None = None
 
     def __post_init__(self):
+        if not isinstance(self.attribute, str):
+            raise TypeError(f"attribute must be the name of an attribute of the objective, such as 'beta'; received "
+                            f"{describe(self.attribute)}")  # fmt: skip
+        if not all(part.isidentifier() for part in self.attribute.split(".")):
+            raise ValueError(f"attribute must name an attribute of the objective, such as 'beta' or 'model.beta'; "
+                             f"received {describe(self.attribute)}")  # fmt: skip
         if self.every is not None:
             check_positive_int(self.every, "every")
         if not callable(self.value):
@@ -147,7 +176,14 @@ class Schedule:
             raise AttributeError(
                 f"the schedule drives {self.attribute!r}, which {type(objective).__name__} does not have"
             )
-        value = float(self.value(t))
+        value = self.value(t)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"the schedule of {self.attribute!r} must give a number; at t = {t} it gave "
+                            f"{describe(value)}") from None  # fmt: skip
+        if not math.isfinite(value):
+            raise ValueError(f"the schedule of {self.attribute!r} must give finite numbers; at t = {t} it gave {value}")
         current = getattr(owner, name)
         if hasattr(current, "fill_"):
             current.fill_(value)
@@ -200,4 +236,6 @@ class _Annealing:
 def kl_warmup(beta: float, epochs: int) -> Schedule:
     """The KL weight rising linearly to ``beta`` over ``epochs`` epochs (Sønderby et al. 2016),
     as a :class:`Schedule` of the objective's ``beta``."""
+    beta = check_number(beta, "beta", minimum=0.0)
+    epochs = check_positive_int(epochs, "epochs")
     return Schedule("beta", lambda epoch: kl_weight(epoch, beta, epochs))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from elbox._validation import check_points, describe, named
 from elbox.data.sequences import Sequences
 from elbox.inference.em import em
 from elbox.inference.history import ConvergenceWarning
@@ -104,6 +105,8 @@ def select(
         >>> found.best["bic"]
         3
     """
+    if isinstance(candidates, str | bytes) or not hasattr(candidates, "__iter__"):
+        raise TypeError(f"candidates must be a list of positive integers; received {describe(candidates)}")
     ks = list(candidates)
     if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in ks):
         raise ValueError(f"candidates must be positive integers; received {ks!r}")
@@ -118,7 +121,10 @@ def select(
         if not hasattr(model, "num_free_parameters"):
             raise TypeError(f"select needs a model that counts its free parameters (num_free_parameters); "
                             f"make({k}) returned a {type(model).__name__}")  # fmt: skip
-        with warnings.catch_warnings():
+        if x_valid is not None and k == ks[0]:  # held-out data the models cannot score fail before any fit
+            with named("x_valid"):
+                check_points(model.check_data(x_valid), "x_valid")
+        with warnings.catch_warnings(), named("x", "data"):  # em's data is select's x
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported below, per candidate, if any
             history = em(model, x, max_iter=max_iter, tol=tol, init=init, n_init=n_init, seed=seed)
         if not history.converged:

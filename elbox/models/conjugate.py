@@ -20,7 +20,7 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import SigmoidTransform
 
-from elbox._validation import as_data, check_positive_int
+from elbox._validation import as_data, check_bool, check_distribution, check_number, check_positive_int
 from elbox.distributions._gaussian import (
     conjugate_gaussian,
     covariance_to_raw,
@@ -37,7 +37,7 @@ __all__ = ["BetaBernoulli", "HierarchicalNormal", "MixturePrior", "NormalNormal"
 
 
 def _positive(value, name: str) -> float:
-    value = float(value)
+    value = check_number(value, name, only_type=True)
     if not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number; received {value}")
     return value
@@ -177,6 +177,7 @@ class NormalNormal(LatentModel):
         super().__init__()
         dim = check_positive_int(dim, "dim")
         self.data_shape = (None, dim)
+        reg_covar = check_number(reg_covar, "reg_covar", minimum=0.0)
         eye = torch.eye(dim)
         loc = torch.zeros(dim) if prior_loc is None else as_data(prior_loc, "prior_loc", ndim=1)
         if loc.shape != (dim,):
@@ -245,6 +246,8 @@ class NormalNormal(LatentModel):
     def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
         """Empirical Bayes: the prior that best explains the posteriors, and the noise."""
         x = self.check_data(x)
+        check_distribution(posterior, "posterior", batch_shape=(len(x),), event_shape=(self.dim,),
+                           kind=MultivariateNormal)  # fmt: skip
         mean, cov = posterior.mean, posterior.covariance_matrix  # [B, D], [B, D, D]
         eye = self.reg_covar * torch.eye(self.dim, dtype=x.dtype, device=x.device)
         loc = mean.mean(0)
@@ -301,12 +304,16 @@ class HierarchicalNormal(LatentModel):
         J = check_positive_int(num_groups, "num_groups")
         N = check_positive_int(group_size, "group_size")
         self.data_shape = (J, N)
-        self.register_buffer("hyper_loc", torch.tensor(float(hyper_loc)))
+        self.register_buffer("hyper_loc", torch.tensor(check_number(hyper_loc, "hyper_loc")))
         self.register_buffer("hyper_scale", torch.tensor(_positive(hyper_scale, "hyper_scale")))
         self.log_group_scale = nn.Parameter(torch.tensor(math.log(_positive(group_scale, "group_scale"))))
         sigma = as_data(noise_scale, "noise_scale", ndim=(0, 1)).to(torch.get_default_dtype())
         if (sigma <= 0).any():
             raise ValueError(f"noise_scale must be positive; received {sigma.tolist()}")
+        if sigma.dim() == 1 and sigma.shape[0] != J:
+            raise ValueError(f"noise_scale must be one number or [num_groups] = [{J}]; received shape "
+                             f"{list(sigma.shape)}")  # fmt: skip
+        fit_noise = check_bool(fit_noise, "fit_noise")
         sigma = sigma.expand(J).clone()
         self.log_noise_scale = nn.Parameter(sigma.log(), requires_grad=fit_noise)
         self.fit_noise = fit_noise
@@ -376,6 +383,8 @@ class HierarchicalNormal(LatentModel):
     def m_step(self, x: Tensor, posterior: MultivariateNormal) -> None:
         """τ² and σ_j² set to their expected squared deviations under the posterior."""
         x = self.check_data(x)
+        check_distribution(posterior, "posterior", batch_shape=(len(x),), event_shape=(self.num_groups + 1,),
+                           kind=MultivariateNormal)  # fmt: skip
         mean, cov = posterior.mean, posterior.covariance_matrix  # [B, J+1], [B, J+1, J+1]
         mu, theta = mean[:, :1], mean[:, 1:]
         var = cov.diagonal(dim1=-2, dim2=-1)
@@ -426,7 +435,7 @@ class MixturePrior(LatentModel):
         K, D = loc.shape
         scale = torch.ones(K, D) if scale is None else as_data(scale, "scale", ndim=(1, 2))
         scale = scale.to(loc.dtype)
-        if scale.dim() == 1:
+        if scale.dim() == 1 and scale.shape[0] == K:
             scale = scale.unsqueeze(-1).expand(K, D)
         if scale.shape != (K, D) or not (scale > 0).all():
             raise ValueError(f"scale must be positive, of shape [{K}, {D}] or [{K}]; received {list(scale.shape)}")

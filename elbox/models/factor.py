@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from elbox._validation import as_data, check_number, check_positive_int
+from elbox._validation import as_data, check_bool, check_distribution, check_number, check_positive_int
 from elbox.distributions._gaussian import conjugate_gaussian, gaussian_moments
 from elbox.models.base import LatentModel
 
@@ -46,7 +46,7 @@ class FactorAnalysis(LatentModel):
         if K > D:
             raise ValueError(f"latent_dim ({K}) must not exceed dim ({D})")
         self.data_shape = (D,)
-        self.isotropic = bool(isotropic)
+        self.isotropic = check_bool(isotropic, "isotropic")
         self.min_noise = check_number(min_noise, "min_noise", minimum=0.0)
         dtype = torch.get_default_dtype()
         self.loc = nn.Parameter(torch.zeros(D, dtype=dtype))
@@ -75,7 +75,11 @@ class FactorAnalysis(LatentModel):
 
     @noise_variance.setter
     def noise_variance(self, value) -> None:
-        value = as_data(value, "noise_variance", ndim=(0, 1), dtype=self.loc.dtype).expand(self.dim)
+        value = as_data(value, "noise_variance", ndim=(0, 1), dtype=self.loc.dtype)
+        if value.dim() == 1 and value.shape[0] not in (1, self.dim):
+            raise ValueError(f"noise_variance must be one number or [dim] = [{self.dim}]; received shape "
+                             f"{list(value.shape)}")  # fmt: skip
+        value = value.expand(self.dim)
         if (value <= 0).any():
             raise ValueError(f"noise_variance must be positive; received minimum {float(value.min())}")
         if self.isotropic and not torch.allclose(value, value[0]):
@@ -88,6 +92,9 @@ class FactorAnalysis(LatentModel):
         return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
 
     def likelihood(self, z: Tensor) -> Independent:
+        if z.shape[-1:] != (self.latent_dim,):
+            raise ValueError(f"z must have shape [..., latent_dim] = [..., {self.latent_dim}]; received shape "
+                             f"{list(z.shape)}")  # fmt: skip
         return Independent(Normal(z @ self.loading.T + self.loc, self.noise_variance.sqrt()), 1)
 
     def marginal(self) -> MultivariateNormal:
@@ -180,6 +187,7 @@ class FactorAnalysis(LatentModel):
         """The exact M-step: regress x on (z, 1) under the posterior, then the residual noise."""
         x = self.check_data(x)
         B, K = x.shape[0], self.latent_dim
+        check_distribution(posterior, "posterior", batch_shape=(B,), event_shape=(K,), kind=MultivariateNormal)
         ez = posterior.mean  # [B, K]
         ez1 = torch.cat([ez, ez.new_ones(B, 1)], -1)  # E[(z, 1)], [B, K+1]
         second = ez1.T @ ez1  # Σ E[z̃] E[z̃]ᵀ, [K+1, K+1]

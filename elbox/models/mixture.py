@@ -6,9 +6,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal, OneHotCategorical
 
-from elbox._validation import as_data, check_number, check_positive_int, check_probabilities
+from elbox._validation import as_data, check_distribution, check_number, check_positive_int, check_probabilities
 from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_inverse, tril_to_raw
 from elbox.models.base import LatentModel
 
@@ -225,6 +225,7 @@ class GaussianMixture(LatentModel):
     def m_step(self, x: Tensor, posterior: Categorical, statistics: tuple[Tensor, Tensor] | None = None) -> None:
         """Weights, means and covariances from the responsibilities (scikit-learn's M-step)."""
         x = self.check_data(x)
+        check_distribution(posterior, "posterior", kind=(Categorical, OneHotCategorical))
         resp = posterior.probs  # [B, K]
         if resp.shape != (x.shape[0], self.num_components):
             raise ValueError(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
-from elbox._validation import check_number, check_positive_int
+from elbox._validation import check_bool, check_number, check_positive_int
 from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES, FlowDistribution, build_flow
 from elbox.distributions.one_hot import OneHot
 from elbox.guides.amortized import Amortized, mlp
@@ -62,6 +62,10 @@ class _Decoded(LatentModel):
         return self.log_variance.exp() if self.decoder_type == "gaussian" else None
 
     def likelihood(self, z: Tensor):
+        latent = tuple(self.latent_shape) if hasattr(self, "latent_shape") else (self.latent_dim,)
+        if z.dim() < len(latent) or tuple(z.shape[z.dim() - len(latent) :]) != latent:
+            raise ValueError(f"z must have shape [..., {', '.join(map(str, latent))}] (the latent's); received "
+                             f"shape {list(z.shape)}")  # fmt: skip
         out = self._decode(z)  # [*S, B, D]
         if self.decoder_type == "bernoulli":
             return Independent(Bernoulli(logits=out, validate_args=False), 1)
@@ -183,6 +187,7 @@ class VAE(_Decoded):
         L = check_positive_int(latent_dim, "latent_dim")
         hidden = _widths(hidden)
         beta = check_number(beta, "beta", minimum=0.0)
+        deterministic_encoder = check_bool(deterministic_encoder, "deterministic_encoder")
         self.beta = float(beta)
         guide, prior = _flow_spec(guide, "guide", "gaussian", L), _flow_spec(prior, "prior", "normal", L)
         if guide["type"] == "flow" and deterministic_encoder:

@@ -121,6 +121,9 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
 def get_objective(name: str, argument: str = "objective") -> type[Objective]:
     """The objective class registered as ``name``; the error lists the registered names."""
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be the name of a registered objective, one of {tuple(OBJECTIVES)}; "
+                        f"received {type(name).__name__} {name!r}")  # fmt: skip
     if name not in OBJECTIVES:
         names = tuple(OBJECTIVES)
         raise ValueError(f"{argument} must be one of {names} (the registered objectives); received {name!r}")
@@ -130,6 +133,9 @@ def get_objective(name: str, argument: str = "objective") -> type[Objective]:
 def make_objective(name: str, model, guide=None, *, argument: str = "objective", **options) -> Objective:
     """``OBJECTIVES[name](model, guide, **options)``, with a clear error for an unknown name or option."""
     cls = get_objective(name, argument)
+    if not cls.needs_guide and guide is not None:
+        raise TypeError(f"the {name!r} objective fits the model alone and takes no guide; received guide "
+                        f"{type(guide).__name__}: pass None")  # fmt: skip
     try:
         return cls(model, guide, **options) if cls.needs_guide else cls(model, **options)
     except TypeError as error:

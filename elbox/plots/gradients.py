@@ -20,8 +20,11 @@ def plot_temperature_tradeoff(report, path: str | os.PathLike | None = None, *, 
     """
     from matplotlib.figure import Figure
 
+    from elbox.inference.gradients import GradientReport
     from elbox.plots._common import save_png
 
+    if not isinstance(report, GradientReport):
+        raise TypeError(f"report must be a GradientReport (from temperature_sweep); received {type(report).__name__}")
     rows = [s for s in report.estimators if s.temperature is not None]
     if not rows or rows[0].bias is None:
         raise ValueError("plot_temperature_tradeoff needs a temperature sweep against the exact gradient "

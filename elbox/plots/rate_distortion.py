@@ -30,6 +30,10 @@ def plot_rate_distortion(
     """
     from matplotlib.figure import Figure
 
+    points = list(points)
+    if not points or not all(isinstance(p, tuple | list) and len(p) == 3 for p in points):
+        raise ValueError(f"points must be a non-empty list of (label, rate, distortion) triples; received "
+                         f"{points!r}"[:200])  # fmt: skip
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     rates = [p[1] for p in points]

@@ -21,6 +21,9 @@ def _report(report) -> dict:
 
     from elbox.evidence import EvidenceReport
 
+    if not isinstance(report, EvidenceReport | dict):
+        raise TypeError(f"report must be an EvidenceReport (or its dict, as report.json holds); received "
+                        f"{type(report).__name__}")  # fmt: skip
     return asdict(report if isinstance(report, EvidenceReport) else EvidenceReport.from_dict(report))
 
 

@@ -6,7 +6,7 @@ import os
 
 from torch import Tensor
 
-from elbox.plots._common import save_png
+from elbox.plots._common import figure_data, save_png
 
 __all__ = ["plot_state_path", "plot_trajectory"]
 
@@ -35,8 +35,13 @@ def plot_state_path(
     """
     from matplotlib.figure import Figure
 
-    probs = marginals.detach().cpu().numpy()
+    probs = figure_data(marginals, "marginals", 2).numpy()
     T, K = probs.shape
+    true_states = None if true_states is None else figure_data(true_states, "true_states", 1, length=T, integer=True)
+    decoded = None if decoded is None else figure_data(decoded, "decoded", 1, length=T, integer=True)
+    if observations is not None and len(figure_data(observations, "observations", (1, 2))) != T:
+        raise ValueError(f"observations must have T = {T} rows (one per step); received shape "
+                         f"{list(observations.shape)}")  # fmt: skip
     rows = 2 if observations is not None else 1
     fig = Figure(figsize=(9, 2.2 + 1.8 * rows), layout="constrained")
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
@@ -91,9 +96,15 @@ def plot_trajectory(
     """
     from matplotlib.figure import Figure
 
-    m = mean.detach().cpu().numpy()
-    sd = variance.detach().cpu().numpy() ** 0.5
+    m = figure_data(mean, "mean", 2).numpy()
     T, D = m.shape
+    variance = figure_data(variance, "variance", 2, length=T)
+    if tuple(variance.shape) != (T, D) or (variance < 0).any():
+        raise ValueError(f"variance must be non-negative, of mean's shape [{T}, {D}]; received shape "
+                         f"{list(variance.shape)}")  # fmt: skip
+    sd = variance.numpy() ** 0.5
+    if true_states is not None and tuple(figure_data(true_states, "true_states", 2).shape) != (T, D):
+        raise ValueError(f"true_states must have mean's shape [{T}, {D}]; received shape {list(true_states.shape)}")
     fig = Figure(figsize=(9, 1.2 + 1.6 * D), layout="constrained")
     axes = fig.subplots(D, 1, sharex=True, squeeze=False)[:, 0]
     t = range(T)

@@ -31,6 +31,13 @@ def plot_traces(
 
     from elbox.plots._common import save_png
 
+    if not isinstance(histories, Mapping) or not histories:
+        raise TypeError(f"histories must be a non-empty dict of label → elbox.History; received "
+                        f"{type(histories).__name__} {histories!r}"[:200])  # fmt: skip
+    for label, history in histories.items():
+        if not hasattr(history, "lower_bound"):
+            raise TypeError(f"histories[{label!r}] must be an elbox.History (from fit or em); received "
+                            f"{type(history).__name__}")  # fmt: skip
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for label, history in histories.items():

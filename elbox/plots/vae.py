@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from elbox.plots._common import save_png
+from elbox._validation import check_positive_int
+from elbox.plots._common import check_records, figure_data, save_png
 
 __all__ = ["plot_latent_space", "plot_reconstructions", "plot_samples", "plot_training"]
 
@@ -23,8 +24,7 @@ def plot_training(records: Sequence[dict], path: str | os.PathLike | None = None
     """
     from matplotlib.figure import Figure
 
-    if not records:
-        raise ValueError("plot_training needs at least one epoch's record; received none")
+    records = check_records(records)
     epochs = [r["epoch"] for r in records]
 
     def series(name):
@@ -80,6 +80,10 @@ def plot_reconstructions(x: Tensor, reconstruction: Tensor, path: str | os.PathL
     """Inputs (top row) above their reconstructions (bottom row), ``[n, D]`` each."""
     from matplotlib.figure import Figure
 
+    x = figure_data(x, "x", 2)
+    reconstruction = figure_data(reconstruction, "reconstruction", 2, length=len(x))
+    if reconstruction.shape != x.shape:
+        raise ValueError(f"reconstruction must have x's shape {list(x.shape)}; received {list(reconstruction.shape)}")
     n = x.shape[0]
     fig = Figure(figsize=(max(n, 4) * 0.7, 1.9), layout="constrained")
     _draw_grid(fig, [x, reconstruction], ["input", "reconstruction"])
@@ -92,7 +96,8 @@ def plot_samples(means: Tensor, path: str | os.PathLike | None = None, *, column
     """Decoder means at draws z ~ p(z), ``[n, D]``, in rows of ``columns``."""
     from matplotlib.figure import Figure
 
-    rows = list(means.split(columns))
+    columns = check_positive_int(columns, "columns")
+    rows = list(figure_data(means, "means", 2).split(columns))
     fig = Figure(figsize=(columns * 0.8, len(rows) * 0.85 + 0.4), layout="constrained")
     _draw_grid(fig, rows)
     fig.suptitle(title or "Samples from the prior: E[x | z], z ~ N(0, I)", fontsize=10)
@@ -105,9 +110,9 @@ def plot_latent_space(codes: Tensor, labels: Tensor | None = None, path: str | o
     first two principal components; coloured by label where labels exist."""
     from matplotlib.figure import Figure
 
-    codes = codes.detach().cpu().double()
-    if codes.dim() != 2:
-        raise ValueError(f"codes must be [n, latent_dim]; received shape {tuple(codes.shape)}")
+    codes = figure_data(codes, "codes", 2).double()
+    if labels is not None:
+        labels = figure_data(labels, "labels", 1, length=len(codes), integer=True)
     if codes.shape[1] == 1:
         points, axis_names = torch.cat([codes, torch.zeros_like(codes)], 1), ("z", "")
     elif codes.shape[1] == 2:

@@ -10,7 +10,7 @@ from torch import nn
 from elbox.inference import temperature_annealing
 from elbox.inference.options import FitOptions
 from elbox.objectives import get_objective, make_objective
-from elbox.runs.config import ConfigError
+from elbox.runs.config import ConfigError, check_config
 from elbox.runs.data import info_of_record
 from elbox.runs.types import MODEL_TYPES, DataInfo
 
@@ -31,6 +31,7 @@ def build_model(config: dict, info: DataInfo | None = None):
     """The config's model and its guide (None where the run fits without one), not yet fitted:
     their parameters are drawn from torch's RNG seeded by ``[train] seed`` within the call, and the
     caller's RNG state is left as it was."""
+    check_config(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["train"]["seed"])
         return built_model(config, info)
@@ -55,7 +56,7 @@ def built_model(config: dict, info: DataInfo | None = None):
 def build_objective(config: dict, model, guide):
     """The config's objective (``[train] objective`` with ``num_samples`` and the ``[objective]``
     table) on the model and guide; a bad option is a :class:`ConfigError` naming ``[objective]``."""
-    t = config["train"]
+    t = check_config(config)["train"]
     options = dict(config["objective"])
     if "num_samples" in inspect.signature(get_objective(t["objective"]).__init__).parameters:
         options["num_samples"] = t["num_samples"]

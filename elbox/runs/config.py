@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from elbox._validation import check_path, describe
 from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES
 from elbox.inference.optimizers import OPTIMIZERS, optimizer_options
 from elbox.inference.schedules import SCHEDULES
@@ -40,8 +41,8 @@ from elbox.runs.plugins import import_plugins
 from elbox.runs.sources import DATA_SOURCES
 from elbox.runs.types import MODEL_TYPES
 
-__all__ = ["RECORD", "SCHEMA", "ConfigError", "config_differences", "load_config", "objective_keys", "parse_config",
-           "section_keys", "to_toml"]  # fmt: skip
+__all__ = ["RECORD", "SCHEMA", "ConfigError", "check_config", "config_differences", "load_config", "objective_keys",
+           "parse_config", "section_keys", "to_toml"]  # fmt: skip
 
 
 _MODEL_TYPE = Registered(MODEL_TYPES, "a model type")
@@ -211,6 +212,19 @@ def _suggest(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def check_config(config, name: str = "config") -> dict:
+    """Checks that ``config`` is a parsed config (every section, defaults filled in), as
+    :func:`load_config` and :func:`parse_config` return it, not a raw TOML table."""
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} must be a parsed config (a dict from elbox.runs.load_config or parse_config); "
+                        f"received {describe(config)}")  # fmt: skip
+    missing = [s for s in SCHEMA if s != RECORD and not isinstance(config.get(s), dict)]
+    if missing or "type" not in config["model"]:
+        raise ValueError(f"{name} must be a parsed config, every section filled in (pass the raw table through "
+                         f"elbox.runs.parse_config); it lacks [{(missing or ['model'])[0]}]")  # fmt: skip
+    return config
+
+
 def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> dict[str, dict[str, Any]]:
     """Validates a parsed TOML document, fills in the defaults and resolves the ``auto`` values.
 
@@ -224,6 +238,8 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
     Raises:
         ConfigError: naming the section and key at fault.
     """
+    if not isinstance(raw, dict):
+        raise TypeError(f"raw must be a parsed TOML document (a dict of sections); received {describe(raw)}")
     plugins = raw.get("plugins", {})
     imports = plugins.get("imports", []) if isinstance(plugins, dict) else []
     if not (isinstance(imports, list) and all(isinstance(i, str) and i for i in imports)):
@@ -337,6 +353,9 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
                               "model has not; use method = 'vi'")  # fmt: skip
     elif OBJECTIVES[train["objective"]].needs_guide and kind.guide is None:
         raise ConfigError(f"{source}: [model] type = {kind.name!r} has no guide; use objective = 'max_likelihood'")
+    if train["method"] != "em" and train["kl_warmup"] > train["epochs"]:
+        raise ConfigError(f"{source}: [train] kl_warmup ({train['kl_warmup']}) must be at most epochs "
+                          f"({train['epochs']}): β would never reach its value")  # fmt: skip
     for section in ("train", "evaluate"):
         if config[section]["precision"] != "float32" and not kind.networks:
             owners = " and ".join(repr(t.name) for t in MODEL_TYPES.values() if t.networks)
@@ -390,7 +409,7 @@ def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, d
         FileNotFoundError: If there is no such file.
         ConfigError: If the TOML is malformed or a key or value is not accepted.
     """
-    path = Path(path)
+    path = Path(check_path(path))
     raw = read_toml(path, "config file")
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from elbox.data.sequences import Sequences
-from elbox.runs.config import RECORD, ConfigError
+from elbox.runs.config import RECORD, ConfigError, check_config
 from elbox.runs.sources import DATA_SOURCES, DataSource, register_data_source, split_by_seed
 from elbox.runs.types import MODEL_TYPES, DataInfo
 
@@ -20,7 +20,9 @@ def load_data(config: dict, split: str):
     :class:`Sequences` for sequence models, and its labels (None where it has none). Training
     data keep their intensities under dynamic binarization (the engine draws per batch);
     held-out splits are binarized once, reproducibly."""
-    data = config["data"]
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation' or 'test'; received {split!r}")
+    data = check_config(config)["data"]
     if split == "validation" and data["validation"] == 0:
         raise ConfigError("[data] validation is 0: there is no validation split")
     x, y = DATA_SOURCES[data["name"]].load(config, split)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from elbox._validation import check_positive_int
 from elbox.distributed import from_rank0, rank0_context
 from elbox.io import RunDirectory, RunLock, write_json
 from elbox.runs.config import ConfigError, parse_config, read_toml
@@ -53,6 +54,10 @@ def evaluate_run(
     from elbox.evidence import evidence_report
     from elbox.guides import Exact
 
+    if num_samples is not None:
+        check_positive_int(num_samples, "num_samples")
+    if max_points is not None:
+        check_positive_int(max_points, "max_points", minimum=0)  # 0: every test point
     loaded = load_run(run_dir)
     run, config, model = loaded.directory, loaded.config, loaded.model
     e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from elbox.io import RunDirectory
+from elbox.runs.config import check_config
 from elbox.runs.data import data_name
 from elbox.runs.types import MODEL_TYPES
 
@@ -20,7 +21,9 @@ def make_figures(run: RunDirectory, config: dict, model) -> list[Path]:
     (:attr:`~elbox.runs.ModelType.figures`); returns the paths written."""
     from elbox import plots
 
-    kind = MODEL_TYPES[config["model"]["type"]]
+    if not isinstance(run, RunDirectory):
+        raise TypeError(f"run must be an elbox.io.RunDirectory; received {type(run).__name__}")
+    kind = MODEL_TYPES[check_config(config)["model"]["type"]]
     paths = []
     records = run.read_metrics()
     if records:

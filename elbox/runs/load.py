@@ -9,6 +9,7 @@ import tomllib
 import torch
 from torch import nn
 
+from elbox._validation import check_path
 from elbox.inference import History
 from elbox.io import NotARunError, RunDirectory, load_checkpoint
 from elbox.runs.build import Modules, build_model
@@ -86,7 +87,7 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best") -> Run:
 
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last'; received {checkpoint!r}")
-    run = RunDirectory.open(path)
+    run = RunDirectory.open(check_path(path))
     name = checkpoint if run.has_checkpoint(checkpoint) else "last"
     config = config_of_record(run, name)
     tensors, meta = load_checkpoint(run.checkpoint(name))

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from elbox._validation import check_path
 from elbox.distributed import agree, from_rank0, is_distributed, rank0_context
 from elbox.inference import History, em, fit
 from elbox.inference.callbacks import CHECKPOINT_FORMAT
@@ -20,7 +21,7 @@ from elbox.io import (
     save_checkpoint,
 )
 from elbox.runs.build import build_objective, built_model, fit_options, initialize
-from elbox.runs.config import RECORD, ConfigError, load_config, to_toml
+from elbox.runs.config import RECORD, ConfigError, check_config, load_config, to_toml
 from elbox.runs.data import load_data, record_of
 from elbox.runs.figures import make_figures
 from elbox.runs.load import config_of_record
@@ -53,6 +54,11 @@ def train_run(
             objectives, recorded in the run's ``[plugins] imports``) that cannot be imported.
         RunLockedError: If another process is writing ``run_dir``.
     """
+    check_path(run_dir, "run_dir")
+    if config is None and config_path is None:
+        raise ValueError("train_run needs config_path (a TOML file) or config= (a parsed config); received neither")
+    if config is not None:
+        check_config(config)
     run = RunDirectory(run_dir)
     import_plugins(imports)
     if config is None:

@@ -98,6 +98,8 @@ MODEL_TYPES: dict[str, ModelType] = {}
 
 def register_model_type(model_type: ModelType) -> ModelType:
     """Adds a model type to the configs (``[model] type = model_type.name``)."""
+    if not isinstance(model_type, ModelType):
+        raise TypeError(f"model_type must be an elbox.runs.ModelType; received {type(model_type).__name__}")
     if model_type.method not in ("em", "vi"):
         raise ValueError(f"a model type's method must be 'em' or 'vi'; received {model_type.method!r}")
     MODEL_TYPES[model_type.name] = model_type
