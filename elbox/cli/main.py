@@ -127,6 +127,8 @@ def _evaluation_table(evaluation: dict) -> Table:
     """The evidence report as a table: the bracket, the gap and its split, the diagnostics; each
     number with its standard error over the points and its Monte Carlo standard error."""
     r = evaluation["report"]
+    if r is None:  # one series under a time split: its exact log-likelihoods alone
+        return _series_table(evaluation)
     table = Table(
         title=f"Evidence report: {evaluation['data']} (nats per data point)",
         caption="± points: the standard error over the data points (how the mean would move on other data); "
@@ -180,6 +182,11 @@ def _evaluation_table(evaluation: dict) -> Table:
         table.add_row("active units", units, "", "", escape("Cov_x(E_q[z_u]) > 0.01"))
     if r.get("mutual_information") is not None:
         table.add_row("I(x; z) under q", number(r["mutual_information"]), "", "", f"at most log {r['mi_points']}")
+    c = evaluation.get("test_log_likelihood")
+    if c:
+        table.add_row(f"test log-lik per step ({c['steps']} steps)", number(c["per_step"]),
+                      number(c["per_sequence_stderr"] / c["steps"]) if c["per_sequence_stderr"] else "—", "0",
+                      escape("log p(x_test | x_before) by the filter (exact), over the sequences"))  # fmt: skip
     t = evaluation.get("training_gap")
     if t:
         table.add_row("gap of the fitted q", number(t["gap"]), number(t["gap_stderr"]), "",
@@ -187,7 +194,21 @@ def _evaluation_table(evaluation: dict) -> Table:
     return table
 
 
+def _series_table(evaluation: dict) -> Table:
+    table = Table(title=f"Log-likelihoods: {evaluation['data']} (nats)")
+    for column in ("quantity", "total", "per step", "steps", "what it is"):
+        table.add_column(column, justify="left" if column in ("quantity", "what it is") else "right")
+    t, c = evaluation["training_log_likelihood"], evaluation["test_log_likelihood"]
+    table.add_row("training part", f"{t['total']:.4f}", f"{t['per_step']:.4f}", str(t["steps"]),
+                  escape("log p(x_train), exact"))  # fmt: skip
+    table.add_row("test steps", f"{c['total']:.4f}", f"{c['per_step']:.4f}", str(c["steps"] * c["sequences"]),
+                  escape("log p(x_test | x_before), exact, by the filter"))  # fmt: skip
+    return table
+
+
 def _print_warnings(evaluation: dict) -> None:
+    if evaluation["report"] is None:
+        return
     for message in evaluation["report"].get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
@@ -251,7 +272,8 @@ def evaluate(
         return
     console.print(_evaluation_table(result))
     _print_warnings(result)
-    console.print(f"Written: {run_dir / 'evaluation.json'} ({result['report']['seconds']:.1f} s)")
+    seconds = f" ({result['report']['seconds']:.1f} s)" if result["report"] is not None else ""
+    console.print(f"Written: {run_dir / 'evaluation.json'}{seconds}")
 
 
 @app.command()
@@ -276,6 +298,36 @@ def report(
     console.print(_evaluation_table(result["evaluation"]))
     _print_warnings(result["evaluation"])
     console.print(f"Written: {', '.join(str(p) for p in result['paths'])}")
+
+
+@app.command()
+def forecast(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit` (an HMM or LGSSM run)."),
+    steps: int = typer.Option(..., "--steps", help="How many steps ahead."),
+    level: float = typer.Option(0.9, help="The intervals' probability."),
+    sequence: int = typer.Option(0, help="The sequence drawn in forecast.png."),
+    imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
+) -> None:
+    """Continue every training sequence --steps steps with the fitted model: forecast.csv (mean,
+    sd and interval per step and coordinate) and forecast.png (history, forecast, interval, and
+    the held-out steps where the run holds out the end of each series, [data] split = "time")."""
+    from elbox.runs.forecast import forecast_run
+    from elbox.runs.plugins import import_plugins
+
+    with _user_errors():
+        import_plugins(imports or ())
+        result = forecast_run(run_dir, steps, level=level, sequence=sequence)
+    rows = result["forecast"].table(sequence)
+    table = Table(title=f"Forecast of sequence {sequence}, {steps} steps ahead")
+    for column in ("step", "coordinate", "mean", "sd", f"{100 * level:g}% interval"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        interval = f"[{row['lower']:.4g}, {row['upper']:.4g}]" if "lower" in row else "—"
+        table.add_row(str(row["step"]), str(row["coordinate"]), f"{row['mean']:.4g}",
+                      f"{row['sd']:.4g}" if "sd" in row else "—", interval)  # fmt: skip
+    console.print(table)
+    written = [str(result["table"])] + ([str(result["figure"])] if result["figure"] else [])
+    console.print(f"Written: {', '.join(written)}")
 
 
 @app.command()

@@ -119,3 +119,56 @@ def plot_trajectory(
     axes[-1].set_xlabel("t")
     save_png(fig, path)
     return fig
+
+
+def plot_forecast(
+    history: Tensor,
+    forecast,
+    path: str | os.PathLike | None = None,
+    *,
+    sequence: int = 0,
+    truth: Tensor | None = None,
+    title: str = "Forecast",
+):
+    """One sequence's history, its forecast's mean and central interval, and (where known) what
+    followed, one panel per coordinate.
+
+    Args:
+        history: The observed steps ``[T, D]`` of that sequence.
+        forecast: A :class:`~elbox.models.forecast.Forecast` (its sequence ``sequence`` is drawn).
+        path: If given, the PNG is written there (atomically).
+        sequence: Which of the forecast's sequences.
+        truth: ``[k', D]``, the steps that did follow (held-out data), drawn beside the forecast.
+        title: The figure's title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    h = figure_data(history, "history", 2).numpy()
+    T, D = h.shape
+    if forecast.variance is None:
+        raise ValueError("forecast: symbols' probabilities have no interval to draw; plot forecast.mean instead")
+    mean = forecast.mean[sequence].detach().cpu().numpy()
+    lower, upper = forecast.lower[sequence].detach().cpu().numpy(), forecast.upper[sequence].detach().cpu().numpy()
+    k = mean.shape[0]
+    if mean.shape[1] != D:
+        raise ValueError(f"history must have the forecast's {mean.shape[1]} coordinates; received {D}")
+    fig = Figure(figsize=(9, 1.2 + 1.8 * D), layout="constrained")
+    axes = fig.subplots(D, 1, sharex=True, squeeze=False)[:, 0]
+    ahead = range(T, T + k)
+    for d, ax in enumerate(axes):
+        ax.plot(range(T), h[:, d], color="black", lw=1, label="observed")
+        ax.fill_between(ahead, lower[:, d], upper[:, d], color="tab:blue", alpha=0.25, lw=0,
+                        label=f"{100 * forecast.level:g}% interval")  # fmt: skip
+        ax.plot(ahead, mean[:, d], color="tab:blue", lw=1.5, label="forecast mean")
+        if truth is not None:
+            t = figure_data(truth, "truth", 2).numpy()
+            ax.plot(range(T, T + len(t)), t[:, d], color="tab:orange", lw=1, label="held out")
+        ax.set_ylabel(f"x[{d}]")
+    axes[0].legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel("step")
+    fig.suptitle(title)
+    save_png(fig, path)
+    return fig

@@ -29,6 +29,7 @@ from elbox.runs._schema import (
     SEED,
     SIZE,
     SIZES,
+    Check,
     ConfigError,
     Key,
     Registered,
@@ -61,8 +62,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "binarization": Key("auto", choice("auto", "dynamic", "fixed", "threshold", "none"),
                             "dynamic: a fresh Bernoulli draw per batch (test data: one seeded draw); auto: dynamic for "
                             "a Bernoulli decoder, else none"),
-        "validation": Key(0, NON_NEGATIVE_INT, "training points held out for validation and early stopping"),
-        "test": Key(0, NON_NEGATIVE_INT, "points held out as the test set (0: 297 of the digits, a fifth of a file's)"),
+        "split": Key("random", choice("random", "time"),
+                     "random: points (or whole sequences) held out at random; time: the last steps of every "
+                     "sequence held out (one long series, forecasting)"),
+        "validation": Key(0, NON_NEGATIVE_INT, "held out for validation and early stopping: training points, or, "
+                          "split = 'time', the steps before the test steps"),
+        "test": Key("auto", Check(lambda v: v == "auto" or is_non_negative_int(v), "'auto' or a non-negative integer"),
+                    "held out as the test set: points, or, split = 'time', the last steps of each sequence (auto: 297 "
+                    "of the digits, a fifth of a file's points or of the shortest sequence's steps; 0: none)"),
         "num_samples": Key(5000, POSITIVE_INT, "mnist1d: signals generated in all"),
     },
     "model": {
@@ -339,6 +346,9 @@ def _check_consistency(config: dict, raw: dict, source: str) -> None:
                               f"{' or '.join(map(repr, owners))} only; received a {kind.name!r} model")  # fmt: skip
     if kind.check is not None:
         kind.check(config, source)
+    if data["split"] == "time" and not kind.sequences:
+        raise ConfigError(f"{source}: [data] split = 'time' holds out the last steps of each sequence, and a "
+                          f"{kind.name!r} model takes points, not sequences: use split = 'random'")  # fmt: skip
     if data_source.real_valued and binary:
         raise ConfigError(f"{source}: [data] name = {data_source.name!r} is real-valued: set binarization = 'none' and "
                           "decoder = 'gaussian'")  # fmt: skip

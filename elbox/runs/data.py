@@ -9,7 +9,7 @@ import torch
 
 from elbox.data.sequences import Sequences
 from elbox.runs.config import RECORD, ConfigError, check_config
-from elbox.runs.sources import DATA_SOURCES, DataSource, register_data_source, split_by_seed
+from elbox.runs.sources import DATA_SOURCES, DataSource, register_data_source, split_by_seed, test_size
 from elbox.runs.types import MODEL_TYPES, DataInfo
 
 __all__ = ["data_info", "data_name", "info_of_record", "load_data", "record_of"]
@@ -33,10 +33,68 @@ def load_data(config: dict, split: str):
 
 def _file(config: dict, split: str) -> tuple:
     """The user's own file (``[data] path``): a fifth of it (or ``[data] test`` points) held out
-    at random as the test set."""
+    at random as the test set; with ``split = "time"``, the last steps of every sequence."""
     x = _user_file(config)
-    return split_by_seed(x, None, split, config["data"]["test"] or max(1, len(x) // 5), config["data"]["validation"],
-                         config["data"]["path"])  # fmt: skip
+    data = config["data"]
+    if data["split"] == "time":
+        return _time_split(x, split, data), None
+    return split_by_seed(x, None, split, test_size(data, max(1, len(x) // 5)), data["validation"], data["path"])
+
+
+def time_steps(data: dict, lengths) -> tuple[int, int]:
+    """``split = "time"``: the steps held out at the end of every sequence, (validation, test)."""
+    test = test_size(data, max(1, int(lengths.min()) // 5))
+    return data["validation"], test
+
+
+def _time_split(x: Sequences, split: str, data: dict) -> Sequences:
+    """The time split of sequences: the training part is each sequence without its last
+    validation + test steps; the validation part adds the validation steps, the test part is the
+    whole sequence. A held-out part is scored given what precedes it (:func:`held_out_steps`)."""
+    lengths = x.lengths
+    validation, test = time_steps(data, lengths)
+    keep = lengths - validation - test
+    if bool((keep < 1).any()):
+        b = int((keep < 1).nonzero()[0])
+        raise ConfigError(f"[data] validation + test = {validation + test} steps leave no training steps of sequence "
+                          f"{b}, which has {int(lengths[b])}")  # fmt: skip
+    if split == "test" and test == 0:
+        raise ConfigError("[data] test = 0: no test steps are held out (split = 'time'); set [data] test to a number "
+                          "of steps")  # fmt: skip
+    end = {"train": keep, "validation": keep + validation, "test": lengths}[split]
+    return _prefix(x, end)
+
+
+def _prefix(x: Sequences, lengths) -> Sequences:
+    """Each sequence cut to its first ``lengths[b]`` steps (padded to the longest)."""
+    T = int(lengths.max())
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(-1)  # [B, T]
+    values = x.values[:, :T]
+    zero = torch.zeros((), dtype=values.dtype)
+    values = torch.where(mask.reshape(mask.shape + (1,) * (values.dim() - 2)), values, zero)
+    inputs = None if x.inputs is None else x.inputs[:, :T]
+    return Sequences(values, mask, inputs=inputs)
+
+
+def held_out_steps(config: dict, split: str) -> int:
+    """How many final steps of each sequence of the split ``split`` are its own, scored given the
+    steps before them (``split = "time"``); 0 for a random split, where whole points are held out."""
+    data = config["data"]
+    if data["split"] != "time" or split == "train":
+        return 0
+    x = _user_file(config)
+    validation, test = time_steps(data, x.lengths)
+    return validation if split == "validation" else test
+
+
+def time_continuation(config: dict, sequence: int, steps: int):
+    """``split = "time"``: the held-out steps (validation, then test) that follow the training part
+    of sequence ``sequence``, at most ``steps`` of them, ``[k', D]``."""
+    x = _user_file(config)
+    validation, test = time_steps(config["data"], x.lengths)
+    end = int(x.lengths[sequence])
+    start = end - validation - test
+    return x.values[sequence, start : min(end, start + steps)]
 
 
 def _user_file(config: dict):
@@ -55,7 +113,9 @@ def _user_file(config: dict):
                 "recorded); evaluate on the file the run was trained on, or train a new run"
             )
     if MODEL_TYPES[config["model"]["type"]].sequences and not isinstance(x, Sequences):
-        if x.dim() == 2 and x.is_floating_point():
+        if str(path).lower().endswith(".csv") and x.dim() == 2:
+            x = x.unsqueeze(0)  # a table: one series, a row per step and a column per variable
+        elif x.dim() == 2 and x.is_floating_point():
             x = x.unsqueeze(-1)  # [N, T] numbers: sequences of one value per step
         x = Sequences(x)
     return x

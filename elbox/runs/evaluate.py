@@ -61,8 +61,10 @@ def evaluate_run(
     loaded = load_run(run_dir)
     run, config, model = loaded.directory, loaded.config, loaded.model
     e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)
+    time_split = config["data"]["split"] == "time"
     with rank0_context(lambda: RunLock(run.path)):
-        x, _ = load_data(config, "test")
+        # a time split's report is on the steps trained on; its test score conditions on them
+        x, _ = load_data(config, "train" if time_split else "test")
         if e["max_points"]:
             x = x[: e["max_points"]]
         exact = getattr(model, "has_exact_evidence", False)
@@ -72,6 +74,13 @@ def evaluate_run(
                                  f"[evaluate] method = {e['method']!r}"))  # fmt: skip
         guide = Exact(model) if exact else loaded.guide
         S = e["num_samples"]
+        if time_split and len(x) < 2:  # one series: no spread over points to report; its exact log-likelihoods
+            result = {"run": str(run.path), "data": f"{data_name(config)}, one series (split = 'time')",
+                      "checkpoint": loaded.checkpoint, "settings": e, "report": None,
+                      "training_log_likelihood": _training_log_likelihood(model, x),
+                      "test_log_likelihood": _conditional_test(config, model)}  # fmt: skip
+            from_rank0(write_json, run.path / "evaluation.json", result)
+            return result
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(e["seed"])  # each batch's particles from a seed of (this seed, the batch)
             report = evidence_report(
@@ -81,17 +90,56 @@ def evaluate_run(
                 batch_size=e["batch_size"], chunk_size=e["chunk_size"] or None, progress=progress,
                 precision=e["precision"],
             )  # fmt: skip
+        described = f"{data_name(config)} test set, {len(x)} points"
+        if time_split:
+            described = (f"{data_name(config)}, the training part of {len(x)} sequences (split = 'time'; the test "
+                         "steps are scored in test_log_likelihood)")  # fmt: skip
         result = {
             "run": str(run.path),
-            "data": f"{data_name(config)} test set, {len(x)} points",
+            "data": described,
             "checkpoint": loaded.checkpoint,
             "settings": e,
             "report": report.to_dict(),
         }
         if exact and not isinstance(loaded.guide, Exact):
             result["training_gap"] = _training_gap(config, model, loaded.guide)
+        if time_split:
+            result["test_log_likelihood"] = _conditional_test(config, model)
         from_rank0(write_json, run.path / "evaluation.json", result)
     return result
+
+
+@torch.no_grad()
+def _training_log_likelihood(model, x) -> dict:
+    """The exact log p(x) of the training part, in all and per step."""
+    if not getattr(model, "has_exact_evidence", False):
+        raise ConfigError(f"[data] split = 'time' on one series reports exact log-likelihoods, which a "
+                          f"{type(model).__name__} has not")  # fmt: skip
+    total = float(model.log_evidence(x).double().sum())
+    steps = int(x.mask.sum())
+    return {"method": "exact, by the filter", "total": total, "steps": steps, "per_step": total / steps}
+
+
+@torch.no_grad()
+def _conditional_test(config: dict, model) -> dict:
+    """``split = "time"``: log p(x_test | x_before) of each sequence's last n steps given all the
+    steps before them, exactly, as log p(x_{1:T}) − log p(x_{1:T−n}) by the model's filter; its
+    mean per sequence and per step, with the standard error over the sequences."""
+    from elbox.runs.data import _prefix, held_out_steps
+
+    if not getattr(model, "has_exact_evidence", False):
+        raise ConfigError(f"[data] split = 'time' scores the test steps given the steps before them, which needs a "
+                          f"model with exact evidence; a {type(model).__name__} has none")  # fmt: skip
+    x, _ = load_data(config, "test")
+    n = held_out_steps(config, "test")
+    before = _prefix(x, x.lengths - n)
+    per_sequence = (model.log_evidence(x) - model.log_evidence(before)).double()  # [B]
+    B = len(per_sequence)
+    stderr = float(per_sequence.std() / B**0.5) if B > 1 else None
+    return {"method": "exact: log p(x_{T-n+1:T} | x_{1:T-n}) = log p(x_{1:T}) - log p(x_{1:T-n}), by the filter",
+            "steps": n, "sequences": B, "total": float(per_sequence.sum()),
+            "per_sequence": float(per_sequence.mean()), "per_sequence_stderr": stderr,
+            "per_step": float(per_sequence.sum() / (B * n)), "values": per_sequence.tolist()}  # fmt: skip
 
 
 @torch.no_grad()
@@ -121,6 +169,9 @@ def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_conf
     evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
     if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
         evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, progress=progress)
+    if evaluation["report"] is None:
+        raise ConfigError(f"{run.path} holds one series (split = 'time'): there is no evidence report over points to "
+                          "draw; evaluation.json holds its exact log-likelihoods, and `elbox forecast` its forecast")
     with rank0_context(lambda: RunLock(run.path)):
         from_rank0(_write_report, run, evaluation)
     return {"evaluation": evaluation, "paths": [run.path / "report.json", run.path / "report.html"]}

@@ -10,7 +10,7 @@ import torch
 
 from elbox.runs._schema import ConfigError
 
-__all__ = ["DATA_SOURCES", "DataSource", "register_data_source", "split_by_seed"]
+__all__ = ["DATA_SOURCES", "DataSource", "register_data_source", "split_by_seed", "test_size"]
 
 #: The random train/test split of a source without one of its own does not depend on the run's seed.
 SPLIT_SEED = 0
@@ -55,6 +55,11 @@ def register_data_source(source: DataSource) -> DataSource:
     return source
 
 
+def test_size(data: dict, auto: int) -> int:
+    """``[data] test`` as a number of points: ``auto`` for ``"auto"``."""
+    return auto if data["test"] == "auto" else data["test"]
+
+
 def split_by_seed(x, y, split: str, test: int, validation: int, what: str) -> tuple:
     """The split ``split`` of ``(x, y)`` for a source without a split of its own: ``test`` points at
     random (a fixed seed, the same for every run) form the test set, and the last ``validation``
@@ -62,8 +67,10 @@ def split_by_seed(x, y, split: str, test: int, validation: int, what: str) -> tu
     N = len(x)
     if test + validation >= N:
         raise ConfigError(f"[data] test + validation = {test + validation} leaves no training points of {N} in {what}")
+    if split == "test" and test == 0:
+        raise ConfigError(f"[data] test = 0: {what} hold no test set; set [data] test to a number of points")
     order = torch.randperm(N, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return held_out(x, y, order[:-test], order[-test:], split, validation)
+    return held_out(x, y, order[: N - test], order[N - test :], split, validation)
 
 
 def held_out(x, y, train_index, test_index, split: str, validation: int) -> tuple:
@@ -84,7 +91,7 @@ def _digits(config: dict, split: str) -> tuple:
     from elbox.data import digits
 
     x, y = digits()
-    return split_by_seed(x, y, split, data["test"] or _DIGITS_TEST, data["validation"], "the digits")
+    return split_by_seed(x, y, split, test_size(data, _DIGITS_TEST), data["validation"], "the digits")
 
 
 def _mnist(config: dict, split: str) -> tuple:
