@@ -6,6 +6,7 @@ from elbox.data.digits import digits
 from elbox.data.files import load_file
 from elbox.data.mnist import load_idx, mnist
 from elbox.data.mnist1d import mnist1d
+from elbox.data.nile import nile
 from elbox.data.sequences import Sequences, as_sequences
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "load_idx",
     "mnist",
     "mnist1d",
+    "nile",
 ]

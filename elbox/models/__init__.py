@@ -7,6 +7,7 @@ from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
+from elbox.models.structural import diffuse_log_likelihood, local_level, local_linear_trend
 from elbox.models.vae import VAE, DiscreteVAE
 
 __all__ = [
@@ -24,4 +25,7 @@ __all__ = [
     "UniformDequantization",
     "VAE",
     "DiscreteVAE",
+    "diffuse_log_likelihood",
+    "local_level",
+    "local_linear_trend",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -159,6 +161,46 @@ class LatentModel(nn.Module):
     def has_m_step(self) -> bool:
         """Whether :meth:`m_step` is implemented, so that :func:`elbox.em` applies."""
         return type(self).m_step is not LatentModel.m_step
+
+    # Parameters held fixed.
+
+    #: The parameters a user may hold fixed, by public name, each with the module parameters it
+    #: stands for (dotted names); empty where the model does not support fixing any.
+    _FIXABLE: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def fixed(self) -> frozenset[str]:
+        """The parameters held fixed: neither EM's M-step nor gradient fitting changes them."""
+        return getattr(self, "_fixed", frozenset())
+
+    def fix(self, *names: str) -> LatentModel:
+        """Holds the named parameters fixed at their current values (``fixed=`` of the constructor
+        does the same): EM's M-step maximizes over the others given them, and gradient fitting
+        leaves them alone (their ``requires_grad`` is off). Returns the model."""
+        if not self._FIXABLE:
+            raise ValueError(f"{type(self).__name__} does not support fixed parameters")
+        for name in names:
+            if name not in self._FIXABLE:
+                raise ValueError(f"fixed: {type(self).__name__} has no parameter {name!r} to fix; it has "
+                                 f"{', '.join(map(repr, self._FIXABLE))}")  # fmt: skip
+        self._fixed = self.fixed | frozenset(names)
+        for p in self._fixed_parameters():
+            p.requires_grad_(False)
+        return self
+
+    def _fixed_parameters(self) -> list[Tensor]:
+        params = dict(self.named_parameters())
+        return [params[inner] for name in sorted(self.fixed) for inner in self._FIXABLE[name] if inner in params]
+
+    @contextlib.contextmanager
+    def _keeping_fixed(self):
+        """Restores the fixed parameters after the block (an initialization or an M-step that
+        updates every parameter block on its own)."""
+        kept = [(p, p.detach().clone()) for p in self._fixed_parameters()]
+        yield
+        with torch.no_grad():
+            for p, value in kept:
+                p.copy_(value)
 
     # Helpers for subclasses.
 

@@ -52,6 +52,9 @@ class HMM(LatentModel):
         transition_matrix: A, ``[K, K]``, rows summing to one (default uniform).
         loc: Emission means ``[K, D]``; covariance: ``[K, D]`` (diag) or ``[K, D, D]`` (full).
         emission_probs: ``[K, M]``, rows summing to one (categorical; default random).
+        fixed: Parameters held at their given values (:meth:`fix`): any of ``"initial_probs"``,
+            ``"transition_matrix"``, ``"emissions"`` (Gaussian: means and covariances) or
+            ``"emission_probs"`` (categorical); EM updates the others, gradient fitting too.
 
     References:
         A Tutorial on Hidden Markov Models (Rabiner, 1989), https://doi.org/10.1109/5.18626
@@ -77,6 +80,7 @@ class HMM(LatentModel):
         loc=None,
         covariance=None,
         emission_probs=None,
+        fixed=(),
     ):
         super().__init__()
         K = check_positive_int(num_states, "num_states")
@@ -109,6 +113,20 @@ class HMM(LatentModel):
             self.initial_probs = initial_probs
         if transition_matrix is not None:
             self.transition_matrix = transition_matrix
+        if isinstance(fixed, str) or not all(isinstance(f, str) for f in fixed):
+            raise TypeError(f"fixed must be a list of parameter names, e.g. ['transition_matrix']; received {fixed!r}")
+        if "emissions" in fixed and emission == "categorical" or "emission_probs" in fixed and emission == "gaussian":
+            raise ValueError(f"fixed: {'emissions' if emission == 'categorical' else 'emission_probs'} applies to "
+                             f"{'Gaussian' if emission == 'categorical' else 'categorical'} emissions")  # fmt: skip
+        self.fix(*fixed)
+
+    #: Baum–Welch's M-step updates π, A and the emissions each on its own, so holding some fixed
+    #: and updating the rest is the conditional maximum. The Gaussian emissions' means and
+    #: covariances are one block (the covariances are taken around the new means).
+    _FIXABLE = {
+        "initial_probs": ("initial_logits",), "transition_matrix": ("transition_logits",),
+        "emission_probs": ("emission_logits",), "emissions": ("emissions.loc", "emissions._raw", "emissions._log_var"),
+    }  # fmt: skip
 
     # Parameters, constrained.
 
@@ -321,7 +339,10 @@ class HMM(LatentModel):
         """Baum–Welch: π, A and the emissions maximizing E_q[log p(x, z)] for q = ``posterior``
         (an :class:`HMMPosterior`, any :class:`~elbox.distributions.MarkovChain`, or a
         mean-field categorical q over the steps)."""
-        x = self.check_data(x)
+        with self._keeping_fixed():  # the blocks are updated on their own: a fixed one is put back
+            self._m_step(self.check_data(x), posterior, statistics)
+
+    def _m_step(self, x: Sequences, posterior: Distribution, statistics) -> None:
         gamma = _marginals(posterior)
         B, T = x.mask.shape
         K = self.num_states
@@ -366,7 +387,10 @@ class HMM(LatentModel):
         """
         if method not in ("kmeans++", "random"):
             raise ValueError(f"method must be 'kmeans++' or 'random'; received {method!r}")
-        x = self.check_data(x)
+        with self._keeping_fixed():  # a fixed parameter keeps its value
+            self._initialize(self.check_data(x), method, generator)
+
+    def _initialize(self, x: Sequences, method: str, generator: torch.Generator | None) -> None:
         K = self.num_states
         dtype = self.initial_logits.dtype
         dirichlet = _Dirichlet(generator, dtype)

@@ -51,6 +51,11 @@ class LinearGaussianSSM(LatentModel):
         reg_covar: Added to the diagonals of Q, R and P_0 estimated by the M-step.
         steady_state: Stop the covariance recursion once it has settled (to 100 ε in the
             covariance's own metric) and reuse its last step; False runs every step.
+        fixed: Parameters held at their given values (:meth:`fix`): any of ``"transition_matrix"``,
+            ``"observation_matrix"``, ``"control_matrix"``, ``"transition_covariance"``,
+            ``"observation_covariance"``, ``"initial_loc"``, ``"initial_covariance"``. EM's M-step
+            maximizes over the others given them (a conditional M-step, so EM still never
+            decreases the likelihood), and gradient fitting leaves them alone.
 
     References:
         An Approach to Time Series Smoothing and Forecasting Using the EM Algorithm
@@ -78,6 +83,7 @@ class LinearGaussianSSM(LatentModel):
         initial_covariance=None,
         reg_covar: float = 0.0,
         steady_state: bool = True,
+        fixed=(),
     ):
         super().__init__()
         Dz = check_positive_int(state_dim, "state_dim")
@@ -108,6 +114,15 @@ class LinearGaussianSSM(LatentModel):
         ):
             if value is not None:
                 setattr(self, name, value)
+        if isinstance(fixed, str) or not all(isinstance(f, str) for f in fixed):
+            raise TypeError(f"fixed must be a list of parameter names, e.g. ['transition_matrix']; received {fixed!r}")
+        self.fix(*fixed)
+
+    _FIXABLE = {
+        "transition_matrix": ("transition_matrix",), "observation_matrix": ("observation_matrix",),
+        "control_matrix": ("control_matrix",), "transition_covariance": ("_q_raw",),
+        "observation_covariance": ("_r_raw",), "initial_loc": ("initial_loc",), "initial_covariance": ("_p0_raw",),
+    }  # fmt: skip
 
     @staticmethod
     def _matrix(value, name: str, shape: tuple[int, ...], default: Tensor) -> Tensor:
@@ -375,7 +390,8 @@ class LinearGaussianSSM(LatentModel):
         xv = x.values
         S_xz = torch.einsum("bt,bti,btj->ij", w, xv, means)
         S_zz = torch.einsum("bt,btij->ij", w, second)
-        C = torch.linalg.solve(S_zz, S_xz.T).T
+        fixed = self.fixed
+        C = self.observation_matrix.detach() if "observation_matrix" in fixed else torch.linalg.solve(S_zz, S_xz.T).T
         resid = xv - means @ C.T
         R = (
             torch.einsum("bt,bti,btj->ij", w, resid, resid) + torch.einsum("bt,ij,btjk,lk->il", w, C, covs, C)
@@ -387,17 +403,27 @@ class LinearGaussianSSM(LatentModel):
             E_next_prev = cov_next_prev + means[:, 1:].unsqueeze(-1) * means[:, :-1].unsqueeze(-2)
             S_prev = torch.einsum("bt,btij->ij", pair, second[:, :-1])
             S_np = torch.einsum("bt,btij->ij", pair, E_next_prev)
+            A_fixed, B_fixed = "transition_matrix" in fixed, "control_matrix" in fixed
             if self.input_dim:
                 u = x.inputs[:, 1:]
                 S_zu = torch.einsum("bt,bti,btj->ij", pair, means[:, :-1], u)
                 S_uu = torch.einsum("bt,bti,btj->ij", pair, u, u)
                 S_nu = torch.einsum("bt,bti,btj->ij", pair, means[:, 1:], u)
-                gram = torch.cat([torch.cat([S_prev, S_zu], 1), torch.cat([S_zu.T, S_uu], 1)], 0)
-                AB = torch.linalg.solve(gram, torch.cat([S_np, S_nu], 1).T).T
-                A, Bm = AB[:, :D], AB[:, D:]
+                if A_fixed and B_fixed:
+                    A, Bm = self.transition_matrix.detach(), self.control_matrix.detach()
+                elif A_fixed:  # B S_uu = S_nu − A S_zu
+                    A = self.transition_matrix.detach()
+                    Bm = torch.linalg.solve(S_uu, (S_nu - A @ S_zu).T).T
+                elif B_fixed:  # A S_prev = S_np − B S_zuᵀ
+                    Bm = self.control_matrix.detach()
+                    A = torch.linalg.solve(S_prev, (S_np - Bm @ S_zu.T).T).T
+                else:
+                    gram = torch.cat([torch.cat([S_prev, S_zu], 1), torch.cat([S_zu.T, S_uu], 1)], 0)
+                    AB = torch.linalg.solve(gram, torch.cat([S_np, S_nu], 1).T).T
+                    A, Bm = AB[:, :D], AB[:, D:]
                 drive = u @ Bm.T
             else:
-                A = torch.linalg.solve(S_prev, S_np.T).T
+                A = self.transition_matrix.detach() if A_fixed else torch.linalg.solve(S_prev, S_np.T).T
                 Bm, drive = self.control_matrix, 0.0
             r = means[:, 1:] - means[:, :-1] @ A.T - drive  # [B, T-1, D]
             cov_r = covs[:, 1:] + A @ covs[:, :-1] @ A.T
@@ -407,15 +433,20 @@ class LinearGaussianSSM(LatentModel):
             Q = (torch.einsum("bt,bti,btj->ij", pair, r, r) + torch.einsum("bt,btij->ij", pair, cov_r)) / pair.sum()
             self.transition_matrix.copy_(A)
             self.control_matrix.copy_(Bm)
-            self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_z, "the estimated Q", _PD_HINT)))
-        # Initial state.
-        mu0 = means[:, 0].mean(0)
+            if "transition_covariance" not in fixed:
+                self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_z, "the estimated Q",
+                                                            _PD_HINT)))  # fmt: skip
+        # Initial state: μ_0, then P_0 around the μ_0 in use.
+        mu0 = self.initial_loc.detach() if "initial_loc" in fixed else means[:, 0].mean(0)
         d0 = means[:, 0] - mu0
         P0 = (covs[:, 0] + d0.unsqueeze(-1) * d0.unsqueeze(-2)).mean(0)
         self.observation_matrix.copy_(C)
-        self._r_raw.copy_(tril_to_raw(safe_cholesky(_sym(R) + self.reg_covar * eye_x, "the estimated R", _PD_HINT)))
+        if "observation_covariance" not in fixed:
+            self._r_raw.copy_(tril_to_raw(safe_cholesky(_sym(R) + self.reg_covar * eye_x, "the estimated R", _PD_HINT)))
         self.initial_loc.copy_(mu0)
-        self._p0_raw.copy_(tril_to_raw(safe_cholesky(_sym(P0) + self.reg_covar * eye_z, "the estimated P_0", _PD_HINT)))
+        if "initial_covariance" not in fixed:
+            self._p0_raw.copy_(tril_to_raw(safe_cholesky(_sym(P0) + self.reg_covar * eye_z, "the estimated P_0",
+                                                         _PD_HINT)))  # fmt: skip
 
     @torch.no_grad()
     def initialize(self, x, method: str = "random", generator: torch.Generator | None = None) -> None:
@@ -423,7 +454,10 @@ class LinearGaussianSSM(LatentModel):
         scaled to the data, Q = I, R the data's covariance, μ_0 = 0, P_0 = I."""
         if method != "random":
             raise ValueError(f"method must be 'random'; received {method!r}")
-        x = self.check_data(x)
+        with self._keeping_fixed():  # a fixed parameter keeps its value
+            self._initialize(self.check_data(x), generator)
+
+    def _initialize(self, x: Sequences, generator: torch.Generator | None) -> None:
         D, Dx = self.state_dim, self.obs_dim
         dtype = self.transition_matrix.dtype
         A = torch.randn(D, D, generator=generator, dtype=dtype)
