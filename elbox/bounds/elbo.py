@@ -9,6 +9,8 @@ from torch.distributions import kl_divergence
 
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw, draw_with_log_prob, prepare, score_surrogate
+from elbox.bounds.sequence import path_terms
+from elbox.distributions.markov_path import MarkovPath
 
 __all__ = ["Terms", "elbo"]
 
@@ -93,6 +95,8 @@ def elbo(
     if expectation not in _EXPECTATIONS:
         raise ValueError(f"expectation must be one of {_EXPECTATIONS}; received {expectation!r}")
     x, q, p = prepare(model, guide, x, index)
+    if isinstance(p, MarkovPath):  # a nonlinear Markov prior over paths: the KL step by step
+        return path_terms(model, x, q, p, num_samples, kl)
     enumerable = q.support.is_discrete and q.has_enumerate_support
     if expectation == "enumerate" and not enumerable:
         raise ValueError(f"expectation='enumerate' needs a discrete q with enumerable support; q is {type(q).__name__}")
