@@ -177,7 +177,7 @@ def test_the_particle_filter_resamples_at_the_threshold_and_not_after_the_end():
     model = _linear_dmm()
     x = _data(model)
     guide = PriorGuide(model)
-    always = smc(model, guide, x, num_samples=16, ess_threshold=1.0)
+    always = elbox.bounds.smc(model, guide, x, num_samples=16, ess_threshold=1.0)
     mask = model.check_data(x).mask
     last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
     assert not always.resampled[last | ~mask].any()
