@@ -333,3 +333,31 @@ def test_bad_sequences_are_refused_with_the_sequence_and_step_named():
         elbox.elbo(model, other.guide(rnn_dim=4), Sequences(x, inputs=u))
     with pytest.raises(ValueError, match="resample must be one of"):
         elbox.bounds.fivo(model, guide, Sequences(x, inputs=u), num_samples=2, resample="stratified")
+
+
+# The run layer: one registration, the ready configs.
+
+
+def test_a_dmm_run_fits_evaluates_by_smc_and_draws_the_gap_over_time(tmp_path):
+    from elbox.runs import evaluate_run, load_config, train_run
+
+    config = load_config(elbox.runs.config.Path(__file__).parents[1] / "configs" / "dmm_lgssm.toml")
+    config["train"]["epochs"] = 2
+    config["evaluate"].update(num_samples=30, iwae_samples=5)
+    result = train_run(None, tmp_path / "run", config=config)
+    assert type(result["model"]).__name__ == "DeepMarkovModel" and (tmp_path / "run" / "gap_over_time.png").is_file()
+    evaluation = evaluate_run(tmp_path / "run")
+    assert evaluation["report"]["log_evidence"]["method"] == "smc"
+    run = elbox.load_run(tmp_path / "run")
+    assert run.guide.kind == "st-r"
+
+
+def test_the_chorales_config_reads_the_embedded_piano_rolls():
+    from elbox.runs import load_config
+    from elbox.runs.data import load_data
+
+    config = load_config(elbox.runs.config.Path(__file__).parents[1] / "configs" / "dmm_chorales.toml")
+    train, _ = load_data(config, "train")
+    test, _ = load_data(config, "test")
+    assert train.values.shape[-1] == 88 and len(train) + len(test) + 37 == 371
+    assert config["model"]["type"] == "dmm" and config["optimizer"]["beta1"] == 0.96
