@@ -7,8 +7,8 @@ ST-R guide, no IAF) from the same initial weights, on the same sequences (the tr
 configs/data/chorales.npz as configs/dmm_chorales.toml splits it; ``--train N`` keeps the first
 N), at the same mini-batch size (20) and with the same optimizer (ClippedAdam: lr 3e-4, β₁ 0.96,
 β₂ 0.999, clip 10, lr decay 0.99996 per step, weight decay 2), β = 1 (no KL annealing), one path
-per sequence. Pyro's model and guide below are its examples/dmm.py (Apache-2.0, Uber
-Technologies), run with Trace_ELBO (``--jit``: JitTrace_ELBO) as that script does by default.
+per sequence. Pyro's model and guide below are its examples/dmm.py, with its data loader's
+batching helpers (Apache-2.0, Uber Technologies), run with Trace_ELBO (``--jit``: JitTrace_ELBO) as that script does by default.
 
 Printed: seconds per epoch and sequences per second for each, their ratio, each one's training
 −ELBO per frame per epoch (as Pyro's script reports it: the epoch's summed loss over the
@@ -35,6 +35,45 @@ from elbox import Sequences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LR, BETAS, CLIP, LRD, WD, BATCH = 3e-4, (0.96, 0.999), 10.0, 0.99996, 2.0, 20
+
+
+# Pyro's pyro/contrib/examples/polyphonic_data_loader.py helpers (that module imports torchvision).
+
+
+def reverse_sequences(mini_batch, seq_lengths):
+    reversed_mini_batch = torch.zeros_like(mini_batch)
+    for b in range(mini_batch.size(0)):
+        T = seq_lengths[b]
+        time_slice = torch.arange(T - 1, -1, -1, device=mini_batch.device)
+        reversed_sequence = torch.index_select(mini_batch[b, :, :], 0, time_slice)
+        reversed_mini_batch[b, 0:T, :] = reversed_sequence
+    return reversed_mini_batch
+
+
+def pad_and_reverse(rnn_output, seq_lengths):
+    rnn_output, _ = nn.utils.rnn.pad_packed_sequence(rnn_output, batch_first=True)
+    return reverse_sequences(rnn_output, seq_lengths)
+
+
+def get_mini_batch_mask(mini_batch, seq_lengths):
+    mask = torch.zeros(mini_batch.shape[0:2])
+    for b in range(mini_batch.shape[0]):
+        mask[b, 0 : seq_lengths[b]] = torch.ones(seq_lengths[b])
+    return mask
+
+
+def get_mini_batch(mini_batch_indices, sequences, seq_lengths):
+    seq_lengths = seq_lengths[mini_batch_indices]
+    _, sorted_seq_length_indices = torch.sort(seq_lengths)
+    sorted_seq_length_indices = sorted_seq_length_indices.flip(0)
+    sorted_seq_lengths = seq_lengths[sorted_seq_length_indices]
+    sorted_mini_batch_indices = mini_batch_indices[sorted_seq_length_indices]
+    T_max = torch.max(seq_lengths)
+    mini_batch = sequences[sorted_mini_batch_indices, 0:T_max, :]
+    mini_batch_reversed = reverse_sequences(mini_batch, sorted_seq_lengths)
+    mini_batch_mask = get_mini_batch_mask(mini_batch, sorted_seq_lengths)
+    mini_batch_reversed = nn.utils.rnn.pack_padded_sequence(mini_batch_reversed, sorted_seq_lengths, batch_first=True)
+    return mini_batch, mini_batch_reversed, mini_batch_mask, sorted_seq_lengths
 
 
 # Pyro's examples/dmm.py: Emitter, GatedTransition, Combiner and the model and guide (as there).
@@ -125,14 +164,13 @@ class PyroDMM(nn.Module):
 
     def guide(self, mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths, annealing_factor=1.0):
         import pyro
-        import pyro.contrib.examples.polyphonic_data_loader as poly
         import pyro.distributions as dist
 
         T_max = mini_batch.size(1)
         pyro.module("dmm", self)
         h_0_contig = self.h_0.expand(1, mini_batch.size(0), self.rnn.hidden_size).contiguous()
         rnn_output, _ = self.rnn(mini_batch_reversed, h_0_contig)
-        rnn_output = poly.pad_and_reverse(rnn_output, mini_batch_seq_lengths)
+        rnn_output = pad_and_reverse(rnn_output, mini_batch_seq_lengths)
         z_prev = self.z_q_0.expand(mini_batch.size(0), self.z_q_0.size(0))
         with pyro.plate("z_minibatch", len(mini_batch)):
             for t in pyro.markov(range(1, T_max + 1)):
@@ -184,7 +222,6 @@ def chorale_splits(train_limit: int):
 
 def train_pyro(dmm: PyroDMM, x: Sequences, epochs: int, seed: int, jit: bool):
     import pyro
-    import pyro.contrib.examples.polyphonic_data_loader as poly
     from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
     from pyro.optim import ClippedAdam
 
@@ -202,7 +239,7 @@ def train_pyro(dmm: PyroDMM, x: Sequences, epochs: int, seed: int, jit: bool):
         total = 0.0
         for begin in range(0, N, BATCH):
             index = order[begin : begin + BATCH]
-            batch, reversed_, mask, seq_lengths = poly.get_mini_batch(index, x.values, lengths)
+            batch, reversed_, mask, seq_lengths = get_mini_batch(index, x.values, lengths)
             total += svi.step(batch, reversed_, mask, seq_lengths)
         times.append(time.perf_counter() - start)
         losses.append(total / frames)

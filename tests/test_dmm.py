@@ -361,3 +361,47 @@ def test_the_chorales_config_reads_the_embedded_piano_rolls():
     test, _ = load_data(config, "test")
     assert train.values.shape[-1] == 88 and len(train) + len(test) + 37 == 371
     assert config["model"]["type"] == "dmm" and config["optimizer"]["beta1"] == 0.96
+
+
+@pytest.mark.parametrize("kind", ["st-r", "st-lr", "st-l"])
+def test_the_combiners_hand_written_backward_is_autograds(kind):
+    model = DeepMarkovModel(5, 3, transition_dim=8, emission_hidden=(8,))
+    x = _data(model)
+    guide = model.guide(kind, rnn_dim=6)
+    q = guide(model.check_data(x))
+    loop = MarkovPath(q.step, q.initial, q.mask, q.context)  # the same steps, iterated under autograd
+    weights = torch.randn(2, 5, 6, 3)
+    grads = []
+    for path in (q, loop):
+        torch.manual_seed(7)
+        z, log_q, loc, scale = path.rsample_steps((2,))
+        loss = (weights * z).sum() + log_q.sum() + (loc * scale).sum()
+        grads.append(torch.autograd.grad(loss, list(guide.parameters()), allow_unused=True, retain_graph=True))
+        values = (z, log_q)
+    for a, b in zip(*grads):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b)
+    z0, h = torch.randn(3, 3), torch.randn(3, 4, 6)
+    noise = torch.randn(3, 4, 3)
+    from elbox.guides.sequence import _CombinerScan
+
+    params = [torch.randn(6, 3), torch.randn(6), torch.randn(6, 6), torch.randn(6)]
+    inputs = [z0, h, noise, *params]
+    for t in inputs:
+        t.requires_grad_(t is not noise)
+    assert torch.autograd.gradcheck(lambda *a: _CombinerScan.apply(*a, 2.0), inputs)
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_the_guides_rnn_is_torchs_with_its_gradient(nonlinearity):
+    from elbox.guides.sequence import _rnn
+
+    rnn = nn.RNN(3, 5, nonlinearity=nonlinearity, batch_first=True)
+    x, h_0 = torch.randn(4, 7, 3, requires_grad=True), torch.randn(4, 5, requires_grad=True)
+    ours, theirs = _rnn(rnn, x, h_0), rnn(x, h_0.unsqueeze(0))[0]
+    torch.testing.assert_close(ours, theirs)
+    weights = torch.randn(4, 7, 5)
+    params = [x, h_0, *rnn.parameters()]
+    for a, b in zip(torch.autograd.grad((weights * ours).sum(), params),
+                    torch.autograd.grad((weights * theirs).sum(), params)):  # fmt: skip
+        torch.testing.assert_close(a, b)

@@ -105,6 +105,7 @@ def smc(model, guide, x, *, num_samples: int, resample: str = "systematic", ess_
     x, q, p = prepare(model, guide, x)
     _check_paths(q, p)
     S = check_positive_int(num_samples, "num_samples")
+    x = x.trimmed()  # the steps the paths have: those some sequence of the batch reaches
     return _filter(q, p, model, x, S, resample, ess_threshold, resampling_gradient)
 
 

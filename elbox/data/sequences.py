@@ -132,6 +132,17 @@ class Sequences:
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
         return picked
 
+    def trimmed(self) -> Sequences:
+        """These sequences without the trailing steps that none of them reaches (itself where there
+        are none): a mini-batch of short sequences padded to the longest of a data set."""
+        T = int(self.mask.sum(-1).max()) if len(self) else self.mask.shape[1]
+        if T == self.mask.shape[1]:
+            return self
+        trimmed = Sequences.__new__(Sequences)
+        trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
+        trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
+        return trimmed
+
     def to(self, *args, **kwargs) -> Sequences:
         """Converts ``values`` and ``inputs`` (the mask keeps its dtype) as ``Tensor.to`` does."""
         moved = Sequences.__new__(Sequences)

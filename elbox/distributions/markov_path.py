@@ -54,6 +54,9 @@ class MarkovPath(Distribution):
             step, or None.
         ignores_previous: True where ``step`` does not read z_{t-1} (a mean-field guide): the
             draw is then one batched pass too.
+        scan: Optionally, the whole recursion at once, ``scan(z_0 [*S, B, D], noise [*S, B, T, D])
+            -> (loc, scale)`` for every step (unmasked), equal to iterating ``step`` with
+            z_t = loc_t + scale_t · noise_t; a guide gives one with a hand-written backward pass.
     """
 
     arg_constraints: dict = {}
@@ -61,11 +64,11 @@ class MarkovPath(Distribution):
     support = constraints.independent(constraints.real, 2)
 
     def __init__(self, step: StepFunction, initial: Tensor, mask: Tensor, context: Tensor | None = None, *,
-                 flow=None, ignores_previous: bool = False):  # fmt: skip
+                 flow=None, ignores_previous: bool = False, scan=None):  # fmt: skip
         B, T = mask.shape
         D = initial.shape[-1]
         self.step, self.initial, self.mask, self.context = step, initial, mask, context
-        self.flow, self.ignores_previous = flow, ignores_previous
+        self.flow, self.ignores_previous, self.scan = flow, ignores_previous, scan
         self.latent_dim = D
         super().__init__(torch.Size([B]), torch.Size([T, D]), validate_args=False)
 
@@ -152,14 +155,37 @@ class MarkovPath(Distribution):
             z = loc + scale * torch.randn_like(loc)
             return z, _normal_log_prob(z, loc, scale), loc, scale
         z_prev = self._start(sample_shape)
-        zs, log_qs, locs, scales = [], [], [], []
+        if self.flow is not None:
+            zs, log_qs, locs, scales = [], [], [], []
+            for t in range(self.num_steps):
+                z_prev, log_q, loc, scale = self.step_rsample(t, z_prev)
+                zs.append(z_prev)
+                log_qs.append(log_q)
+                locs.append(loc)
+                scales.append(scale)
+            return torch.stack(zs, -2), torch.stack(log_qs, -1), torch.stack(locs, -2), torch.stack(scales, -2)
+        if self.scan is not None:  # the recursion by the guide's own scan: the same numbers, a faster gradient
+            noise = torch.stack([torch.randn_like(z_prev) for _ in range(self.num_steps)], -2)  # per step, as drawn below
+            keep = self.mask.unsqueeze(-1)
+            loc, scale = self.scan(z_prev, noise)
+            loc, scale = torch.where(keep, loc, 0.0), torch.where(keep, scale, 1.0)
+            z = loc + scale * noise
+            return z, _normal_log_prob(z, loc, scale), loc, scale
+        # the recursion alone in the loop; the masks and densities after it, over every step at once
+        contexts = [None] * self.num_steps if self.context is None else self.context.unbind(1)  # [B, C] each
+        locs, scales, noises = [], [], []
         for t in range(self.num_steps):
-            z_prev, log_q, loc, scale = self.step_rsample(t, z_prev)
-            zs.append(z_prev)
-            log_qs.append(log_q)
+            loc, scale = self.step(z_prev, contexts[t])
+            noise = torch.randn_like(loc)
+            z_prev = loc + scale * noise
             locs.append(loc)
             scales.append(scale)
-        return torch.stack(zs, -2), torch.stack(log_qs, -1), torch.stack(locs, -2), torch.stack(scales, -2)
+            noises.append(noise)
+        keep = self.mask.unsqueeze(-1)  # [B, T, 1]
+        loc = torch.where(keep, torch.stack(locs, -2), 0.0)  # [*S, B, T, D]
+        scale = torch.where(keep, torch.stack(scales, -2), 1.0)
+        z = loc + scale * torch.stack(noises, -2)  # past each end: the N(0, I) draw itself
+        return z, _normal_log_prob(z, loc, scale), loc, scale
 
     def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         """Paths ``[*S, B, T, D]`` and their log-density ``[*S, B]``, from one sequential pass."""

@@ -4,6 +4,8 @@ one distribution over the whole path."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -96,28 +98,138 @@ class StructuredGuide(Guide):
         lengths = x.mask.sum(-1)
         h, i = 0.0, 0
         if self.backward_rnn is not None:  # over x_{t:T}: each sequence reversed within its length
-            out, _ = self.backward_rnn(reverse_sequences(values, lengths), self.h_0[i].expand(1, B, -1).contiguous())
+            out = _rnn(self.backward_rnn, reverse_sequences(values, lengths), self.h_0[i].expand(B, -1))
             h, i = h + reverse_sequences(out, lengths), i + 1
         if self.forward_rnn is not None:  # over x_{1:t}
-            out, _ = self.forward_rnn(values, self.h_0[i].expand(1, B, -1).contiguous())
-            h = h + out
+            h = h + _rnn(self.forward_rnn, values, self.h_0[i].expand(B, -1))
         return h
 
-    def _step(self, z_prev: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _step(self, z_prev: Tensor, h: Tensor | None, out: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """q's loc and scale given z_{t-1} and h_t; ``out`` the loc and scale layers' weights and biases
+        stacked (one product for both)."""
         if self.kind == "mf-lr":
             combined = 0.5 * h.expand(*z_prev.shape[:-1], h.shape[-1])
         else:
             parts = 3.0 if self.kind == "st-lr" else 2.0
             combined = (torch.tanh(self.z_to_hidden(z_prev)) + h) / parts
-        return self.hidden_to_loc(combined), F.softplus(self.hidden_to_scale(combined))
+        loc, scale = F.linear(combined, *out).chunk(2, -1)
+        return loc, F.softplus(scale)
 
     def forward(self, x, index: Tensor | None = None) -> MarkovPath:
         if not isinstance(x, Sequences):
             raise TypeError(f"{type(self).__name__} takes Sequences (a model's check_data(x)); received "
                             f"{type(x).__name__}")  # fmt: skip
+        x = x.trimmed()  # the steps some sequence of the batch reaches (as the model's check_data keeps)
         flow = self.flow.transform(None) if self.flow is not None else None
-        return MarkovPath(self._step, self.z_q_0, x.mask, self.features(x), flow=flow,
-                          ignores_previous=self.kind == "mf-lr")  # fmt: skip
+        out = (torch.cat([self.hidden_to_loc.weight, self.hidden_to_scale.weight]),
+               torch.cat([self.hidden_to_loc.bias, self.hidden_to_scale.bias]))  # fmt: skip
+        h = self.features(x)
+        scan = None
+        if self.kind != "mf-lr":
+            parts = 3.0 if self.kind == "st-lr" else 2.0
+            linear = (self.z_to_hidden.weight, self.z_to_hidden.bias, *out)
+
+            def scan(z_0: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+                lead = z_0.shape[:-1]  # [*S, B]
+                features = h.expand(*lead[:-1], *h.shape).reshape(-1, *h.shape[1:])  # [N, T, H]
+                loc, scale = _CombinerScan.apply(z_0.reshape(-1, z_0.shape[-1]), features,
+                                                 noise.reshape(-1, *noise.shape[-2:]), *linear, parts)  # fmt: skip
+                return loc.view(*lead, *loc.shape[1:]), scale.view(*lead, *scale.shape[1:])
+
+        return MarkovPath(functools.partial(self._step, out=out), self.z_q_0, x.mask, h, flow=flow,
+                          ignores_previous=self.kind == "mf-lr", scan=scan)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, latent_dim={self.latent_dim}, rnn_dim={self.rnn_dim}, iafs={self.iafs}"
+
+
+class _CombinerScan(torch.autograd.Function):
+    r"""The combiner's recursion over every step, with a backward pass by hand: per step, two
+    products forward and two backward (for z_{t-1} and the combined state); the weights'
+    gradients are one product each over all steps at the end, not T small ones accumulated.
+
+    Forward, for t = 1..T: a_t = tanh(W z_{t-1} + b), c_t = (a_t + h_t) / k,
+    [loc_t, s_t] = V c_t + v, scale_t = softplus(s_t), z_t = loc_t + scale_t ε_t.
+    Returns loc and scale ``[N, T, D]``; z is recomposed outside (z = loc + scale ε), and the
+    gradient that reaches each z_t through the next step is added here.
+    """
+
+    @staticmethod
+    def forward(ctx, z_0, h, noise, W, b, V, v, parts):
+        N, T, _ = h.shape
+        D = z_0.shape[-1]
+        z_prev = z_0
+        prevs, acts, combined, raw = [], [], [], []
+        for t in range(T):
+            a = torch.tanh(torch.addmm(b, z_prev, W.T))  # [N, H]
+            c = (a + h[:, t]) / parts
+            out = torch.addmm(v, c, V.T)  # [N, 2D]
+            prevs.append(z_prev)
+            acts.append(a)
+            combined.append(c)
+            raw.append(out)
+            z_prev = out[:, :D] + F.softplus(out[:, D:]) * noise[:, t]
+        raw = torch.stack(raw, 1)  # [N, T, 2D]
+        ctx.save_for_backward(torch.stack(prevs, 1), torch.stack(acts, 1), torch.stack(combined, 1), raw, noise, W, V)
+        ctx.parts = parts
+        return raw[..., :D], F.softplus(raw[..., D:])
+
+    @staticmethod
+    def backward(ctx, g_loc, g_scale):
+        prevs, acts, combined, raw, noise, W, V = ctx.saved_tensors
+        parts = ctx.parts
+        N, T, D = g_loc.shape
+        g_loc = g_loc if g_loc is not None else torch.zeros_like(noise)
+        g_scale = (g_scale if g_scale is not None else torch.zeros_like(noise))
+        slope = torch.sigmoid(raw[..., D:])  # softplus′
+        g_out = torch.empty_like(raw)  # [N, T, 2D]
+        g_pre = torch.empty_like(acts)  # [N, T, H]
+        g_next = torch.zeros_like(prevs[:, 0])  # dL/dz_t through step t + 1
+        for t in range(T - 1, -1, -1):
+            g_out[:, t, :D] = g_loc[:, t] + g_next
+            g_out[:, t, D:] = (g_scale[:, t] + g_next * noise[:, t]) * slope[:, t]
+            g_c = g_out[:, t] @ V  # [N, H]
+            g_pre[:, t] = g_c * (1 - acts[:, t].square()) / parts
+            g_next = g_pre[:, t] @ W  # [N, D]
+        g_h = (g_out @ V) / parts  # [N, T, H]
+        flat_out, flat_pre = g_out.reshape(N * T, -1), g_pre.reshape(N * T, -1)
+        g_V = flat_out.T @ combined.reshape(N * T, -1)
+        g_W = flat_pre.T @ prevs.reshape(N * T, -1)
+        return g_next, g_h, None, g_W, flat_pre.sum(0), g_V, flat_out.sum(0), None
+
+
+def _rnn(rnn: nn.RNN, x: Tensor, h_0: Tensor) -> Tensor:
+    """``rnn``'s outputs ``[B, T, H]`` for inputs ``[B, T, F]`` from ``h_0 [B, H]``: the input products
+    for every step in one, the recursion by :class:`_RNNScan` (nn.RNN's numbers, a faster gradient)."""
+    inputs = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0)  # [B, T, H]
+    return _RNNScan.apply(inputs, h_0, rnn.weight_hh_l0, rnn.nonlinearity == "relu")
+
+
+class _RNNScan(torch.autograd.Function):
+    """h_t = f(u_t + W h_{t-1}) over every step (f = relu or tanh) with a backward pass by hand: one
+    product per step each way, and W's gradient one product over all steps."""
+
+    @staticmethod
+    def forward(ctx, inputs, h_0, W, relu):
+        h, out = h_0, []
+        for t in range(inputs.shape[1]):
+            pre = torch.addmm(inputs[:, t], h, W.T)
+            h = pre.clamp_min(0.0) if relu else torch.tanh(pre)
+            out.append(h)
+        out = torch.stack(out, 1)  # [B, T, H]
+        ctx.save_for_backward(out, h_0, W)
+        ctx.relu = relu
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        out, h_0, W = ctx.saved_tensors
+        slope = (out > 0).to(out.dtype) if ctx.relu else 1 - out.square()  # f′ at each step
+        g_pre = torch.empty_like(out)
+        g_next = torch.zeros_like(h_0)
+        for t in range(out.shape[1] - 1, -1, -1):
+            g_pre[:, t] = (g_out[:, t] + g_next) * slope[:, t]
+            g_next = g_pre[:, t] @ W
+        previous = torch.cat([h_0.unsqueeze(1), out[:, :-1]], 1)  # h_{t-1}
+        g_W = g_pre.flatten(0, 1).T @ previous.flatten(0, 1)
+        return g_pre, g_next, g_W, None

@@ -178,7 +178,8 @@ class DeepMarkovModel(LatentModel):
 
     def check_data(self, x) -> Sequences:
         """``x`` as a checked :class:`~elbox.data.Sequences`; a NaN or an infinity is an error that
-        names its sequence and step."""
+        names its sequence and step. Trailing steps that no sequence of the batch reaches are
+        dropped (a mini-batch of short sequences costs its own length, not the data set's)."""
         if isinstance(x, Sequences) or torch.is_tensor(x):
             values = x.values if isinstance(x, Sequences) else x
             if values.is_floating_point() and values.dim() >= 2 and values.numel():
@@ -190,8 +191,9 @@ class DeepMarkovModel(LatentModel):
                         f"x: sequence {b} has a non-finite value ({float(values[b, t].flatten()[~torch.isfinite(values[b, t].flatten())][0])}) "
                         f"at step {t}; {type(self).__name__} has no missing-data model: drop or impute that step"
                     )
-        return as_sequences(x, event_shape=(self.obs_dim,), integer=self.emission == "categorical",
-                            num_inputs=self.input_dim, **self._sequence_options())  # fmt: skip
+        x = as_sequences(x, event_shape=(self.obs_dim,), integer=self.emission == "categorical",
+                         num_inputs=self.input_dim, **self._sequence_options())  # fmt: skip
+        return x.trimmed()
 
     # The model.
 
@@ -218,7 +220,7 @@ class DeepMarkovModel(LatentModel):
     def step_log_likelihood(self, x, z: Tensor, t: int | None = None) -> Tensor:
         """log p(x_t | z_t) per step, ``[*S, B, T]`` (zero past each end); with ``t``, of that step
         alone from states ``[*S, B, D]``, ``[*S, B]``."""
-        x = self.check_data(x) if not isinstance(x, Sequences) else x
+        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
         values, mask = (x.values, x.mask) if t is None else (x.values[:, t], x.mask[:, t])
         out = self.emission_parameters(z)
         if self.emission == "bernoulli":
@@ -307,3 +309,4 @@ class DeepMarkovModel(LatentModel):
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, latent_dim={self.latent_dim}, input_dim={self.input_dim}, "
                 f"transition={self.transition_kind!r}, emission={self.emission!r}")  # fmt: skip
+
