@@ -348,6 +348,9 @@ def test_a_dmm_run_fits_evaluates_by_smc_and_draws_the_gap_over_time(tmp_path):
     assert type(result["model"]).__name__ == "DeepMarkovModel" and (tmp_path / "run" / "gap_over_time.png").is_file()
     evaluation = evaluate_run(tmp_path / "run")
     assert evaluation["report"]["log_evidence"]["method"] == "smc"
+    steps = evaluation["sequence"]
+    assert steps["kl_method"] == "analytic" and set(steps["nll_per_frame"]) == {"total_frames", "per_sequence"}
+    assert len(steps["gap_steps"]) == 20
     run = elbox.load_run(tmp_path / "run")
     assert run.guide.kind == "st-r"
 
@@ -405,3 +408,50 @@ def test_the_guides_rnn_is_torchs_with_its_gradient(nonlinearity):
     for a, b in zip(torch.autograd.grad((weights * ours).sum(), params),
                     torch.autograd.grad((weights * theirs).sum(), params)):  # fmt: skip
         torch.testing.assert_close(a, b)
+
+
+def test_a_trained_st_r_guide_closes_the_gap_and_mean_fields_stays_above_it_at_every_step():
+    """On LGSSM data with the model at the truth: the Kalman filter's increments are the exact
+    log p(x_t | x_<t), so the gap at each step is exact up to the ELBO's own Monte Carlo error."""
+    model = _linear_dmm(seed=3)
+    x, _ = model.sample(64, num_steps=12)
+    lgssm = model.to_lgssm()
+    exact_steps = lgssm._filter(lgssm.check_data(x)).log_norm  # log p(x_t | x_<t), [B, T]
+    gaps = {}
+    for kind in ("st-r", "mf-lr"):
+        torch.manual_seed(0)
+        guide = model.guide(kind, rnn_dim=16, nonlinearity="tanh")
+        elbox.fit(model, guide, x, epochs=150, batch_size=64, lr=2e-2, optimize_model=False, seed=0)
+        with torch.no_grad():
+            steps = elbo_steps(model, guide, x, num_samples=64)
+        gaps[kind] = (exact_steps - steps.value).mean(0)  # [T], averaged over sequences
+        if kind == "st-r":
+            # the evidence by SMC with the trained guide: within its error of the exact value, over the data
+            estimate = elbox.log_evidence(model, x, guide=guide, method="smc", num_samples=64, num_runs=16)
+            mean = estimate.mean()
+            assert abs(mean.value - float(exact_steps.sum(-1).mean())) < 4 * mean.stderr + 1e-3, mean
+    assert gaps["st-r"].sum() < 0.7 * gaps["mf-lr"].sum(), gaps
+    assert (gaps["mf-lr"][1:] > gaps["st-r"][1:]).float().mean() >= 0.75, gaps
+
+
+def test_a_sequence_of_length_zero_or_past_the_padding_is_named():
+    x = torch.randn(3, 4, 2)
+    with pytest.raises(ValueError, match="sequence 1 has length 0: a sequence needs at least one step"):
+        Sequences(x, lengths=torch.tensor([4, 0, 2]))
+    with pytest.raises(ValueError, match="sequence 2 has length 5"):
+        Sequences(x, lengths=torch.tensor([4, 1, 5]))
+    with pytest.raises(ValueError, match="sequences\\[1\\] must be"):
+        Sequences.from_list([torch.randn(3, 2), torch.randn(0, 2)])
+
+
+def test_a_batch_padded_past_its_longest_sequence_has_the_same_bounds():
+    model = _linear_dmm()
+    x = _data(model)
+    xs = model.check_data(x)
+    padded = Sequences(torch.cat([xs.values, torch.zeros(5, 3, 2)], 1), torch.cat([xs.mask, xs.mask[:, :3] & False], 1))
+    guide = _perturbed_guide(model)
+    for bound in (elbox.iwae, elbox.bounds.fivo):
+        torch.manual_seed(4)
+        a = bound(model, guide, x, num_samples=3)
+        torch.manual_seed(4)
+        torch.testing.assert_close(bound(model, guide, padded, num_samples=3), a)

@@ -52,8 +52,11 @@ class Sequences:
             if lengths.shape != (B,) or lengths.is_floating_point():
                 raise ValueError(f"lengths must be B={B} integers; received {describe(lengths)}")
             if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+                b = int(((lengths < 1) | (lengths > T)).nonzero()[0])
                 raise ValueError(
-                    f"lengths must lie in [1, T={T}]; received values in [{int(lengths.min())}, {int(lengths.max())}]"
+                    f"lengths must lie in [1, T={T}]; received values in [{int(lengths.min())}, {int(lengths.max())}] "
+                    f"(sequence {b} has length {int(lengths[b])}" + (": a sequence needs at least one step)"
+                                                                     if int(lengths[b]) < 1 else ")")
                 )
             mask = torch.arange(T, device=values.device) < lengths.to(values.device).unsqueeze(-1)
         elif mask is None:
