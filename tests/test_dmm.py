@@ -455,3 +455,38 @@ def test_a_batch_padded_past_its_longest_sequence_has_the_same_bounds():
         a = bound(model, guide, x, num_samples=3)
         torch.manual_seed(4)
         torch.testing.assert_close(bound(model, guide, padded, num_samples=3), a)
+
+
+def test_the_particle_filter_on_a_categorical_latent_is_unbiased_for_the_hmms_forward_algorithm():
+    """The filter kernel with a discrete z_t (one-hot particles) against the exact forward algorithm:
+    a categorical-state model, proposals from a perturbed chain, ragged lengths."""
+    from elbox.distributions.hmm_kernels import forward, hmm_log_evidence
+
+    K, B, T, R = 3, 4, 6, 3000
+    init, trans = torch.randn(K), torch.randn(K, K)
+    log_e = torch.randn(B, T, K)  # log p(x_t | z_t = k)
+    lengths = torch.tensor([6, 3, 1, 5])
+    mask = torch.arange(T) < lengths.unsqueeze(-1)
+    log_e = log_e * mask.unsqueeze(-1)  # no data past each end
+    exact = hmm_log_evidence(init, trans, log_e)
+    torch.testing.assert_close(forward(init, trans, log_e)[1].sum(-1), exact)
+    proposal_init, proposal_trans = init + 0.5 * torch.randn(K), trans + 0.5 * torch.randn(K, K)
+    replicas = mask.repeat(R, 1)  # R filters side by side, [R B, T]
+    table = log_e.repeat(R, 1, 1)
+
+    def logits(t, z_prev, a, b):
+        return a.expand(*z_prev.shape[:-1], K) if t == 0 else z_prev @ b  # z one-hot, [S, N, K]
+
+    def propose(t, z_prev):
+        q = torch.distributions.OneHotCategorical(logits=logits(t, z_prev, proposal_init, proposal_trans))
+        z = q.sample()
+        return z, q.log_prob(z)
+
+    def log_target(t, z_prev, z):
+        p = torch.distributions.OneHotCategorical(logits=logits(t, z_prev, init, trans))
+        return p.log_prob(z) + (z * table[:, t]).sum(-1)
+
+    for resample in ("systematic", "multinomial"):
+        out = particle_filter(propose, log_target, torch.zeros(8, R * B, K), replicas, 8, resample=resample)
+        ratio = (out.log_z.view(R, B) - exact).exp()  # Ẑ / p(x)
+        assert ((ratio.mean(0) - 1).abs() < 4 * ratio.std(0) / math.sqrt(R)).all(), (resample, ratio.mean(0))
