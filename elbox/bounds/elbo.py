@@ -95,7 +95,7 @@ def elbo(
     if expectation not in _EXPECTATIONS:
         raise ValueError(f"expectation must be one of {_EXPECTATIONS}; received {expectation!r}")
     x, q, p = prepare(model, guide, x, index)
-    if isinstance(p, MarkovPath):  # a nonlinear Markov prior over paths: the KL step by step
+    if isinstance(p, MarkovPath) and isinstance(q, MarkovPath):  # paths of Markov steps: the KL step by step
         return path_terms(model, x, q, p, num_samples, kl)
     enumerable = q.support.is_discrete and q.has_enumerate_support
     if expectation == "enumerate" and not enumerable:
