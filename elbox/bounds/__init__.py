@@ -27,12 +27,15 @@ from elbox.bounds.elbo import Terms, elbo
 from elbox.bounds.enumerate import enumerate_joint, joint_support, local_expectation
 from elbox.bounds.importance import cubo, iwae, log_weights, renyi
 from elbox.bounds.relaxed import gumbel_softmax, relaxed_draws
+from elbox.bounds.sequence import elbo_steps, fivo, smc
 
 __all__ = [
     "Terms",
     "cubo",
     "elbo",
+    "elbo_steps",
     "enumerate_joint",
+    "fivo",
     "gumbel_softmax",
     "iwae",
     "joint_support",
@@ -40,4 +43,5 @@ __all__ = [
     "log_weights",
     "relaxed_draws",
     "renyi",
+    "smc",
 ]

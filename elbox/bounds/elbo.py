@@ -10,6 +10,8 @@ from torch.distributions import kl_divergence
 
 from elbox._validation import check_positive_int
 from elbox.bounds._common import draw, draw_with_log_prob, prepare, score_surrogate
+from elbox.bounds.sequence import path_terms
+from elbox.distributions.markov_path import MarkovPath
 
 __all__ = ["ClosedForms", "Terms", "closed_forms", "elbo"]
 
@@ -94,6 +96,8 @@ def elbo(
     if expectation not in _EXPECTATIONS:
         raise ValueError(f"expectation must be one of {_EXPECTATIONS}; received {expectation!r}")
     x, q, p = prepare(model, guide, x, index)
+    if isinstance(p, MarkovPath) and isinstance(q, MarkovPath):  # paths of Markov steps: the KL step by step
+        return path_terms(model, x, q, p, num_samples, kl)
     exact = closed_forms(model, x, q, p, expectation=expectation, kl=kl)
     if exact.reconstruction is not None and exact.kl is not None:
         value = exact.reconstruction - exact.kl

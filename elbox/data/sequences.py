@@ -50,8 +50,11 @@ class Sequences:
             if lengths.shape != (B,) or lengths.is_floating_point():
                 raise ValueError(f"lengths must be B={B} integers; received {describe(lengths)}")
             if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+                b = int(((lengths < 1) | (lengths > T)).nonzero()[0])
                 raise ValueError(
-                    f"lengths must lie in [1, T={T}]; received values in [{int(lengths.min())}, {int(lengths.max())}]"
+                    f"lengths must lie in [1, T={T}]; received values in [{int(lengths.min())}, {int(lengths.max())}] "
+                    f"(sequence {b} has length {int(lengths[b])}" + (": a sequence needs at least one step)"
+                                                                     if int(lengths[b]) < 1 else ")")
                 )
             mask = torch.arange(T, device=values.device) < lengths.to(values.device).unsqueeze(-1)
         elif mask is None:
@@ -128,6 +131,17 @@ class Sequences:
         picked = Sequences.__new__(Sequences)
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
         return picked
+
+    def trimmed(self) -> Sequences:
+        """These sequences without the trailing steps that none of them reaches (itself where there
+        are none): a mini-batch of short sequences padded to the longest of a data set."""
+        T = int(self.mask.sum(-1).max()) if len(self) else self.mask.shape[1]
+        if T == self.mask.shape[1]:
+            return self
+        trimmed = Sequences.__new__(Sequences)
+        trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
+        trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
+        return trimmed
 
     def to(self, *args, **kwargs) -> Sequences:
         """Converts ``values`` and ``inputs`` (the mask keeps its dtype) as ``Tensor.to`` does."""

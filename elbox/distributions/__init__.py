@@ -12,8 +12,10 @@ from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, cong
 from elbox.distributions.hmm_kernels import ForwardBackward, forward_backward, hmm_log_evidence
 from elbox.distributions.kalman import KalmanFilter, LinearGaussian, RTSSmoother, kalman_filter, rts_smoother
 from elbox.distributions.markov import MarkovChain, viterbi
+from elbox.distributions.markov_path import MarkovPath
 from elbox.distributions.one_hot import OneHot
 from elbox.distributions.point_mass import PointMass
+from elbox.distributions.smc import ParticleFilter, particle_filter
 
 __all__ = [
     "FLOW_TYPES",
@@ -23,7 +25,9 @@ __all__ = [
     "KalmanFilter",
     "LinearGaussian",
     "MarkovChain",
+    "MarkovPath",
     "OneHot",
+    "ParticleFilter",
     "PointMass",
     "RTSSmoother",
     "affine_scan",
@@ -32,6 +36,7 @@ __all__ = [
     "forward_backward",
     "hmm_log_evidence",
     "kalman_filter",
+    "particle_filter",
     "rts_smoother",
     "viterbi",
 ]

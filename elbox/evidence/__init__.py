@@ -11,12 +11,14 @@ from elbox.evidence.diagnostics import (
 )
 from elbox.evidence.estimate import Estimate, bdmc, importance_log_weights, log_evidence, precision_shift
 from elbox.evidence.report import EvidenceReport, evidence_report
+from elbox.evidence.smc import SequenceReport, sequence_report, smc_log_evidence
 
 __all__ = [
     "AIS",
     "Estimate",
     "EvidenceReport",
     "PosteriorCollapseWarning",
+    "SequenceReport",
     "active_units",
     "annealing_schedule",
     "bdmc",
@@ -27,4 +29,6 @@ __all__ = [
     "mutual_information",
     "precision_shift",
     "psis_khat",
+    "sequence_report",
+    "smc_log_evidence",
 ]

@@ -19,7 +19,7 @@ from elbox.precision import check_precision, matmul_precision
 
 __all__ = ["Estimate", "Mean", "bdmc", "importance_log_weights", "log_evidence", "particle_chunk", "precision_shift"]
 
-_METHODS = ("exact", "importance", "ais")
+_METHODS = ("exact", "importance", "ais", "smc")
 
 #: Particles × data points × data size held at once by default (float32: 4 MB). Chunks of this
 #: size stay in the allocator's reused memory; much larger ones are fresh pages every time.
@@ -172,6 +172,8 @@ def log_evidence(
     step_size: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
     precision: str = "float32",
+    num_runs: int = 10,
+    resample: str = "systematic",
 ) -> Estimate:
     r"""log p_θ(x) per data point.
 
@@ -190,6 +192,11 @@ def log_evidence(
     or MALA moves for continuous latents and Gibbs sweeps for discrete ones; its standard error
     is the same delta-method one, over chains. It needs no guide.
 
+    ``"smc"`` runs ``num_runs`` independent particle filters of ``num_samples`` particles over the
+    paths of a sequence model (:mod:`elbox.evidence.smc`; the guide proposes, the prior where
+    there is none; ``resample`` as in :func:`elbox.bounds.fivo`): log of the mean of their
+    unbiased Ẑ, with the delta-method standard error over runs.
+
     Data points are taken ``batch_size`` at a time and particles ``chunk_size`` at a time, so
     the memory held is bounded whatever B and S are. Each batch's draws come from a seed of (one
     draw of torch's RNG, the batch); under torch.distributed the batches are dealt to the ranks,
@@ -199,7 +206,7 @@ def log_evidence(
         model: A :class:`~elbox.models.LatentModel`.
         x: Data, ``[B, *data_shape]`` (or :class:`~elbox.data.Sequences`).
         guide: The proposal, for ``"importance"``.
-        method: ``"exact"``, ``"importance"`` or ``"ais"``.
+        method: ``"exact"``, ``"importance"``, ``"ais"`` or ``"smc"``.
         num_samples: S, the particles (or AIS chains) per data point.
         chunk_size: Particles drawn at a time (default: as many as fit in 4 MB of data-sized
             tensors).
@@ -210,6 +217,8 @@ def log_evidence(
         leapfrog_steps: AIS: leapfrog steps per HMC move.
         step_size: AIS: the initial step size (adapted per data point).
         progress: Called as ``progress(points_done, points_total)`` after each batch.
+        num_runs: SMC: independent filters, for the standard error.
+        resample: SMC: ``"systematic"``, ``"multinomial"`` or ``"never"``.
         precision: ``"float32"``, or ``"bfloat16"`` for the encoder's and decoder's products
             (``"importance"`` only). The encoder's rounding changes only the proposal, which
             leaves the estimate's target alone; the decoder's changes the model, so each batch
@@ -248,6 +257,10 @@ def log_evidence(
         batch = x[begin:end]
         if ais is not None:
             return _log_mean_and_stderr(ais.forward(batch, S))
+        if method == "smc":
+            from elbox.evidence.smc import smc_log_evidence
+
+            return smc_log_evidence(model, guide, batch, num_samples=S, num_runs=num_runs, resample=resample)
         rows = None if index is None else index[begin:end]
         with matmul_precision(precision):
             log_w = importance_log_weights(model, guide, batch, num_samples=S, chunk_size=chunk_size, index=rows)

@@ -38,7 +38,7 @@ from elbox.precision import check_precision, matmul_precision
 
 __all__ = ["EvidenceReport", "evidence_report"]
 
-_METHODS = ("auto", "exact", "importance", "ais")
+_METHODS = ("auto", "exact", "importance", "ais", "smc")
 
 
 def _summary(values: Tensor) -> dict:
@@ -227,7 +227,8 @@ def evidence_report(
         cubo_order: n > 1 for the CUBO.
         elbo_samples: Particles per Adam step of the refinement (L[q*] itself is then evaluated
             with the S particles, as the ELBO is).
-        method: log p(x) by ``"exact"``, ``"importance"``, ``"ais"``, or ``"auto"`` (exact
+        method: log p(x) by ``"exact"``, ``"importance"``, ``"ais"``, ``"smc"`` (a sequence model's
+            particle filter, ``num_samples`` particles, 10 runs), or ``"auto"`` (exact
             where the model has it, else importance).
         ais_schedule: The AIS schedule (T or the β's), for ``method="ais"``.
         refine_steps, refine_points, refine_lr: The per-point refinement.
@@ -327,7 +328,7 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
         evidence_samples = S
     else:
         estimate = log_evidence(
-            model, x, guide=guide, method=method, num_samples=S if method == "ais" else 1000, batch_size=step,
+            model, x, guide=guide, method=method, num_samples=S if method in ("ais", "smc") else 1000, batch_size=step,
             schedule=ais_schedule, chunk_size=chunk_size, progress=lambda d, t: report(method, d, t),
         )  # fmt: skip
         log_p, log_p_se = estimate.value.double().cpu(), estimate.stderr.double().cpu()

@@ -5,6 +5,7 @@ from elbox.guides.base import Exact, Guide
 from elbox.guides.discrete import Bernoulli, OneHotCategorical
 from elbox.guides.families import Beta, Categorical, FullRankNormal, MeanFieldNormal
 from elbox.guides.flow import FlowGuide
+from elbox.guides.sequence import StructuredGuide
 
 __all__ = [
     "Amortized",
@@ -17,5 +18,6 @@ __all__ = [
     "Guide",
     "MeanFieldNormal",
     "OneHotCategorical",
+    "StructuredGuide",
     "mlp",
 ]

@@ -2,6 +2,7 @@
 
 from elbox.models.base import LatentModel
 from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, MixturePrior, NormalNormal
+from elbox.models.dmm import DeepMarkovModel
 from elbox.models.factor import FactorAnalysis
 from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
@@ -13,6 +14,7 @@ from elbox.models.vae import VAE, DiscreteVAE
 __all__ = [
     "HMM",
     "BetaBernoulli",
+    "DeepMarkovModel",
     "FactorAnalysis",
     "FlowDensity",
     "GaussianMixture",

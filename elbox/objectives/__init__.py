@@ -18,9 +18,11 @@ from elbox.objectives.base import (
 )
 from elbox.objectives.bounds import ELBO, IWAE, MaxLikelihood, Renyi
 from elbox.objectives.discrete import RWS, VIMCO, Enumerate, GumbelSoftmax, ScoreFunction
+from elbox.objectives.sequence import FIVO
 
 __all__ = [
     "ELBO",
+    "FIVO",
     "IWAE",
     "RWS",
     "VIMCO",

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from elbox.plots._common import figure_data, save_png
 
-__all__ = ["plot_state_path", "plot_trajectory"]
+__all__ = ["plot_gap_over_time", "plot_state_path", "plot_trajectory"]
 
 
 def plot_state_path(
@@ -171,4 +171,38 @@ def plot_forecast(
     axes[-1].set_xlabel("step")
     fig.suptitle(title)
     save_png(fig, path)
+    return fig
+
+
+def plot_gap_over_time(report, path: str | os.PathLike | None = None, *, title: str | None = None):
+    """The gap log p̂(x_t | x_<t) − ELBO_t at each step, averaged over the sequences that reach it,
+    with ELBO_t and the filter's increments beside it (a :class:`~elbox.evidence.SequenceReport`).
+
+    Returns:
+        The matplotlib ``Figure`` (no pyplot state is touched).
+    """
+    import torch
+    from matplotlib.figure import Figure
+
+    gap = report.mean_gap_by_step()
+    lengths = torch.tensor(report.lengths)
+    mask = torch.arange(len(gap)) < lengths.unsqueeze(-1)
+    count = mask.sum(0).clamp_min(1)
+    elbo_t = ((torch.tensor(report.elbo_steps) * mask).sum(0) / count).tolist()
+    inc_t = ((torch.tensor(report.log_increments) * mask).sum(0) / count).tolist()
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(inc_t, lw=1, label="log p̂(x_t | x_<t) (SMC)")
+    top.plot(elbo_t, lw=1, label=f"ELBO_t (KL {report.kl_method})")
+    top.set_ylabel("nats")
+    top.legend(loc="lower right", fontsize=8)
+    bottom.plot(gap, lw=1, color="tab:red")
+    bottom.axhline(0.0, color="0.6", lw=0.6)
+    bottom.set_ylabel("gap_t (nats)")
+    bottom.set_xlabel("time step t")
+    total = sum(report.gap) / max(len(report.gap), 1)
+    fig.suptitle(title or f"The gap at every time step: {total:.2f} nats per sequence on average "
+                          f"({len(report.gap)} sequences, {report.num_samples} particles × {report.num_runs} runs)")
+    if path is not None:
+        save_png(fig, path)
     return fig

@@ -105,8 +105,22 @@ def evaluate_run(
             result["training_gap"] = _training_gap(config, model, loaded.guide)
         if time_split:
             result["test_log_likelihood"] = _conditional_test(config, model)
+        if not exact and loaded.guide is not None and _has_paths(model, x):  # a DMM: the gap at every step
+            from elbox.evidence.smc import sequence_report
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(e["seed"])
+                result["sequence"] = sequence_report(model, guide, x, num_samples=min(S, 100), num_runs=4,
+                                                     elbo_samples=4).to_dict()  # fmt: skip
         from_rank0(write_json, run.path / "evaluation.json", result)
     return result
+
+
+def _has_paths(model, x) -> bool:
+    """Whether the model's prior is over Markov paths with per-step conditionals (a deep Markov model)."""
+    from elbox.distributions import MarkovPath
+
+    return isinstance(model.prior_for(x[:1]), MarkovPath)
 
 
 @torch.no_grad()

@@ -347,3 +347,64 @@ register_model_type(ModelType(
     build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,
     description="a linear-Gaussian state-space model, the Kalman filter's (exact evidence)",
 ))  # fmt: skip
+
+
+def _dmm(m: dict, info: DataInfo):
+    from elbox.models import DeepMarkovModel
+
+    emission = "categorical" if info.symbols else m["emission"]
+    return DeepMarkovModel(info.symbols or info.dim, m["latent_dim"], input_dim=info.inputs,
+                           transition=m["transition"], transition_dim=m["transition_dim"], emission=emission,
+                           emission_hidden=tuple(m["emission_hidden"]),
+                           observation_variance=m["observation_variance"] if emission == "gaussian" else 1.0,
+                           )  # fmt: skip
+
+
+def _dmm_guide(model, m: dict, info: DataInfo):
+    return model.guide(m["guide"], rnn_dim=m["rnn_dim"], iafs=m["iafs"], iaf_dim=m["iaf_dim"])
+
+
+@torch.no_grad()
+def _dmm_figures(directory, config: dict, model) -> list:
+    """The gap between log p̂(x_t | x_<t) and ELBO_t over time, on the first test sequences."""
+    from elbox import plots
+    from elbox.evidence.smc import sequence_report
+    from elbox.runs.data import load_data
+    from elbox.runs.load import load_run
+
+    guide = load_run(directory).guide if config["train"]["method"] == "vi" else None
+    if guide is None:
+        return []
+    x, _ = load_data(config, "test")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["evaluate"]["seed"])
+        report = sequence_report(model, guide, x[:16], num_samples=64, num_runs=2, elbo_samples=2)
+    path = directory / "gap_over_time.png"
+    plots.plot_gap_over_time(report, path)
+    return [path]
+
+
+register_model_type(ModelType(
+    name="dmm",
+    keys={
+        "latent_dim": Key(100, SIZE, "the size of z_t"),
+        "transition": Key("gated", choice("gated", "linear"),
+                          "p(z_t | z_{t-1}): Pyro's gated MLP, or linear-Gaussian (then an LGSSM)"),
+        "transition_dim": Key(200, SIZE, "the gated transition's width"),
+        "emission": Key("bernoulli", choice("bernoulli", "gaussian"), "p(x_t | z_t) (integer symbols: categorical)"),
+        "emission_hidden": Key([100, 100], lambda v: isinstance(v, list) and all(is_size(i) for i in v),
+                               f"a list of positive integers up to {MAX_SIZE:,} (empty: linear)",
+                               "the emitter's hidden widths"),
+        "observation_variance": _OBSERVATION_VARIANCE,
+        "guide": Key("st-r", choice("st-r", "st-lr", "mf-lr", "st-l"),
+                     "the structured guide: RNN over x_{t:T} (st-r), both ways (st-lr), mean field (mf-lr), "
+                     "filter (st-l)"),
+        "rnn_dim": Key(600, SIZE, "the guide's RNN width"),
+        "iafs": Key(0, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16,
+                    "an integer from 0 to 16", "inverse autoregressive flows on each step of q"),
+        "iaf_dim": Key(100, SIZE, "the IAFs' hidden width"),
+    },
+    build=_dmm, guide=_dmm_guide, method="vi", init=None, sequences=True, dtype=None,
+    description="a deep Markov model (Krishnan et al. 2017) with a structured guide; elbo, iwae or fivo",
+    em=False, figures=_dmm_figures,
+))  # fmt: skip

@@ -1,0 +1,313 @@
+r"""The deep Markov model: a nonlinear state-space model with a gated transition and a neural
+emitter (Krishnan, Shalit & Sontag, 2017), trained by the ELBO, IWAE or FIVO."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
+
+from elbox._validation import check_number, check_positive_int
+from elbox.data.sequences import Sequences, as_sequences
+from elbox.distributions._gaussian import tril_to_raw
+from elbox.distributions.markov_path import MarkovPath
+from elbox.models.base import LatentModel
+
+__all__ = ["DeepMarkovModel", "GatedTransition"]
+
+_EMISSIONS = ("bernoulli", "gaussian", "categorical")
+_TRANSITIONS = ("gated", "linear")
+
+
+class GatedTransition(nn.Module):
+    r"""p(z_t | z_{t-1}, u_t) = N(μ, diag σ²) with Pyro's gated mean (Krishnan et al., section 5):
+
+    .. math:: g = \mathrm{sigmoid}(W_2\,\mathrm{relu}(W_1 z_{t-1})), \quad
+              m = V_2\,\mathrm{relu}(V_1 z_{t-1}), \quad
+              \mu = (1 - g) \odot (A z_{t-1} + b) + g \odot m, \quad
+              \sigma = \mathrm{softplus}(S\,\mathrm{relu}(m)),
+
+    A initialized to the identity. Inputs u_t enter both hidden layers and the linear path.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int, input_dim: int = 0):
+        super().__init__()
+        D, H = latent_dim, hidden
+        self.gate_hidden = nn.Linear(D, H)
+        self.gate_out = nn.Linear(H, D)
+        self.mean_hidden = nn.Linear(D, H)
+        self.mean_out = nn.Linear(H, D)
+        self.scale = nn.Linear(D, D)
+        self.linear = nn.Linear(D, D)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(D))
+            self.linear.bias.zero_()
+        self.inputs = nn.Linear(input_dim, 2 * H + D, bias=False) if input_dim else None
+
+    def forward(self, z_prev: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        a, b, c = self.gate_hidden(z_prev), self.mean_hidden(z_prev), self.linear(z_prev)
+        if u is not None:
+            H = self.gate_hidden.out_features
+            drive = self.inputs(u)  # [B, (T,) 2H + D], broadcast over the particles
+            a, b, c = a + drive[..., :H], b + drive[..., H : 2 * H], c + drive[..., 2 * H :]
+        gate = torch.sigmoid(self.gate_out(F.relu(a)))
+        proposed = self.mean_out(F.relu(b))
+        loc = (1 - gate) * c + gate * proposed
+        return loc, F.softplus(self.scale(F.relu(proposed)))
+
+
+class LinearTransition(nn.Module):
+    """p(z_t | z_{t-1}, u_t) = N(A z_{t-1} + B u_t + b, diag σ²): a linear-Gaussian DMM, which is a
+    :class:`~elbox.models.LinearGaussianSSM` (the exact oracle of the tests)."""
+
+    def __init__(self, latent_dim: int, input_dim: int = 0):
+        super().__init__()
+        self.linear = nn.Linear(latent_dim, latent_dim)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(latent_dim))
+            self.linear.bias.zero_()
+        self.inputs = nn.Linear(input_dim, latent_dim, bias=False) if input_dim else None
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), math.log(math.e - 1)))  # softplus⁻¹(1)
+
+    def forward(self, z_prev: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc = self.linear(z_prev)
+        if u is not None:
+            loc = loc + self.inputs(u)
+        return loc, F.softplus(self.raw_scale).expand_as(loc)
+
+
+class DeepMarkovModel(LatentModel):
+    r"""A deep Markov model: a latent path z_{1:T} ∈ ℝ^{T×D} with
+
+    .. math:: z_t \sim \mathcal{N}\big(\mu_\theta(z_{t-1}, u_t), \operatorname{diag}\sigma_\theta(z_{t-1}, u_t)^2\big),
+              \qquad x_t \sim p_\theta(x_t \mid z_t),
+
+    z_0 learned, the transition Pyro's gated one (:class:`GatedTransition`) or linear, and the
+    emitter an MLP (``emission_hidden`` widths; none: linear) to Bernoulli logits (piano rolls),
+    a Gaussian mean (variance fixed or learned) or categorical logits over ``obs_dim`` symbols.
+
+    A data point is a whole sequence: ``[B, T, obs_dim]`` values (``[B, T]`` integer symbols for
+    categorical emissions), or a :class:`~elbox.data.Sequences` with ragged lengths and inputs
+    ``[B, T, input_dim]``. Time has its own axis: paths are ``[*S, B, T, D]``, and everything
+    but a draw is one batched pass over the steps. Steps past a sequence's end carry no data;
+    their states are N(0, I) under the prior and every guide alike.
+
+    The guides are in :mod:`elbox.guides.sequence` (ST-R, ST-LR, MF-LR, ST-L, with IAFs);
+    :meth:`guide` builds one of them for this model. ``elbo``, ``iwae`` and ``fivo`` train it;
+    ``log_evidence(model, x, guide=..., method="smc")`` estimates its evidence.
+
+    Args:
+        obs_dim: The size of x_t (the number of symbols, for categorical emissions).
+        latent_dim: D.
+        input_dim: The size of the inputs u_t (0: none).
+        transition: ``"gated"`` or ``"linear"``.
+        transition_dim: The gated transition's hidden width.
+        emission: ``"bernoulli"``, ``"gaussian"`` or ``"categorical"``.
+        emission_hidden: The emitter's hidden widths (``()``: a linear map).
+        observation_variance: The Gaussian emission's σ² (a positive number, or ``"learned"``:
+            one per coordinate).
+
+    References:
+        Structured Inference Networks for Nonlinear State Space Models (Krishnan, Shalit &
+        Sontag, 2017), https://arxiv.org/abs/1609.09869
+
+    Example:
+        >>> model = DeepMarkovModel(88, latent_dim=8, transition_dim=16, emission_hidden=(16,))
+        >>> x, z = model.sample(4, num_steps=10)
+        >>> x.shape, z.shape
+        (torch.Size([4, 10, 88]), torch.Size([4, 10, 8]))
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        latent_dim: int = 100,
+        *,
+        input_dim: int = 0,
+        transition: str = "gated",
+        transition_dim: int = 200,
+        emission: str = "bernoulli",
+        emission_hidden=(100, 100),
+        observation_variance: float | str = 1.0,
+    ):
+        super().__init__()
+        self.obs_dim = check_positive_int(obs_dim, "obs_dim")
+        D = self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.input_dim = check_positive_int(input_dim, "input_dim", minimum=0)
+        if transition not in _TRANSITIONS:
+            raise ValueError(f"transition must be one of {_TRANSITIONS}; received {transition!r}")
+        if emission not in _EMISSIONS:
+            raise ValueError(f"emission must be one of {_EMISSIONS}; received {emission!r}")
+        if emission == "categorical" and self.obs_dim < 2:
+            raise ValueError(f"categorical emissions need obs_dim >= 2 symbols; received {obs_dim}")
+        self.transition_kind, self.emission = transition, emission
+        if transition == "gated":
+            self.transition = GatedTransition(D, check_positive_int(transition_dim, "transition_dim"), self.input_dim)
+        else:
+            self.transition = LinearTransition(D, self.input_dim)
+        hidden = tuple(check_positive_int(h, "emission_hidden") for h in emission_hidden)
+        sizes = (D, *hidden, self.obs_dim)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.emitter = nn.Sequential(*layers)
+        self.emission_hidden = hidden
+        self.z_0 = nn.Parameter(torch.zeros(D))
+        self.learned_variance = observation_variance == "learned"
+        if emission == "gaussian":
+            variance = 1.0 if self.learned_variance else check_number(observation_variance, "observation_variance",
+                                                                      minimum=0.0, strict=True)  # fmt: skip
+            log_scale = torch.full((self.obs_dim,), 0.5 * math.log(variance))
+            if self.learned_variance:
+                self.log_scale = nn.Parameter(log_scale)
+            else:
+                self.register_buffer("log_scale", log_scale)
+        elif observation_variance != 1.0:
+            raise ValueError(f"observation_variance applies to emission='gaussian'; received {observation_variance!r}")
+
+    # Data.
+
+    @property
+    def data_shape(self) -> tuple:  # type: ignore[override]
+        return (None,) if self.emission == "categorical" else (None, self.obs_dim)
+
+    def check_data(self, x) -> Sequences:
+        """``x`` as a checked :class:`~elbox.data.Sequences`; a NaN or an infinity is an error that
+        names its sequence and step. Trailing steps that no sequence of the batch reaches are
+        dropped (a mini-batch of short sequences costs its own length, not the data set's)."""
+        if isinstance(x, Sequences) or torch.is_tensor(x):
+            values = x.values if isinstance(x, Sequences) else x
+            if values.is_floating_point() and values.dim() >= 2 and values.numel():
+                mask = x.mask if isinstance(x, Sequences) else torch.ones(values.shape[:2], dtype=torch.bool)
+                bad = ~torch.isfinite(values.reshape(*values.shape[:2], -1)).all(-1) & mask.to(values.device)
+                if bool(bad.any()):
+                    b, t = (int(i) for i in bad.nonzero()[0])
+                    step = values[b, t].flatten()
+                    raise ValueError(
+                        f"x: sequence {b} has a non-finite value ({float(step[~torch.isfinite(step)][0])}) "
+                        f"at step {t}; {type(self).__name__} has no missing-data model: drop or impute that step"
+                    )
+        x = as_sequences(x, event_shape=(self.obs_dim,), integer=self.emission == "categorical",
+                         num_inputs=self.input_dim, **self._sequence_options())  # fmt: skip
+        return x.trimmed()
+
+    # The model.
+
+    def _step(self, z_prev: Tensor, u: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.transition(z_prev, u)
+
+    def prior_for(self, x) -> MarkovPath:
+        """p(z_{1:T} | u_{1:T}) over the batch's paths, a :class:`~elbox.distributions.MarkovPath`."""
+        x = self.check_data(x)
+        return MarkovPath(self._step, self.z_0, x.mask, x.inputs)
+
+    def prior(self, num_steps: int = 1) -> MarkovPath:
+        """The prior over paths of ``num_steps`` steps of one sequence (no inputs)."""
+        T = check_positive_int(num_steps, "num_steps")
+        if self.input_dim:
+            raise ValueError(f"this model has input_dim={self.input_dim}: the prior depends on the inputs; use "
+                             "prior_for(Sequences(x, inputs=u))")  # fmt: skip
+        return MarkovPath(self._step, self.z_0, torch.ones(1, T, dtype=torch.bool, device=self.z_0.device))
+
+    def emission_parameters(self, z: Tensor) -> Tensor:
+        """The emitter's output for states ``[*, D]``: logits, or the Gaussian mean, ``[*, obs_dim]``."""
+        return self.emitter(z)
+
+    def step_log_likelihood(self, x, z: Tensor, t: int | None = None) -> Tensor:
+        """log p(x_t | z_t) per step, ``[*S, B, T]`` (zero past each end); with ``t``, of that step
+        alone from states ``[*S, B, D]``, ``[*S, B]``."""
+        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        values, mask = (x.values, x.mask) if t is None else (x.values[:, t], x.mask[:, t])
+        out = self.emission_parameters(z)
+        if self.emission == "bernoulli":
+            log_p = -F.binary_cross_entropy_with_logits(out, values.expand_as(out), reduction="none").sum(-1)
+        elif self.emission == "categorical":
+            log_p = out.log_softmax(-1).gather(-1, values.expand(out.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+        else:
+            log_scale = self.log_scale
+            w = (values - out) * torch.exp(-log_scale)
+            log_p = (-0.5 * w.square() - log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return torch.where(mask, log_p, 0.0)
+
+    def likelihood(self, z: Tensor):
+        """x_t | z_t at every step (of full-length sequences), event ``[T, obs_dim]`` (``[T]`` for symbols)."""
+        out = self.emission_parameters(z)
+        if self.emission == "bernoulli":
+            return Independent(Bernoulli(logits=out, validate_args=False), 2)
+        if self.emission == "categorical":
+            return Independent(Categorical(logits=out, validate_args=False), 1)
+        return Independent(Normal(out, self.log_scale.exp(), validate_args=False), 2)
+
+    def log_likelihood(self, x, z: Tensor) -> Tensor:
+        """Σ_t log p(x_t | z_t) over each sequence's steps, ``[*S, B]``."""
+        return self.step_log_likelihood(self.check_data(x), z).sum(-1)
+
+    def log_joint(self, x, z: Tensor) -> Tensor:
+        x = self.check_data(x)
+        return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
+
+    @torch.no_grad()
+    def sample(self, n: int, num_steps: int = 10, inputs=None) -> tuple[Tensor, Tensor]:
+        """``n`` sequences: (x ``[n, T, obs_dim]`` (``[n, T]`` symbols), z ``[n, T, D]``)."""
+        n = check_positive_int(n, "n")
+        T = check_positive_int(num_steps, "num_steps")
+        ref = self._reference()
+        mask = torch.ones(n, T, dtype=torch.bool, device=ref.device)
+        if self.input_dim:
+            if inputs is None:
+                raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs [n, T, {self.input_dim}]")
+            inputs = torch.as_tensor(inputs, dtype=ref.dtype, device=ref.device)
+        z = MarkovPath(self._step, self.z_0, mask, inputs).rsample()
+        return self.likelihood(z).sample(), z
+
+    # The guides and the exact oracle.
+
+    def guide(self, kind: str = "st-r", **options):
+        """A structured guide for this model (:class:`~elbox.guides.StructuredGuide`): ``"st-r"``,
+        ``"st-lr"``, ``"mf-lr"`` or ``"st-l"``."""
+        from elbox.guides.sequence import StructuredGuide
+
+        return StructuredGuide(self.obs_dim, self.latent_dim, kind=kind, input_dim=self.input_dim,
+                               symbols=self.emission == "categorical", **options).to(self._reference().dtype)
+
+    def to_lgssm(self):
+        """The same model as a :class:`~elbox.models.LinearGaussianSSM`, where it is one: a linear
+        transition and a linear Gaussian emitter (``emission_hidden=()``). Its Kalman filter is
+        this model's exact evidence, and its RTS smoother the exact posterior.
+
+        Raises:
+            TypeError: For a gated transition, hidden emission layers or non-Gaussian emissions.
+        """
+        from elbox.models.lgssm import LinearGaussianSSM
+
+        if self.transition_kind != "linear" or self.emission != "gaussian" or self.emission_hidden:
+            raise TypeError("to_lgssm needs transition='linear', emission='gaussian' and emission_hidden=(); this "
+                            f"model has transition={self.transition_kind!r}, emission={self.emission!r}, "
+                            f"emission_hidden={self.emission_hidden}")  # fmt: skip
+        if self.input_dim:
+            raise TypeError("to_lgssm: with inputs, the LGSSM's first state ignores u_1 and this model's does not")
+        dtype = self._reference().dtype
+        with torch.no_grad():
+            tr, em = self.transition, self.emitter[0]
+            if bool(tr.linear.bias.abs().max() > 0) or bool(em.bias.abs().max() > 0):
+                raise TypeError("to_lgssm: the transition's and emitter's biases must be zero (an LGSSM has none)")
+            A = tr.linear.weight
+            L_q = torch.diag(F.softplus(tr.raw_scale))
+            lgssm = LinearGaussianSSM(self.latent_dim, self.obs_dim).to(dtype)  # then set in this model's dtype
+            lgssm.transition_matrix.copy_(A)
+            lgssm.observation_matrix.copy_(em.weight)
+            lgssm.initial_loc.copy_(A @ self.z_0)
+            lgssm._q_raw.copy_(tril_to_raw(L_q))
+            lgssm._p0_raw.copy_(tril_to_raw(L_q))
+            lgssm._r_raw.copy_(tril_to_raw(torch.diag(self.log_scale.exp())))
+        return lgssm
+
+    def extra_repr(self) -> str:
+        return (f"obs_dim={self.obs_dim}, latent_dim={self.latent_dim}, input_dim={self.input_dim}, "
+                f"transition={self.transition_kind!r}, emission={self.emission!r}")  # fmt: skip
+
