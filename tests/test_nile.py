@@ -15,7 +15,7 @@ import torch
 
 import elbox
 from elbox.data import nile
-from elbox.models import diffuse_log_likelihood, local_level, local_linear_trend
+from elbox.models.structural import diffuse_log_likelihood, local_level, local_linear_trend
 
 STATSMODELS_AT_DK = -632.5376950475525  # m.loglike([15099, 1469.1])
 STATSMODELS_MAX = -632.5377605785011  # m.fit(disp=False).llf (its optimizer stops a little short)

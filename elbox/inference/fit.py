@@ -568,15 +568,17 @@ def _compiled(module, device: torch.device):
 def _checked_data(model, data, binarization: str | None, name: str):
     """The data in the model's dtype, checked once here, at the entry point; a message about the
     data names the argument (``data`` or ``validation``)."""
+    # the data named as the caller names them (a model of a user's own without check_data's `name`: as x)
+    named = {"name": name} if "name" in inspect.signature(model.check_data).parameters else {}
     if binarization is None:
-        return model.check_data(data, name=name)
+        return model.check_data(data, **named)
     x = as_data(data, name, dtype=model._reference().dtype, device=model._reference().device)
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"binarization='dynamic' needs intensities in [0, 1]; {name} holds values in "
             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
         )
-    model.check_data((x[:1] > 0.5).to(x.dtype), name=name)  # the shape, as the model sees a binary point
+    model.check_data((x[:1] > 0.5).to(x.dtype), **named)  # the shape, as the model sees a binary point
     return x
 
 

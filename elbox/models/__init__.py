@@ -1,4 +1,7 @@
-"""Generative models p_θ(x, z): the base class, the models with exact evidence, and the VAE."""
+"""Generative models p_θ(x, z): the base class, the models with exact evidence, and the VAE.
+
+Structural time-series models (the local level, the local linear trend) are built by the
+functions of :mod:`elbox.models.structural`."""
 
 from elbox.models.base import LatentModel
 from elbox.models.conjugate import BetaBernoulli, HierarchicalNormal, MixturePrior, NormalNormal
@@ -8,7 +11,6 @@ from elbox.models.flow import FlowDensity, UniformDequantization
 from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
-from elbox.models.structural import diffuse_log_likelihood, local_level, local_linear_trend
 from elbox.models.vae import VAE, DiscreteVAE
 
 __all__ = [
@@ -27,7 +29,4 @@ __all__ = [
     "UniformDequantization",
     "VAE",
     "DiscreteVAE",
-    "diffuse_log_likelihood",
-    "local_level",
-    "local_linear_trend",
 ]

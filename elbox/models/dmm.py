@@ -176,7 +176,7 @@ class DeepMarkovModel(LatentModel):
     def data_shape(self) -> tuple:  # type: ignore[override]
         return (None,) if self.emission == "categorical" else (None, self.obs_dim)
 
-    def check_data(self, x) -> Sequences:
+    def check_data(self, x, *, name: str = "x") -> Sequences:
         """``x`` as a checked :class:`~elbox.data.Sequences`; a NaN or an infinity is an error that
         names its sequence and step. Trailing steps that no sequence of the batch reaches are
         dropped (a mini-batch of short sequences costs its own length, not the data set's)."""
@@ -189,10 +189,10 @@ class DeepMarkovModel(LatentModel):
                     b, t = (int(i) for i in bad.nonzero()[0])
                     step = values[b, t].flatten()
                     raise ValueError(
-                        f"x: sequence {b} has a non-finite value ({float(step[~torch.isfinite(step)][0])}) "
+                        f"{name}: sequence {b} has a non-finite value ({float(step[~torch.isfinite(step)][0])}) "
                         f"at step {t}; {type(self).__name__} has no missing-data model: drop or impute that step"
                     )
-        x = as_sequences(x, event_shape=(self.obs_dim,), integer=self.emission == "categorical",
+        x = as_sequences(x, event_shape=(self.obs_dim,), integer=self.emission == "categorical", name=name,
                          num_inputs=self.input_dim, **self._sequence_options())  # fmt: skip
         return x.trimmed()
 
