@@ -13,7 +13,7 @@ from elbox.data.sequences import Sequences, as_sequences
 from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
 from elbox.distributions.gauss_markov import GaussMarkovChain
 from elbox.distributions.kalman import PD_HINT as _PD_HINT
-from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, rts_smoother
+from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, kalman_log_norm, rts_smoother
 from elbox.models.base import LatentModel
 
 __all__ = ["LinearGaussianSSM"]
@@ -263,8 +263,9 @@ class LinearGaussianSSM(LatentModel):
         return kalman_filter(self._linear_gaussian(), x.values, x.mask, self._drive(x))
 
     def log_evidence(self, x) -> Tensor:
-        """log p(x) by the Kalman filter, ``[B]``."""
-        return self._filter(self.check_data(x)).log_norm.sum(-1)
+        """log p(x) by the Kalman filter, ``[B]`` (its innovations only: no means are kept)."""
+        x = self.check_data(x)
+        return kalman_log_norm(self._linear_gaussian(), x.values, x.mask, self._drive(x)).sum(-1)
 
     def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
         """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
