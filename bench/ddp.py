@@ -47,8 +47,16 @@ def worker(train: int, epochs: int, batch_size: int, out: str) -> None:
                         callbacks=lambda epoch, h: laps.append(time.perf_counter()))  # fmt: skip
     if distributed.rank() == 0:
         times = [b - a for a, b in zip(laps, laps[1:])]
-        Path(out).write_text(json.dumps({"epochs": times, "bound": history.lower_bound[-1],
-                                         "world": distributed.world_size(), "threads": torch.get_num_threads()}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "epochs": times,
+                    "bound": history.lower_bound[-1],
+                    "world": distributed.world_size(),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
 
 
 def run(procs: int, threads: int, train: int, epochs: int, batch_size: int) -> dict:
@@ -82,19 +90,25 @@ def main() -> None:
         return
     cores = os.cpu_count() or 1
     print(environment())
-    print(f"MNIST VAE 784-200-200-50, {args.train} images, global batch {args.batch_size}, {args.epochs} epochs "
-          "(first left out)\n")
+    print(
+        f"MNIST VAE 784-200-200-50, {args.train} images, global batch {args.batch_size}, {args.epochs} epochs "
+        "(first left out)\n"
+    )
     rows = {}
     for label, procs, threads in (("1 process, 1 thread", 1, 1), (f"1 process, {cores} threads", 1, cores),
                                   (f"{args.procs} processes, 1 thread each", args.procs, 1)):  # fmt: skip
         result = run(procs, threads, args.train, args.epochs, args.batch_size)
         steady = sorted(result["epochs"][1:])[len(result["epochs"][1:]) // 2]
         rows[label] = steady
-        print(f"{label:>28}: {steady:6.2f} s/epoch  {args.train / steady:8.0f} images/s   final bound "
-              f"{result['bound']:.2f}   (epochs: {', '.join(f'{t:.2f}' for t in result['epochs'])})")
+        print(
+            f"{label:>28}: {steady:6.2f} s/epoch  {args.train / steady:8.0f} images/s   final bound "
+            f"{result['bound']:.2f}   (epochs: {', '.join(f'{t:.2f}' for t in result['epochs'])})"
+        )
     one, threads, many = rows.values()
-    print(f"\n{args.procs} processes are {one / many:.2f}x one single-threaded process (scaling efficiency "
-          f"{one / (args.procs * many):.0%}) and {threads / many:.2f}x one process on {cores} threads")
+    print(
+        f"\n{args.procs} processes are {one / many:.2f}x one single-threaded process (scaling efficiency "
+        f"{one / (args.procs * many):.0%}) and {threads / many:.2f}x one process on {cores} threads"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,15 @@ def main() -> None:
 
     times: dict[str, float] = {}
     sk = SkGaussianMixture(
-        K, covariance_type="full", tol=0.0, max_iter=T, init_params="random_from_data",
-        weights_init=weights, means_init=means, precisions_init=precisions, reg_covar=model.reg_covar,
+        K,
+        covariance_type="full",
+        tol=0.0,
+        max_iter=T,
+        init_params="random_from_data",
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+        reg_covar=model.reg_covar,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkConvergenceWarning)

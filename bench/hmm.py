@@ -8,6 +8,13 @@ one call over all sequences; elbox's batched forward algorithm), then run the sa
 EM iterations from the same start with tol disabled, in float64; last, one long sequence is
 scored alone, and its posterior marginals computed (forward–backward: hmmlearn's predict_proba
 against elbox's posterior, by chunks). The script prints seconds, ratios, and both log-likelihoods, which must agree.
+
+With ``--dynamax``, the rows of issue 30 against dynamax (``hmm_filter`` / ``hmm_smoother`` under
+``jax.jit``, ``vmap`` for the batch, the emissions' log-densities inside the compiled function;
+``DiagonalGaussianHMM.fit_em`` for EM), each side in its own process (bench/_dynamax.py, run by
+``$ELBOX_BENCH_PYTHON``), medians of ``--repeats``, JAX's compilation reported apart:
+
+    ELBOX_BENCH_PYTHON=/path/to/bench-venv/bin/python python bench/hmm.py --dynamax
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 from hmmlearn import hmm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, timed  # noqa: E402
+from _common import environment, median_time, run_peer, timed  # noqa: E402
 
 import elbox  # noqa: E402
 
@@ -57,6 +64,7 @@ def main() -> None:
     parser.add_argument("--single-steps", type=int, default=100_000,
                         help="the one long sequence scored by itself (0: skip)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dynamax", action="store_true", help="issue 30's rows against dynamax instead")
     args = parser.parse_args()
     B, T, K, D, n_iter = args.sequences, args.steps, args.states, args.dim, args.iterations
     torch.set_default_dtype(torch.float64)
@@ -70,6 +78,8 @@ def main() -> None:
     X, lengths = x.reshape(B * T, D).numpy(), np.full(B, T)
     model = elbox.HMM(K, "gaussian", dim=D, reg_covar=0.0)
     model.initialize(x, "kmeans++", generator=torch.Generator().manual_seed(args.seed))
+    if args.dynamax:
+        return _against_dynamax(truth, model, x, args)
     peer = _peer(model, n_iter)
 
     times: dict[str, float] = {}
@@ -134,6 +144,54 @@ def _single_sequence(truth: elbox.HMM, steps: int, repeats: int) -> None:
           f"{best['hmmlearn_post'] / best['elbox_post']:7.1f}x")  # fmt: skip
     print(f"log-likelihood        hmmlearn {hl:.6f}, elbox {el:.6f} (relative diff {abs(hl - el) / abs(hl):.1e})")
     print(f"posterior marginals   largest difference {np.abs(hl_post - el_post).max():.1e}")
+
+
+def _against_dynamax(truth: elbox.HMM, start: elbox.HMM, x, args) -> None:
+    """Issue 30's rows: elbox timed here (torch only), dynamax in its own process."""
+    import copy
+
+    get = lambda t: t.detach().numpy()  # noqa: E731
+    B, T = x.shape[:2]
+    xl, _ = truth.sample(1, num_steps=args.single_steps)
+    arrays = {"pi": get(truth.initial_probs), "A": get(truth.transition_matrix), "loc": get(truth.emissions.loc),
+              "var": get(truth.emissions.covariance), "em_pi": get(start.initial_probs),
+              "em_A": get(start.transition_matrix), "em_loc": get(start.emissions.loc),
+              "em_var": get(start.emissions.covariance), "em_iterations": args.iterations,
+              "score:long": xl[0].numpy(), "posterior:long": xl[0].numpy(), "score:batch": x.numpy(),
+              "em:batch": x.numpy()}  # fmt: skip
+    arrays["rows"] = np.array(["score:long", "posterior:long", "score:batch", "em:batch"])
+    peer = run_peer("hmm", arrays, args.repeats)
+    rows = []
+    with torch.no_grad():
+        seconds, ours = median_time(lambda: truth.log_evidence(xl).numpy(), args.repeats)
+        rows.append((f"score, 1 x {args.single_steps:,} steps", seconds, "score:long", ours))
+        seconds, ours = median_time(lambda: truth.posterior(xl).marginals()[0].numpy(), args.repeats)
+        rows.append((f"posterior marginals, 1 x {args.single_steps:,}", seconds, "posterior:long", ours))
+        seconds, ours = median_time(lambda: truth.log_evidence(x).numpy(), args.repeats)
+        rows.append((f"score, {B} x {T} steps", seconds, "score:batch", ours))
+    fitted = copy.deepcopy(start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with timed(times := {}, "em"):
+            history = elbox.em(fitted, x, max_iter=args.iterations, tol=0.0)
+    rows.append((f"EM, {B} x {T}, {args.iterations} iterations", times["em"], "em:batch", None))
+    print(f"# issue 30: elbox against dynamax, K={truth.num_states}, float64, medians of {args.repeats}")
+    print(f"# {environment()}; {peer['versions'] if peer else 'no dynamax'}")
+    print(f"{'':36s} {'elbox (ms)':>11s} {'dynamax (ms)':>13s} {'ratio':>7s} {'jit+1st (s)':>11s} {'max |diff|':>11s}")
+    for label, seconds, key, ours in rows:
+        theirs = peer[key + ":time"] if peer else np.nan
+        if ours is None or not peer:
+            diff = np.nan
+        elif key.startswith("score"):
+            diff = np.abs(ours - peer[key]).max() / np.abs(peer[key]).max()
+        else:
+            diff = np.abs(ours - peer[key]).max()
+        first = peer[key + ":first"] if peer else np.nan
+        ratio = theirs / seconds
+        print(f"{label:36s} {1e3 * seconds:11.2f} {1e3 * theirs:13.2f} {ratio:6.2f}x {first:11.2f} {diff:11.1e}")
+    if peer:  # dynamax's EM is MAP under its default priors: its bound is not elbox's maximum likelihood
+        print(f"# EM: first log-likelihood elbox {history.lower_bound[0] * B:.4f}, dynamax {peer['em:batch'][0]:.4f}")
+    print("# ratio = dynamax / elbox; max |diff|: relative for scores, absolute for marginals")
 
 
 if __name__ == "__main__":

@@ -159,8 +159,12 @@ def main() -> None:
     print(f"MNIST {x.shape[0]} training images, batch {args.batch_size}, {args.epochs} epochs, 784-200-200-50 tanh\n")
 
     runs = {}
-    trainers = [("elbox", train_elbox), ("elbox bfloat16", train_elbox_bf16), ("hand-written", train_by_hand),
-                ("pyro", train_pyro)] + ([("elbox compiled", train_elbox_compiled)] if args.compile else [])
+    trainers = [
+        ("elbox", train_elbox),
+        ("elbox bfloat16", train_elbox_bf16),
+        ("hand-written", train_by_hand),
+        ("pyro", train_pyro),
+    ] + ([("elbox compiled", train_elbox_compiled)] if args.compile else [])
     trainers = [t for t in trainers if not (t[0] == "pyro" and args.skip_pyro)]
     for _, trainer in trainers:  # warm-up: one pass over 2,000 images each, so no one pays the first-call costs
         trainer(x[:2000], init, 1, args.batch_size, args.seed)

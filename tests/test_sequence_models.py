@@ -389,9 +389,9 @@ def _sequential_smoothed_covariances(model, lengths, T: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("steady_state", [True, False])
 def test_kalman_smoothed_covariances_equal_the_step_by_step_recursion(steady_state):
-    """Two fast paths against the plain recursion: where the filter settles, the settled value
-    broadcast over the steady stretch; otherwise (steady_state=False, ragged batches) the
-    congruence scan in log₂ T rounds."""
+    """The chunked congruence recurrence against the plain recursion, where the filter settles
+    (its covariances broadcast over the steady stretch) and where it does not (steady_state=False),
+    for equal and ragged lengths."""
     with torch.no_grad():
         model = _lgssm(D=3, Dx=2)
         model.steady_state = steady_state
@@ -407,8 +407,8 @@ def test_kalman_smoothed_covariances_equal_the_step_by_step_recursion(steady_sta
 
 def test_a_filter_that_never_settles_finishes_by_the_scan_and_equals_pykalman():
     """An unobserved random walk: its variance grows by Q every step, so the Riccati recursion
-    never settles; after 1,024 steps the rest is the parallel scan. The log-likelihood, smoothed
-    means and covariances equal pykalman's step-by-step filter and smoother."""
+    never settles; every step's covariance comes from doubling the Riccati element. The
+    log-likelihood, smoothed means and covariances equal pykalman's step-by-step filter and smoother."""
     with torch.no_grad():
         model = LinearGaussianSSM(2, 1, transition_matrix=torch.tensor([[0.9, 0.0], [0.0, 1.0]]),
                                   observation_matrix=torch.tensor([[1.0, 0.0]]),

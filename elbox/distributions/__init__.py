@@ -8,7 +8,13 @@ Importing this package registers their closed-form KL divergences in torch's reg
 """
 
 from elbox.distributions.flow import FLOW_TYPES, FlowDistribution, build_flow
-from elbox.distributions.gauss_markov import GaussMarkovChain, affine_scan, congruence_scan
+from elbox.distributions.gauss_markov import (
+    GaussMarkovChain,
+    affine_recurrence,
+    affine_scan,
+    congruence_recurrence,
+    congruence_scan,
+)
 from elbox.distributions.hmm_kernels import ForwardBackward, forward_backward, hmm_log_evidence
 from elbox.distributions.kalman import KalmanFilter, LinearGaussian, RTSSmoother, kalman_filter, rts_smoother
 from elbox.distributions.markov import MarkovChain, viterbi
@@ -30,8 +36,10 @@ __all__ = [
     "ParticleFilter",
     "PointMass",
     "RTSSmoother",
+    "affine_recurrence",
     "affine_scan",
     "build_flow",
+    "congruence_recurrence",
     "congruence_scan",
     "forward_backward",
     "hmm_log_evidence",

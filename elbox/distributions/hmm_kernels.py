@@ -174,25 +174,46 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
     by the forward algorithm. The two agree to rounding (``tests/test_sequence_models.py``)."""
     B, T, K = log_e.shape
     if T > 1 and product_tree_pays(B, K):
-        value = log_evidence_by_products(initial_logits, transition_logits, log_e)
+        value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
             return value
     return forward(initial_logits, transition_logits, log_e)[1].sum(-1)
 
 
-def log_evidence_by_products(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor:
+def log_evidence_by_products(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, L: int = 0) -> Tensor:
     r"""log p(x) = log(α₁ᵀ M₂ ⋯ M_T 1) with M_t = A diag(e_t), the product taken as a balanced
     tree: pairs multiplied together in one batched call per level, each product divided by
     its largest entry (whose log is carried), so log₂ T levels instead of T steps. Every
     entry is non-negative: no cancellation, and the relative error grows with the depth
     (log T), not with T. Steps past a sequence's end have e_t = 1, so M_t = A and A 1 = 1:
     they do not change the product. Not finite where probabilities underflow; the caller
-    then takes the forward algorithm, which falls back to log space."""
+    then takes the forward algorithm, which falls back to log space.
+
+    With ``L`` (a chunk length, :func:`chunk_length`), the tree's leaves are the products of L
+    consecutive steps, accumulated step by step for all chunks at once (Q ← Q A diag(e), one
+    matrix product of all chunks' rows by A): no ``[B, T, K, K]`` array is formed, and the
+    tree has log₂ (T / L) levels."""
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K]
     first = initial_logits.softmax(-1) * e[:, 0]  # [B, K]
-    m = transition_logits.softmax(-1).unsqueeze(0).unsqueeze(0) * e[:, 1:].unsqueeze(-2)  # [B, T-1, K, K]
+    A = transition_logits.softmax(-1)
+    B, T, K = e.shape
     log_scale = shift.sum((-2, -1))  # [B]
+    C = (T - 1) // L if L else 0
+    if C > 1:
+        steps = e[:, 1 : 1 + C * L].view(B, C, L, K).unbind(2)  # L × [B, C, K]
+        Q = A * steps[0].unsqueeze(-2)  # [B, C, K, K]
+        tops = []
+        for j in range(1, L):
+            Q = (Q @ A) * steps[j].unsqueeze(-2)
+            top = Q.amax((-2, -1), keepdim=True)
+            Q = Q / top
+            tops.append(top)
+        log_scale = log_scale + torch.stack(tops).log().sum((0, 2, 3, 4))
+        rest = A * e[:, 1 + C * L :].unsqueeze(-2)  # the steps after the last whole chunk, [B, r, K, K]
+        m = torch.cat([Q, rest], 1)
+    else:
+        m = A * e[:, 1:].unsqueeze(-2)  # [B, T-1, K, K]
     while m.shape[1] > 1:
         if m.shape[1] % 2:  # an odd one out waits for the next level, paired with the identity
             eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand(m.shape[0], 1, -1, -1)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from elbox.distributions._gaussian import safe_cholesky
-from elbox.distributions.gauss_markov import affine_scan, congruence_scan
+from elbox.distributions.gauss_markov import affine_recurrence, congruence_recurrence, recurrence_chunk
 
 __all__ = [
     "KalmanFilter",
@@ -23,19 +23,12 @@ __all__ = [
     "RTSSmoother",
     "kalman_covariances",
     "kalman_filter",
+    "kalman_log_norm",
     "kalman_update",
-    "riccati_scan",
     "rts_smoother",
 ]
 
 PD_HINT = "Raise reg_covar, or check the data's scale."
-#: Below this many steps of filter steady state, the smoothed covariances are found by the scan
-#: rather than by the steady-state shortcut (which steps through the rest one at a time).
-SCAN_FROM = 64
-#: The filter's covariance recursion runs step by step this long at most (a slowly settling
-#: model settles within it: 401 steps for a pole at 0.98); one still unsettled then, with more
-#: steps than this to go, finishes by the parallel scan (:func:`riccati_scan`).
-RICCATI_STEPS = 1024
 
 
 class LinearGaussian(NamedTuple):
@@ -91,60 +84,22 @@ def kalman_update(P_pred: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, Tensor,
 
 
 def kalman_covariances(model: LinearGaussian, T: int) -> dict:
-    """The data-free half of the filter, shared by every sequence: predicted and filtered
+    r"""The data-free half of the filter, shared by every sequence: predicted and filtered
     covariances ``[T, D, D]``, gains ``[T, D, obs]`` and chol(S_t) ``[T, obs, obs]``.
 
+    The filtered covariances by doubling (the Riccati recursion's elements of Särkkä &
+    García-Fernández, :func:`riccati_element`): a step of the filter is one element e, the same
+    at every step of a time-invariant model; with P_0, …, P_{m-1} in hand and e^m, the power
+    of m steps, one batched application gives P_m, …, P_{2m-1}, and e^{2m} = e^m ∘ e^m. So
+    log₂ T rounds of batched D × D solves (2T applications in all) instead of T steps of
+    Python, on settled and never-settling models alike.
+
     Once the predicted covariance stops changing, every later step repeats the last one, so
-    the recursion stops there and the rest is a broadcast view. "Stops changing" is measured
+    the doubling stops there and the rest is a broadcast view. "Stops changing" is measured
     in the covariance's own metric: ‖L⁻¹ (P_{t+1} − P_t) L⁻ᵀ‖_F ≤ 100 ε with L = chol(P_t),
     the change whitened by P_t. That is the same number whatever the units (or any linear
     change of coordinates) of the state, so a small, slowly settling block is not frozen
-    while a large one has settled. ``steady_state=False`` runs every step. A recursion that
-    has not settled after :data:`RICCATI_STEPS` steps, with more than as many to go, finishes by
-    a parallel prefix scan (:func:`riccati_scan`): log₂ T rounds instead of T steps.
-    """
-    A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
-        model.observation_covariance  # fmt: skip
-    tol = 100 * torch.finfo(A.dtype).eps
-    P_pred = model.initial_covariance
-    out = {"pred": [], "filt": [], "gain": [], "chol_s": []}
-    rest = None
-    for t in range(T):
-        if t == RICCATI_STEPS and T - t > RICCATI_STEPS:  # unsettled after so many steps: the rest by a scan
-            rest = riccati_scan(model, P_pred, T - t)
-            break
-        L_s, gain, P = kalman_update(P_pred, C, R)
-        for key, value in zip(out, (P_pred, P, gain, L_s)):
-            out[key].append(value)
-        P_next = A @ P @ A.T + Q
-        if model.steady_state and t > 0 and settled(P_pred, P_next, tol):
-            break
-        P_pred = P_next
-    if rest is not None:
-        result = {key: torch.cat([torch.stack(v), rest[key]]) for key, v in out.items()}
-        result["steps"] = T
-        return result
-    steady = T - len(out["pred"])
-    result = {
-        key: torch.cat([torch.stack(v), v[-1].expand(steady, *v[-1].shape)]) if steady else torch.stack(v)
-        for key, v in out.items()
-    }
-    result["steps"] = T - steady  # how many steps the recursion ran before its steady state
-    return result
-
-
-def riccati_scan(model: LinearGaussian, P_pred: Tensor, n: int) -> dict:
-    r"""The covariance half of the filter for the next ``n`` steps from the predicted covariance
-    ``P_pred``, by a parallel prefix scan instead of n sequential steps (Särkkä & García-Fernández
-    2021): each step is an element (A_k, C_k, J_k) of the filtering recursion, elements compose
-    associatively,
-
-    .. math:: A_{ij} = A_j (I + C_i J_j)^{-1} A_i, \quad
-              C_{ij} = A_j (I + C_i J_j)^{-1} C_i A_j^\top + C_j, \quad
-              J_{ij} = A_i^\top (I + J_j C_i)^{-1} J_j A_i + J_i,
-
-    and the C of the first k composed is the k-th filtered covariance. log₂ n rounds of batched
-    D × D products and solves. Returns the same keys as the sequential recursion, ``[n, …]``.
+    while a large one has settled. ``steady_state=False`` computes every step.
 
     References:
         Temporal Parallelization of Bayesian Smoothers (Särkkä & García-Fernández, 2021),
@@ -152,136 +107,300 @@ def riccati_scan(model: LinearGaussian, P_pred: Tensor, n: int) -> dict:
     """
     A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
         model.observation_covariance  # fmt: skip
-    D = A.shape[-1]
-    eye = torch.eye(D, dtype=A.dtype, device=A.device)
-    # the first element starts from P_pred; every later one is the same (a time-invariant model)
-    _, _, P_first = kalman_update(P_pred, C, R)
-    L_q, gain_q, C_e = kalman_update(Q, C, R)  # a step from the previous filtered state: predicted Q around A m
+    tol = 100 * torch.finfo(A.dtype).eps
+    P0 = model.initial_covariance
+    filt = kalman_update(P0, C, R)[2].unsqueeze(0)  # P_{0|0}, [1, D, D]
+    power = riccati_element(model) if T > 1 else None  # e^m, m = len(filt)
+    steps = T
+    while len(filt) < T:
+        m = len(filt)
+        filt = torch.cat([filt, riccati_apply(power, filt[: min(m, T - m)])])  # P_{m+k|m+k} = e^m(P_{k|k})
+        if model.steady_state and _settled_by(filt, model, tol):
+            steps = _first_settled(filt, model, tol, m)
+            filt = filt[:steps]
+            break
+        if len(filt) < T:
+            power = riccati_compose(power, power)
+    filt = 0.5 * (filt + filt.mT)
+    pred = torch.cat([P0.unsqueeze(0), A @ filt[:-1] @ A.T + Q])  # [steps, D, D]
+    CP = C @ pred  # [steps, obs, D]
+    L_s = safe_cholesky(CP @ C.T + R, "the innovation covariance C P Cᵀ + R", PD_HINT)
+    white = tril_inverse(L_s)  # L⁻¹, [steps, obs, obs]
+    gain = (white @ CP).mT @ white  # P Cᵀ S⁻¹ = (L⁻¹ C P)ᵀ L⁻¹
+    out = {"pred": pred, "filt": filt, "gain": gain, "chol_s": L_s, "white": white}
+    steady = T - steps
+    if steady:
+        out = {key: torch.cat([v, v[-1].expand(steady, *v.shape[1:])]) for key, v in out.items()}
+    out["steps"] = steps  # how many steps ran before the steady state
+    return out
+
+
+def _predicted(filt: Tensor, model: LinearGaussian) -> Tensor:
+    return model.transition_matrix @ filt @ model.transition_matrix.T + model.transition_covariance
+
+
+def _settled_by(filt: Tensor, model: LinearGaussian, tol: float) -> bool:
+    """Whether the last two predicted covariances after ``filt`` have settled."""
+    pred = _predicted(filt[-2:], model)
+    return settled(pred[0], pred[1], tol)
+
+
+def _first_settled(filt: Tensor, model: LinearGaussian, tol: float, m: int) -> int:
+    """How many steps to keep: t + 1 for the first t ≥ 1 whose P_{t|t-1} and P_{t+1|t} have
+    settled, among the pairs that ``filt`` (filtered covariances, its last doubling from step m)
+    newly decides."""
+    lo = max(m - 1, 0)  # pair t = (P_{t|t-1}, P_{t+1|t}): P_{t+1|t} needs filt[t]
+    pred = _predicted(filt[max(lo - 1, 0) :], model)  # P_{t+1|t} from filt[t]
+    if lo == 0:
+        pred = torch.cat([model.initial_covariance.unsqueeze(0), pred])  # P_{0|-1}: P_0
+    calm = settled_steps(pred[:-1], pred[1:], tol)  # pair i is t = lo + i
+    if lo == 0:
+        calm[0] = False  # the first pair never counts (the recursion checks from t = 1)
+    return lo + int(calm.nonzero()[0]) + 1 if bool(calm.any()) else len(filt)
+
+
+def tril_inverse(L: Tensor) -> Tensor:
+    """The inverse of lower-triangular matrices ``[*, k, k]`` by forward substitution, a row at a
+    time over the whole batch (k small: the observations' size): k steps of batched products
+    instead of a LAPACK call per matrix."""
+    k = L.shape[-1]
+    eye = torch.eye(k, dtype=L.dtype, device=L.device)
+    rows = []
+    for i in range(k):
+        row = (
+            eye[i] - (L[..., i : i + 1, :i] @ torch.stack(rows, -2)).squeeze(-2)
+            if i
+            else eye[i].expand(*L.shape[:-2], k)
+        )
+        rows.append(row / L[..., i, i, None])
+    return torch.stack(rows, -2)
+
+
+def riccati_element(model: LinearGaussian) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The element (A_e, C_e, J_e) of one filter step from a filtered covariance to the next,
+    the same at every step of a time-invariant model (Särkkä & García-Fernández 2021). Elements
+    compose associatively (:func:`riccati_compose`),
+
+    .. math:: A_{ij} = A_j (I + C_i J_j)^{-1} A_i, \quad
+              C_{ij} = A_j (I + C_i J_j)^{-1} C_i A_j^\top + C_j, \quad
+              J_{ij} = A_i^\top (I + J_j C_i)^{-1} J_j A_i + J_i,
+
+    and the C of the first k composed is the k-th filtered covariance.
+
+    References:
+        Temporal Parallelization of Bayesian Smoothers (Särkkä & García-Fernández, 2021),
+        https://arxiv.org/abs/1905.13002
+    """
+    A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
+        model.observation_covariance  # fmt: skip
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    L_q, gain_q, C_e = kalman_update(Q, C, R)  # from the previous filtered state: predicted Q around A m
     A_e = (eye - gain_q @ C) @ A
-    S_inv_C = torch.cholesky_solve(C, L_q)  # S⁻¹ C, S = C Q Cᵀ + R
-    J_e = A.T @ C.T @ S_inv_C @ A
-    Ak = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), A_e.expand(n - 1, D, D)])
-    Ck = torch.cat([P_first.unsqueeze(0), C_e.expand(n - 1, D, D)])
-    Jk = torch.cat([torch.zeros(1, D, D, dtype=A.dtype, device=A.device), J_e.expand(n - 1, D, D)])
-    shift = 1
-    while shift < n:
-        Ai, Ci, Ji = Ak[:-shift], Ck[:-shift], Jk[:-shift]  # the earlier elements
-        Aj, Cj, Jj = Ak[shift:], Ck[shift:], Jk[shift:]
-        X = torch.linalg.solve(eye + Ci @ Jj, torch.cat([Ai, Ci @ Aj.mT], -1))  # (I + C_i J_j)⁻¹ [A_i, C_i A_jᵀ]
-        Y = torch.linalg.solve(eye + Jj @ Ci, Jj @ Ai)  # (I + J_j C_i)⁻¹ J_j A_i
-        A_new = Aj @ X[..., :D]
-        C_new = Aj @ X[..., D:] + Cj
-        J_new = Ai.mT @ Y + Ji
-        Ak = torch.cat([Ak[:shift], A_new])
-        Ck = torch.cat([Ck[:shift], 0.5 * (C_new + C_new.mT)])
-        Jk = torch.cat([Jk[:shift], 0.5 * (J_new + J_new.mT)])
-        shift *= 2
-    filtered = Ck  # [n, D, D]
-    predicted = torch.cat([P_pred.unsqueeze(0), A @ filtered[:-1] @ A.T + Q])
-    L_s, gain, _ = kalman_update(predicted, C, R)
-    return {"pred": predicted, "filt": filtered, "gain": gain, "chol_s": L_s}
+    J_e = A.T @ C.T @ torch.cholesky_solve(C, L_q) @ A  # Aᵀ Cᵀ S⁻¹ C A, S = C Q Cᵀ + R
+    return A_e, C_e, 0.5 * (J_e + J_e.mT)
+
+
+def riccati_compose(first: tuple, then: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """The element of ``first`` followed by ``then`` (each (A, C, J), batched alike)."""
+    Ai, Ci, Ji = first
+    Aj, Cj, Jj = then
+    D = Ai.shape[-1]
+    eye = torch.eye(D, dtype=Ai.dtype, device=Ai.device)
+    inv = torch.linalg.inv(eye + Ci @ Jj)  # (I + C_i J_j)⁻¹; its transpose is (I + J_j C_i)⁻¹
+    X = inv @ torch.cat([Ai, Ci @ Aj.mT], -1)  # (I + C_i J_j)⁻¹ [A_i, C_i A_jᵀ]
+    Y = inv.mT @ (Jj @ Ai)  # (I + J_j C_i)⁻¹ J_j A_i
+    C_new = Aj @ X[..., D:] + Cj
+    J_new = Ai.mT @ Y + Ji
+    return Aj @ X[..., :D], 0.5 * (C_new + C_new.mT), 0.5 * (J_new + J_new.mT)
+
+
+def riccati_apply(element: tuple, P: Tensor) -> Tensor:
+    """The filtered covariance after ``element``'s steps from filtered covariances ``P``
+    ``[n, D, D]``: the C of (0, P, 0) followed by (A, C, J), A (I + P J)⁻¹ P Aᵀ + C."""
+    A, C, J = element
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    return A @ torch.linalg.solve(eye + P @ J, P) @ A.mT + C  # (symmetrized by the caller)
+
+
+def settled_steps(P: Tensor, P_next: Tensor, tol: float) -> Tensor:
+    """:func:`settled` for each pair of ``[n, D, D]``: a bool ``[n]`` (false where P is not
+    positive definite)."""
+    L, info = torch.linalg.cholesky_ex(P)
+    half = torch.linalg.solve_triangular(L, P_next - P, upper=False)
+    white = torch.linalg.solve_triangular(L, half.mT, upper=False)
+    return (torch.linalg.matrix_norm(white) <= tol) & (info == 0)
 
 
 def kalman_filter(model: LinearGaussian, values: Tensor, mask: Tensor, drive: Tensor | None = None) -> KalmanFilter:
     """The Kalman filter over a padded batch: observations ``values`` ``[B, T, obs]`` (zero past
     each end), ``mask`` ``[B, T]`` (a prefix of each row), and the inputs' drive B u_t into z_t for
-    t ≥ 2, ``[B, T-1, D]``, or None."""
+    t ≥ 2, ``[B, T-1, D]``, or None. The means are solved time first (:func:`affine_recurrence`,
+    the shared matrices never copied per sequence) and returned as ``[B, T, D]`` views."""
     B, T = mask.shape
     cov = kalman_covariances(model, T)
     A, C = model.transition_matrix, model.observation_matrix
-    D, obs = A.shape[-1], C.shape[0]
+    D = A.shape[-1]
     gain = cov["gain"]  # [T, D, obs]
     I_KC = torch.eye(D, dtype=A.dtype, device=A.device) - gain @ C  # [T, D, D]
-    # m_t = (I − K_t C)(A m_{t-1} + B u_t) + K_t x_t: an affine recurrence, solved by a scan.
-    pred_offset = model.initial_loc.expand(B, 1, -1)
+    x = values.transpose(0, 1)  # [T, B, obs]
+    # m_t = (I − K_t C)(A m_{t-1} + o_t) + K_t x_t, o_1 = μ_0, o_t = B u_t: an affine recurrence.
+    g = torch.bmm(x, gain.mT)  # [T, B, D]
+    first = g[:1] + model.initial_loc @ I_KC[0].T
     if drive is not None:
-        pred_offset = torch.cat([pred_offset, drive], 1)  # [B, T, D]: μ_0, then B u_t
+        offset = drive.transpose(0, 1)  # [T-1, B, D]
+        g = torch.cat([first, torch.baddbmm(g[1:], offset, I_KC[1:].mT)])
+        predicted = torch.cat([model.initial_loc.expand(1, B, D), offset], 0)  # o_t, completed below
     else:
-        pred_offset = torch.cat([pred_offset, pred_offset.new_zeros(B, T - 1, D)], 1)
-    g = (I_KC @ pred_offset.unsqueeze(-1)).squeeze(-1) + (gain @ values.unsqueeze(-1)).squeeze(-1)
-    means = affine_scan(I_KC @ A, g)  # [B, T, D]
-    predicted = torch.cat([pred_offset[:, :1], means[:, :-1] @ A.T + pred_offset[:, 1:]], 1)  # [B, T, D]
-    innovation = values - predicted @ C.T  # [B, T, obs]
+        g = torch.cat([first, g[1:]])
+        predicted = None
+    means = affine_recurrence(I_KC @ A, g)  # [T, B, D]
+    carried = means[:-1] @ A.T  # A m_{t-1}, [T-1, B, D]
+    carried = carried if predicted is None else carried + predicted[1:]  # + B u_t
+    predicted = torch.cat([model.initial_loc.expand(1, B, D), carried])
+    innovation = x - predicted @ C.T  # [T, B, obs]
+    w = torch.bmm(innovation, cov["white"].mT)  # L_t⁻¹ (x_t − C m_{t|t-1}), [T, B, obs]
+    log_norm = _log_norm(w.square().sum(-1), cov, mask)
+    return KalmanFilter(cov, means.transpose(0, 1), predicted.transpose(0, 1), log_norm)
+
+
+def kalman_log_norm(model: LinearGaussian, values: Tensor, mask: Tensor, drive: Tensor | None = None) -> Tensor:
+    r"""log p(x_t | x_{<t}) ``[B, T]`` (zero past each end) of :func:`kalman_filter`, without its
+    means: each step's state and whitened innovation come out of one product,
+
+    .. math:: [m_t,\ w_t] = [m_{t-1},\ x_t,\ o_t] \begin{bmatrix} ((I - K_t C) A)^\top & -(CA)^\top L_t^{-\top} \\
+              K_t^\top & L_t^{-\top} \\ (I - K_t C)^\top & -C^\top L_t^{-\top} \end{bmatrix},
+
+    run in chunks (:func:`_chunked_filter`) where no ``[B, T, D]`` array is ever formed: what the
+    log-likelihood of a batch costs is reading the data twice.
+    """
+    B, T = mask.shape
+    cov = kalman_covariances(model, T)
+    A, C = model.transition_matrix, model.observation_matrix
+    D = A.shape[-1]
+    gain, white = cov["gain"], cov["white"]  # [T, D, obs], [T, obs, obs]
+    I_KC = torch.eye(D, dtype=A.dtype, device=A.device) - gain @ C  # [T, D, D]
+    x = values.permute(1, 2, 0).contiguous()  # [T, obs, B]: time first, the batch as columns
+    # step 1: the prior's mean μ_0 is the prediction
+    e0 = x[0] - (C @ model.initial_loc).unsqueeze(-1)  # [obs, B]
+    m0 = model.initial_loc.unsqueeze(-1) + gain[0] @ e0  # [D, B]
+    q0 = (white[0] @ e0).square().sum(0)  # [B]
+    if T == 1:
+        return _log_norm(q0.unsqueeze(0), cov, mask)
+    # [m_t; w_t] = [(I − K C) A; −L⁻¹ C A] m_{t-1} + [K; L⁻¹] x_t + [I − K C; −L⁻¹ C] o_t
+    W = torch.cat([I_KC[1:] @ A, -(white[1:] @ C @ A)], -2)  # [T-1, D + obs, D]
+    Wx = torch.cat([gain[1:], white[1:]], -2)  # [T-1, D + obs, obs]
+    u = x[1:]
+    if drive is not None:  # the drive joins the data as more inputs
+        Wx = torch.cat([Wx, torch.cat([I_KC[1:], -(white[1:] @ C)], -2)], -1)
+        u = torch.cat([u, drive.permute(1, 2, 0)], 1)  # [T-1, obs + D, B]
+    q = _chunked_filter(W, Wx, u, m0)  # [T-1, B]
+    return _log_norm(torch.cat([q0.unsqueeze(0), q]), cov, mask)
+
+
+def _chunked_filter(W: Tensor, Wx: Tensor, u: Tensor, start: Tensor) -> Tensor:
+    """Runs [y_t; w_t] = W_t y_{t-1} + Wx_t u_t from y = ``start`` ``[D, B]`` (``W`` ``[T, D + k, D]``,
+    ``Wx`` ``[T, D + k, n]``, the inputs ``u`` ``[T, n, B]``, the batch as columns) and returns
+    |w_t|² ``[T, B]``, in chunks as :func:`affine_recurrence` does: every chunk from zero with its
+    transfer (L steps, all chunks at once), the state at each chunk's start (T / L steps), then
+    every chunk again from there, keeping only |w_t|²: nothing of size T × D × B is stored."""
+    T, _, B = u.shape
+    D = start.shape[0]
+    L = recurrence_chunk(T, 8.0)  # 9 calls a chunk step (both passes), 1 a carry
+    C = T // L
+    Wc = W[: C * L].view(C, L, *W.shape[1:]).unbind(1)  # L × [C, D + k, D]
+    Wxc = Wx[: C * L].view(C, L, *Wx.shape[1:]).unbind(1)  # L × [C, D + k, n]
+    steps = u[: C * L].view(C, L, *u.shape[1:]).unbind(1)  # L × [C, n, B]
+    local, prod = torch.bmm(Wxc[0][:, :D], steps[0]), Wc[0][:, :D]  # from zero
+    for j in range(1, L):  # (1) every chunk from zero, and its transfer
+        N = Wc[j][:, :D]
+        local = torch.baddbmm(torch.bmm(Wxc[j][:, :D], steps[j]), N, local)
+        prod = torch.bmm(N, prod)
+    last_local, last_prod = local.unbind(0), prod.unbind(0)
+    carry, starts = start, [start]
+    for c in range(C - 1):  # (2) the state before each chunk
+        carry = torch.addmm(last_local[c], last_prod[c], carry)
+        starts.append(carry)
+    y = torch.stack(starts)  # [C, D, B]
+    norms = []
+    for j in range(L):  # (3) every chunk again, from its true start
+        out = torch.baddbmm(torch.bmm(Wxc[j], steps[j]), Wc[j], y)  # [C, D + k, B]
+        y = out[:, :D]
+        norms.append(out[:, D:].square().sum(1))
+    q = torch.stack(norms, 1).view(C * L, B)  # [C L, B]
+    if C * L < T:
+        rest = [q]
+        y = y[-1]
+        for t in range(C * L, T):  # the steps after the last whole chunk
+            out = torch.addmm(Wx[t] @ u[t], W[t], y)
+            y = out[:D]
+            rest.append(out[D:].square().sum(0, keepdim=True))
+        q = torch.cat(rest)
+    return q
+
+
+def _log_norm(q: Tensor, cov: dict, mask: Tensor) -> Tensor:
+    """log N(x_t; C m_{t|t-1}, S_t) from the squared whitened innovations ``q`` ``[T, B]``, ``[B, T]``
+    (zero past each end)."""
     L_s = cov["chol_s"]  # [T, obs, obs]
-    w = torch.linalg.solve_triangular(L_s, innovation.unsqueeze(-1), upper=False).squeeze(-1)
-    log_norm = -0.5 * w.square().sum(-1) - L_s.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    log_norm = (log_norm - 0.5 * obs * math.log(2 * math.pi)) * mask  # [B, T]
-    return KalmanFilter(cov, means, predicted, log_norm)
+    obs = L_s.shape[-1]
+    half_logdet = L_s.diagonal(dim1=-2, dim2=-1).log().sum(-1) + 0.5 * obs * math.log(2 * math.pi)  # [T]
+    log_norm = q.mul(-0.5).sub_(half_logdet.unsqueeze(-1)).mT  # [B, T]
+    return log_norm if bool(mask.all()) else torch.where(mask, log_norm, 0.0)
 
 
 def rts_smoother(model: LinearGaussian, filtered: KalmanFilter, mask: Tensor, ragged: bool) -> RTSSmoother:
     """The Rauch–Tung–Striebel smoother from the filter's output, over a padded batch whose
-    sequences end where ``mask`` ``[B, T]`` does (``ragged``: not all at T)."""
-    cov, means, predicted = filtered.covariances, filtered.means, filtered.predicted
+    sequences end where ``mask`` ``[B, T]`` does (``ragged``: not all at T). Means and
+    covariances by backward recurrences in chunks (:func:`affine_recurrence`,
+    :func:`congruence_recurrence`)."""
+    cov = filtered.covariances
+    means, predicted = filtered.means.transpose(0, 1), filtered.predicted.transpose(0, 1)  # [T, B, D]
     T = mask.shape[1]
     A = model.transition_matrix
     D = A.shape[-1]
     eye = torch.eye(D, dtype=A.dtype, device=A.device)
     P, P_pred = cov["filt"], cov["pred"]  # [T, D, D]
     if T > 1:
-        L_pred = safe_cholesky(P_pred[1:], "a predicted state covariance", PD_HINT)
-        J = torch.cholesky_solve(A @ P[:-1], L_pred).mT  # J_t = P_t Aᵀ P_{t+1|t}⁻¹, [T-1, D, D]
+        # J_t = P_t Aᵀ P_{t+1|t}⁻¹, [T-1, D, D]; past the filter's steady state every J is the last
+        n = min(cov["steps"], T - 1)
+        L_pred = safe_cholesky(P_pred[1 : n + 1], "a predicted state covariance", PD_HINT)
+        J = torch.cholesky_solve(A @ P[:n], L_pred).mT
+        if n < T - 1:
+            J = torch.cat([J, J[-1].expand(T - 1 - n, D, D)])
     else:
         J = P.new_zeros(0, D, D)
     keep = mask[:, 1:, None, None] if ragged else mask.new_ones(1, T - 1, 1, 1)  # [b, T-1, 1, 1]
     J_kept = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
-    # Smoothed means: m^s_t = J_t m^s_{t+1} + (m_t − J_t m_{t+1|t}), a scan run backwards.
-    h = means[:, :-1] - (J_kept @ predicted[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1, D]
-    g_rev = torch.cat([means[:, -1:], h.flip(1)], 1)
-    M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)
-    smoothed = affine_scan(M_rev, g_rev).flip(1)  # [B, T, D]
-    steady_from = cov["steps"] - 1 if model.steady_state and not ragged else T
-    P_s = smoothed_covariances(P, P_pred, J, keep, steady_from)  # [b, T, D, D]
+    # Smoothed means: m^s_t = J_t m^s_{t+1} + (m_t − J_t m_{t+1|t}), a recurrence run backwards.
+    if ragged:
+        J_t = J_kept.transpose(0, 1)  # [T-1, B, D, D]
+        h = means[:-1] - (J_t @ predicted[1:].unsqueeze(-1)).squeeze(-1)  # [T-1, B, D]
+        M_rev = torch.cat([J_t[:1], J_t.flip(0)])
+    else:
+        h = means[:-1] - torch.bmm(predicted[1:], J.mT)  # [T-1, B, D]
+        M_rev = torch.cat([J[:1], J.flip(0)])
+    smoothed = affine_recurrence(M_rev, torch.cat([means[-1:], h.flip(0)])).flip(0)  # [T, B, D]
+    P_s = smoothed_covariances(P, P_pred, J, keep)  # [b, T, D, D]
     cross = J_kept @ P_s[:, 1:]  # Cov(z_t, z_{t+1} | x), [b, T-1, D, D]
     # The posterior as a reverse chain: z_T, then z_t | z_{t+1} ~ N(J z_{t+1} + m_t − J m_{t+1|t}, Σ_t).
     I_JA = eye - J @ A
     cond = I_JA @ P[:-1] @ I_JA.mT + J @ model.transition_covariance @ J.mT  # Joseph form of P_t − J P_{t+1|t} Jᵀ
     cond = torch.where(keep, cond, P[:-1])
-    offset = torch.where(keep.squeeze(-1), h, means[:, :-1])
-    return RTSSmoother(smoothed, P_s, cross, J_kept, offset, cond, keep)
+    offset = torch.where(keep.squeeze(-1), h.transpose(0, 1), filtered.means[:, :-1])
+    return RTSSmoother(smoothed.transpose(0, 1), P_s, cross, J_kept, offset, cond, keep)
 
 
-def smoothed_covariances(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor, steady_from: int) -> Tensor:
-    """P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards from P^s_T = P_T, ``[b, T, D, D]``.
-
-    Where the filter reached its steady state (from step ``steady_from`` on, P_t, P_{t+1|t} and
-    J_t no longer change), this recursion runs with fixed coefficients and settles too, in
-    the same metric as the filter's: from there down to the filter's steady state every step
-    repeats the settled P^s, a broadcast rather than a step each. So one long sequence costs
-    the steps before the filter settles and the few after the end's transient, not T. Ragged
-    batches (each sequence ends at its own step) pass ``steady_from = T``: every step.
-    """
-    T, D = P.shape[0], P.shape[-1]
-    b = keep.shape[0]
-    tol = 100 * torch.finfo(P.dtype).eps
-    if T - steady_from < SCAN_FROM:  # no steady state to shortcut over (or a short one): the scan
-        return smoothed_covariances_by_scan(P, P_pred, J, keep)
-    chunks = [P[-1].expand(b, 1, D, D)]  # in reverse order of time
-    last = chunks[0][:, 0]
-    t = T - 2
-    while t >= 0:
-        update = P[t] + J[t] @ (last - P_pred[t + 1]) @ J[t].T
-        current = torch.where(keep[:, t], update, P[t])
-        if t >= steady_from and settled(last[0], current[0], tol):
-            repeat = t - steady_from + 1  # steps t, t−1, …, steady_from: all the settled value
-            chunks.append(current.unsqueeze(1).expand(b, repeat, D, D))
-            last, t = current, steady_from - 1
-            continue
-        chunks.append(current.unsqueeze(1))
-        last, t = current, t - 1
-    return torch.cat(chunks[::-1], 1)
-
-
-def smoothed_covariances_by_scan(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor) -> Tensor:
-    """The same recursion as a congruence scan, P^s_t = J_t P^s_{t+1} J_tᵀ + (P_t − J_t P_{t+1|t}
-    J_tᵀ), run backwards: log₂ T rounds of batched products; where a sequence has ended (``keep``
-    false) the map is the reset P^s_t = P_t."""
+def smoothed_covariances(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor) -> Tensor:
+    """P^s_t = P_t + J_t (P^s_{t+1} − P_{t+1|t}) J_tᵀ, backwards from P^s_T = P_T, ``[b, T, D, D]``:
+    the congruence recurrence P^s_t = J_t P^s_{t+1} J_tᵀ + (P_t − J_t P_{t+1|t} J_tᵀ) run in
+    chunks (:func:`congruence_recurrence`); where a sequence has ended (``keep`` false) the map
+    is the reset P^s_t = P_t."""
     J = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
     G = torch.where(keep, P[:-1] - J @ P_pred[1:] @ J.mT, P[:-1])  # [b, T-1, D, D]
     b = keep.shape[0]
     M_rev = torch.cat([J[:, :1], J.flip(1)], 1)  # M_0 unused
     G_rev = torch.cat([P[-1].expand(b, 1, *P.shape[-2:]), G.flip(1)], 1)
-    P_s = congruence_scan(M_rev, G_rev).flip(1)  # [b, T, D, D]
+    P_s = congruence_recurrence(M_rev, G_rev).flip(1)  # [b, T, D, D]
     return 0.5 * (P_s + P_s.mT)
 
 

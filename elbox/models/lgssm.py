@@ -13,7 +13,7 @@ from elbox.data.sequences import Sequences, as_sequences
 from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
 from elbox.distributions.gauss_markov import GaussMarkovChain
 from elbox.distributions.kalman import PD_HINT as _PD_HINT
-from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, rts_smoother
+from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, kalman_log_norm, rts_smoother
 from elbox.models.base import LatentModel
 from elbox.models.forecast import Forecast, check_level, check_steps, normal_interval
 
@@ -280,8 +280,9 @@ class LinearGaussianSSM(LatentModel):
         return kalman_filter(self._linear_gaussian(), x.values, x.mask, self._drive(x))
 
     def log_evidence(self, x) -> Tensor:
-        """log p(x) by the Kalman filter, ``[B]``."""
-        return self._filter(self.check_data(x)).log_norm.sum(-1)
+        """log p(x) by the Kalman filter, ``[B]`` (its innovations only: no means are kept)."""
+        x = self.check_data(x)
+        return kalman_log_norm(self._linear_gaussian(), x.values, x.mask, self._drive(x)).sum(-1)
 
     def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
         """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
@@ -383,32 +384,32 @@ class LinearGaussianSSM(LatentModel):
         if means.shape != (B, T, D):
             raise ValueError(f"posterior must have means [{B}, {T}, {D}]; received {list(means.shape)}")
         w = x.mask.to(means.dtype)  # [B, T]
-        covs = covs.expand(B, T, D, D)
-        second = covs + means.unsqueeze(-1) * means.unsqueeze(-2)  # E[z_t z_tᵀ], [B, T, D, D]
+        # Sums over the batch and time of E[z zᵀ] = P + m mᵀ (and the cross terms) are taken apart:
+        # the covariances are often one [1, T, D, D] for the whole batch, never expanded to [B, T, D, D].
+        moments = lambda weight, a, b: torch.einsum("bt,bti,btj->ij", weight, a, b)  # noqa: E731
         eye_z, eye_x = torch.eye(D, dtype=means.dtype), torch.eye(Dx, dtype=means.dtype)
         # Observation model: C = Σ x E[z]ᵀ (Σ E[z zᵀ])⁻¹, then R from the new C.
         xv = x.values
-        S_xz = torch.einsum("bt,bti,btj->ij", w, xv, means)
-        S_zz = torch.einsum("bt,btij->ij", w, second)
+        S_xz = moments(w, xv, means)
+        P_sum = _weighted_sum(w, covs)  # Σ w_t P_t, [D, D]
+        S_zz = P_sum + moments(w, means, means)
         fixed = self.fixed
         C = self.observation_matrix.detach() if "observation_matrix" in fixed else torch.linalg.solve(S_zz, S_xz.T).T
         resid = xv - means @ C.T
-        R = (
-            torch.einsum("bt,bti,btj->ij", w, resid, resid) + torch.einsum("bt,ij,btjk,lk->il", w, C, covs, C)
-        ) / w.sum()
+        R = (moments(w, resid, resid) + C @ P_sum @ C.T) / w.sum()
         # Dynamics: regress z_{t+1} on [z_t, u_{t+1}] over the steps between observed states.
         if T > 1:
             pair = w[:, 1:]  # [B, T-1]
-            cov_next_prev = cross.expand(B, T - 1, D, D).mT if cross is not None else torch.zeros_like(covs[:, 1:])
-            E_next_prev = cov_next_prev + means[:, 1:].unsqueeze(-1) * means[:, :-1].unsqueeze(-2)
-            S_prev = torch.einsum("bt,btij->ij", pair, second[:, :-1])
-            S_np = torch.einsum("bt,btij->ij", pair, E_next_prev)
+            X_sum = _weighted_sum(pair, cross) if cross is not None else means.new_zeros(D, D)  # Σ Cov(z_t, z_{t+1})
+            P_prev = _weighted_sum(pair, covs[:, :-1])  # Σ P_t over the pairs
+            S_prev = P_prev + moments(pair, means[:, :-1], means[:, :-1])
+            S_np = X_sum.T + moments(pair, means[:, 1:], means[:, :-1])
             A_fixed, B_fixed = "transition_matrix" in fixed, "control_matrix" in fixed
             if self.input_dim:
                 u = x.inputs[:, 1:]
-                S_zu = torch.einsum("bt,bti,btj->ij", pair, means[:, :-1], u)
-                S_uu = torch.einsum("bt,bti,btj->ij", pair, u, u)
-                S_nu = torch.einsum("bt,bti,btj->ij", pair, means[:, 1:], u)
+                S_zu = moments(pair, means[:, :-1], u)
+                S_uu = moments(pair, u, u)
+                S_nu = moments(pair, means[:, 1:], u)
                 if A_fixed and B_fixed:
                     A, Bm = self.transition_matrix.detach(), self.control_matrix.detach()
                 elif A_fixed:  # B S_uu = S_nu − A S_zu
@@ -426,11 +427,10 @@ class LinearGaussianSSM(LatentModel):
                 A = self.transition_matrix.detach() if A_fixed else torch.linalg.solve(S_prev, S_np.T).T
                 Bm, drive = self.control_matrix, 0.0
             r = means[:, 1:] - means[:, :-1] @ A.T - drive  # [B, T-1, D]
-            cov_r = covs[:, 1:] + A @ covs[:, :-1] @ A.T
-            if cross is not None:
-                AC = A @ cross.expand(B, T - 1, D, D)
-                cov_r = cov_r - AC - AC.mT
-            Q = (torch.einsum("bt,bti,btj->ij", pair, r, r) + torch.einsum("bt,btij->ij", pair, cov_r)) / pair.sum()
+            # Σ Cov(r_t) = Σ P_{t+1} + A P_t Aᵀ − A X_t − (A X_t)ᵀ
+            AX = A @ X_sum
+            cov_r = _weighted_sum(pair, covs[:, 1:]) + A @ P_prev @ A.T
+            Q = (moments(pair, r, r) + cov_r - AX - AX.T) / pair.sum()
             self.transition_matrix.copy_(A)
             self.control_matrix.copy_(Bm)
             if "transition_covariance" not in fixed:
@@ -439,7 +439,7 @@ class LinearGaussianSSM(LatentModel):
         # Initial state: μ_0, then P_0 around the μ_0 in use.
         mu0 = self.initial_loc.detach() if "initial_loc" in fixed else means[:, 0].mean(0)
         d0 = means[:, 0] - mu0
-        P0 = (covs[:, 0] + d0.unsqueeze(-1) * d0.unsqueeze(-2)).mean(0)
+        P0 = covs[:, 0].mean(0) + (d0.unsqueeze(-1) * d0.unsqueeze(-2)).mean(0)
         self.observation_matrix.copy_(C)
         if "observation_covariance" not in fixed:
             self._r_raw.copy_(tril_to_raw(safe_cholesky(_sym(R) + self.reg_covar * eye_x, "the estimated R", _PD_HINT)))
@@ -500,3 +500,11 @@ class LinearGaussianSSM(LatentModel):
 
 def _sym(m: Tensor) -> Tensor:
     return 0.5 * (m + m.mT)
+
+
+def _weighted_sum(weight: Tensor, X: Tensor) -> Tensor:
+    """Σ_b Σ_t weight[b, t] X[b, t], ``[D, D]``, for ``X`` ``[B, T, D, D]`` or one ``[1, T, D, D]`` for
+    the whole batch (then the weights are summed over the batch first: no [B, T, D, D] array)."""
+    if X.shape[0] == 1:
+        return torch.einsum("t,tij->ij", weight.sum(0), X[0])
+    return torch.einsum("bt,btij->ij", weight, X)
