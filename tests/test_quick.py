@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,16 @@ def test_every_shipped_config_has_a_quick_variant_that_validates_and_is_smaller(
     assert quick["model"] == full["model"] and quick["data"] == full["data"], path.name
     points = lambda c: c["evaluate"]["max_points"] or float("inf")  # noqa: E731
     assert points(quick) <= points(full) and quick["evaluate"]["num_samples"] <= full["evaluate"]["num_samples"]
+
+
+def test_docs_list_every_shipped_config_with_its_times():
+    """docs/cli.md's table of configs names each one, with its full and its --quick time."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    for path in CONFIGS:
+        rows = [line for line in page.splitlines() if line.startswith(f"| `{path.name}`")]
+        assert len(rows) == 1, f"docs/cli.md lists {path.name} {len(rows)} times in its table of configs"
+        cells = rows[0].split("|")
+        assert re.search(r"\d", cells[-3]) and re.search(r"\d", cells[-2]), rows[0]  # the two times
 
 
 def test_a_shipped_digits_config_fits_and_evaluates_with_quick(tmp_path, monkeypatch):
