@@ -60,6 +60,17 @@ def _start_process_group() -> None:
         raise DistributedError(f"could not start the process group from torchrun's environment: {error}") from None
 
 
+# escaped: rich reads "[quick]" as markup and would drop it from --help
+_QUICK_FIT_HELP = escape(
+    "Apply the config's [quick] overrides (fewer epochs, a smaller evaluation): the same code on a short run. The "
+    "run's config.toml records the values used and [record] quick = true; the default --out is "
+    "runs/<config name>-quick."
+)
+_QUICK_EVALUATE_HELP = escape(
+    "Evaluate with the evaluate.* entries of the run's [quick] table (fewer points and samples); --evaluate-config "
+    "and the options still override them."
+)
+
 _IMPORTS_HELP = ("A module or .py file to import first: one that registers objectives or model types of its own "
                  "(repeatable; fit records it in the run, which evaluate and report import again).")
 
@@ -71,12 +82,17 @@ def fit(
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
+    quick: bool = typer.Option(False, "--quick", help=_QUICK_FIT_HELP),
 ) -> None:
     """Fit the config's model (any registered type, by EM or VI with any registered objective)
     into a run directory: config.toml, metrics.jsonl, checkpoints, figures.
 
     SIGTERM or Ctrl-C finishes the current step, writes a checkpoint and exits with 143 or 130;
     --resume continues exactly.
+
+    --quick applies the config's quick table (every config in configs/ has one): the MNIST
+    configs take minutes to hours on 2 cores (iwae_paper_vae.toml ≈ 6 hours), their quick
+    variants under a minute.
 
     Under torchrun (`torchrun --nproc_per_node=N -m elbox fit CONFIG`) the same command trains
     data-parallel: [train] batch_size is the global batch; rank 0 writes the run directory. Workers
@@ -86,23 +102,24 @@ def fit(
     from elbox.io import RunDirectory
     from elbox.runs import train_run
 
-    out = out or Path("runs") / config.stem
+    out = out or Path("runs") / (config.stem + ("-quick" if quick else ""))
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and RunDirectory(out).has_checkpoint():
         resume = True  # torchrun --max-restarts restarted the workers: continue from the last checkpoint
     try:
         with _user_errors():
             _start_process_group()
-            result = train_run(config, out, resume=resume, progress=progress, imports=imports or ())
+            result = train_run(config, out, resume=resume, progress=progress, imports=imports or (), quick=quick)
     except Interrupted as stop:
         if rank() == 0:
             console.print(f"[yellow]interrupted:[/] {escape(str(stop))}. Resume with: elbox fit {config} --out {out} "
-                          "--resume", soft_wrap=True)  # fmt: skip
+                          f"--resume{' --quick' if quick else ''}", soft_wrap=True)  # fmt: skip
         raise typer.Exit(code=stop.exit_code) from None
     if rank() != 0:  # one table, from rank 0
         return
     history = result["history"]
     method = result["config"]["train"]["method"]
-    table = Table(title=f"elbox fit {config} → {out} ({result['config']['model']['type']}, {method})")
+    kind = result["config"]["model"]["type"]
+    table = Table(title=f"elbox fit {config}{' --quick' if quick else ''} → {out} ({kind}, {method})")
 
     def number(values):
         return f"{values[-1]:.3f}" if values and values[-1] == values[-1] else "—"
@@ -253,12 +270,14 @@ def evaluate(
     max_points: int = typer.Option(None, min=0, help="Evaluate the first N test points (0: all)."),
     evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table of settings."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
+    quick: bool = typer.Option(False, "--quick", help=_QUICK_EVALUATE_HELP),
 ) -> None:
     """The evidence report on the test set: ELBO ≤ IWAE ≤ log p̂(x) ≤ CUBO, the gap split, k-hat,
     active units (exact models: the exact log p(x) and gap); writes evaluation.json.
 
     The run's config of record is the one in its checkpoint: an edited config.toml is refused.
-    Settings come from the run, then --evaluate-config, then the options."""
+    Settings come from the run, then the evaluate.* entries of its quick table (with
+    --quick), then --evaluate-config, then the options."""
     from elbox.distributed import rank
     from elbox.runs import evaluate_run
     from elbox.runs.plugins import import_plugins
@@ -267,7 +286,7 @@ def evaluate(
         _start_process_group()  # under torchrun the test points are shared out; the report is one process's
         import_plugins(imports or ())
         result = evaluate_run(run_dir, num_samples=num_samples, max_points=max_points,
-                              evaluate_config=evaluate_config, progress=progress)  # fmt: skip
+                              evaluate_config=evaluate_config, quick=quick, progress=progress)  # fmt: skip
     if rank() != 0:
         return
     console.print(_evaluation_table(result))
@@ -282,6 +301,7 @@ def report(
     fresh: bool = typer.Option(False, help="Evaluate again even if evaluation.json exists."),
     evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table (evaluates again)."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
+    quick: bool = typer.Option(False, "--quick", help=_QUICK_EVALUATE_HELP + " Evaluates again."),
 ) -> None:
     """Write report.html (self-contained: the bracket, the gaps, KL per unit, k-hat, training
     curves) and report.json to the run directory."""
@@ -292,7 +312,7 @@ def report(
     with _user_errors(), _stage_progress() as progress:
         _start_process_group()
         import_plugins(imports or ())
-        result = report_run(run_dir, fresh=fresh, evaluate_config=evaluate_config, progress=progress)
+        result = report_run(run_dir, fresh=fresh, evaluate_config=evaluate_config, quick=quick, progress=progress)
     if rank() != 0:
         return
     console.print(_evaluation_table(result["evaluation"]))

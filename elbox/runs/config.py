@@ -2,6 +2,12 @@
 
 Every key is checked: an unknown key or section, or a value of the wrong type or range, is an
 error naming ``[section] key``, what was expected and what was received.
+
+A config may carry a ``[quick]`` table of overrides in dotted form (``train.epochs = 2``,
+``evaluate.max_points = 500``): ``elbox fit --quick`` (``parse_config(..., quick=True)``) puts
+them in place of the config's own values before the whole is checked, so that a config that
+trains for hours has a variant of minutes that runs the same code. Its keys are checked like any
+other, whether or not ``--quick`` is given.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from elbox.runs.plugins import import_plugins
 from elbox.runs.sources import DATA_SOURCES
 from elbox.runs.types import MODEL_TYPES
 
-__all__ = ["RECORD", "SCHEMA", "ConfigError", "check_config", "config_differences", "load_config", "objective_keys",
-           "parse_config", "section_keys", "to_toml"]  # fmt: skip
+__all__ = ["QUICK", "RECORD", "SCHEMA", "ConfigError", "check_config", "config_differences", "load_config",
+           "objective_keys", "parse_config", "quick_overrides", "section_keys", "to_toml"]  # fmt: skip
 
 
 _MODEL_TYPE = Registered(MODEL_TYPES, "a model type")
@@ -151,6 +157,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "a list of module names or .py files",
                        "imported before the config is read: modules that register model types or objectives"),
     },
+    "quick": {},  # overrides of the other sections' keys, `train.epochs = 2`, that --quick applies (quick_overrides)
     "record": {
         "dim": Key(0, NON_NEGATIVE_INT, "the size of a data point (a step)"),
         "symbols": Key(0, NON_NEGATIVE_INT, "symbols of categorical sequences"),
@@ -158,10 +165,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "steps": Key(0, NON_NEGATIVE_INT, "the padded length of sequences"),
         "inputs": Key(0, NON_NEGATIVE_INT, "inputs per step"),
         "sha256": Key("", lambda v: isinstance(v, str), "a hex digest", "the data file's SHA-256"),
+        "quick": Key(False, is_bool, "true or false",
+                     "elbox fit --quick: the [quick] overrides replaced the config's own values (those above)"),
     },
 }  # fmt: skip
 #: Written by `elbox fit` into the run's config: what the run was trained on, never set by hand.
 RECORD = "record"
+#: The table of overrides that ``--quick`` applies, kept in the run's config as ``section.key = value``.
+QUICK = "quick"
+#: The sections that ``[quick]`` cannot override: ``[plugins]`` is read before the rest, ``[record]`` is fit's.
+_NOT_QUICK = ("plugins", QUICK, RECORD)
 
 
 def objective_keys(name: str) -> dict[str, Key]:
@@ -215,6 +228,58 @@ def section_keys(section: str, config_or_raw: dict) -> dict[str, Key]:
     return {**SCHEMA["model"], **(MODEL_TYPES[kind].keys if kind in MODEL_TYPES else {})}
 
 
+def quick_overrides(raw: dict, source: str = "config") -> tuple[dict[str, Any], dict]:
+    """The ``[quick]`` table of a parsed TOML document, checked, and the document with it applied.
+
+    Each entry names a key of another section, ``train.epochs = 2`` (TOML reads it as the table
+    ``{"train": {"epochs": 2}}``; a run's config stores the same lines): the section must be one
+    of the schema's (``[plugins]`` and ``[record]`` aside), the key one of that section's (for
+    ``[model]``, ``[objective]`` and ``[optimizer]``, as the overridden config defines them) and
+    the value one the key accepts.
+
+    Returns:
+        The overrides as ``{"section.key": value}`` (empty where there is no ``[quick]``), and a copy
+        of ``raw`` whose sections hold the overridden values (``raw`` itself where there is none).
+
+    Raises:
+        ConfigError: naming ``[quick] section.key`` at fault.
+    """
+    given = raw.get(QUICK, {})
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: {QUICK} must be a table [{QUICK}] of overrides such as train.epochs = 2; "
+                          f"received {given!r}")  # fmt: skip
+    table: dict[str, Any] = {}
+    for name, value in given.items():  # a parsed config's {"train.epochs": 2} reads as TOML's {"train": {"epochs": 2}}
+        section, dot, key = name.partition(".")
+        value = {key: value} if dot else value
+        before = table.get(section, {})
+        table[section] = {**before, **value} if isinstance(value, dict) and isinstance(before, dict) else value
+    allowed = [s for s in SCHEMA if s not in _NOT_QUICK]
+    for section, values in table.items():
+        if section not in allowed:
+            why = "cannot be overridden" if section in SCHEMA else f"is not a section{_suggest(section, allowed)}"
+            raise ConfigError(f"{source}: [{QUICK}] {section}: [{section}] {why} (the sections [{QUICK}] overrides: "
+                              f"{', '.join(allowed)})")  # fmt: skip
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{QUICK}] {section} must name a key, as in {section}.key = value; "
+                              f"received {section} = {values!r}")  # fmt: skip
+    merged = {**raw, **{s: {**(raw.get(s) if isinstance(raw.get(s), dict) else {}), **v} for s, v in table.items()}}
+    merged.pop(QUICK, None)
+    overrides: dict[str, Any] = {}
+    for section, values in table.items():
+        keys = section_keys(section, merged)
+        for name, value in values.items():
+            if name not in keys:
+                raise ConfigError(f"{source}: unknown key {name!r} in [{QUICK}] {section}.{name}{_suggest(name, keys)} "
+                                  f"(the keys of [{section}]: {', '.join(keys) or 'none'})")  # fmt: skip
+            key = keys[name]
+            if not key.check(value):
+                raise ConfigError(f"{source}: [{QUICK}] {section}.{name} must be {key.expected}; received {value!r}")
+            overrides[f"{section}.{name}"] = float(value) if isinstance(key.default, float) and is_number(value) \
+                else value  # fmt: skip
+    return overrides, (merged if table else raw)
+
+
 def _suggest(name: str, known) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -233,7 +298,9 @@ def check_config(config, name: str = "config") -> dict:
     return config
 
 
-def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> dict[str, dict[str, Any]]:
+def parse_config(
+    raw: dict, source: str = "config", *, record: bool = False, quick: bool = False
+) -> dict[str, dict[str, Any]]:
     """Validates a parsed TOML document, fills in the defaults and resolves the ``auto`` values.
 
     Args:
@@ -242,18 +309,45 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         record: Kept for the callers that read a run's own config; a ``[record]`` section is
             always accepted (a run's config.toml can be fitted again), and ``elbox fit`` writes
             it anew from the data.
+        quick: Put the ``[quick]`` overrides in place of the config's own values (``elbox fit
+            --quick``), and say so in ``[record] quick``. Either way the ``[quick]`` table is
+            checked, the config it makes too, and kept in the result as ``{"section.key": value}``.
 
     Raises:
-        ConfigError: naming the section and key at fault.
+        ConfigError: naming the section and key at fault; with ``quick``, for a config without a
+            ``[quick]`` table.
     """
     if not isinstance(raw, dict):
         raise TypeError(f"raw must be a parsed TOML document (a dict of sections); received {describe(raw)}")
+    _import_plugins(raw, source)
+    overrides, overridden = quick_overrides(raw, source)
+    if quick and not overrides:
+        raise ConfigError(
+            f"{source} has no [{QUICK}] table, so --quick has nothing to apply: add one with the overrides that make "
+            f"a short run of this config, e.g. [{QUICK}] train.epochs = 2, evaluate.num_samples = 100, "
+            "evaluate.max_points = 500 (each config in configs/ has one), or run without --quick"
+        )
+    if overrides:  # the config that --quick makes is checked whether or not it is asked for
+        quick_config = _parse(overridden, f"{source} with its [{QUICK}] overrides")
+    config = quick_config if quick else _parse({k: v for k, v in raw.items() if k != QUICK}, source)
+    config[QUICK] = overrides
+    if quick:
+        config[RECORD]["quick"] = True
+    return {s: config[s] for s in SCHEMA}  # in the schema's order
+
+
+def _import_plugins(raw: dict, source: str) -> None:
+    """Imports the config's ``[plugins] imports``: the types and objectives the rest may name."""
     plugins = raw.get("plugins", {})
     imports = plugins.get("imports", []) if isinstance(plugins, dict) else []
     if not (isinstance(imports, list) and all(isinstance(i, str) and i for i in imports)):
         raise ConfigError(f"{source}: [plugins] imports must be a list of module names or .py files; received "
                           f"{imports!r}")  # fmt: skip
-    import_plugins(imports, f"{source}: [plugins] imports:")  # the types and objectives the rest may name
+    import_plugins(imports, f"{source}: [plugins] imports:")
+
+
+def _parse(raw: dict, source: str) -> dict[str, dict[str, Any]]:
+    """Every section but ``[quick]`` checked, defaults filled in, ``auto`` resolved."""
     unknown = [s for s in raw if s not in SCHEMA]
     if unknown:
         s = unknown[0]
@@ -267,6 +361,8 @@ def parse_config(raw: dict, source: str = "config", *, record: bool = False) -> 
         raw = {**raw, "train": {("objective" if k == "bound" else k): v for k, v in train.items()}}
     config: dict[str, dict[str, Any]] = {}
     for section in SCHEMA:
+        if section == QUICK:  # checked and kept by parse_config
+            continue
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: {section} must be a table [{section}]; received {given!r}")
@@ -412,9 +508,10 @@ def read_toml(path: Path, what: str) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
 
 
-def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, dict[str, Any]]:
+def load_config(path: str | os.PathLike, *, record: bool = False, quick: bool = False) -> dict[str, dict[str, Any]]:
     """Reads and validates a TOML config file. A relative ``[data] path`` is taken relative to
-    the config file's directory (and stored absolute in the run's config).
+    the config file's directory (and stored absolute in the run's config). With ``quick``, its
+    ``[quick]`` overrides are applied (:func:`parse_config`).
 
     Raises:
         FileNotFoundError: If there is no such file.
@@ -422,12 +519,21 @@ def load_config(path: str | os.PathLike, *, record: bool = False) -> dict[str, d
     """
     path = Path(check_path(path))
     raw = read_toml(path, "config file")
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+    if isinstance(raw.get("data"), dict):
+        raw = {**raw, "data": _absolute_path(raw["data"], path)}
+    table = raw.get(QUICK)
+    if isinstance(table, dict) and isinstance(table.get("data"), dict):  # [quick] data.path likewise
+        raw = {**raw, QUICK: {**table, "data": _absolute_path(table["data"], path)}}
+    return parse_config(raw, str(path), record=record, quick=quick)
+
+
+def _absolute_path(data: dict, config_path: Path) -> dict:
+    """A ``[data]`` table whose relative ``path`` is made absolute, relative to the config file."""
+    if isinstance(data.get("path"), str) and data["path"]:
         file = Path(data["path"]).expanduser()
         if not file.is_absolute():  # relative to the config file, wherever the command runs
-            raw = {**raw, "data": {**data, "path": str((path.parent / file).resolve())}}
-    return parse_config(raw, str(path), record=record)
+            return {**data, "path": str((config_path.parent / file).resolve())}
+    return data
 
 
 def _toml_value(v) -> str:
@@ -443,7 +549,21 @@ def _toml_value(v) -> str:
 def to_toml(config: dict[str, dict[str, Any]]) -> str:
     """The full config (defaults filled in) as TOML, each key with its meaning as a comment."""
     lines = []
+    if config.get(RECORD, {}).get("quick"):
+        lines += ["# Fitted with --quick: the [quick] overrides below were put in place of the config's own values;",
+                  "# every value here is the one the run used.", ""]  # fmt: skip
     for section, values in config.items():
+        if section == QUICK:
+            if values:
+                lines += ["# What `elbox fit --quick` puts in place of the values above: a short run of the same "
+                          "config.", f"[{QUICK}]"]  # fmt: skip
+                for name, value in values.items():
+                    part, key = name.split(".", 1)
+                    meaning = section_keys(part, config).get(key)
+                    lines.append(f"{name} = {_toml_value(value)}  # [{part}] {key}" + (f": {meaning.help}" if meaning
+                                                                                         else ""))  # fmt: skip
+                lines.append("")
+            continue
         if section == RECORD:
             lines.append("# What this run was trained on, written by elbox fit.")
         lines.append(f"[{section}]")

@@ -11,17 +11,30 @@ import torch
 from elbox._validation import check_positive_int
 from elbox.distributed import from_rank0, rank0_context
 from elbox.io import RunDirectory, RunLock, write_json
-from elbox.runs.config import ConfigError, parse_config, read_toml
+from elbox.runs.config import QUICK, RECORD, ConfigError, parse_config, read_toml
 from elbox.runs.data import data_name, load_data
 from elbox.runs.load import load_run
 
 __all__ = ["evaluate_run", "evaluation_settings", "report_run"]
 
 
-def evaluation_settings(config: dict, evaluate_config: str | os.PathLike | None = None, **overrides) -> dict:
-    """The ``[evaluate]`` settings: the run's, then a separate TOML file's ``[evaluate]`` table,
-    then the command line's options (those not None)."""
+def evaluation_settings(
+    config: dict, evaluate_config: str | os.PathLike | None = None, *, quick: bool = False, **overrides
+) -> dict:
+    """The ``[evaluate]`` settings: the run's, then (with ``quick``) the ``evaluate.*`` entries of
+    its ``[quick]`` table, then a separate TOML file's ``[evaluate]`` table, then the command
+    line's options (those not None).
+
+    Raises:
+        ConfigError: With ``quick``, for a run whose config has no ``evaluate.*`` in ``[quick]``.
+    """
     settings = dict(config["evaluate"])
+    if quick:
+        given = {k.removeprefix("evaluate."): v for k, v in config.get(QUICK, {}).items() if k.startswith("evaluate.")}
+        if not given:
+            raise ConfigError("--quick: the run's config has no evaluate.* overrides in its [quick] table; give the "
+                              "evaluation's size with --num-samples and --max-points, or in --evaluate-config")
+        settings.update(given)
     if evaluate_config is not None:
         path = Path(evaluate_config)
         raw = read_toml(path, "--evaluate-config:")
@@ -41,6 +54,7 @@ def evaluate_run(
     num_samples: int | None = None,
     max_points: int | None = None,
     evaluate_config: str | os.PathLike | None = None,
+    quick: bool = False,
     progress=None,
 ) -> dict:
     """The evidence report of a run's model on its test set (:func:`elbox.evidence_report`),
@@ -48,8 +62,14 @@ def evaluate_run(
     q (the exact posterior of an EM fit: zero); a VI fit of an exact model also reports the exact
     gap of its trained q on the training points.
 
+    Settings come from the run's config, then (with ``quick``: ``elbox evaluate --quick``) the
+    ``evaluate.*`` entries of its ``[quick]`` table, then ``evaluate_config``, then ``num_samples``
+    and ``max_points`` (:func:`evaluation_settings`).
+
     Returns:
-        evaluation.json's content: ``run``, ``data``, ``checkpoint``, ``settings`` and ``report``.
+        evaluation.json's content: ``run``, ``data``, ``checkpoint``, ``settings``, ``quick`` (true
+        with ``quick``, or for a run fitted with ``--quick``, whose own settings are its quick ones)
+        and ``report``.
     """
     from elbox.evidence import evidence_report
     from elbox.guides import Exact
@@ -60,7 +80,7 @@ def evaluate_run(
         check_positive_int(max_points, "max_points", minimum=0)  # 0: every test point
     loaded = load_run(run_dir)
     run, config, model = loaded.directory, loaded.config, loaded.model
-    e = evaluation_settings(config, evaluate_config, num_samples=num_samples, max_points=max_points)
+    e = evaluation_settings(config, evaluate_config, quick=quick, num_samples=num_samples, max_points=max_points)
     time_split = config["data"]["split"] == "time"
     with rank0_context(lambda: RunLock(run.path)):
         # a time split's report is on the steps trained on; its test score conditions on them
@@ -99,6 +119,7 @@ def evaluate_run(
             "data": described,
             "checkpoint": loaded.checkpoint,
             "settings": e,
+            "quick": quick or bool(config[RECORD]["quick"]),  # --quick here, or a run fitted with --quick
             "report": report.to_dict(),
         }
         if exact and not isinstance(loaded.guide, Exact):
@@ -171,18 +192,22 @@ def _training_gap(config: dict, model, guide) -> dict:
             "gap": float(gap.mean()), "gap_stderr": stderr}  # fmt: skip
 
 
-def report_run(run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_config=None, progress=None) -> dict:
+def report_run(
+    run_dir: str | os.PathLike, *, fresh: bool = False, evaluate_config=None, quick: bool = False, progress=None
+) -> dict:
     """Writes ``report.json`` and the self-contained ``report.html`` (the bracket, the gaps, KL
     per unit, k-hat, the training curves) to the run directory, from its ``evaluation.json``
-    (evaluated first when there is none, when ``fresh``, or when settings are given)."""
+    (evaluated first when there is none, when ``fresh``, or when settings are given: an
+    ``evaluate_config``, or ``quick``, the run's ``[quick]`` evaluation settings)."""
 
     loaded = load_run(run_dir)  # refuses an edited config.toml before anything is written
     run = loaded.directory
     run.read_metrics()  # and damaged metrics, before the evaluation is written
     path = run.path / "evaluation.json"
-    evaluation = None if fresh or evaluate_config or not path.is_file() else json.loads(path.read_text())
+    again = fresh or evaluate_config or quick or not path.is_file()
+    evaluation = None if again else json.loads(path.read_text())
     if evaluation is None or "report" not in evaluation:  # none yet, or one from before the report
-        evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, progress=progress)
+        evaluation = evaluate_run(run_dir, evaluate_config=evaluate_config, quick=quick, progress=progress)
     if evaluation["report"] is None:
         raise ConfigError(f"{run.path} holds one series (split = 'time'): there is no evidence report over points to "
                           "draw; evaluation.json holds its exact log-likelihoods, and `elbox forecast` its forecast")

@@ -21,7 +21,7 @@ from elbox.io import (
     save_checkpoint,
 )
 from elbox.runs.build import build_objective, built_model, fit_options, initialize
-from elbox.runs.config import RECORD, ConfigError, check_config, load_config, to_toml
+from elbox.runs.config import RECORD, ConfigError, check_config, load_config, parse_config, to_toml
 from elbox.runs.data import load_data, record_of
 from elbox.runs.figures import make_figures
 from elbox.runs.load import config_of_record
@@ -41,15 +41,21 @@ def train_run(
     progress: bool = False,
     config: dict | None = None,
     imports: list[str] | tuple[str, ...] = (),
+    quick: bool = False,
 ) -> dict:
     """Fits the config's model (by EM or VI) into ``run_dir``, or continues the run there, and
     draws its figures. The directory is locked while it runs.
+
+    With ``quick`` (``elbox fit --quick``), the config's ``[quick]`` overrides are put in place of
+    its own values (fewer epochs, a smaller evaluation): the same code on a short run. The run's
+    config records the values used and ``[record] quick = true``.
 
     Raises:
         FileExistsError: If ``run_dir`` holds a run, or other files, and ``resume`` is False
             (nothing is overwritten; a directory whose run never reached its first checkpoint is
             started again).
-        ConfigError: For a bad config, or, on resume, one that differs from the run's; for a
+        ConfigError: For a bad config (with ``quick``, one without a ``[quick]`` table), or, on
+            resume, one that differs from the run's or a ``quick`` that differs from its; for a
             plugin in ``imports`` (modules or ``.py`` files that register model types or
             objectives, recorded in the run's ``[plugins] imports``) that cannot be imported.
         RunLockedError: If another process is writing ``run_dir``.
@@ -62,7 +68,9 @@ def train_run(
     run = RunDirectory(run_dir)
     import_plugins(imports)
     if config is None:
-        config = load_config(config_path)
+        config = load_config(config_path, quick=quick)
+    elif quick:  # a parsed config reads as a document: its [quick] applied, and everything checked again
+        config = parse_config(config, str(config_path or "config"), quick=True)
     if imports:  # recorded in the run, so that evaluate, report and load_run import them again
         recorded = config["plugins"]["imports"]
         config = {**config, "plugins": {"imports": recorded + [p for p in resolved(imports) if p not in recorded]}}
@@ -74,7 +82,7 @@ def train_run(
                 f"{config_path}` without torchrun, or use method = \"vi\" for data-parallel training"
             )
     # what can be refused is refused before the directory is touched: rank 0 reads it, every rank is told
-    config = from_rank0(_checked_start, run, config, config_path, resume)
+    config = from_rank0(_checked_start, run, config, config_path, resume, quick)
     if config["log"]["tensorboard"]:
         try:
             from torch.utils import tensorboard  # noqa: F401
@@ -84,7 +92,7 @@ def train_run(
     x, _ = load_data(config, "train")
     valid = load_data(config, "validation")[0] if config["data"]["validation"] else None
     if not resume:
-        config = {**config, RECORD: record_of(config, x)}
+        config = {**config, RECORD: {**record_of(config, x), "quick": quick}}
     with rank0_context(lambda: RunLock(run.path)):
         text = to_toml(config)
         from_rank0(_prepare_directory, run, resume, text)
@@ -114,12 +122,18 @@ def _prepare_directory(run: RunDirectory, resume: bool, text: str) -> None:
     atomic_write_text(run.config, text)
 
 
-def _checked_start(run: RunDirectory, config: dict, config_path, resume: bool) -> dict:
+def _checked_start(run: RunDirectory, config: dict, config_path, resume: bool, quick: bool) -> dict:
     """Refuses a directory that holds a run (unless resuming) and a resumed run's changed config;
     returns the config, with the run's record when resuming."""
     if resume:
         run = RunDirectory.open(run.path)
         stored = config_of_record(run)
+        if stored[RECORD]["quick"] != quick:
+            raise ConfigError(
+                f"cannot resume {run.path}: it was fitted " + ("with" if stored[RECORD]["quick"] else "without")
+                + " --quick; resume it " + ("with" if stored[RECORD]["quick"] else "without") + " --quick too, or "
+                "start a new run"
+            )  # fmt: skip
         for section in ("data", "model", "train", "log"):
             for key, value in stored[section].items():
                 if (section, key) == ("train", "epochs"):
