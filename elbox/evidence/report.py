@@ -321,7 +321,10 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
 
     batches = map_batches(N, step, batch_pass, base=base, progress=lambda d, t: report("importance sampling", d, t))
     proposals = {proposal for _, proposal in batches}
-    v = {k: torch.cat([b[k] for b, _ in batches]) for k in batches[0][0]}
+    # per-unit quantities of sequences trimmed per batch to their own length have no common shape
+    # to join (a deep Markov model's q over [T_batch, D]): left out, and with them active units
+    ragged = {k for k in batches[0][0] if len({tuple(b[k].shape[1:]) for b, _ in batches}) > 1}
+    v = {k: torch.cat([b[k] for b, _ in batches]) for k in batches[0][0] if k not in ragged}
 
     if method == "importance":
         log_p, log_p_se = v["log_p"], v["log_p_se"]
