@@ -49,25 +49,26 @@ class EpochTimer:
         self._start = now
 
 
-def run_peer(kind: str, arrays: dict, repeats: int) -> dict | None:
-    """Times the dynamax side of a benchmark in its own process (bench/_dynamax.py) on ``arrays``
-    (written to a temporary .npz) and returns its times and results, or None where JAX or
-    dynamax is not installed. The interpreter is ``$ELBOX_BENCH_PYTHON`` (a virtual environment
-    with the ``bench`` extra), else this one."""
+def run_peer(kind: str, arrays: dict, repeats: int, peer: str = "dynamax") -> dict | None:
+    """Times a peer's side of a benchmark in its own process (bench/_dynamax.py or
+    bench/_pomegranate.py) on ``arrays`` (written to a temporary .npz) and returns its times and
+    results, or None where the peer is not installed. The interpreter is ``$ELBOX_BENCH_PYTHON``
+    (a virtual environment with the ``bench`` extra), else this one."""
     import subprocess
     import sys
     import tempfile
     from pathlib import Path
 
     python = os.environ.get("ELBOX_BENCH_PYTHON", sys.executable)
-    probe = subprocess.run([python, "-c", "import dynamax, jax"], capture_output=True)
+    probe = subprocess.run([python, "-c", {"dynamax": "import dynamax, jax"}.get(peer, f"import {peer}")],
+                           capture_output=True)  # fmt: skip
     if probe.returncode:
-        print(f"# dynamax is not installed for {python}: its rows are skipped (pip install -e '.[bench]')")
+        print(f"# {peer} is not installed for {python}: its rows are skipped (pip install -e '.[bench]')")
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path_in, path_out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(path_in, **arrays)
-        script = Path(__file__).resolve().parent / "_dynamax.py"
+        script = Path(__file__).resolve().parent / f"_{peer}.py"
         subprocess.run([python, str(script), kind, str(path_in), str(path_out), str(repeats)], check=True)
         return {key: value for key, value in np.load(path_out).items()}
 

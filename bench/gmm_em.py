@@ -5,6 +5,10 @@
 Both fit the same data from the same weights, means and covariances for the same number of
 M-steps in float64, with tol=0 so that neither stops early; the script prints seconds per
 iteration, the ratio, and both final average log-likelihoods (which must agree).
+
+``--pomegranate`` adds pomegranate 1.x (``GeneralMixtureModel`` of full-covariance ``Normal``s,
+float64, the same start and iterations) as a third column, timed in its own process from the
+``bench`` extra's environment (``$ELBOX_BENCH_PYTHON``; bench/_pomegranate.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, timed  # noqa: E402
+from _common import environment, run_peer, timed  # noqa: E402
 
 import elbox  # noqa: E402
 
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pomegranate", action="store_true", help="pomegranate as a third column")
     args = parser.parse_args()
     N, D, K, T = args.n, args.dim, args.components, args.iterations
     torch.set_default_dtype(torch.float64)
@@ -43,8 +48,8 @@ def main() -> None:
     x, _ = truth.sample(N)
     model = elbox.GaussianMixture(K, D)
     model.initialize(x, "random", generator=torch.Generator().manual_seed(args.seed))
-    weights = model.weights.detach().numpy()
-    means = model.loc.detach().numpy()
+    weights = model.weights.detach().numpy().copy()  # copies: EM writes the parameters in place
+    means = model.loc.detach().numpy().copy()
     precisions = np.linalg.inv(model.covariance.detach().numpy())
     x_np = x.numpy()
 
@@ -68,6 +73,11 @@ def main() -> None:
         with timed(times, "elbox"):
             history = elbox.em(model, x, max_iter=T + 1, tol=0.0)  # T + 1 E-steps, T M-steps
     sk_ll = float(sk.score(x_np))
+    peer = None
+    if args.pomegranate:  # the same start: the weights, means and covariances elbox started from
+        start = {"x": x_np, "weights": weights, "means": means, "covariances": np.linalg.inv(precisions),
+                 "iterations": T}  # fmt: skip
+        peer = run_peer("gmm", start, 1, "pomegranate")
     el_ll = history.final
 
     per_sk, per_el = times["sklearn"] / T, times["elbox"] / T
@@ -76,7 +86,15 @@ def main() -> None:
     print(f"{'':10s} {'s/iteration':>12s} {'final avg log-lik':>20s}")
     print(f"{'sklearn':10s} {per_sk:12.4f} {sk_ll:20.10f}")
     print(f"{'elbox':10s} {per_el:12.4f} {el_ll:20.10f}")
+    if peer:
+        done = int(peer["em:iterations"])
+        per_pg, pg_ll = float(peer["em:time"]) / max(done, 1), float(peer["em"][0])
+        note = "" if done == T else f", failed at iteration {done + 1} (time per completed iteration)"
+        print(f"{'pomegranate':10s} {per_pg:12.4f} {pg_ll:20.10f}   # {peer['versions']}{note}")
     print(f"speed-up (sklearn / elbox): {per_sk / per_el:.1f}x;  |log-lik difference| = {abs(sk_ll - el_ll):.2e}")
+    if peer:
+        print(f"speed-up (pomegranate / elbox): {per_pg / per_el:.1f}x;  "
+              f"|log-lik difference| = {abs(pg_ll - el_ll):.2e}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ With ``--dynamax``, the rows of issue 30 against dynamax (``hmm_filter`` / ``hmm
 ``$ELBOX_BENCH_PYTHON``), medians of ``--repeats``, JAX's compilation reported apart:
 
     ELBOX_BENCH_PYTHON=/path/to/bench-venv/bin/python python bench/hmm.py --dynamax
+
+``--pomegranate`` runs the same rows against pomegranate 1.x (``DenseHMM`` with diagonal ``Normal``
+states, in float64; bench/_pomegranate.py, in the same environment), whose EM also learns end
+probabilities: its EM row compares time only.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def main() -> None:
                         help="the one long sequence scored by itself (0: skip)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamax", action="store_true", help="issue 30's rows against dynamax instead")
+    parser.add_argument("--pomegranate", action="store_true", help="the same rows against pomegranate instead")
     args = parser.parse_args()
     B, T, K, D, n_iter = args.sequences, args.steps, args.states, args.dim, args.iterations
     torch.set_default_dtype(torch.float64)
@@ -78,8 +83,8 @@ def main() -> None:
     X, lengths = x.reshape(B * T, D).numpy(), np.full(B, T)
     model = elbox.HMM(K, "gaussian", dim=D, reg_covar=0.0)
     model.initialize(x, "kmeans++", generator=torch.Generator().manual_seed(args.seed))
-    if args.dynamax:
-        return _against_dynamax(truth, model, x, args)
+    if args.dynamax or args.pomegranate:
+        return _against_peer(truth, model, x, args, "dynamax" if args.dynamax else "pomegranate")
     peer = _peer(model, n_iter)
 
     times: dict[str, float] = {}
@@ -146,8 +151,8 @@ def _single_sequence(truth: elbox.HMM, steps: int, repeats: int) -> None:
     print(f"posterior marginals   largest difference {np.abs(hl_post - el_post).max():.1e}")
 
 
-def _against_dynamax(truth: elbox.HMM, start: elbox.HMM, x, args) -> None:
-    """Issue 30's rows: elbox timed here (torch only), dynamax in its own process."""
+def _against_peer(truth: elbox.HMM, start: elbox.HMM, x, args, name: str) -> None:
+    """Issue 30's rows: elbox timed here, the peer (dynamax or pomegranate) in its own process."""
     import copy
 
     get = lambda t: t.detach().numpy()  # noqa: E731
@@ -160,7 +165,7 @@ def _against_dynamax(truth: elbox.HMM, start: elbox.HMM, x, args) -> None:
               "score:long": xl[0].numpy(), "posterior:long": xl[0].numpy(), "score:batch": x.numpy(),
               "em:batch": x.numpy()}  # fmt: skip
     arrays["rows"] = np.array(["score:long", "posterior:long", "score:batch", "em:batch"])
-    peer = run_peer("hmm", arrays, args.repeats)
+    peer = run_peer("hmm", arrays, args.repeats, name)
     rows = []
     with torch.no_grad():
         seconds, ours = median_time(lambda: truth.log_evidence(xl).numpy(), args.repeats)
@@ -175,9 +180,10 @@ def _against_dynamax(truth: elbox.HMM, start: elbox.HMM, x, args) -> None:
         with timed(times := {}, "em"):
             history = elbox.em(fitted, x, max_iter=args.iterations, tol=0.0)
     rows.append((f"EM, {B} x {T}, {args.iterations} iterations", times["em"], "em:batch", None))
-    print(f"# issue 30: elbox against dynamax, K={truth.num_states}, float64, medians of {args.repeats}")
-    print(f"# {environment()}; {peer['versions'] if peer else 'no dynamax'}")
-    print(f"{'':36s} {'elbox (ms)':>11s} {'dynamax (ms)':>13s} {'ratio':>7s} {'jit+1st (s)':>11s} {'max |diff|':>11s}")
+    print(f"# issue 30: elbox against {name}, K={truth.num_states}, float64, medians of {args.repeats}")
+    print(f"# {environment()}; {peer['versions'] if peer else 'no ' + name}")
+    first_label = "jit+1st (s)" if name == "dynamax" else "1st (s)"
+    print(f"{'':36s} {'elbox (ms)':>11s} {name + ' (ms)':>16s} {'ratio':>7s} {first_label:>11s} {'max |diff|':>11s}")
     for label, seconds, key, ours in rows:
         theirs = peer[key + ":time"] if peer else np.nan
         if ours is None or not peer:
@@ -188,10 +194,11 @@ def _against_dynamax(truth: elbox.HMM, start: elbox.HMM, x, args) -> None:
             diff = np.abs(ours - peer[key]).max()
         first = peer[key + ":first"] if peer else np.nan
         ratio = theirs / seconds
-        print(f"{label:36s} {1e3 * seconds:11.2f} {1e3 * theirs:13.2f} {ratio:6.2f}x {first:11.2f} {diff:11.1e}")
-    if peer:  # dynamax's EM is MAP under its default priors: its bound is not elbox's maximum likelihood
-        print(f"# EM: first log-likelihood elbox {history.lower_bound[0] * B:.4f}, dynamax {peer['em:batch'][0]:.4f}")
-    print("# ratio = dynamax / elbox; max |diff|: relative for scores, absolute for marginals")
+        print(f"{label:36s} {1e3 * seconds:11.2f} {1e3 * theirs:16.2f} {ratio:6.2f}x {first:11.2f} {diff:11.1e}")
+    if peer:  # dynamax's EM is MAP under its default priors, pomegranate's learns end probabilities too:
+        # neither path is elbox's maximum likelihood, so only the start's log-likelihood is compared
+        print(f"# EM: first log-likelihood elbox {history.lower_bound[0] * B:.4f}, {name} {peer['em:batch'][0]:.4f}")
+    print(f"# ratio = {name} / elbox; max |diff|: relative for scores, absolute for marginals")
 
 
 if __name__ == "__main__":
