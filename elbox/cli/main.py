@@ -268,7 +268,7 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
     num_samples: int = typer.Option(None, min=1, help="Importance samples per point (default: the run's)."),
     max_points: int = typer.Option(None, min=0, help="Evaluate the first N test points (0: all)."),
-    evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table of settings."),
+    evaluate_config: Path = typer.Option(None, help="A TOML file with an \\[evaluate] table of settings."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
     quick: bool = typer.Option(False, "--quick", help=_QUICK_EVALUATE_HELP),
 ) -> None:
@@ -299,7 +299,7 @@ def evaluate(
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit`."),
     fresh: bool = typer.Option(False, help="Evaluate again even if evaluation.json exists."),
-    evaluate_config: Path = typer.Option(None, help="A TOML file with an [evaluate] table (evaluates again)."),
+    evaluate_config: Path = typer.Option(None, help="A TOML file with an \\[evaluate] table (evaluates again)."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
     quick: bool = typer.Option(False, "--quick", help=_QUICK_EVALUATE_HELP + " Evaluates again."),
 ) -> None:
