@@ -187,6 +187,14 @@ class WorldPath(MarkovPath):
                       for parts in zip(*stats_steps))  # fmt: skip
         return path, self.model._log_prob(path[..., self.model.deter_dim:], stats), *stats
 
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
+        """Paths ``[*S, B, T, H + Z]`` and their log-density ``[*S, B]``, from one sequential pass."""
+        path, log_q, *_ = self.rsample_steps(sample_shape)
+        return path, log_q.sum(-1)
+
+    def rsample(self, sample_shape=()) -> Tensor:
+        return self.rsample_steps(sample_shape)[0]
+
     def path_steps(self, model, x, p: WorldPath, num_samples: int, kl: str = "analytic"):
         """:class:`~elbox.bounds.sequence.StepTerms` for paths of this posterior against the prior
         ``p`` (the hook :func:`elbox.bounds.sequence.path_steps` calls)."""
@@ -283,7 +291,7 @@ class WorldPosterior(Guide):
 
     def forward(self, x, index: Tensor | None = None) -> WorldPath:
         model = self._model
-        x = model.check_data(x)
+        x = model.check_data(x, min_length=1)
         return WorldPath(model, x.mask, model._actions(x), self.embed(x), self)
 
 
@@ -408,10 +416,11 @@ class WorldModel(LatentModel):
     def data_shape(self) -> tuple:  # type: ignore[override]
         return (None, self.obs_dim)
 
-    def check_data(self, x, *, name: str = "x") -> Sequences:
+    def check_data(self, x, *, name: str = "x", min_length: int = 2) -> Sequences:
         """``x`` as checked :class:`~elbox.data.Sequences`: observations ``[B, T, obs_dim]``, actions
-        ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head;
-        trailing steps no sequence reaches dropped."""
+        ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head,
+        every episode of at least ``min_length`` steps (an episode of one step has no action and
+        no reward; :meth:`filter` takes them); trailing steps no sequence reaches dropped."""
         if isinstance(x, Sequences) and x.inputs is not None and self.action_dim \
                 and (x.inputs.dim() != 3 or x.inputs.shape[-1] != self.action_dim):  # fmt: skip
             raise ValueError(f"{name}: the actions (the sequences' inputs) must be [B, T, action_dim={self.action_dim}]"
@@ -421,6 +430,11 @@ class WorldModel(LatentModel):
                              "rewards [B, T] (Sequences(o, inputs=a, rewards=r)); or build it with reward=False")
         x = as_sequences(x, event_shape=(self.obs_dim,), name=name, num_inputs=self.action_dim, owner="WorldModel",
                          rewards=self.has_reward, dtype=self._reference().dtype, device=self._reference().device)
+        lengths = x.mask.sum(-1)
+        if bool((lengths < min_length).any()):
+            b = int((lengths < min_length).nonzero()[0])
+            raise ValueError(f"{name}: sequence {b} has {int(lengths[b])} step; a world model's episodes need at least "
+                             f"{min_length} steps (an observation, an action, and what it led to)")  # fmt: skip
         return x.trimmed()
 
     def _actions(self, x: Sequences) -> Tensor | None:
@@ -551,7 +565,7 @@ class WorldModel(LatentModel):
 
     def prior_for(self, x) -> WorldPath:
         """p(s_{1:T} | a) over the batch's paths, a :class:`WorldPath`."""
-        x = self.check_data(x)
+        x = self.check_data(x, min_length=1)
         return WorldPath(self, x.mask, self._actions(x))
 
     def guide(self, *args, **kwargs) -> WorldPosterior:
@@ -568,7 +582,7 @@ class WorldModel(LatentModel):
         """The posterior state after each sequence's last observed step (no gradient): ``h [B, H]``
         and ``z [B, Z]``, a draw of q (or, with ``sample=False``, each step's mean: the Gaussian's
         loc, or the categorical's probabilities)."""
-        x = self.check_data(x)
+        x = self.check_data(x, min_length=1)
         q = self.representation(x)
         B, T = x.mask.shape
         s = q.initial.expand(B, self.state_dim)
@@ -643,7 +657,7 @@ class WorldModel(LatentModel):
 
         k, level = check_steps(steps), check_level(level)
         S = check_positive_int(num_samples, "num_samples")
-        x = self.check_data(x)
+        x = self.check_data(x, min_length=1)
         B = len(x)
         future = self._future_actions(inputs, B, k)
         s, log_w = self._filtered_particles(x, S, "systematic")
