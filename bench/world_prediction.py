@@ -59,17 +59,27 @@ def _gaussian_log_prob(x, mean, variance):
     return (-0.5 * ((x - mean).square() / variance + variance.log() + math.log(2 * math.pi))).sum(-1)
 
 
-def _train_world(train: Sequences, use_actions: bool, epochs: int, min_std: float,
+def _train_world(train: Sequences, use_actions: bool, epochs: int, min_std: float, cache: str | None = None,
                  seed: int = 0) -> tuple[WorldModel, float]:  # fmt: skip
     torch.manual_seed(seed)
     model = WorldModel(3, 1, latent_dim=8, deter_dim=64, hidden=64, observation_variance="learned",
                        use_actions=use_actions, min_std=min_std)  # fmt: skip
+    path = Path(cache) / f"world_actions{int(use_actions)}_epochs{epochs}_minstd{min_std}.pt" if cache else None
+    if path is not None and path.is_file():  # trained by an earlier call with the same settings
+        saved = torch.load(path)
+        model.load_state_dict(saved["state"])
+        print(f"  world (use_actions={use_actions}): loaded from {path} (trained in {saved['seconds']:.0f} s)")
+        return model, saved["seconds"]
     start = time.perf_counter()
     history = elbox.fit(model, model.guide(), train, bound="world_elbo", epochs=epochs, batch_size=20, lr=3e-3,
                         seed=seed)  # fmt: skip
     print(f"  world (use_actions={use_actions}): {epochs} epochs in {time.perf_counter() - start:.0f} s, "
           f"training ELBO per episode {history.lower_bound[-1]:.1f}", flush=True)  # fmt: skip
-    return model, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": model.state_dict(), "seconds": seconds}, path)
+    return model, seconds
 
 
 def _surrogates(train: Sequences, test: Sequences, args) -> dict:
@@ -120,6 +130,8 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=200)
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--min-std", type=float, default=0.1, help="the latents' std floor (PlaNet: 0.1)")
+    parser.add_argument("--cache", default=None, help="a directory where trained world models are kept and reused "
+                        "(a long run split into several calls)")
     parser.add_argument("--surrogates", action="store_true",
                         help="instead: the ELBO, log p̂ and prediction of the model trained by each surrogate")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -160,7 +172,7 @@ def main() -> None:
     # the world model, with and without actions
     seconds = {}
     for name, use_actions in (("world", True), ("world, no actions", False)):
-        model, seconds[name] = _train_world(train, use_actions, args.epochs, args.min_std)
+        model, seconds[name] = _train_world(train, use_actions, args.epochs, args.min_std, args.cache)
         torch.manual_seed(1)
         result = model.predictive_log_likelihood(test, context=c, horizon=k, num_samples=args.particles,
                                                  method="smc", num_runs=2)  # fmt: skip
