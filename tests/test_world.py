@@ -346,3 +346,16 @@ def test_a_world_run_fits_evaluates_and_reports(tmp_path):
     assert len(evaluation["sequence"]["gap_steps"]) == 4
     run = elbox.load_run(tmp_path / "run")
     assert run.guide is run.model.guide()
+
+
+def test_pixel_observations_through_the_convolutional_encoder_and_decoder():
+    torch.manual_seed(0)
+    model = WorldModel(3, 1, encoder="conv", depth=4, latent_dim=4, deter_dim=8, hidden=16)
+    x = Sequences(torch.rand(2, 4, 3, 64, 64), inputs=torch.randn(2, 4, 1), rewards=torch.randn(2, 4), lengths=[4, 2])
+    steps = elbo_steps(model, model.guide(), x, num_samples=2)
+    assert steps.value.shape == (2, 4) and (steps.value[1, 2:] == 0).all()
+    assert torch.isfinite(smc(model, model.guide(), x, num_samples=3).log_z).all()
+    imagined = model.imagine(model.filter(x[:1]), torch.randn(3, 5, 1))
+    assert imagined.observations.shape == (3, 5, 3, 64, 64) and imagined.rewards.shape == (3, 5)
+    with pytest.raises(ValueError, match=r"\[B, T, 3, 64, 64\]"):
+        model.check_data(Sequences(torch.rand(2, 4, 3, 32, 32), inputs=torch.randn(2, 4, 1), rewards=torch.randn(2, 4)))

@@ -42,7 +42,7 @@ __all__ = ["Imagined", "WorldModel", "WorldPath", "WorldPosterior", "WorldState"
 
 _LATENTS = ("gaussian", "categorical")
 _TRANSITIONS = ("rssm", "linear")
-_ENCODERS = ("mlp",)
+_ENCODERS = ("mlp", "conv")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -259,7 +259,14 @@ class WorldPosterior(Guide):
         super().__init__()
         object.__setattr__(self, "_model", model)  # not a submodule: the model owns this guide
         Z, H = model.stoch_dim, model.deter_dim
-        if model.transition_kind == "linear":
+        if model.encoder_kind == "conv":
+            from elbox.models._conv import ConvEncoder
+
+            self.encoder = ConvEncoder(model.obs_dim, model.depth)
+            self.embed_dim = self.encoder.out_features
+            out = 2 * Z if model.latent == "gaussian" else Z
+            self.head = nn.Sequential(nn.Linear(H + self.embed_dim, hidden), nn.ELU(), nn.Linear(hidden, out))
+        elif model.transition_kind == "linear":
             # q(z_t | h_t, o_t) = N(W h_t + V o_t + b, diag softplus(ρ)²): a linear filter's form
             self.encoder = nn.Identity()
             self.head = nn.Linear(H + model.obs_dim, Z)
@@ -326,7 +333,7 @@ class WorldModel(LatentModel):
       batch 1 broadcasts over the N candidates.
 
     Args:
-        obs_dim: The size of o_t.
+        obs_dim: The size of o_t (``encoder="conv"``: the images' channels C; o_t ``[C, 64, 64]``).
         action_dim: The size of a_t (0: none).
         latent: ``"gaussian"`` or ``"categorical"``.
         latent_dim: Gaussian latents: their number (PlaNet: 30); categorical: the number of
@@ -337,7 +344,9 @@ class WorldModel(LatentModel):
         reward: Whether there is a reward head (the data must then carry rewards).
         transition: ``"rssm"`` or ``"linear"``.
         use_actions: False: a model that ignores the actions (a baseline on the same data).
-        encoder: ``"mlp"`` (vector observations).
+        encoder: ``"mlp"`` (vector observations) or ``"conv"`` (64 × 64 images: Dreamer's
+            convolutional encoder and decoder, ``depth`` their width; σ² one number).
+        depth: The convolutional networks' depth (Dreamer: 32).
         observation_variance: The Gaussian observation's σ² (a positive number, or ``"learned"``).
         min_std: The Gaussian latents' floor on the std (RSSM only).
         unimix: The categorical latents' uniform mix (DreamerV3: 0.01).
@@ -352,7 +361,8 @@ class WorldModel(LatentModel):
     def __init__(self, obs_dim: int, action_dim: int = 0, *, latent: str = "gaussian", latent_dim: int = 30,
                  classes: int = 32, deter_dim: int = 200, hidden: int = 200, reward: bool = True,
                  transition: str = "rssm", use_actions: bool = True, encoder: str = "mlp",
-                 observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01):  # fmt: skip
+                 observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01,
+                 depth: int = 32):  # fmt: skip
         super().__init__()
         self.obs_dim = check_positive_int(obs_dim, "obs_dim")
         self.action_dim = check_positive_int(action_dim, "action_dim", minimum=0)
@@ -361,7 +371,9 @@ class WorldModel(LatentModel):
         if transition not in _TRANSITIONS:
             raise ValueError(f"transition must be one of {_TRANSITIONS}; received {transition!r}")
         if encoder not in _ENCODERS:
-            raise ValueError(f"encoder must be one of {_ENCODERS} (vector observations); received {encoder!r}")
+            raise ValueError(f"encoder must be one of {_ENCODERS}; received {encoder!r}")
+        if encoder == "conv" and transition == "linear":
+            raise ValueError("encoder='conv' needs transition='rssm' (the linear model's emission is linear)")
         for name, value in (("reward", reward), ("use_actions", use_actions)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False; received {value!r}")
@@ -369,6 +381,9 @@ class WorldModel(LatentModel):
             raise ValueError(f"transition='linear' is a linear-Gaussian model: it needs latent='gaussian'; received "
                              f"latent={latent!r}")  # fmt: skip
         self.latent, self.transition_kind, self.encoder_kind = latent, transition, encoder
+        self.depth = check_positive_int(depth, "depth")
+        #: One observation's shape: ``(obs_dim,)``, or ``(C, 64, 64)`` for images.
+        self.obs_shape = (self.obs_dim,) if encoder == "mlp" else (self.obs_dim, 64, 64)
         self.has_reward, self.use_actions = reward, use_actions
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.classes = check_positive_int(classes, "classes", minimum=2)
@@ -392,13 +407,18 @@ class WorldModel(LatentModel):
             self.state_action = nn.Linear(Z + A, self.hidden)
             self.gru = nn.GRUCell(self.hidden, H)
             self.prior_head = _mlp((H, self.hidden, 2 * Z if latent == "gaussian" else Z))
-            self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
+            if encoder == "conv":
+                from elbox.models._conv import ConvDecoder
+
+                self.observation = ConvDecoder(H + Z, self.obs_dim, self.depth)
+            else:
+                self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
             self.reward_head = _mlp((H + Z, self.hidden, 1)) if reward else None
         self.z_0 = nn.Parameter(torch.zeros(Z))
         self.learned_variance = observation_variance == "learned"
         variance = 1.0 if self.learned_variance else check_number(observation_variance, "observation_variance",
                                                                   minimum=0.0, strict=True)  # fmt: skip
-        log_scale = torch.full((self.obs_dim,), 0.5 * math.log(variance))
+        log_scale = torch.full((self.obs_dim,) if encoder == "mlp" else (1, 1, 1), 0.5 * math.log(variance))
         if self.learned_variance:
             self.log_scale = nn.Parameter(log_scale)
         else:
@@ -414,7 +434,7 @@ class WorldModel(LatentModel):
 
     @property
     def data_shape(self) -> tuple:  # type: ignore[override]
-        return (None, self.obs_dim)
+        return (None, *self.obs_shape)
 
     def check_data(self, x, *, name: str = "x", min_length: int = 2) -> Sequences:
         """``x`` as checked :class:`~elbox.data.Sequences`: observations ``[B, T, obs_dim]``, actions
@@ -428,7 +448,7 @@ class WorldModel(LatentModel):
         if isinstance(x, Sequences) and self.has_reward and x.rewards is None:
             raise ValueError(f"{name}: this WorldModel has a reward head (reward=True): the sequences must carry "
                              "rewards [B, T] (Sequences(o, inputs=a, rewards=r)); or build it with reward=False")
-        x = as_sequences(x, event_shape=(self.obs_dim,), name=name, num_inputs=self.action_dim, owner="WorldModel",
+        x = as_sequences(x, event_shape=self.obs_shape, name=name, num_inputs=self.action_dim, owner="WorldModel",
                          rewards=self.has_reward, dtype=self._reference().dtype, device=self._reference().device)
         lengths = x.mask.sum(-1)
         if bool((lengths < min_length).any()):
@@ -517,7 +537,7 @@ class WorldModel(LatentModel):
         return s[..., self.deter_dim:] if self.transition_kind == "linear" else s
 
     def observation_mean(self, s: Tensor) -> Tensor:
-        """E[o_t | s_t], ``[*, obs_dim]``."""
+        """E[o_t | s_t], ``[*, *obs_shape]``."""
         return self.observation(self._features(s))
 
     def reward_mean(self, s: Tensor) -> Tensor:
@@ -528,7 +548,7 @@ class WorldModel(LatentModel):
 
     def _observation_log_prob(self, o: Tensor, s: Tensor) -> Tensor:
         w = (o - self.observation_mean(s)) * torch.exp(-self.log_scale)
-        return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).sum(-1)
+        return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).flatten(-len(self.obs_shape)).sum(-1)
 
     def step_log_likelihoods(self, x: Sequences, s: Tensor, t: int | None = None) -> tuple[Tensor, Tensor]:
         """(log p(o_t | s_t), log p(r_t | s_t)) per step ``[*S, B, T]`` (zero past each end; the
@@ -640,7 +660,7 @@ class WorldModel(LatentModel):
             if inputs is None:
                 raise ValueError(f"this model has action_dim={self.action_dim}: pass inputs [n, T, {self.action_dim}]")
             inputs = self._check_actions(inputs, "inputs")
-        fake = Sequences(torch.zeros(n, T, self.obs_dim, dtype=ref.dtype, device=ref.device), inputs=inputs,
+        fake = Sequences(torch.zeros(n, T, *self.obs_shape, dtype=ref.dtype, device=ref.device), inputs=inputs,
                          rewards=torch.zeros(n, T, dtype=ref.dtype, device=ref.device))  # fmt: skip
         s = self.prior_for(fake).rsample()
         o = self.observation_mean(s)
@@ -657,6 +677,9 @@ class WorldModel(LatentModel):
 
         k, level = check_steps(steps), check_level(level)
         S = check_positive_int(num_samples, "num_samples")
+        if self.encoder_kind == "conv":
+            raise TypeError("forecast gives per-coordinate intervals of vector observations; for images use "
+                            "imagine(filter(x), actions) for the predicted frames")  # fmt: skip
         x = self.check_data(x, min_length=1)
         B = len(x)
         future = self._future_actions(inputs, B, k)
@@ -756,7 +779,7 @@ class WorldModel(LatentModel):
             raise ValueError(f"x: sequence {b} has {int(x.mask[b].sum())} steps; predictive_log_likelihood needs "
                              f"context + horizon = {c + k}")  # fmt: skip
         head = _prefix(x, c)
-        target = x.values[:, c : c + k]  # [B, k, O]
+        target = x.values[:, c : c + k]  # [B, k, *obs_shape]
         future = None if not (self.use_actions and self.action_dim) else x.inputs[:, c : c + k]
         logs, errors = [], []
         for _ in range(R):
@@ -764,8 +787,9 @@ class WorldModel(LatentModel):
             paths = self._roll(s, future if future is not None else k)  # [S, B, k, D]
             log_f = self._observation_log_prob(target, paths)  # [S, B, k]
             logs.append((log_w.unsqueeze(-1) + log_f).logsumexp(0))
-            mean = (log_w.softmax(0)[..., None, None] * self.observation_mean(paths)).sum(0)
-            errors.append((mean - target).square().sum(-1))
+            weights = log_w.softmax(0).view(*log_w.shape, 1, *(1,) * len(self.obs_shape))
+            mean = (weights * self.observation_mean(paths)).sum(0)
+            errors.append((mean - target).square().flatten(-len(self.obs_shape)).sum(-1))
         log_lik = torch.stack(logs)  # [R, B, k]
         mc = log_lik.std(0) / math.sqrt(R) if R > 1 else torch.full_like(log_lik[0], math.nan)
         per_seq = log_lik.mean(0)
@@ -813,7 +837,7 @@ class WorldModel(LatentModel):
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, latent={self.latent!r}, "
                 f"latent_dim={self.latent_dim}, deter_dim={self.deter_dim}, transition={self.transition_kind!r}, "
-                f"reward={self.has_reward}, use_actions={self.use_actions}")  # fmt: skip
+                f"reward={self.has_reward}, use_actions={self.use_actions}, encoder={self.encoder_kind!r}")  # fmt: skip
 
 
 def _prefix(x: Sequences, c: int) -> Sequences:
