@@ -133,7 +133,7 @@ class WorldPath(MarkovPath):
     def is_posterior(self) -> bool:
         return self.embedding is not None
 
-    def _stats(self, h: Tensor, t: int | None, s_prev: Tensor | None = None):
+    def _stats(self, h: Tensor, t: int | None):
         """The z-step's parameters given h ``[*, B, H]`` (one step t) or ``[*, B, T, H]`` (t None)."""
         if not self.is_posterior:
             return self.model._prior_stats(h)
@@ -159,8 +159,12 @@ class WorldPath(MarkovPath):
         return torch.cat([h, z], -1), self.model._log_prob(z, stats), h, z
 
     def step_log_prob(self, t: int, z_prev: Tensor, z: Tensor) -> Tensor:
-        h, stats = self.step_parameters(t, z_prev)
-        return self.model._log_prob(z[..., self.model.deter_dim:], stats)
+        """log p(z_t | h_t) (or q's) of states ``z [*S, B, H + Z]``, h_t read from them: the same
+        deterministic function of ``z_prev`` under both distributions (one GRU step saved in the
+        particle filter, whose proposal has just computed it)."""
+        H = self.model.deter_dim
+        stats = self._masked(self._stats(z[..., :H], t), self.mask[:, t, None])
+        return self.model._log_prob(z[..., H:], stats)
 
     def conditionals(self, z: Tensor):
         """The z-steps' parameters at every step from the path's own h, one batched pass."""
