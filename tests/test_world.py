@@ -359,3 +359,18 @@ def test_pixel_observations_through_the_convolutional_encoder_and_decoder():
     assert imagined.observations.shape == (3, 5, 3, 64, 64) and imagined.rewards.shape == (3, 5)
     with pytest.raises(ValueError, match=r"\[B, T, 3, 64, 64\]"):
         model.check_data(Sequences(torch.rand(2, 4, 3, 32, 32), inputs=torch.randn(2, 4, 1), rewards=torch.randn(2, 4)))
+
+
+def test_sequences_carry_rewards_through_padding_indexing_and_conversion():
+    seqs = Sequences.from_list([torch.randn(5, 2), torch.randn(3, 2)], inputs=[torch.randn(5, 1), torch.randn(3, 1)],
+                               rewards=[torch.arange(5.0), torch.arange(3.0)])  # fmt: skip
+    assert seqs.rewards.shape == (2, 5) and seqs.rewards[1, 3:].eq(0).all()
+    torch.testing.assert_close(seqs[1].rewards, torch.tensor([[0.0, 1.0, 2.0, 0.0, 0.0]]))
+    assert seqs[1:].trimmed().rewards.shape == (1, 3) and seqs.to(torch.float64).rewards.dtype == torch.float64
+    assert "rewards" in repr(seqs) and Sequences(torch.zeros(2, 3, 1)).rewards is None
+    with pytest.raises(ValueError, match=r"rewards must have shape \[B, T\] = \[2, 3\]"):
+        Sequences(torch.zeros(2, 3, 1), rewards=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="rewards must hold one array per sequence"):
+        Sequences.from_list([torch.randn(5, 2)], rewards=[torch.zeros(5), torch.zeros(3)])
+    # a model without a reward head drops them from its checked batch
+    assert elbox.DeepMarkovModel(2, 2, emission="gaussian", input_dim=1).check_data(seqs).rewards is None
