@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
       of T steps; integers ``[N, T]`` are symbols for a categorical HMM).
     - ``.npz``: the data under ``x`` (or ``values``, or ``data``); for sequences of different
       lengths, ``lengths [N]`` (the values padded to the longest), and optionally ``inputs
-      [N, T, U]`` for a state-space model with controls.
+      [N, T, U]`` for a state-space model with controls; ``meta``, a JSON object in a string (the
+      provenance ``elbox collect`` records), is read only for its ``pixels`` flag: frames stored as
+      ``uint8`` under ``pixels: true`` become intensities in [0, 1] (divided by 255).
     - ``.csv``: a table of numbers, one row per point (a first row of column names is skipped);
       comma-separated.
 
@@ -85,10 +88,13 @@ def _from_npz(path: Path) -> Tensor | Sequences:
         raise ValueError(
             f"{path} must hold the data under one of {list(_VALUE_KEYS)}; it holds {sorted(arrays) or 'nothing'}"
         )
+    meta = _meta(arrays.pop("meta", None), path)
     unknown = sorted(set(arrays) - {key, "lengths", "inputs"})
     if unknown:
-        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs')")
+        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs', 'meta')")
     values = _tensor(arrays[key], path)
+    if meta.get("pixels") and arrays[key].dtype == np.uint8:
+        values = values.double() / 255  # frames stored as bytes (elbox collect --pixels): intensities in [0, 1]
     if "lengths" not in arrays and "inputs" not in arrays:
         return values
     lengths = arrays.get("lengths")
@@ -100,6 +106,22 @@ def _from_npz(path: Path) -> Tensor | Sequences:
         lengths=None if lengths is None else torch.from_numpy(lengths.astype(np.int64)),
         inputs=None if inputs is None else torch.from_numpy(np.ascontiguousarray(inputs)).double(),
     )
+
+
+def _meta(meta: np.ndarray | None, path: Path) -> dict:
+    """The provenance ``elbox collect`` stores as array ``meta``: a JSON object in a string."""
+    if meta is None:
+        return {}
+    if meta.dtype.kind != "U" or meta.ndim != 0:
+        raise ValueError(f"{path}: meta must be a JSON object in a string (as elbox collect writes it); received "
+                         f"{describe(meta)}")  # fmt: skip
+    try:
+        meta = json.loads(str(meta))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: meta must be a JSON object in a string; it does not parse: {error}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: meta must be a JSON object in a string; received a JSON {type(meta).__name__}")
+    return meta
 
 
 def _read_csv(path: Path) -> np.ndarray:
