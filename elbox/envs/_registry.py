@@ -94,10 +94,14 @@ def _import(module: str, extra: str, what: str):
 
 
 def _resize(frame: np.ndarray) -> np.ndarray:
-    """An RGB frame ``[H, W, 3]`` resized with antialiasing (PIL's Lanczos filter) to ``[3, 64, 64]`` uint8."""
+    """An RGB frame ``[H, W, 3]`` resized with antialiasing (PIL's Lanczos filter) to ``[3, 64, 64]`` uint8.
+
+    ``reducing_gap=3`` first averages boxes of pixels down to at least 3 × 64 (what the filter would
+    average anyway): 2.6 times faster on Pendulum's 500 × 500 frames, within 2 of 255 of the plain filter."""
     from PIL import Image
 
-    small = Image.fromarray(np.ascontiguousarray(frame)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    small = Image.fromarray(np.ascontiguousarray(frame)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS,
+                                                                reducing_gap=3.0)  # fmt: skip
     return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1).copy()  # [3, 64, 64]
 
 
