@@ -141,8 +141,8 @@ class _DMControl(Simulator):
     camera 0, rendered at 64 × 64 directly (MUJOCO_GL=egl unless set)."""
 
     def __init__(self, pixels: bool):
-        if pixels:
-            os.environ.setdefault("MUJOCO_GL", "egl")
+        # before dm_control's first import, which fixes the rendering backend for the process
+        os.environ.setdefault("MUJOCO_GL", "egl")
         self.suite = _import("dm_control.suite", "dm_control", "the environment cartpole_swingup")
         self.pixels = pixels
         self.env = None
@@ -155,10 +155,11 @@ class _DMControl(Simulator):
         return np.concatenate([np.ravel(o["position"]), np.ravel(o["velocity"])]).astype(np.float32)
 
     def reset(self, seed: int) -> np.ndarray:
-        if self.env is not None:
-            self.env.close()
-        # the episode's randomness (the initial pose) comes from the task's own seeded generator
-        self.env = self.suite.load("cartpole", "swingup", task_kwargs={"random": int(seed) % 2**32})
+        # the episode's randomness (the initial pose) comes from the task's own generator, seeded as
+        # suite.load(..., task_kwargs={"random": seed}) seeds it; the model is compiled once
+        if self.env is None:
+            self.env = self.suite.load("cartpole", "swingup", task_kwargs={"random": int(seed) % 2**32})
+        self.env.task.random.seed(int(seed) % 2**32)
         return self._observe(self.env.reset())
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
