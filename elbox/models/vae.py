@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
-from elbox._validation import check_bool, check_number, check_positive_int
+from elbox._validation import as_data, check_bool, check_number, check_positive_int
 from elbox.distributions.flow import FLOW_DEFAULTS, FLOW_TYPES, FlowDistribution, build_flow
 from elbox.distributions.one_hot import OneHot
-from elbox.guides.amortized import Amortized, mlp
+from elbox.guides.amortized import _ACTIVATIONS, Amortized, mlp
 from elbox.guides.discrete import Bernoulli as BernoulliGuide
 from elbox.guides.discrete import OneHotCategorical as CategoricalGuide
 from elbox.guides.flow import FlowGuide
+from elbox.models._conv import IMAGE_SIZE, ConvDecoder, ConvEncoder, image_shape
 from elbox.models.base import LatentModel
 from elbox.precision import network
 
@@ -30,12 +31,12 @@ class _Decoded(LatentModel):
     Gaussian or continuous Bernoulli), its fused log-likelihood, and the data's checks."""
 
     def _init_decoder(self, latent_size: int, D: int, hidden: list[int], activation: str, decoder: str,
-                      observation_variance) -> None:  # fmt: skip
+                      observation_variance, network: nn.Module | None = None) -> None:  # fmt: skip
         if decoder not in _DECODERS:
             raise ValueError(f"decoder must be one of {_DECODERS}; received {decoder!r}")
         self.data_shape = (D,)
         self.decoder_type = decoder
-        self.decoder = mlp([latent_size, *reversed(hidden), D], activation)
+        self.decoder = mlp([latent_size, *reversed(hidden), D], activation) if network is None else network
         self.learned_variance = observation_variance == "learned"
         if decoder == "gaussian":
             if self.learned_variance:
@@ -143,11 +144,19 @@ class VAE(_Decoded):
     With ``hidden=()`` and a Gaussian decoder, the decoder is linear and the model is
     probabilistic PCA, whose evidence and posterior are exact (the tests use this).
 
+    ``encoder="conv"`` is for 64 × 64 images of C channels (``data_dim = C · 64 · 64``): the
+    encoder is Dreamer's four stride-2 convolutions (:class:`~elbox.models._conv.ConvEncoder`,
+    ReLU) followed by an MLP of widths ``hidden`` to q's parameters, and the decoder the mirror
+    MLP followed by Dreamer's transposed convolutions (:class:`~elbox.models._conv.ConvDecoder`)
+    to the likelihood's parameters per pixel. Data may be given flat ``[B, C·64·64]`` or as
+    images ``[B, C, 64, 64]`` (``[B, 64, 64]`` for one channel); the model holds them flat.
+
     Args:
         data_dim: D, the size of a (flattened) data point.
         latent_dim: The size of z.
-        hidden: Hidden widths of the encoder (the decoder mirrors them).
-        activation: ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"`` or ``"softplus"``.
+        hidden: Hidden widths of the encoder (the decoder mirrors them); with ``encoder="conv"``,
+            of the MLP between the convolutional features and z.
+        activation: ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"`` or ``"softplus"`` (the MLP's).
         decoder: ``"bernoulli"``, ``"gaussian"`` or ``"continuous_bernoulli"``.
         observation_variance: σ² for the Gaussian decoder: a positive number or ``"learned"``.
         beta: The KL weight of the training objective.
@@ -160,6 +169,8 @@ class VAE(_Decoded):
         prior: ``"normal"`` (N(0, I)) or ``"flow"`` (a learned flow density over z, as in
             zuko's VAE tutorial); or a dict ``{"type": "flow", "flow": …, "transforms": …,
             "hidden": …}``. With a flow on either side the KL is a Monte Carlo estimate.
+        encoder: ``"mlp"`` or ``"conv"`` (64 × 64 images; see above).
+        depth: The convolutions' depth with ``encoder="conv"`` (Dreamer: 32).
 
     References:
         Auto-Encoding Variational Bayes (Kingma & Welling, 2014), https://arxiv.org/abs/1312.6114
@@ -181,11 +192,30 @@ class VAE(_Decoded):
         deterministic_encoder: bool = False,
         guide="gaussian",
         prior="normal",
+        encoder: str = "mlp",
+        depth: int = 32,
     ):
         super().__init__()
         D = check_positive_int(data_dim, "data_dim")
         L = check_positive_int(latent_dim, "latent_dim")
         hidden = _widths(hidden)
+        if encoder not in ("mlp", "conv"):
+            raise ValueError(f"encoder must be 'mlp' or 'conv'; received {encoder!r}")
+        self.encoder_type = encoder
+        self.channels = 0
+        if encoder == "conv":
+            if D % IMAGE_SIZE**2:
+                raise ValueError(f"encoder='conv' takes {IMAGE_SIZE} × {IMAGE_SIZE} images: data_dim must be C · "
+                                 f"{IMAGE_SIZE**2} for C channels; received data_dim = {D}")  # fmt: skip
+            self.channels, self.depth = D // IMAGE_SIZE**2, check_positive_int(depth, "depth")
+
+        def encoder_net(out: int) -> nn.Module:
+            if encoder == "mlp":
+                return mlp([D, *hidden, out], activation)
+            conv = ConvEncoder(self.channels, self.depth)
+            unflatten = nn.Unflatten(-1, (self.channels, IMAGE_SIZE, IMAGE_SIZE))
+            return nn.Sequential(unflatten, conv, mlp([conv.out_features, *hidden, out], activation))
+
         beta = check_number(beta, "beta", minimum=0.0)
         deterministic_encoder = check_bool(deterministic_encoder, "deterministic_encoder")
         self.beta = float(beta)
@@ -195,13 +225,17 @@ class VAE(_Decoded):
         self.guide_spec, self.prior_spec = guide, prior
         if guide["type"] == "flow":
             C = guide["context_dim"]
-            encoder = mlp([D, *hidden, 2 * L + C], activation)
-            self.guide = FlowGuide(L, encoder=encoder, context_dim=C, flow=guide["flow"],
+            self.guide = FlowGuide(L, encoder=encoder_net(2 * L + C), context_dim=C, flow=guide["flow"],
                                    transforms=guide["transforms"], hidden=guide["hidden"])  # fmt: skip
         else:
             out = L if deterministic_encoder else 2 * L
-            self.guide = Amortized(mlp([D, *hidden, out], activation), L, deterministic=deterministic_encoder)
-        self._init_decoder(L, D, hidden, activation, decoder, observation_variance)
+            self.guide = Amortized(encoder_net(out), L, deterministic=deterministic_encoder)
+        network = None
+        if encoder == "conv":  # the mirror: an MLP to the transposed convolutions' input, then [.., C, 64, 64] flat
+            head = [mlp([L, *reversed(hidden)], activation), _ACTIVATIONS[activation]()] if hidden else []
+            convs = ConvDecoder(hidden[0] if hidden else L, self.channels, self.depth)
+            network = nn.Sequential(*head, convs, nn.Flatten(-3))
+        self._init_decoder(L, D, hidden, activation, decoder, observation_variance, network)
         self.register_buffer("_zero", torch.zeros(L, dtype=torch.get_default_dtype()))
         # a flow over z in place of N(0, I), in the density direction: log p(z) in one pass
         self.prior_flow = (build_flow(prior["flow"], L, 0, prior["transforms"], prior["hidden"])
@@ -210,6 +244,20 @@ class VAE(_Decoded):
     @property
     def latent_dim(self) -> int:
         return self._zero.shape[0]
+
+    def _check_data(self, x, name: str = "x") -> Tensor:
+        if self.encoder_type == "conv" and not isinstance(x, Tensor):
+            x = as_data(x, name, dtype=self._zero.dtype, device=self._zero.device)
+        if self.encoder_type == "conv" and x.dim() > 2:  # images [B, C, 64, 64]: flat
+            C = self.channels
+            if C == 1 and x.dim() == 3:
+                x = x.unsqueeze(1)  # [B, 64, 64]: one channel
+            image_shape(x, C, name)
+            if x.dim() != 4:
+                raise ValueError(f"{name} must be images [B, {C}, {IMAGE_SIZE}, {IMAGE_SIZE}] or flat [B, "
+                                 f"{self.data_shape[0]}]; received shape {tuple(x.shape)}")  # fmt: skip
+            x = x.flatten(1)
+        return super()._check_data(x, name)
 
     # The model.
 
@@ -234,6 +282,8 @@ class VAE(_Decoded):
         for name, spec, default in (("guide", self.guide_spec, "gaussian"), ("prior", self.prior_spec, "normal")):
             if spec["type"] != default:
                 extra += f", {name}={spec['type']!r} ({spec['flow']}, {spec['transforms']} transforms)"
+        if self.encoder_type == "conv":
+            extra += f", encoder='conv' ({self.channels} × {IMAGE_SIZE} × {IMAGE_SIZE}, depth {self.depth})"
         return (
             f"data_dim={self.data_shape[0]}, latent_dim={self.latent_dim}, {self._decoder_repr()}{extra}, "
             f"beta={self.beta:g}"

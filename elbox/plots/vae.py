@@ -54,6 +54,10 @@ def _image_side(dim: int) -> int | None:
     return side if side * side == dim else None
 
 
+#: Flat RGB images of the convolutional VAE, 3 × 64 × 64, drawn in colour.
+_RGB_DIM = 3 * 64 * 64
+
+
 def _draw_grid(fig, rows: list[Tensor], labels: list[str] | None = None) -> None:
     """Each row a sequence of points: images where the dimension is square, else curves."""
     n_cols = max(r.shape[0] for r in rows)
@@ -68,7 +72,9 @@ def _draw_grid(fig, rows: list[Tensor], labels: list[str] | None = None) -> None
                 ax.axis("off")
                 continue
             point = row[j].detach().cpu().float()
-            if side is not None:
+            if point.numel() == _RGB_DIM:  # channels first, as the convolutions read them
+                ax.imshow(point.reshape(3, 64, 64).permute(1, 2, 0).clamp(0, 1).numpy())
+            elif side is not None:
                 ax.imshow(point.reshape(side, side).numpy(), cmap="gray_r", vmin=0, vmax=1)
             else:
                 ax.plot(point.numpy(), lw=0.8)

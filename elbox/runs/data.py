@@ -113,12 +113,32 @@ def _user_file(config: dict):
                 f"[data] path: {path} has changed since the run was trained (its SHA-256 differs from the one "
                 "recorded); evaluate on the file the run was trained on, or train a new run"
             )
+    if config["model"].get("encoder") == "conv" and not MODEL_TYPES[config["model"]["type"]].sequences:
+        x = _flat_images(x, path)
     if MODEL_TYPES[config["model"]["type"]].sequences and not isinstance(x, Sequences):
         if str(path).lower().endswith(".csv") and x.dim() == 2:
             x = x.unsqueeze(0)  # a table: one series, a row per step and a column per variable
         elif x.dim() == 2 and x.is_floating_point():
             x = x.unsqueeze(-1)  # [N, T] numbers: sequences of one value per step
         x = Sequences(x)
+    return x
+
+
+def _flat_images(x: torch.Tensor, path) -> torch.Tensor:
+    """``[model] encoder = "conv"``: images ``[N, C, 64, 64]`` (or ``[N, 64, 64]``, or the frames of
+    episodes ``[N, T, C, 64, 64]`` with lengths) as the model holds them, flat ``[N, C · 64 · 64]``;
+    flat data pass as they are (the model checks their size)."""
+    from elbox.models._conv import IMAGE_SIZE
+
+    if isinstance(x, Sequences):  # episodes of frames (elbox collect --pixels): every frame, in order
+        x = x.values[x.mask]  # [frames, C, 64, 64]
+    if x.dim() == 3:
+        x = x.unsqueeze(1)  # one channel
+    if x.dim() == 4 and tuple(x.shape[2:]) == (IMAGE_SIZE, IMAGE_SIZE):
+        return x.flatten(1)
+    if x.dim() != 2:
+        raise ConfigError(f"[model] encoder = 'conv' takes images [N, C, {IMAGE_SIZE}, {IMAGE_SIZE}] (or [N, "
+                          f"{IMAGE_SIZE}, {IMAGE_SIZE}]); [data] path {path} holds shape {list(x.shape)}")  # fmt: skip
     return x
 
 

@@ -176,7 +176,7 @@ def _vae(m: dict, info: DataInfo):
     return VAE(info.dim, m["latent_dim"], hidden=tuple(m["hidden"]), activation=m["activation"],
                decoder=m["decoder"], observation_variance=m["observation_variance"], beta=m["beta"],
                deterministic_encoder=m["deterministic_encoder"], guide=m.get("guide", "gaussian"),
-               prior=m.get("prior", "normal"))  # fmt: skip
+               prior=m.get("prior", "normal"), encoder=m["encoder"], depth=m["depth"])  # fmt: skip
 
 
 def _discrete_vae(m: dict, info: DataInfo):
@@ -278,6 +278,10 @@ register_model_type(ModelType(
         "observation_variance": _OBSERVATION_VARIANCE,
         "beta": Key(1.0, NON_NEGATIVE, "the KL weight of the objective"),
         "deterministic_encoder": Key(False, BOOL, "a plain autoencoder"),
+        "encoder": Key("mlp", choice("mlp", "conv"),
+                       "'conv': Dreamer's convolutions for 64 × 64 images [N, C, 64, 64] (or [N, 64, 64]), then an "
+                       "MLP of widths hidden; the decoder mirrors them"),
+        "depth": Key(32, SIZE, "the convolutions' depth with encoder = 'conv' (Dreamer: 32)"),
     },
     build=_vae, guide=lambda model, m, info: model.guide, method="vi", init=None, sequences=False,
     dtype=None, description="a variational autoencoder (an amortized Gaussian or flow q; a normal or flow prior)",
