@@ -243,11 +243,11 @@ def test_gradient_fitting_moves_only_the_free_part_of_a():
     x, _ = autoregressive([0.5, 0.3], 1.0, 0.5).sample(2, num_steps=100)
     model = autoregressive([0.1, 0.1], 2.0, 2.0)
     A = model.transition_matrix.detach().clone()
-    before = float(model.log_evidence(x).sum())
+    before = float(model.log_evidence(x).sum().detach())
     elbox.fit(model, None, x, bound="max_likelihood", epochs=60, lr=0.05, seed=0)
     torch.testing.assert_close(model.transition_matrix.detach()[1:], A[1:], rtol=0, atol=0)
     assert not torch.equal(model.transition_matrix.detach()[0], A[0])
-    assert float(model.log_evidence(x).sum()) > before
+    assert float(model.log_evidence(x).sum().detach()) > before
 
 
 def test_the_posterior_with_a_singular_q_samples_trajectories_that_keep_the_structure():
@@ -289,3 +289,93 @@ def test_bad_input_is_named():
         combine(local_level(), elbox.LinearGaussianSSM(2, 2))
     with pytest.raises(ValueError, match="at least one component"):
         combine()
+
+
+# The config: [model] structure and fixed, by `elbox fit` on one series.
+
+
+def _elbox(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "elbox", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)  # fmt: skip
+
+
+def test_elbox_fit_fits_the_niles_local_level_from_a_config_with_its_structure_fixed(tmp_path):
+    """`elbox fit` (a fresh process) on the Nile as a one-column .csv, split in time: A = C = 1 and
+    the diffuse start held, R also fixed from the config at its initial value, Q fitted."""
+    from elbox.data import nile
+
+    flow, _ = nile()
+    (tmp_path / "nile.csv").write_text("flow\n" + "\n".join(f"{v:g}" for v in flow.flatten().tolist()) + "\n")
+    (tmp_path / "nile.toml").write_text(
+        '[data]\npath = "nile.csv"\nsplit = "time"\ntest = 10\n'
+        '[model]\ntype = "lgssm"\nstructure = "local_level"\nfixed = ["observation_covariance"]\n'
+        '[train]\nmax_iter = 20\ninit = "none"\n'
+    )
+    done = _elbox("fit", "nile.toml", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = elbox.load_run(tmp_path / "run")
+    model = run.model
+    assert run.config["model"]["state_dim"] == 1 and run.config["model"]["structure"] == "local_level"
+    assert model.fixed >= {"transition_matrix", "observation_matrix", "initial_loc", "initial_covariance",
+                           "observation_covariance"}  # fmt: skip
+    assert float(model.transition_matrix) == 1.0 and float(model.observation_matrix) == 1.0
+    assert float(model.initial_covariance) == pytest.approx(1e6, rel=1e-12) and float(model.initial_loc) == 0.0
+    assert float(model.observation_covariance) == pytest.approx(1.0, rel=1e-12)  # fixed from the config
+    assert float(model.transition_covariance) != pytest.approx(1.0)  # the free variance moved
+
+
+def test_the_config_builds_seasonal_ar_and_summed_structures():
+    from elbox.runs.build import build_model
+    from elbox.runs.config import parse_config
+    from elbox.runs.types import DataInfo
+
+    data = {"path": "series.csv", "split": "time"}
+    cases = [({"structure": "seasonal", "period": 4}, 3, 1),
+             ({"structure": "seasonal", "period": 12, "seasonal": "trigonometric", "harmonics": 2}, 4, 4),
+             ({"structure": "autoregressive", "order": 3}, 3, 1),
+             ({"structure": ["local_linear_trend", "seasonal", "autoregressive"], "period": 4, "order": 1}, 6, 4)]
+    for keys, states, noise in cases:
+        config = parse_config({"data": data, "model": {"type": "lgssm", **keys}})
+        assert config["model"]["state_dim"] == states
+        model = build_model(config, DataInfo(dim=1, points=1, steps=40))[0]
+        assert (model.state_dim, model.noise_dim) == (states, noise)
+        assert "observation_matrix" in model.fixed
+
+
+def test_config_errors_name_the_key():
+    from elbox.runs.config import ConfigError, parse_config
+
+    data = {"path": "series.csv", "split": "time"}
+
+    def parse(**model):
+        return parse_config({"data": data, "model": {"type": "lgssm", **model}})
+
+    with pytest.raises(ConfigError, match=r"\[model\] fixed names 'A', which a 'lgssm' model does not have; it can "
+                                          r"fix 'transition_matrix', 'observation_matrix'"):  # fmt: skip
+        parse(fixed=["A"])
+    with pytest.raises(ConfigError, match=r"\[model\] fixed names 'loc', which a 'hmm' model does not have"):
+        parse_config({"data": data, "model": {"type": "hmm", "fixed": ["loc"]}})
+    with pytest.raises(ConfigError, match=r"\[model\] fixed must be a list of parameter names"):
+        parse(fixed="transition_matrix")
+    with pytest.raises(ConfigError, match="structure 'seasonal' needs period"):
+        parse(structure="seasonal")
+    with pytest.raises(ConfigError, match="period applies to structure 'seasonal' only"):
+        parse(structure="local_level", period=4)
+    with pytest.raises(ConfigError, match="harmonics applies to seasonal = 'trigonometric', from 1 to period // 2 = 2"):
+        parse(structure="seasonal", period=4, harmonics=3, seasonal="trigonometric")
+    with pytest.raises(ConfigError, match="structure 'autoregressive' needs order"):
+        parse(structure="autoregressive")
+    with pytest.raises(ConfigError, match="state_dim = 3 does not match structure = 'local_level', which has 1"):
+        parse(structure="local_level", state_dim=3)
+    with pytest.raises(ConfigError, match=r"\[model\] structure must be 'none', one of 'local_level'"):
+        parse(structure="level")
+    with pytest.raises(ConfigError, match="singular state noise .* objective = 'elbo'"):
+        parse_config({"data": data, "model": {"type": "lgssm", "structure": "autoregressive", "order": 1},
+                      "train": {"method": "vi", "objective": "elbo"}})  # fmt: skip

@@ -159,7 +159,7 @@ class LinearGaussianSSM(LatentModel):
         value = as_data(value, name, dtype=dtype)
         if tuple(value.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}; received {list(value.shape)}")
-        return value
+        return value.clone()  # a parameter of its own, never the caller's tensor (nor another parameter's)
 
     # Dimensions and covariances.
 
@@ -566,7 +566,11 @@ class LinearGaussianSSM(LatentModel):
         D, Dx = self.state_dim, self.obs_dim
         dtype = self.transition_matrix.dtype
         A = torch.randn(D, D, generator=generator, dtype=dtype)
-        self.transition_matrix.copy_(0.9 * A / torch.linalg.matrix_norm(A, 2))
+        A = 0.9 * A / torch.linalg.matrix_norm(A, 2)
+        project = self._noise_projection()
+        if project is not None:  # only the free part G G⁺ A is drawn: the rest is structure
+            A = self.transition_matrix + project @ (A - self.transition_matrix)
+        self.transition_matrix.copy_(A)
         frames = x.values[x.mask]  # [N, obs]
         scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
         self.observation_matrix.copy_(
