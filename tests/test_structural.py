@@ -74,6 +74,73 @@ def test_log_likelihood_equals_statsmodels_at_the_same_parameters(name):
     assert float(diffuse_log_likelihood(make(), y)) == pytest.approx(STATSMODELS[name], abs=1e-6)
 
 
+# UC(seasonal_series(), irregular=True, seasonal=4).fit(disp=False, maxiter=1000): its maximum and
+# [σ²_ε, σ²_ω] (tests/data/structural_reference.py)
+STATSMODELS_SEASONAL_MAX = -201.1458799107423
+STATSMODELS_SEASONAL_ARGMAX = (1.0835270540956954, 0.19668645685649347)
+
+
+def _seasonal_series(n: int = 120) -> torch.Tensor:
+    """The reference script's simulated quarterly series (Python's ``random.Random(0).gauss``)."""
+    import random
+
+    rng = random.Random(0)
+    gamma, y = [3.0, -1.0, -2.5], []
+    for _ in range(n):
+        y.append(gamma[0] + rng.gauss(0.0, 1.0))
+        gamma = [-sum(gamma) + rng.gauss(0.0, 0.5)] + gamma[:2]
+    return torch.tensor(y).reshape(1, n, 1)
+
+
+def _check_seasonal_maximum(model):
+    y = _seasonal_series()
+    assert float(diffuse_log_likelihood(model, y)) >= STATSMODELS_SEASONAL_MAX - 1e-4
+    assert float(model.observation_covariance.detach()) == pytest.approx(STATSMODELS_SEASONAL_ARGMAX[0], rel=0.01)
+    assert float(model.noise_covariance.detach()) == pytest.approx(STATSMODELS_SEASONAL_ARGMAX[1], rel=0.01)
+
+
+def test_em_on_the_dummy_seasonal_reaches_statsmodels_maximum():
+    model = seasonal(4, 1.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", elbox.ConvergenceWarning)
+        elbox.em(model, _seasonal_series(), max_iter=3000, tol=1e-12, init=None)
+    _check_seasonal_maximum(model)
+
+
+def test_gradient_fitting_of_the_dummy_seasonal_reaches_statsmodels_maximum():
+    model = seasonal(4, 1.0, 1.0)
+    elbox.fit(model, None, _seasonal_series(), bound="max_likelihood", epochs=400, lr=0.05, seed=0)
+    _check_seasonal_maximum(model)
+
+
+def test_an_approximately_diffuse_start_is_filtered_to_rounding_at_every_length():
+    """The first state_dim steps of a diffuse start run one at a time: short series (T ≤ D) and
+    long ones, steady state or not, equal to the step-by-step filter (the stacked Gaussian loses
+    the digits that 10⁶ costs it, so the reference here is the sequential recursion)."""
+    model = seasonal(4, 0.4, 1.3, kind="trigonometric")  # 4 states, the last unobserved (Nyquist): 1e6 throughout
+    y = _seasonal_series(40)
+
+    def sequential(T):
+        A, C = model.transition_matrix.detach(), model.observation_matrix.detach()
+        Q, R = model.transition_covariance.detach(), model.observation_covariance.detach()
+        m, P, total = model.initial_loc.detach(), model.initial_covariance.detach(), 0.0
+        for t in range(T):
+            if t:
+                m, P = A @ m, A @ P @ A.T + Q
+            S = C @ P @ C.T + R
+            e = y[0, t] - C @ m
+            total += float(torch.distributions.MultivariateNormal(torch.zeros(1), S).log_prob(e))
+            K = P @ C.T @ torch.linalg.inv(S)
+            I_KC = torch.eye(4) - K @ C
+            m, P = m + K @ e, I_KC @ P @ I_KC.T + K @ R @ K.T
+        return total
+
+    for T in (1, 3, 4, 5, 40):
+        for steady in (True, False):
+            model.steady_state = steady
+            assert float(model.log_evidence(y[:, :T]).detach()) == pytest.approx(sequential(T), abs=1e-7)
+
+
 def test_structures_are_as_statsmodels_builds_them():
     dummy = seasonal(5)
     torch.testing.assert_close(dummy.transition_matrix.detach()[0], -torch.ones(4))
@@ -347,6 +414,11 @@ def test_the_config_builds_seasonal_ar_and_summed_structures():
         model = build_model(config, DataInfo(dim=1, points=1, steps=40))[0]
         assert (model.state_dim, model.noise_dim) == (states, noise)
         assert "observation_matrix" in model.fixed
+    hmm = parse_config({"data": data, "model": {"type": "hmm", "fixed": ["transition_matrix"]}})
+    assert build_model(hmm, DataInfo(dim=2, points=1, steps=40))[0].fixed == {"transition_matrix"}
+    general = parse_config({"data": data, "model": {"type": "lgssm", "fixed": ["observation_matrix"]}})
+    model = build_model(general, DataInfo(dim=2, points=1, steps=40))[0]
+    assert model.fixed == {"observation_matrix"} and not model.observation_matrix.requires_grad
 
 
 def test_config_errors_name_the_key():
