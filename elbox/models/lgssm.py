@@ -60,6 +60,11 @@ class LinearGaussianSSM(LatentModel):
             states, as every structural model's G does). ``log_joint`` has no density then.
         noise_covariance: Q_η ``[noise_dim, noise_dim]`` (default the identity); give it or
             ``transition_covariance`` (which must then lie in G's range), not both.
+        noise_groups: A group label per noise coordinate (``noise_dim`` integers), making Q_η
+            diagonal with one variance per group, diag(σ²_{g_1}, …), as statsmodels' structural
+            models have it (default None: a full Q_η). EM's M-step then sets σ²_g to the mean of
+            E[η_i²] over the group (the constrained maximizer), gradient fitting moves one
+            log-scale per group (the mean of its coordinates' raw diagonals).
         reg_covar: Added to the diagonals of Q_η, R and P_0 estimated by the M-step.
         steady_state: Stop the covariance recursion once it has settled (to 100 ε in the
             covariance's own metric) and reuse its last step; False runs every step.
@@ -98,6 +103,7 @@ class LinearGaussianSSM(LatentModel):
         fixed=(),
         noise_matrix=None,
         noise_covariance=None,
+        noise_groups=None,
     ):
         super().__init__()
         Dz = check_positive_int(state_dim, "state_dim")
@@ -129,6 +135,14 @@ class LinearGaussianSSM(LatentModel):
             self.register_buffer("noise_matrix", G)
             K = G.shape[1]
         self._q_raw = nn.Parameter(torch.zeros(K, K, dtype=dtype))
+        if noise_groups is None:
+            self.noise_groups = None
+        else:
+            groups = torch.as_tensor(noise_groups)
+            if groups.shape != (K,) or groups.is_floating_point() or groups.is_complex() or bool((groups < 0).any()):
+                raise ValueError(f"noise_groups must be {K} non-negative integer labels, one per noise coordinate; "
+                                 f"received {noise_groups!r}")  # fmt: skip
+            self.register_buffer("noise_groups", groups.long())
         self._r_raw = nn.Parameter(torch.zeros(Dx, Dx, dtype=dtype))
         self._p0_raw = nn.Parameter(torch.zeros(Dz, Dz, dtype=dtype))
         if transition_covariance is not None and noise_covariance is not None:
@@ -185,15 +199,35 @@ class LinearGaussianSSM(LatentModel):
         """The number of noise columns (``state_dim`` unless ``noise_matrix`` says otherwise)."""
         return self._q_raw.shape[0]
 
+    def _group_mean(self, v: Tensor) -> Tensor:
+        """Each coordinate's value replaced by its noise group's mean, ``[noise_dim]``."""
+        one_hot = torch.nn.functional.one_hot(self.noise_groups).to(v.dtype)  # [k, groups]
+        return one_hot @ ((v @ one_hot) / one_hot.sum(0).clamp_min(1))
+
+    def _noise_tril(self) -> Tensor:
+        """chol(Q_η), ``[noise_dim, noise_dim]`` (diagonal, one scale per group, with ``noise_groups``)."""
+        if self.noise_groups is None:
+            return raw_to_tril(self._q_raw)
+        return torch.diag_embed(self._group_mean(self._q_raw.diagonal()).exp())
+
     @property
     def noise_covariance(self) -> Tensor:
         """Q_η, ``[noise_dim, noise_dim]``: the state noise's covariance before its loading G."""
-        L = raw_to_tril(self._q_raw)
+        L = self._noise_tril()
         return L @ L.mT
 
     @noise_covariance.setter
     def noise_covariance(self, value) -> None:
-        self._set_covariance(self._q_raw, value, "noise_covariance")
+        self._set_noise(value, "noise_covariance")
+
+    def _set_noise(self, value, name: str) -> None:
+        if self.noise_groups is not None:
+            value = self._matrix(value, name, tuple(self._q_raw.shape), torch.empty(0))
+            v = value.diagonal()
+            if not (torch.equal(value, torch.diag(v)) and torch.allclose(self._group_mean(v), v, rtol=1e-12)):
+                raise ValueError(f"{name} must be diagonal with one variance per noise group "
+                                 f"{self.noise_groups.tolist()}; received {value.tolist()}")  # fmt: skip
+        self._set_covariance(self._q_raw, value, name)
 
     @property
     def transition_covariance(self) -> Tensor:
@@ -206,7 +240,7 @@ class LinearGaussianSSM(LatentModel):
     def transition_covariance(self, value) -> None:
         G = self.noise_matrix
         if G is None:
-            self._set_covariance(self._q_raw, value, "transition_covariance")
+            self._set_noise(value, "transition_covariance")
             return
         D = self.state_dim
         Q = self._matrix(value, "transition_covariance", (D, D), torch.empty(0)).to(G.dtype)
@@ -215,7 +249,7 @@ class LinearGaussianSSM(LatentModel):
         if not torch.allclose(G @ Q_eta @ G.T, Q, rtol=1e-6, atol=1e-12 * float(Q.abs().max().clamp_min(1.0))):
             raise ValueError("transition_covariance must be G Q_η Gᵀ for the noise_matrix G (it has entries outside "
                              "G's range); pass noise_covariance, Q_η, instead")  # fmt: skip
-        self.noise_covariance = _sym(Q_eta)
+        self._set_noise(torch.where(Q_eta.abs() > 1e-12 * Q_eta.abs().max(), _sym(Q_eta), 0.0), "transition_covariance")
 
     def _degenerate(self) -> bool:
         """Whether Q is singular by construction (fewer noise columns than states)."""
@@ -238,7 +272,7 @@ class LinearGaussianSSM(LatentModel):
 
     def _noise_scale(self) -> Tensor:
         """A square factor L ``[D, D]`` with L Lᵀ = Q: chol(Q_η) loaded by G, padded with zero columns."""
-        L = raw_to_tril(self._q_raw)
+        L = self._noise_tril()
         if self.noise_matrix is None:
             return L
         GL = self.noise_matrix @ L  # [D, k]
@@ -537,6 +571,8 @@ class LinearGaussianSSM(LatentModel):
                 Q = G_pinv @ Q @ G_pinv.T
             self.transition_matrix.copy_(A)
             self.control_matrix.copy_(Bm)
+            if self.noise_groups is not None:  # σ²_g = the group's mean of E[η_i²]
+                Q = torch.diag(self._group_mean(Q.diagonal()))
             if "transition_covariance" not in fixed:
                 eye_q = torch.eye(self.noise_dim, dtype=means.dtype)
                 self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_q, "the estimated Q",

@@ -69,16 +69,15 @@ def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0,
     .. math:: x_t = \mu_t + \varepsilon_t, \quad \mu_{t+1} = \mu_t + \nu_t + \xi_t, \quad
               \nu_{t+1} = \nu_t + \zeta_t,
 
-    state (μ_t, ν_t), A = [[1, 1], [0, 1]] and C = [1, 0] held fixed, Q = diag(σ²_ξ, σ²_ζ) given
-    (EM estimates a full Q; hold ``transition_covariance`` fixed to keep it diagonal), the start
-    approximately diffuse.
+    state (μ_t, ν_t), A = [[1, 1], [0, 1]] and C = [1, 0] held fixed, Q = diag(σ²_ξ, σ²_ζ) kept
+    diagonal by EM and gradient fitting alike (``noise_groups``), the start approximately diffuse.
     """
     variances = [_variance(v, n) for v, n in ((level_variance, "level_variance"), (slope_variance, "slope_variance"))]
     r = _variance(observation_variance, "observation_variance")
     p0 = _variance(diffuse_variance, "diffuse_variance")
     model = LinearGaussianSSM(2, 1, transition_matrix=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
                               observation_matrix=torch.tensor([[1.0, 0.0]]),
-                              transition_covariance=torch.diag(torch.tensor(variances)),
+                              transition_covariance=torch.diag(torch.tensor(variances)), noise_groups=[0, 1],
                               observation_covariance=torch.tensor([[r]]), initial_loc=torch.zeros(2),
                               initial_covariance=p0 * torch.eye(2), fixed=_STRUCTURE)  # fmt: skip
     return _diffuse(model, 2)
@@ -108,9 +107,9 @@ def seasonal(period: int, seasonal_variance: float = 1.0, observation_variance: 
     λ_j = 2πj/s, [[cos λ_j, sin λ_j], [−sin λ_j, cos λ_j]], every state with its own noise of the
     one variance σ²_ω (Q = σ²_ω I), x_t = Σ_j γ_{j,t} + ε_t; 2h states.
 
-    A, C, μ_0 = 0 and P_0 = ``diffuse_variance`` I are held fixed; EM estimates σ²_ε and the
-    noise covariance (for the trigonometric kind a full 2h × 2h one: hold
-    ``transition_covariance`` fixed to keep σ²_ω I), gradient fitting alike.
+    A, C, μ_0 = 0 and P_0 = ``diffuse_variance`` I are held fixed; EM and gradient fitting
+    estimate σ²_ε and σ²_ω (for the trigonometric kind one σ²_ω for all 2h states:
+    ``noise_groups``).
 
     Args:
         period: s ≥ 2, steps per season.
@@ -151,7 +150,7 @@ def seasonal(period: int, seasonal_variance: float = 1.0, observation_variance: 
             A[2 * j - 2 : 2 * j, 2 * j - 2 : 2 * j] = torch.tensor([[c, s_], [-s_, c]])
         C = torch.zeros(1, D)
         C[0, 0::2] = 1.0
-        options = {"transition_covariance": q * torch.eye(D)}
+        options = {"transition_covariance": q * torch.eye(D), "noise_groups": [0] * D}
     model = LinearGaussianSSM(D, 1, transition_matrix=A, observation_matrix=C, observation_covariance=[[r]],
                               initial_loc=torch.zeros(D), initial_covariance=p0 * torch.eye(D), fixed=_STRUCTURE,
                               **options)  # fmt: skip
@@ -221,9 +220,10 @@ def combine(*components: LinearGaussianSSM, observation_variance: float = 1.0) -
     statsmodels' ``UnobservedComponents("local linear trend", seasonal=4)``.
 
     A, C, μ_0 and P_0 are held fixed (the AR coefficients of a component too: EM could free A
-    only as a whole noise-range part, which would free the level and seasonal rows as well); EM
-    estimates σ²_ε and a full Q_η (cross-covariances between the components included: hold
-    ``transition_covariance`` fixed to keep the given blocks).
+    only as a whole noise-range part, which would free the level and seasonal rows as well). EM
+    and gradient fitting estimate σ²_ε and the components' noise variances, each component's
+    own (``noise_groups``, as statsmodels' ``UnobservedComponents``), where every component has
+    one noise or its own ``noise_groups``; else a full Q_η, cross-covariances included.
 
     Args:
         components: Models of this module (or any with ``obs_dim`` 1 and no inputs).
@@ -236,6 +236,14 @@ def combine(*components: LinearGaussianSSM, observation_variance: float = 1.0) -
             raise ValueError(f"components[{i}] must be a LinearGaussianSSM with obs_dim 1 and no inputs; received "
                              f"{m!r}")  # fmt: skip
     r = _variance(observation_variance, "observation_variance")
+    groups, offset = [], 0
+    for m in components:
+        if m.noise_groups is None and m.noise_dim > 1:
+            groups = None
+            break
+        own = m.noise_groups.tolist() if m.noise_groups is not None else [0]
+        groups += [g + offset for g in own]
+        offset += max(own) + 1
     with torch.no_grad():
         G = torch.block_diag(*[m.noise_matrix if m.noise_matrix is not None else torch.eye(m.state_dim)
                                for m in components])  # fmt: skip
@@ -244,7 +252,7 @@ def combine(*components: LinearGaussianSSM, observation_variance: float = 1.0) -
             transition_matrix=torch.block_diag(*[m.transition_matrix for m in components]),
             observation_matrix=torch.cat([m.observation_matrix for m in components], 1),
             noise_matrix=G if G.shape[1] < G.shape[0] else None,
-            noise_covariance=torch.block_diag(*[m.noise_covariance for m in components]),
+            noise_covariance=torch.block_diag(*[m.noise_covariance for m in components]), noise_groups=groups,
             observation_covariance=[[r]], initial_loc=torch.cat([m.initial_loc for m in components]),
             initial_covariance=torch.block_diag(*[m.initial_covariance for m in components]), fixed=_STRUCTURE,
         )  # fmt: skip

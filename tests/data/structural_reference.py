@@ -30,6 +30,16 @@ def seasonal_series(n: int = 120) -> np.ndarray:
     return np.array(y)
 
 
+def level_seasonal_series(n: int = 120) -> np.ndarray:
+    """:func:`seasonal_series` plus a random-walk level (σ_η = 0.3, from ``random.Random(1)``)."""
+    rng = random.Random(1)
+    level, out = 5.0, []
+    for _ in range(n):
+        out.append(level)
+        level += rng.gauss(0.0, 0.3)
+    return seasonal_series(n) + np.array(out)
+
+
 CASES = {
     # name: (model, parameters in statsmodels' order)
     "dummy_seasonal_4": (lambda y: UnobservedComponents(y, irregular=True, seasonal=4), [1.3, 0.4]),
@@ -58,3 +68,7 @@ if __name__ == "__main__":
         warnings.simplefilter("ignore")
         fit = UnobservedComponents(seasonal_series(), irregular=True, seasonal=4).fit(disp=False, maxiter=1000)
     print(f"dummy_seasonal_4_max = {float(fit.llf)!r}  # {fit.model.param_names} = {[float(p) for p in fit.params]}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = UnobservedComponents(level_seasonal_series(), "local level", seasonal=4).fit(disp=False, maxiter=1000)
+    print(f"level_seasonal_4_max = {float(fit.llf)!r}  # {fit.model.param_names} = {[float(p) for p in fit.params]}")
