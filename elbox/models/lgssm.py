@@ -57,7 +57,9 @@ class LinearGaussianSSM(LatentModel):
             the rest is structure, held by EM (any other change would give the smoothed
             trajectories zero density) and by gradient fitting (its gradient is projected
             on G G⁺; exactly kept by a per-coordinate optimizer such as Adam where G selects
-            states, as every structural model's G does). ``log_joint`` has no density then.
+            states, as every structural model's G does). ``log_joint`` has no density then
+            (it says so); the posterior's moments and samples are exact, its ``log_prob`` and
+            ``entropy`` are not defined (a degenerate Gaussian) and must not be read.
         noise_covariance: Q_η ``[noise_dim, noise_dim]`` (default the identity); give it or
             ``transition_covariance`` (which must then lie in G's range), not both.
         noise_groups: A group label per noise coordinate (``noise_dim`` integers), making Q_η
