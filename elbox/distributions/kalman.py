@@ -109,18 +109,28 @@ def kalman_covariances(model: LinearGaussian, T: int) -> dict:
         model.observation_covariance  # fmt: skip
     tol = 100 * torch.finfo(A.dtype).eps
     P0 = model.initial_covariance
-    filt = kalman_update(P0, C, R)[2].unsqueeze(0)  # P_{0|0}, [1, D, D]
-    power = riccati_element(model) if T > 1 else None  # e^m, m = len(filt)
-    steps = T
-    while len(filt) < T:
+    head = [kalman_update(P0, C, R)[2]]  # P_{0|0}
+    # An approximately diffuse start (P_0 far above Q) costs the doubling's (I + P J)⁻¹ about as
+    # many digits as P_0 / Q has: its first D steps, while the data resolve the observable
+    # directions, run one at a time (the Joseph update), and the doubling starts from there.
+    for _ in range(1, min(T, A.shape[-1]) if _diffuse_start(P0, Q) else 1):
+        head.append(kalman_update(A @ head[-1] @ A.T + Q, C, R)[2])
+    base = len(head) - 1  # the doubling's first step
+    filt = head[-1].unsqueeze(0)  # [1, D, D]
+    power = riccati_element(model) if T > base + 1 else None  # e^m, m = len(filt)
+    steps = T - base
+    while len(filt) < T - base:
         m = len(filt)
-        filt = torch.cat([filt, riccati_apply(power, filt[: min(m, T - m)])])  # P_{m+k|m+k} = e^m(P_{k|k})
+        filt = torch.cat([filt, riccati_apply(power, filt[: min(m, T - base - m)])])  # P_{m+k|m+k} = e^m(P_{k|k})
         if model.steady_state and _settled_by(filt, model, tol):
             steps = _first_settled(filt, model, tol, m)
             filt = filt[:steps]
             break
-        if len(filt) < T:
+        if len(filt) < T - base:
             power = riccati_compose(power, power)
+    if base:
+        filt = torch.cat([torch.stack(head[:-1]), filt])
+        steps += base
     filt = 0.5 * (filt + filt.mT)
     pred = torch.cat([P0.unsqueeze(0), A @ filt[:-1] @ A.T + Q])  # [steps, D, D]
     CP = C @ pred  # [steps, obs, D]
@@ -133,6 +143,11 @@ def kalman_covariances(model: LinearGaussian, T: int) -> dict:
         out = {key: torch.cat([v, v[-1].expand(steady, *v.shape[1:])]) for key, v in out.items()}
     out["steps"] = steps  # how many steps ran before the steady state
     return out
+
+
+def _diffuse_start(P0: Tensor, Q: Tensor) -> bool:
+    """Whether P_0 is approximately diffuse: its largest variance 10⁴ times Q's (or more)."""
+    return bool(P0.diagonal().max() > 1e4 * Q.diagonal().max())
 
 
 def _predicted(filt: Tensor, model: LinearGaussian) -> Tensor:

@@ -23,8 +23,10 @@ class LinearGaussianSSM(LatentModel):
     r"""A linear-Gaussian state-space model (a Kalman filter model), with optional inputs u_t.
 
     .. math:: z_1 \sim \mathcal{N}(\mu_0, P_0), \quad
-              z_t = A z_{t-1} + B u_t + w_t,\ w_t \sim \mathcal{N}(0, Q), \quad
-              x_t = C z_t + v_t,\ v_t \sim \mathcal{N}(0, R).
+              z_t = A z_{t-1} + B u_t + G \eta_t,\ \eta_t \sim \mathcal{N}(0, Q_\eta), \quad
+              x_t = C z_t + v_t,\ v_t \sim \mathcal{N}(0, R),
+
+    so Q = G Q_η Gᵀ; G = I (the default) makes it the usual w_t ~ N(0, Q).
 
     A data point is a whole sequence x ``[B, T, obs_dim]`` (or a :class:`~elbox.data.Sequences`
     for ragged lengths and inputs ``[B, T, input_dim]``; u_1 is unused); z is the trajectory
@@ -48,7 +50,24 @@ class LinearGaussianSSM(LatentModel):
         observation_matrix: C (default the identity's first rows); transition_covariance: Q,
         observation_covariance: R, initial_covariance: P_0 (default identities);
         initial_loc: μ_0 (default zeros).
-        reg_covar: Added to the diagonals of Q, R and P_0 estimated by the M-step.
+        noise_matrix: G ``[state_dim, noise_dim]``, a fixed loading of the state noise, full
+            column rank (default None: G = I). With fewer noise columns than states Q is
+            singular, as in structural models where the noise enters only some states; then
+            the free part of A (and B) is G G⁺ A, the rows the noise enters for a selection G:
+            the rest is structure, held by EM (any other change would give the smoothed
+            trajectories zero density) and by gradient fitting (its gradient is projected
+            on G G⁺; exactly kept by a per-coordinate optimizer such as Adam where G selects
+            states, as every structural model's G does). ``log_joint`` has no density then
+            (it says so); the posterior's moments and samples are exact, its ``log_prob`` and
+            ``entropy`` are not defined (a degenerate Gaussian) and must not be read.
+        noise_covariance: Q_η ``[noise_dim, noise_dim]`` (default the identity); give it or
+            ``transition_covariance`` (which must then lie in G's range), not both.
+        noise_groups: A group label per noise coordinate (``noise_dim`` integers), making Q_η
+            diagonal with one variance per group, diag(σ²_{g_1}, …), as statsmodels' structural
+            models have it (default None: a full Q_η). EM's M-step then sets σ²_g to the mean of
+            E[η_i²] over the group (the constrained maximizer), gradient fitting moves one
+            log-scale per group (the mean of its coordinates' raw diagonals).
+        reg_covar: Added to the diagonals of Q_η, R and P_0 estimated by the M-step.
         steady_state: Stop the covariance recursion once it has settled (to 100 ε in the
             covariance's own metric) and reuse its last step; False runs every step.
         fixed: Parameters held at their given values (:meth:`fix`): any of ``"transition_matrix"``,
@@ -84,6 +103,9 @@ class LinearGaussianSSM(LatentModel):
         reg_covar: float = 0.0,
         steady_state: bool = True,
         fixed=(),
+        noise_matrix=None,
+        noise_covariance=None,
+        noise_groups=None,
     ):
         super().__init__()
         Dz = check_positive_int(state_dim, "state_dim")
@@ -104,10 +126,31 @@ class LinearGaussianSSM(LatentModel):
         )
         self.control_matrix = nn.Parameter(self._matrix(control_matrix, "control_matrix", (Dz, U), torch.zeros(Dz, U)))
         self.initial_loc = nn.Parameter(self._matrix(initial_loc, "initial_loc", (Dz,), torch.zeros(Dz)))
-        self._q_raw = nn.Parameter(torch.zeros(Dz, Dz, dtype=dtype))
+        if noise_matrix is None:
+            self.noise_matrix = None
+            K = Dz
+        else:
+            G = as_data(noise_matrix, "noise_matrix", ndim=2, dtype=dtype)
+            if G.shape[0] != Dz or not 1 <= G.shape[1] <= Dz or int(torch.linalg.matrix_rank(G)) != G.shape[1]:
+                raise ValueError(f"noise_matrix must be [state_dim={Dz}, noise_dim] of full column rank, noise_dim ≤ "
+                                 f"{Dz}; received shape {list(G.shape)} of rank {int(torch.linalg.matrix_rank(G))}")
+            self.register_buffer("noise_matrix", G)
+            K = G.shape[1]
+        self._q_raw = nn.Parameter(torch.zeros(K, K, dtype=dtype))
+        if noise_groups is None:
+            self.noise_groups = None
+        else:
+            groups = torch.as_tensor(noise_groups)
+            if groups.shape != (K,) or groups.is_floating_point() or groups.is_complex() or bool((groups < 0).any()):
+                raise ValueError(f"noise_groups must be {K} non-negative integer labels, one per noise coordinate; "
+                                 f"received {noise_groups!r}")  # fmt: skip
+            self.register_buffer("noise_groups", groups.long())
         self._r_raw = nn.Parameter(torch.zeros(Dx, Dx, dtype=dtype))
         self._p0_raw = nn.Parameter(torch.zeros(Dz, Dz, dtype=dtype))
+        if transition_covariance is not None and noise_covariance is not None:
+            raise ValueError("give transition_covariance (Q) or noise_covariance (Q_η), not both")
         for name, value in (
+            ("noise_covariance", noise_covariance),
             ("transition_covariance", transition_covariance),
             ("observation_covariance", observation_covariance),
             ("initial_covariance", initial_covariance),
@@ -132,7 +175,7 @@ class LinearGaussianSSM(LatentModel):
         value = as_data(value, name, dtype=dtype)
         if tuple(value.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}; received {list(value.shape)}")
-        return value
+        return value.clone()  # a parameter of its own, never the caller's tensor (nor another parameter's)
 
     # Dimensions and covariances.
 
@@ -154,14 +197,88 @@ class LinearGaussianSSM(LatentModel):
             raw.copy_(covariance_to_raw(value.to(raw.dtype), name, "A covariance must be symmetric positive definite."))
 
     @property
-    def transition_covariance(self) -> Tensor:
-        """Q, ``[state_dim, state_dim]``."""
-        L = raw_to_tril(self._q_raw)
+    def noise_dim(self) -> int:
+        """The number of noise columns (``state_dim`` unless ``noise_matrix`` says otherwise)."""
+        return self._q_raw.shape[0]
+
+    def _group_mean(self, v: Tensor) -> Tensor:
+        """Each coordinate's value replaced by its noise group's mean, ``[noise_dim]``."""
+        one_hot = torch.nn.functional.one_hot(self.noise_groups).to(v.dtype)  # [k, groups]
+        return one_hot @ ((v @ one_hot) / one_hot.sum(0).clamp_min(1))
+
+    def _noise_tril(self) -> Tensor:
+        """chol(Q_η), ``[noise_dim, noise_dim]`` (diagonal, one scale per group, with ``noise_groups``)."""
+        if self.noise_groups is None:
+            return raw_to_tril(self._q_raw)
+        return torch.diag_embed(self._group_mean(self._q_raw.diagonal()).exp())
+
+    @property
+    def noise_covariance(self) -> Tensor:
+        """Q_η, ``[noise_dim, noise_dim]``: the state noise's covariance before its loading G."""
+        L = self._noise_tril()
         return L @ L.mT
+
+    @noise_covariance.setter
+    def noise_covariance(self, value) -> None:
+        self._set_noise(value, "noise_covariance")
+
+    def _set_noise(self, value, name: str) -> None:
+        if self.noise_groups is not None:
+            value = self._matrix(value, name, tuple(self._q_raw.shape), torch.empty(0))
+            v = value.diagonal()
+            if not (torch.equal(value, torch.diag(v)) and torch.allclose(self._group_mean(v), v, rtol=1e-12)):
+                raise ValueError(f"{name} must be diagonal with one variance per noise group "
+                                 f"{self.noise_groups.tolist()}; received {value.tolist()}")  # fmt: skip
+        self._set_covariance(self._q_raw, value, name)
+
+    @property
+    def transition_covariance(self) -> Tensor:
+        """Q = G Q_η Gᵀ, ``[state_dim, state_dim]`` (singular where G has fewer columns than states)."""
+        Q = self.noise_covariance
+        G = self.noise_matrix
+        return Q if G is None else G @ Q @ G.T
 
     @transition_covariance.setter
     def transition_covariance(self, value) -> None:
-        self._set_covariance(self._q_raw, value, "transition_covariance")
+        G = self.noise_matrix
+        if G is None:
+            self._set_noise(value, "transition_covariance")
+            return
+        D = self.state_dim
+        Q = self._matrix(value, "transition_covariance", (D, D), torch.empty(0)).to(G.dtype)
+        G_pinv = torch.linalg.pinv(G)
+        Q_eta = G_pinv @ Q @ G_pinv.T
+        if not torch.allclose(G @ Q_eta @ G.T, Q, rtol=1e-6, atol=1e-12 * float(Q.abs().max().clamp_min(1.0))):
+            raise ValueError("transition_covariance must be G Q_η Gᵀ for the noise_matrix G (it has entries outside "
+                             "G's range); pass noise_covariance, Q_η, instead")  # fmt: skip
+        self._set_noise(torch.where(Q_eta.abs() > 1e-12 * Q_eta.abs().max(), _sym(Q_eta), 0.0), "transition_covariance")
+
+    def _degenerate(self) -> bool:
+        """Whether Q is singular by construction (fewer noise columns than states)."""
+        return self.noise_dim < self.state_dim
+
+    def _noise_projection(self) -> Tensor | None:
+        """G G⁺, the orthogonal projection on the noise's range, ``[D, D]``; None where G = I."""
+        if not self._degenerate():
+            return None
+        G = self.noise_matrix
+        return G @ torch.linalg.pinv(G)
+
+    def _free(self, M: Tensor) -> Tensor:
+        """``M`` (A or B), whose gradient flows only through its free part G G⁺ M (its value unchanged)."""
+        P = self._noise_projection()
+        if P is None or not M.requires_grad:
+            return M
+        fixed = M.detach()
+        return fixed + P @ (M - fixed)
+
+    def _noise_scale(self) -> Tensor:
+        """A square factor L ``[D, D]`` with L Lᵀ = Q: chol(Q_η) loaded by G, padded with zero columns."""
+        L = self._noise_tril()
+        if self.noise_matrix is None:
+            return L
+        GL = self.noise_matrix @ L  # [D, k]
+        return torch.cat([GL, GL.new_zeros(self.state_dim, self.state_dim - self.noise_dim)], -1)
 
     @property
     def observation_covariance(self) -> Tensor:
@@ -194,7 +311,7 @@ class LinearGaussianSSM(LatentModel):
         """B u_t for t ≥ 2 (the input driving the step into z_t), ``[B, T-1, state_dim]``, or None."""
         if x.inputs is None:
             return None
-        return x.inputs[:, 1:] @ self.control_matrix.T
+        return x.inputs[:, 1:] @ self._free(self.control_matrix).T
 
     # The model.
 
@@ -202,7 +319,7 @@ class LinearGaussianSSM(LatentModel):
         """The Gauss–Markov prior over trajectories of ``num_steps`` states (no inputs)."""
         T = check_positive_int(num_steps, "num_steps")
         D = self.state_dim
-        L_q = raw_to_tril(self._q_raw)
+        L_q = self._noise_scale()
         return GaussMarkovChain(
             self.initial_loc,
             raw_to_tril(self._p0_raw),
@@ -222,7 +339,7 @@ class LinearGaussianSSM(LatentModel):
         keep = x.mask[:, 1:, None, None] if x.ragged else x.mask.new_ones(1, T - 1, 1, 1)  # [B or 1, T-1, 1, 1]
         eye = torch.eye(D, dtype=self.initial_loc.dtype, device=self.initial_loc.device)
         F = torch.where(keep, self.transition_matrix, 0.0)
-        L = torch.where(keep, raw_to_tril(self._q_raw), eye)
+        L = torch.where(keep, self._noise_scale(), eye)
         offset = self.initial_loc.new_zeros(B, T - 1, D) if drive is None else drive * keep.squeeze(-1)
         return GaussMarkovChain(self.initial_loc, raw_to_tril(self._p0_raw), F, offset, L)
 
@@ -241,6 +358,10 @@ class LinearGaussianSSM(LatentModel):
         return (per_step * x.mask).sum(-1)
 
     def log_joint(self, x, z: Tensor) -> Tensor:
+        if self._degenerate():
+            raise ValueError(f"log_joint: with noise_matrix of {self.noise_dim} columns for {self.state_dim} states Q "
+                             "is singular and the trajectories have no density; use log_evidence, EM, or gradient "
+                             "fitting of the evidence (objective 'max_likelihood')")  # fmt: skip
         return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
 
     def expected_log_likelihood(self, x, q) -> Tensor | None:
@@ -272,7 +393,7 @@ class LinearGaussianSSM(LatentModel):
 
     def _linear_gaussian(self) -> LinearGaussian:
         return LinearGaussian(
-            self.transition_matrix, self.observation_matrix, self.transition_covariance,
+            self._free(self.transition_matrix), self.observation_matrix, self.transition_covariance,
             self.observation_covariance, self.initial_loc, self.initial_covariance, self.steady_state,
         )  # fmt: skip
 
@@ -300,12 +421,14 @@ class LinearGaussianSSM(LatentModel):
             torch.where(valid.unsqueeze(-1), smoothed.covariances, eye),
             torch.where(smoothed.keep, smoothed.cross, 0.0),
         )
+        # With a singular Q, z_t given z_{t+1} is partly determined: its covariance is only semidefinite
+        factor = _psd_factor if self._degenerate() else safe_cholesky
         posterior = GaussMarkovChain(
             torch.where(last, filtered.means[:, -1], 0.0),
-            safe_cholesky(torch.where(last.unsqueeze(-1), P[-1], eye), "a filtered state covariance", _PD_HINT),
+            factor(torch.where(last.unsqueeze(-1), P[-1], eye), "a filtered state covariance", _PD_HINT),
             smoothed.gains,
             torch.where(valid[:, :-1], smoothed.offset, 0.0),
-            safe_cholesky(torch.where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
+            factor(torch.where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
             reverse=True,
             moments=moments,
         )
@@ -370,7 +493,15 @@ class LinearGaussianSSM(LatentModel):
     def m_step(self, x, posterior) -> None:
         """A, B, C, Q, R, μ_0 and P_0 maximizing E_q[log p(x, z)] for a Gaussian q over
         trajectories (the RTS posterior, or any :class:`~elbox.distributions.GaussMarkovChain`
-        or mean-field normal q)."""
+        or mean-field normal q).
+
+        With a noise matrix G (full column rank), z_{t+1} = A z_t + B u + G η_t puts the posterior's
+        residuals r_t = z_{t+1} − A z_t − B u in G's range, where η_t = G⁺ r_t; so
+        E_q[log p(z_{t+1} | z_t)] = E_q[log N(G⁺ r_t; 0, Q_η)] + const, maximized by
+        Q_η = G⁺ (Σ_t E_q[r_t r_tᵀ] / n) G⁺ᵀ, and only A's part in G's range, G G⁺ A, can move
+        (any other change leaves the residuals outside the range: zero density). That part is the
+        unconstrained regression's, G G⁺ Â (the free rows' regression needs no other row), so
+        A = (I − G G⁺) A_old + G G⁺ Â; B alike."""
         x = self.check_data(x)
         B, T = x.mask.shape
         if isinstance(posterior, GaussMarkovChain):
@@ -426,15 +557,27 @@ class LinearGaussianSSM(LatentModel):
             else:
                 A = self.transition_matrix.detach() if A_fixed else torch.linalg.solve(S_prev, S_np.T).T
                 Bm, drive = self.control_matrix, 0.0
+            project = self._noise_projection()
+            if project is not None:  # only G G⁺ A moves (see above)
+                A_old, B_old = self.transition_matrix.detach(), self.control_matrix.detach()
+                A = A_old + project @ (A - A_old)
+                Bm = B_old + project @ (Bm - B_old)
+                drive = u @ Bm.T if self.input_dim else 0.0
             r = means[:, 1:] - means[:, :-1] @ A.T - drive  # [B, T-1, D]
             # Σ Cov(r_t) = Σ P_{t+1} + A P_t Aᵀ − A X_t − (A X_t)ᵀ
             AX = A @ X_sum
             cov_r = _weighted_sum(pair, covs[:, 1:]) + A @ P_prev @ A.T
             Q = (moments(pair, r, r) + cov_r - AX - AX.T) / pair.sum()
+            if self.noise_matrix is not None:  # Q_η = G⁺ Q̂ G⁺ᵀ
+                G_pinv = torch.linalg.pinv(self.noise_matrix)
+                Q = G_pinv @ Q @ G_pinv.T
             self.transition_matrix.copy_(A)
             self.control_matrix.copy_(Bm)
+            if self.noise_groups is not None:  # σ²_g = the group's mean of E[η_i²]
+                Q = torch.diag(self._group_mean(Q.diagonal()))
             if "transition_covariance" not in fixed:
-                self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_z, "the estimated Q",
+                eye_q = torch.eye(self.noise_dim, dtype=means.dtype)
+                self._q_raw.copy_(tril_to_raw(safe_cholesky(_sym(Q) + self.reg_covar * eye_q, "the estimated Q",
                                                             _PD_HINT)))  # fmt: skip
         # Initial state: μ_0, then P_0 around the μ_0 in use.
         mu0 = self.initial_loc.detach() if "initial_loc" in fixed else means[:, 0].mean(0)
@@ -461,7 +604,11 @@ class LinearGaussianSSM(LatentModel):
         D, Dx = self.state_dim, self.obs_dim
         dtype = self.transition_matrix.dtype
         A = torch.randn(D, D, generator=generator, dtype=dtype)
-        self.transition_matrix.copy_(0.9 * A / torch.linalg.matrix_norm(A, 2))
+        A = 0.9 * A / torch.linalg.matrix_norm(A, 2)
+        project = self._noise_projection()
+        if project is not None:  # only the free part G G⁺ A is drawn: the rest is structure
+            A = self.transition_matrix + project @ (A - self.transition_matrix)
+        self.transition_matrix.copy_(A)
         frames = x.values[x.mask]  # [N, obs]
         scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
         self.observation_matrix.copy_(
@@ -470,7 +617,7 @@ class LinearGaussianSSM(LatentModel):
         self.control_matrix.zero_()
         self.initial_loc.zero_()
         eye = torch.eye(D, dtype=dtype)
-        self._q_raw.copy_(tril_to_raw(eye))
+        self._q_raw.copy_(tril_to_raw(torch.eye(self.noise_dim, dtype=dtype)))
         self._p0_raw.copy_(tril_to_raw(eye))
         R = torch.cov(frames.T).reshape(Dx, Dx) if len(frames) > 1 else torch.eye(Dx, dtype=dtype)
         self._r_raw.copy_(
@@ -500,6 +647,19 @@ class LinearGaussianSSM(LatentModel):
 
 def _sym(m: Tensor) -> Tensor:
     return 0.5 * (m + m.mT)
+
+
+def _psd_factor(matrix: Tensor, name: str, hint: str = "") -> Tensor:
+    """A square factor L with L Lᵀ = ``matrix`` for semidefinite matrices ``[*, D, D]``: the Cholesky
+    factor where it exists, else the symmetric root V diag(√λ⁺) Vᵀ (negative rounding clipped)."""
+    L, info = torch.linalg.cholesky_ex(matrix)
+    if not bool((info != 0).any()):
+        return L
+    lam, V = torch.linalg.eigh(_sym(matrix))
+    if bool((lam < -1e-6 * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300)).any()):
+        raise ValueError(f"{name} is not positive semidefinite. {hint}".rstrip())
+    root = V * lam.clamp_min(0.0).sqrt().unsqueeze(-2)  # V diag(√λ)
+    return torch.where((info == 0)[..., None, None], L, root @ V.mT)
 
 
 def _weighted_sum(weight: Tensor, X: Tensor) -> Tensor:

@@ -15,8 +15,10 @@ from elbox.runs._schema import (
     BOOL,
     MAX_SIZE,
     NON_NEGATIVE,
+    NON_NEGATIVE_INT,
     SIZE,
     SIZES,
+    Check,
     ConfigError,
     Key,
     choice,
@@ -219,14 +221,119 @@ def _hmm(m: dict, info: DataInfo):
     from elbox.models import HMM
 
     if info.symbols:
-        return HMM(m["states"], "categorical", num_symbols=info.symbols)
-    return HMM(m["states"], "gaussian", dim=info.dim, covariance_type=m["covariance"], reg_covar=m["reg_covar"])
+        return HMM(m["states"], "categorical", num_symbols=info.symbols, fixed=m["fixed"])
+    return HMM(m["states"], "gaussian", dim=info.dim, covariance_type=m["covariance"], reg_covar=m["reg_covar"],
+               fixed=m["fixed"])  # fmt: skip
+
+
+#: [model] structure of the lgssm type: the structural time-series constructors of elbox.models.structural.
+STRUCTURES = ("local_level", "local_linear_trend", "seasonal", "autoregressive")
+
+
+def _structures(m: dict) -> list[str]:
+    """[model] structure as a list of components (empty: the general LGSSM)."""
+    value = m["structure"]
+    return [] if value == "none" else [value] if isinstance(value, str) else list(value)
+
+
+def _is_structure(v) -> bool:
+    names = [v] if isinstance(v, str) else v
+    if v == "none":
+        return True
+    return isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) and n in STRUCTURES for n in names) \
+        and len(set(names)) == len(names)  # fmt: skip
+
+
+def _structure_size(name: str, m: dict) -> int:
+    if name == "seasonal":
+        return m["period"] - 1 if m["seasonal"] == "dummy" else 2 * (m["harmonics"] or m["period"] // 2)
+    return {"local_level": 1, "local_linear_trend": 2, "autoregressive": m["order"]}[name]
+
+
+def _structure_model(name: str, m: dict):
+    from elbox.models import structural
+
+    if name == "seasonal":
+        harmonics = (m["harmonics"] or None) if m["seasonal"] == "trigonometric" else None
+        return structural.seasonal(m["period"], kind=m["seasonal"], harmonics=harmonics)
+    if name == "autoregressive":
+        return structural.autoregressive([0.0] * m["order"])
+    return getattr(structural, name)()
 
 
 def _lgssm(m: dict, info: DataInfo):
     from elbox.models import LinearGaussianSSM
+    from elbox.models.structural import combine
 
-    return LinearGaussianSSM(m["state_dim"], info.dim, info.inputs, reg_covar=m["reg_covar"])
+    names = _structures(m)
+    if not names:
+        return LinearGaussianSSM(m["state_dim"], info.dim, info.inputs, reg_covar=m["reg_covar"], fixed=m["fixed"])
+    if info.dim != 1 or info.inputs:
+        raise ConfigError(f"[model] structure = {m['structure']!r} models one series without inputs (one column); "
+                          f"the data have {info.dim} columns and {info.inputs} inputs")  # fmt: skip
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the type's dtype: a float32 build would round 1e6 and P_∞ first
+    try:
+        components = [_structure_model(n, m) for n in names]
+        model = components[0] if len(components) == 1 else combine(*components)
+    finally:
+        torch.set_default_dtype(default)
+    model.reg_covar = float(m["reg_covar"])
+    return model.fix(*m["fixed"]) if m["fixed"] else model
+
+
+def _resolve_lgssm(config: dict) -> None:
+    m = config["model"]
+    if m["state_dim"] == "auto":
+        names = _structures(m)
+        m["state_dim"] = sum(_structure_size(n, m) for n in names) if names else 2
+
+
+def _check_fixed(config: dict, source: str, fixable) -> None:
+    wrong = [name for name in config["model"]["fixed"] if name not in fixable]
+    if wrong:
+        raise ConfigError(f"{source}: [model] fixed names {wrong[0]!r}, which a {config['model']['type']!r} model "
+                          f"does not have; it can fix {', '.join(map(repr, fixable))}")  # fmt: skip
+
+
+def _check_hmm(config: dict, source: str) -> None:
+    from elbox.models import HMM
+
+    _check_fixed(config, source, HMM._FIXABLE)
+
+
+def _check_lgssm(config: dict, source: str) -> None:
+    from elbox.models import LinearGaussianSSM
+
+    _check_fixed(config, source, LinearGaussianSSM._FIXABLE)
+    m, names = config["model"], _structures(config["model"])
+    where = f"{source}: [model]"
+    if "seasonal" in names:
+        if m["period"] < 2:
+            raise ConfigError(f"{where} structure 'seasonal' needs period, the steps per season (at least 2)")
+        if m["harmonics"] and (m["seasonal"] != "trigonometric" or m["harmonics"] > m["period"] // 2):
+            raise ConfigError(f"{where} harmonics applies to seasonal = 'trigonometric', from 1 to period // 2 = "
+                              f"{m['period'] // 2}; received harmonics = {m['harmonics']} with seasonal = "
+                              f"{m['seasonal']!r}")  # fmt: skip
+    else:
+        for key, default in (("period", 0), ("harmonics", 0), ("seasonal", "dummy")):
+            if m[key] != default:
+                raise ConfigError(f"{where} {key} applies to structure 'seasonal' only; received structure = "
+                                  f"{m['structure']!r}")  # fmt: skip
+    if "autoregressive" in names and m["order"] < 1:
+        raise ConfigError(f"{where} structure 'autoregressive' needs order, p of the AR(p) (at least 1)")
+    if "autoregressive" not in names and m["order"]:
+        raise ConfigError(f"{where} order applies to structure 'autoregressive' only; received structure = "
+                          f"{m['structure']!r}")  # fmt: skip
+    if names and m["state_dim"] != sum(_structure_size(n, m) for n in names):
+        raise ConfigError(f"{where} state_dim = {m['state_dim']} does not match structure = {m['structure']!r}, "
+                          f"which has {sum(_structure_size(n, m) for n in names)} states: leave state_dim out")
+    singular = "autoregressive" in names or ("seasonal" in names and m["seasonal"] == "dummy")
+    train = config["train"]
+    if singular and train["method"] == "vi" and train["objective"] != "max_likelihood":
+        raise ConfigError(f"{where} structure = {m['structure']!r} has a singular state noise (it enters some states "
+                          f"only), so its trajectories have no density for [train] objective = "
+                          f"{train['objective']!r}: use method = 'em', or objective = 'max_likelihood'")  # fmt: skip
 
 
 def _local_categorical(model, m: dict, info: DataInfo):
@@ -251,6 +358,12 @@ def _local_trajectories(model, m: dict, info: DataInfo):
     from elbox.guides import MeanFieldNormal
 
     return MeanFieldNormal((info.steps, m["state_dim"]), num_points=info.points)
+
+
+def _fixed_key(model: str) -> Key:
+    return Key([], Check(lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                         "a list of parameter names"),
+               f"parameters held at their initial values by EM and gradient fitting (names as {model}'s fixed=)")
 
 
 def _hidden(default: list[int]) -> Key:
@@ -340,15 +453,26 @@ register_model_type(ModelType(
     name="hmm",
     keys={"states": Key(3, SIZE, "hidden states K"),
           "covariance": Key("diag", choice("full", "diag"), "Gaussian emissions' covariance"),
-          "reg_covar": _REG},
+          "reg_covar": _REG, "fixed": _fixed_key("HMM")},
     build=_hmm, guide=_local_paths, method="em", init="kmeans++", sequences=True, dtype=torch.float64,
+    check=_check_hmm,
     description="a hidden Markov model, Gaussian emissions or (integer data) categorical (exact evidence)",
 ))  # fmt: skip
 register_model_type(ModelType(
     name="lgssm",
-    keys={"state_dim": Key(2, SIZE, "the size of the latent state"),
-          "reg_covar": Key(0.0, NON_NEGATIVE, "added to the diagonal of the M-step's covariances")},
+    keys={"state_dim": Key("auto", lambda v: v == "auto" or is_size(v), f"'auto' or a positive integer up to "
+                           f"{MAX_SIZE:,}", "the size of the latent state (auto: 2, or the structure's)"),
+          "reg_covar": Key(0.0, NON_NEGATIVE, "added to the diagonal of the M-step's covariances"),
+          "structure": Key("none", Check(_is_structure, "'none', one of " + ", ".join(map(repr, STRUCTURES))
+                                         + ", or a list of them (their sum, one observation noise)"),
+                           "a structural time-series model of elbox.models.structural, its structure held fixed"),
+          "period": Key(0, NON_NEGATIVE_INT, "seasonal: the steps per season"),
+          "seasonal": Key("dummy", choice("dummy", "trigonometric"), "seasonal: the kind"),
+          "harmonics": Key(0, NON_NEGATIVE_INT, "trigonometric seasonal: harmonics (0: period // 2)"),
+          "order": Key(0, NON_NEGATIVE_INT, "autoregressive: p of the AR(p)"),
+          "fixed": _fixed_key("LinearGaussianSSM")},
     build=_lgssm, guide=_local_trajectories, method="em", init="random", sequences=True, dtype=torch.float64,
+    resolve=_resolve_lgssm, check=_check_lgssm,
     description="a linear-Gaussian state-space model, the Kalman filter's (exact evidence)",
 ))  # fmt: skip
 
