@@ -30,6 +30,7 @@ from elbox.models import (
     LatentModel,
     LinearGaussianSSM,
     NormalNormal,
+    WorldModel,
 )
 from elbox.objectives import Objective, register_objective
 
@@ -72,6 +73,7 @@ __all__ = [
     "Sequences",
     "Terms",
     "VAE",
+    "WorldModel",
     "bdmc",
     "cubo",
     "elbo",

@@ -35,7 +35,10 @@ def _normal_kl(q_loc: Tensor, q_scale: Tensor, p_loc: Tensor, p_scale: Tensor) -
 
 def path_steps(model, x, q: MarkovPath, p: MarkovPath, num_samples: int, kl: str = "analytic") -> StepTerms:
     """:class:`StepTerms` from ``num_samples`` paths drawn from q (one sequential pass; the prior's
-    conditionals and the emissions at every step in one batched pass each)."""
+    conditionals and the emissions at every step in one batched pass each). A path distribution
+    with its own per-step terms (a world model's, whose steps share a deterministic state) gives them."""
+    if hasattr(q, "path_steps"):
+        return q.path_steps(model, x, p, num_samples, kl)
     z, log_q, q_loc, q_scale = q.rsample_steps((num_samples,))  # [S, B, T, D], [S, B, T], …
     reconstruction = model.step_log_likelihood(x, z)  # [S, B, T]
     p_loc, p_scale = p.conditionals(z)

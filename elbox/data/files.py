@@ -27,7 +27,8 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
       of T steps; integers ``[N, T]`` are symbols for a categorical HMM).
     - ``.npz``: the data under ``x`` (or ``values``, or ``data``); for sequences of different
       lengths, ``lengths [N]`` (the values padded to the longest), and optionally ``inputs
-      [N, T, U]`` for a state-space model with controls.
+      [N, T, U]`` for a state-space model with controls, and ``rewards [N, T]`` (a world model's;
+      ``elbox collect`` writes ``x``, ``inputs``, ``rewards`` and ``lengths``).
     - ``.csv``: a table of numbers, one row per point (a first row of column names is skipped);
       comma-separated.
 
@@ -85,20 +86,24 @@ def _from_npz(path: Path) -> Tensor | Sequences:
         raise ValueError(
             f"{path} must hold the data under one of {list(_VALUE_KEYS)}; it holds {sorted(arrays) or 'nothing'}"
         )
-    unknown = sorted(set(arrays) - {key, "lengths", "inputs"})
+    unknown = sorted(set(arrays) - {key, "lengths", "inputs", "rewards"})
     if unknown:
-        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs')")
+        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs', 'rewards')")
     values = _tensor(arrays[key], path)
-    if "lengths" not in arrays and "inputs" not in arrays:
+    if "lengths" not in arrays and "inputs" not in arrays and "rewards" not in arrays:
         return values
     lengths = arrays.get("lengths")
     inputs = arrays.get("inputs")
+    rewards = arrays.get("rewards")
     if lengths is not None and lengths.dtype.kind not in "iu":
         raise ValueError(f"{path}: lengths must be integers; received {describe(lengths)}")
+    if rewards is not None and rewards.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: rewards must be numbers; received {describe(rewards)}")
     return Sequences(
         values,
         lengths=None if lengths is None else torch.from_numpy(lengths.astype(np.int64)),
         inputs=None if inputs is None else torch.from_numpy(np.ascontiguousarray(inputs)).double(),
+        rewards=None if rewards is None else torch.from_numpy(np.ascontiguousarray(rewards)).double(),
     )
 
 

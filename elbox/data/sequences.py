@@ -19,7 +19,9 @@ class Sequences:
     ``mask[b, t]`` is True where step t of sequence b exists; it must be a *prefix* mask (each
     row True up to the sequence's length, then False), which is what ragged lengths mean. The
     padded entries of ``values`` are never read as data. ``inputs [B, T, U]`` are optional
-    exogenous inputs (controls), used by :class:`~elbox.models.LinearGaussianSSM`.
+    exogenous inputs (controls), used by :class:`~elbox.models.LinearGaussianSSM`; ``rewards [B, T]``
+    optional per-step rewards (``rewards[:, t]`` received on arriving at step t), read by
+    :class:`~elbox.models.WorldModel`.
 
     The sequence models accept a plain tensor ``[B, T, *event]`` (every sequence of length
     T), a :class:`Sequences`, or a list of ``[T_b, *event]`` arrays (padded for you). Indexing
@@ -31,6 +33,7 @@ class Sequences:
         mask: ``[B, T]`` booleans (default: all True, unless ``lengths`` is given).
         lengths: ``[B]`` sequence lengths, instead of ``mask``.
         inputs: ``[B, T, U]`` inputs, or None.
+        rewards: ``[B, T]`` real rewards, or None.
 
     Example:
         >>> seqs = Sequences.from_list([torch.randn(5, 2), torch.randn(3, 2)])
@@ -38,7 +41,10 @@ class Sequences:
         tensor([5, 3])
     """
 
-    def __init__(self, values, mask=None, *, lengths=None, inputs=None):
+    #: ``[B, T]`` rewards, or None (a class default: batches built before the field existed have none).
+    rewards: Tensor | None = None
+
+    def __init__(self, values, mask=None, *, lengths=None, inputs=None, rewards=None):
         values = _tensor(values, "values")
         if values.dim() < 2:
             raise ValueError(f"values must be [B, T, ...] (batch and time first); received {describe(values)}")
@@ -73,11 +79,16 @@ class Sequences:
             inputs = _tensor(inputs, "inputs")
             if inputs.dim() != 3 or tuple(inputs.shape[:2]) != (B, T):
                 raise ValueError(f"inputs must have shape [B, T, U] = [{B}, {T}, U]; received {describe(inputs)}")
-        self.values, self.mask, self.inputs = values, mask, inputs
+        if rewards is not None:
+            rewards = _tensor(rewards, "rewards")
+            if tuple(rewards.shape) != (B, T):
+                raise ValueError(f"rewards must have shape [B, T] = [{B}, {T}]; received {describe(rewards)}")
+        self.values, self.mask, self.inputs, self.rewards = values, mask, inputs, rewards
 
     @classmethod
-    def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0) -> Sequences:
-        """Pads a list of ``[T_b, *event]`` arrays (and of ``[T_b, U]`` inputs) to one batch."""
+    def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0, *,
+                  rewards: Sequence | None = None) -> Sequences:  # fmt: skip
+        """Pads a list of ``[T_b, *event]`` arrays (and of ``[T_b, U]`` inputs, ``[T_b]`` rewards) to one batch."""
         if len(sequences) == 0:
             raise ValueError("sequences must hold at least one sequence; received an empty list")
         items = [s if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s)) for s in sequences]
@@ -95,7 +106,13 @@ class Sequences:
                 raise ValueError(f"inputs must hold one array per sequence ({len(items)}); received {len(inputs)}")
             u = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in inputs]
             padded_inputs = torch.nn.utils.rnn.pad_sequence(u, batch_first=True)
-        return cls(values, lengths=lengths, inputs=padded_inputs)
+        padded_rewards = None
+        if rewards is not None:
+            if len(rewards) != len(items):
+                raise ValueError(f"rewards must hold one array per sequence ({len(items)}); received {len(rewards)}")
+            r = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in rewards]
+            padded_rewards = torch.nn.utils.rnn.pad_sequence(r, batch_first=True)
+        return cls(values, lengths=lengths, inputs=padded_inputs, rewards=padded_rewards)
 
     @property
     def shape(self) -> torch.Size:
@@ -130,6 +147,7 @@ class Sequences:
         inputs = None if self.inputs is None else self.inputs[index]
         picked = Sequences.__new__(Sequences)
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
+        picked.rewards = None if self.rewards is None else self.rewards[index]
         return picked
 
     def trimmed(self) -> Sequences:
@@ -141,21 +159,24 @@ class Sequences:
         trimmed = Sequences.__new__(Sequences)
         trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
         trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
+        trimmed.rewards = None if self.rewards is None else self.rewards[:, :T]
         return trimmed
 
     def to(self, *args, **kwargs) -> Sequences:
-        """Converts ``values`` and ``inputs`` (the mask keeps its dtype) as ``Tensor.to`` does."""
+        """Converts ``values``, ``inputs`` and ``rewards`` (the mask keeps its dtype) as ``Tensor.to`` does."""
         moved = Sequences.__new__(Sequences)
         moved.values = self.values.to(*args, **kwargs)
         moved.mask = self.mask.to(moved.values.device)
         moved.inputs = None if self.inputs is None else self.inputs.to(*args, **kwargs)
+        moved.rewards = None if self.rewards is None else self.rewards.to(*args, **kwargs)
         return moved
 
     def __repr__(self) -> str:
         lengths = self.lengths
         span = f"{int(lengths.min())}..{int(lengths.max())}" if len(self) else "-"
         inputs = "" if self.inputs is None else f", inputs {list(self.inputs.shape)}"
-        return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs})"
+        rewards = "" if self.rewards is None else ", rewards"
+        return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs}{rewards})"
 
 
 def _tensor(x, name: str) -> Tensor:
@@ -213,6 +234,7 @@ def as_sequences(
     device: torch.device | str | None = None,
     owner: str = "the model",
     name: str = "x",
+    rewards: bool = False,
 ) -> Sequences:
     """``x`` (a tensor ``[B, T, *event]``, a :class:`Sequences` or a list of ``[T_b, *event]``
     arrays) as a checked Sequences: values finite where the mask is set (padded entries are
@@ -232,6 +254,8 @@ def as_sequences(
         device: Where the checked batch lives (default: where ``x`` is).
         owner: Who asks, named in error messages (e.g. ``"HMM"``).
         name: What the data are called in error messages (``fit`` passes ``"data"``).
+        rewards: Rewards ``[B, T]`` required (finite where the mask is set; padding zeroed); without
+            it, rewards the sequences carry are dropped from the checked batch.
 
     Example:
         >>> seqs = as_sequences([torch.randn(5, 2), torch.randn(3, 2)], event_shape=(2,))
@@ -294,6 +318,20 @@ def as_sequences(
             raise ValueError(f"inputs must have shape [B, T, {num_inputs}]; received {describe(inputs)}")
     elif inputs is not None:
         raise ValueError(f"{owner} has no inputs (input_dim=0) but the sequences carry inputs {describe(inputs)}")
+    checked_rewards = None
+    if rewards:
+        if seqs.rewards is None:
+            raise ValueError(f"{owner} has a reward head: pass the rewards as Sequences(x, inputs=u, rewards=r), "
+                             "[B, T] (rewards[:, t] received on arriving at step t)")  # fmt: skip
+        r = _numeric(seqs.rewards, "rewards").to(device)
+        if not r.is_floating_point():
+            r = r.to(dtype)
+        r = torch.where(mask, r.to(dtype), 0.0)
+        bad = ~torch.isfinite(r)
+        if bool(bad.any()):
+            b, t = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"rewards: sequence {b} has a non-finite reward ({float(r[b, t])}) at step {t}")
+        checked_rewards = r
     checked = Sequences.__new__(Sequences)
-    checked.values, checked.mask, checked.inputs = values, mask, inputs
+    checked.values, checked.mask, checked.inputs, checked.rewards = values, mask, inputs, checked_rewards
     return checked

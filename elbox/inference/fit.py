@@ -524,6 +524,11 @@ def _record(state: FitState, epoch, values, parts, N, batch_size, rate, schedule
         "bound": history.lower_bound[-1], "reconstruction": history.reconstruction[-1], "kl": history.kl[-1],
         "validation": history.validation[-1] if valid is not None else None, "diverged": history.diverged,
     }  # fmt: skip
+    # the objective's other parts (a world model's observation and reward terms, and the surrogate
+    # maximized where one is on, beside the true bound), each the epoch's mean per point
+    for name in parts:
+        if name not in ("reconstruction", "kl"):
+            state.record[name] = float((torch.stack(parts[name]).double() * sizes).sum() / N)
 
 
 class CompileWarning(UserWarning):

@@ -12,6 +12,7 @@ from elbox.models.hmm import HMM, HMMPosterior
 from elbox.models.lgssm import LinearGaussianSSM
 from elbox.models.mixture import GaussianMixture
 from elbox.models.vae import VAE, DiscreteVAE
+from elbox.models.world import WorldModel
 
 __all__ = [
     "HMM",
@@ -29,4 +30,5 @@ __all__ = [
     "UniformDequantization",
     "VAE",
     "DiscreteVAE",
+    "WorldModel",
 ]

@@ -19,10 +19,12 @@ from elbox.objectives.base import (
 from elbox.objectives.bounds import ELBO, IWAE, MaxLikelihood, Renyi
 from elbox.objectives.discrete import RWS, VIMCO, Enumerate, GumbelSoftmax, ScoreFunction
 from elbox.objectives.sequence import FIVO
+from elbox.objectives.world import WorldELBO
 
 __all__ = [
     "ELBO",
     "FIVO",
+    "WorldELBO",
     "IWAE",
     "RWS",
     "VIMCO",

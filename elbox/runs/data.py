@@ -73,7 +73,8 @@ def _prefix(x: Sequences, lengths) -> Sequences:
     zero = torch.zeros((), dtype=values.dtype)
     values = torch.where(mask.reshape(mask.shape + (1,) * (values.dim() - 2)), values, zero)
     inputs = None if x.inputs is None else x.inputs[:, :T]
-    return Sequences(values, mask, inputs=inputs)
+    rewards = None if x.rewards is None else torch.where(mask, x.rewards[:, :T], 0.0)
+    return Sequences(values, mask, inputs=inputs, rewards=rewards)
 
 
 def held_out_steps(config: dict, split: str) -> int:

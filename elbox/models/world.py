@@ -1,0 +1,810 @@
+r"""World models: the recurrent state-space model (RSSM) of PlaNet and Dreamer, an
+action-conditioned sequence latent-variable model trained by the true ELBO.
+
+The state at step t is s_t = [h_t, z_t]: a deterministic part h_t, a function of the past
+states and actions, and a stochastic part z_t. Under the prior and the posterior alike
+
+.. math:: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}), \qquad
+          p(z_t \mid h_t), \qquad q(z_t \mid h_t, o_t), \qquad
+          p(o_t \mid h_t, z_t), \quad p(r_t \mid h_t, z_t),
+
+so a path's h is fixed by its z and the actions, and every density ratio of two paths
+distributions is the ratio of their z-steps: the ELBO is
+Σ_t E_q[log p(o_t | ·) + log p(r_t | ·) − KL(q(z_t | h_t, o_t) ‖ p(z_t | h_t))] exactly.
+The paths are :class:`WorldPath` (a :class:`~elbox.distributions.MarkovPath` over the states),
+so ``elbox.elbo``, ``elbox.bounds.elbo_steps``, FIVO/SMC and ``log_evidence(method="smc")``
+take them as they take a deep Markov model's.
+
+Data convention: episodes are :class:`~elbox.data.Sequences` with values the observations o_t
+``[B, T, obs_dim]``, inputs the actions with ``inputs[:, t]`` the action a_{t-1} that led into
+step t (``inputs[:, 0]`` unused), and ``rewards[:, t]`` the reward received on arriving at o_t
+(``rewards[:, 0]`` unused).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+from elbox._validation import as_data, check_number, check_positive_int
+from elbox.data.sequences import Sequences, as_sequences
+from elbox.distributions.markov_path import MarkovPath
+from elbox.guides.base import Guide
+from elbox.models.base import LatentModel
+
+__all__ = ["Imagined", "WorldModel", "WorldPath", "WorldPosterior", "WorldState", "WorldSteps", "world_elbo_steps"]
+
+_LATENTS = ("gaussian", "categorical")
+_TRANSITIONS = ("rssm", "linear")
+_ENCODERS = ("mlp",)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _mlp(sizes: tuple[int, ...]) -> nn.Sequential:
+    """Linear layers with ELU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    return nn.Sequential(*layers)
+
+
+def _normal_log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    return (-0.5 * ((z - loc) / scale).square() - scale.log() - _HALF_LOG_2PI).sum(-1)
+
+
+def _normal_kl(q_loc: Tensor, q_scale: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:
+    ratio = (q_scale / p_scale).square()
+    return 0.5 * (ratio + ((q_loc - p_loc) / p_scale).square() - 1 - ratio.log()).sum(-1)
+
+
+@dataclass
+class WorldState:
+    """A world model's state after a sequence's last observed step: ``h [B, H]`` (deterministic)
+    and ``z [B, Z]`` (stochastic; categorical latents one-hot, flattened)."""
+
+    h: Tensor
+    z: Tensor
+
+    def __len__(self) -> int:
+        return self.h.shape[0]
+
+
+@dataclass
+class Imagined:
+    """What :meth:`WorldModel.imagine` returns for N action sequences of K steps.
+
+    Attributes:
+        rewards: The predicted mean reward of each step, ``[N, K]`` (None without a reward head).
+        observations: The predicted mean observation, ``[N, K, obs_dim]``.
+        h, z: The imagined states, ``[N, K, H]`` and ``[N, K, Z]``.
+    """
+
+    rewards: Tensor | None
+    observations: Tensor
+    h: Tensor
+    z: Tensor
+
+
+class WorldSteps(NamedTuple):
+    """The world model's ELBO per step, each ``[B, T]`` (zero past each end), averaged over
+    particles: ``value`` = ``observation`` + ``reward`` − ``kl``."""
+
+    value: Tensor
+    observation: Tensor
+    reward: Tensor
+    kl: Tensor
+
+
+class WorldPath(MarkovPath):
+    r"""Paths of a world model's states s_{1:T}, s_t = [h_t, z_t] ``[*S, B, T, H + Z]``, under its
+    prior p(z_t | h_t) (``embedding=None``) or its posterior q(z_t | h_t, e(o_t)); h_t =
+    f(h_{t-1}, z_{t-1}, a_{t-1}) under both. Densities are those of the z-steps: a path's h is
+    the deterministic function of its z and the actions, and :meth:`log_prob` reads the h the
+    path carries (as drawn by either distribution). Past each sequence's end z_t is N(0, I)
+    (uniform categories) under both, so those steps cancel from every log-ratio.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+    support = constraints.independent(constraints.real, 2)
+
+    def __init__(self, model: WorldModel, mask: Tensor, actions: Tensor | None, embedding: Tensor | None = None,
+                 posterior: WorldPosterior | None = None):  # fmt: skip
+        B, T = mask.shape
+        self.model, self.posterior = model, posterior
+        self.mask, self.actions, self.embedding = mask, actions, embedding
+        self.initial = model.initial_state()
+        self.latent_dim = model.state_dim
+        self.flow, self.scan, self.ignores_previous, self.step, self.context = None, None, False, None, None
+        # the actions' and observations' share of the first layers, every step at once
+        self._drive = model._action_drive(actions)  # [B, T, *] or None
+        self._evidence = posterior._evidence(embedding) if embedding is not None else None
+        Distribution.__init__(self, torch.Size([B]), torch.Size([T, model.state_dim]), validate_args=False)
+
+    @property
+    def is_posterior(self) -> bool:
+        return self.embedding is not None
+
+    def _stats(self, h: Tensor, t: int | None, s_prev: Tensor | None = None):
+        """The z-step's parameters given h ``[*, B, H]`` (one step t) or ``[*, B, T, H]`` (t None)."""
+        if not self.is_posterior:
+            return self.model._prior_stats(h)
+        evidence = self._evidence if t is None else self._evidence[:, t]
+        return self.posterior._stats(h, evidence)
+
+    def _masked(self, stats, keep: Tensor):
+        """Past each end: N(0, I) (loc 0, scale 1), or uniform categories (logits 0)."""
+        if self.model.latent == "gaussian":
+            loc, scale = stats
+            return torch.where(keep, loc, 0.0), torch.where(keep, scale, 1.0)
+        return (torch.where(keep.unsqueeze(-1), stats[0], 0.0),)
+
+    def step_parameters(self, t: int, z_prev: Tensor):
+        """(h_t, the z-step's parameters) given the previous states ``[*S, B, D]``."""
+        drive = None if self._drive is None else self._drive[:, t]
+        h = self.model._deterministic(z_prev, drive, first=t == 0)
+        return h, self._masked(self._stats(h, t), self.mask[:, t, None])
+
+    def step_rsample(self, t: int, z_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        h, stats = self.step_parameters(t, z_prev)
+        z = self.model._draw(stats)
+        return torch.cat([h, z], -1), self.model._log_prob(z, stats), h, z
+
+    def step_log_prob(self, t: int, z_prev: Tensor, z: Tensor) -> Tensor:
+        h, stats = self.step_parameters(t, z_prev)
+        return self.model._log_prob(z[..., self.model.deter_dim:], stats)
+
+    def conditionals(self, z: Tensor):
+        """The z-steps' parameters at every step from the path's own h, one batched pass."""
+        H = self.model.deter_dim
+        return self._masked(self._stats(z[..., :H], None), self.mask.unsqueeze(-1))
+
+    def step_log_probs(self, z: Tensor) -> Tensor:
+        return self.model._log_prob(z[..., self.model.deter_dim:], self.conditionals(z))
+
+    def rsample_steps(self, sample_shape=()):
+        """Paths ``[*S, B, T, H + Z]``, log q(z_t | h_t, ·) ``[*S, B, T]`` and the steps'
+        parameters (a tuple of ``[*S, B, T, …]``): sequential over t, batched over S and B."""
+        sample_shape = torch.Size(sample_shape)
+        B, T = self.mask.shape
+        s = self.initial.expand(*sample_shape, B, self.latent_dim)
+        states, stats_steps = [], []
+        for t in range(T):
+            h, stats = self.step_parameters(t, s)
+            s = torch.cat([h, self.model._draw(stats)], -1)
+            states.append(s)
+            stats_steps.append(stats)
+        path = torch.stack(states, -2)
+        stats = tuple(torch.stack(parts, -2 if self.model.latent == "gaussian" else -3)
+                      for parts in zip(*stats_steps))  # fmt: skip
+        return path, self.model._log_prob(path[..., self.model.deter_dim:], stats), *stats
+
+    def path_steps(self, model, x, p: WorldPath, num_samples: int, kl: str = "analytic"):
+        """:class:`~elbox.bounds.sequence.StepTerms` for paths of this posterior against the prior
+        ``p`` (the hook :func:`elbox.bounds.sequence.path_steps` calls)."""
+        from elbox.bounds.sequence import StepTerms
+
+        steps, method = world_steps(model, x, self, p, num_samples, kl)
+        return StepTerms(steps.value, steps.observation + steps.reward, steps.kl, method)
+
+    def __repr__(self) -> str:
+        kind = "posterior" if self.is_posterior else "prior"
+        return f"WorldPath({kind}, batch {list(self.batch_shape)}, event {list(self.event_shape)})"
+
+
+def world_steps(model: WorldModel, x: Sequences, q: WorldPath, p: WorldPath, num_samples: int,
+                kl: str = "analytic", *, raw: bool = False):  # fmt: skip
+    """The ELBO's parts per step from ``num_samples`` paths of q: (:class:`WorldSteps`, the KL's
+    method); with ``raw``, also the per-particle parts and both steps' parameters (for the
+    surrogates of :class:`~elbox.objectives.world.WorldELBO`)."""
+    path, log_q, *q_stats = q.rsample_steps((num_samples,))
+    observation, reward = model.step_log_likelihoods(x, path)
+    p_stats = p.conditionals(path)
+    if kl == "analytic":
+        kl_steps, method = model._kl(tuple(q_stats), p_stats), "analytic"
+    else:
+        kl_steps, method = log_q - p.step_log_probs(path), "mc"
+    kl_steps = torch.where(q.mask, kl_steps, 0.0)
+    steps = WorldSteps(observation.mean(0) + reward.mean(0) - kl_steps.mean(0), observation.mean(0), reward.mean(0),
+                       kl_steps.mean(0))  # fmt: skip
+    if raw:
+        return steps, method, (observation, reward, kl_steps, tuple(q_stats), p_stats)
+    return steps, method
+
+
+def world_elbo_steps(model: WorldModel, x, *, num_samples: int = 1, kl: str = "analytic") -> WorldSteps:
+    r"""A world model's ELBO per step and per sequence, its guide the model's own posterior:
+
+    .. math:: \mathrm{ELBO}_t = \mathbb{E}_q\big[\log p(o_t \mid h_t, z_t) + \log p(r_t \mid h_t, z_t)
+              - \mathrm{KL}\big(q(z_t \mid h_t, o_t) \,\|\, p(z_t \mid h_t)\big)\big],
+
+    the KL analytic given the drawn past (``kl="analytic"``) or sampled (``"mc"``).
+
+    Returns:
+        :class:`WorldSteps`, each ``[B, T]``.
+    """
+    x = model.check_data(x)
+    S = check_positive_int(num_samples, "num_samples")
+    if kl not in ("analytic", "mc"):
+        raise ValueError(f"kl must be 'analytic' or 'mc'; received {kl!r}")
+    return world_steps(model, x, model.representation(x), model.prior_for(x), S, kl)[0]
+
+
+class WorldPosterior(Guide):
+    r"""The world model's posterior q(z_t | h_t, e(o_t)) (PlaNet's and Dreamer's representation
+    model): an encoder e of each observation and a head over [h_t, e_t]; h_t is the model's.
+    It is part of the model (``model.guide()`` returns it), so it is trained and saved with it.
+    ``guide(x)`` returns the posterior's :class:`WorldPath`.
+    """
+
+    refinable = False
+
+    def __init__(self, model: WorldModel, hidden: int, embed_dim: int):
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not a submodule: the model owns this guide
+        Z, H = model.stoch_dim, model.deter_dim
+        if model.transition_kind == "linear":
+            # q(z_t | h_t, o_t) = N(W h_t + V o_t + b, diag softplus(ρ)²): a linear filter's form
+            self.encoder = nn.Identity()
+            self.head = nn.Linear(H + model.obs_dim, Z)
+            self.raw_scale = nn.Parameter(torch.zeros(Z))
+            self.embed_dim = model.obs_dim
+        else:
+            self.encoder = _mlp((model.obs_dim, hidden, embed_dim))
+            self.embed_dim = embed_dim
+            out = 2 * Z if model.latent == "gaussian" else Z
+            self.head = nn.Sequential(nn.Linear(H + embed_dim, hidden), nn.ELU(), nn.Linear(hidden, out))
+
+    def _evidence(self, embedding: Tensor) -> Tensor:
+        """The observation's share of the head's first layer, every step at once, ``[B, T, *]``."""
+        first = self.head if isinstance(self.head, nn.Linear) else self.head[0]
+        H = self._model.deter_dim
+        return F.linear(embedding, first.weight[:, H:], first.bias)
+
+    def _stats(self, h: Tensor, evidence: Tensor):
+        first = self.head if isinstance(self.head, nn.Linear) else self.head[0]
+        H = self._model.deter_dim
+        pre = F.linear(h, first.weight[:, :H]) + evidence
+        if isinstance(self.head, nn.Linear):
+            return pre, F.softplus(self.raw_scale).expand_as(pre)
+        return self._model._stats_from(self.head[2](F.elu(pre)))
+
+    def embed(self, x: Sequences) -> Tensor:
+        """e(o_t) for every step, ``[B, T, embed_dim]``."""
+        return self.encoder(x.values)
+
+    def forward(self, x, index: Tensor | None = None) -> WorldPath:
+        model = self._model
+        x = model.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        return WorldPath(model, x.mask, model._actions(x), self.embed(x), self)
+
+
+class WorldModel(LatentModel):
+    r"""The recurrent state-space model (PlaNet; Dreamer V1–V3), trained by the true ELBO.
+
+    .. math:: h_t = \mathrm{GRU}\big(h_{t-1}, \mathrm{elu}(W[z_{t-1}, a_{t-1}])\big), \quad
+              z_t \sim p(z_t \mid h_t), \quad
+              o_t \sim \mathcal{N}(\mu(h_t, z_t), \sigma^2), \quad r_t \sim \mathcal{N}(\rho(h_t, z_t), 1),
+
+    with the posterior q(z_t | h_t, e(o_t)) (:class:`WorldPosterior`, the guide, part of the
+    model). Latents are Gaussian (``latent_dim`` of them; std softplus + ``min_std``, as
+    PlaNet's) or categorical (``latent_dim`` variables of ``classes`` classes, one-hot, drawn
+    with straight-through gradients and a ``unimix`` uniform mix, as DreamerV2/3). With
+    ``transition="linear"`` the model is exactly a linear-Gaussian state-space model with the
+    actions as inputs (h_t = A z_{t-1} + B a_{t-1}, the prior N(h_t, diag σ²), o_t = C z_t + noise):
+    :meth:`to_lgssm` gives it as a :class:`~elbox.models.LinearGaussianSSM`, the oracle.
+
+    Paths are ``[*S, B, T, H + Z]`` states s_t = [h_t, z_t] (:class:`WorldPath`); ragged
+    episodes by masks. ``elbox.elbo(model, model.guide(), x)`` is the bound (the objective
+    ``world_elbo`` adds PlaNet's free nats and DreamerV2's KL balancing as labelled surrogates);
+    ``elbox.log_evidence(model, x, guide=model.guide(), method="smc")`` estimates the evidence.
+
+    Planning interface (what a planner calls):
+
+    - ``model.filter(x) -> WorldState``: the posterior state after each sequence's last observed
+      step, ``h [B, H]``, ``z [B, Z]`` (a draw, or the mean with ``sample=False``); no gradient.
+    - ``model.imagine(state, actions [N, K, A], sample=True) -> Imagined``: rolls the prior
+      forward under N action sequences of K steps; ``actions[:, 0]`` is applied from the state's
+      step (it leads into the first imagined step). ``.rewards [N, K]`` the predicted mean
+      reward of each step, ``.observations [N, K, obs_dim]`` the predicted means. A state of
+      batch 1 broadcasts over the N candidates.
+
+    Args:
+        obs_dim: The size of o_t.
+        action_dim: The size of a_t (0: none).
+        latent: ``"gaussian"`` or ``"categorical"``.
+        latent_dim: Gaussian latents: their number (PlaNet: 30); categorical: the number of
+            variables (DreamerV2: 32).
+        classes: Categorical latents: the classes per variable (32).
+        deter_dim: The GRU's state size H (PlaNet: 200). The linear transition's h is Z-sized.
+        hidden: The MLPs' width.
+        reward: Whether there is a reward head (the data must then carry rewards).
+        transition: ``"rssm"`` or ``"linear"``.
+        use_actions: False: a model that ignores the actions (a baseline on the same data).
+        encoder: ``"mlp"`` (vector observations).
+        observation_variance: The Gaussian observation's σ² (a positive number, or ``"learned"``).
+        min_std: The Gaussian latents' floor on the std (RSSM only).
+        unimix: The categorical latents' uniform mix (DreamerV3: 0.01).
+
+    Example:
+        >>> model = WorldModel(3, 1, latent_dim=4, deter_dim=8, hidden=16)
+        >>> x = Sequences(torch.randn(2, 5, 3), inputs=torch.randn(2, 5, 1), rewards=torch.randn(2, 5))
+        >>> elbox.bounds.elbo_steps(model, model.guide(), x).value.shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int = 0, *, latent: str = "gaussian", latent_dim: int = 30,
+                 classes: int = 32, deter_dim: int = 200, hidden: int = 200, reward: bool = True,
+                 transition: str = "rssm", use_actions: bool = True, encoder: str = "mlp",
+                 observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01):  # fmt: skip
+        super().__init__()
+        self.obs_dim = check_positive_int(obs_dim, "obs_dim")
+        self.action_dim = check_positive_int(action_dim, "action_dim", minimum=0)
+        if latent not in _LATENTS:
+            raise ValueError(f"latent must be one of {_LATENTS}; received {latent!r}")
+        if transition not in _TRANSITIONS:
+            raise ValueError(f"transition must be one of {_TRANSITIONS}; received {transition!r}")
+        if encoder not in _ENCODERS:
+            raise ValueError(f"encoder must be one of {_ENCODERS} (vector observations); received {encoder!r}")
+        for name, value in (("reward", reward), ("use_actions", use_actions)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False; received {value!r}")
+        if transition == "linear" and latent != "gaussian":
+            raise ValueError(f"transition='linear' is a linear-Gaussian model: it needs latent='gaussian'; received "
+                             f"latent={latent!r}")  # fmt: skip
+        self.latent, self.transition_kind, self.encoder_kind = latent, transition, encoder
+        self.has_reward, self.use_actions = reward, use_actions
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.classes = check_positive_int(classes, "classes", minimum=2)
+        self.stoch_dim = self.latent_dim * (self.classes if latent == "categorical" else 1)
+        Z = self.stoch_dim
+        self.hidden = check_positive_int(hidden, "hidden")
+        self.min_std = check_number(min_std, "min_std", minimum=0.0)
+        self.unimix = check_number(unimix, "unimix", minimum=0.0, maximum=1.0)
+        A = self.action_dim if use_actions else 0
+        if transition == "linear":
+            self.deter_dim = Z
+            self.transition_matrix = nn.Linear(Z, Z, bias=False)
+            with torch.no_grad():
+                self.transition_matrix.weight.copy_(torch.eye(Z))
+            self.control = nn.Linear(A, Z, bias=False) if A else None
+            self.raw_scale = nn.Parameter(torch.full((Z,), math.log(math.e - 1)))  # softplus⁻¹(1)
+            self.observation = nn.Linear(Z, self.obs_dim, bias=False)
+            self.reward_head = nn.Linear(Z, 1) if reward else None
+        else:
+            H = self.deter_dim = check_positive_int(deter_dim, "deter_dim")
+            self.state_action = nn.Linear(Z + A, self.hidden)
+            self.gru = nn.GRUCell(self.hidden, H)
+            self.prior_head = _mlp((H, self.hidden, 2 * Z if latent == "gaussian" else Z))
+            self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
+            self.reward_head = _mlp((H + Z, self.hidden, 1)) if reward else None
+        self.z_0 = nn.Parameter(torch.zeros(Z))
+        self.learned_variance = observation_variance == "learned"
+        variance = 1.0 if self.learned_variance else check_number(observation_variance, "observation_variance",
+                                                                  minimum=0.0, strict=True)  # fmt: skip
+        log_scale = torch.full((self.obs_dim,), 0.5 * math.log(variance))
+        if self.learned_variance:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.representation = WorldPosterior(self, self.hidden, self.hidden)
+
+    # Sizes and data.
+
+    @property
+    def state_dim(self) -> int:
+        """H + Z: the size of a state s_t = [h_t, z_t]."""
+        return self.deter_dim + self.stoch_dim
+
+    @property
+    def data_shape(self) -> tuple:  # type: ignore[override]
+        return (None, self.obs_dim)
+
+    def check_data(self, x, *, name: str = "x") -> Sequences:
+        """``x`` as checked :class:`~elbox.data.Sequences`: observations ``[B, T, obs_dim]``, actions
+        ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head;
+        trailing steps no sequence reaches dropped."""
+        if isinstance(x, Sequences) and x.inputs is not None and self.action_dim \
+                and (x.inputs.dim() != 3 or x.inputs.shape[-1] != self.action_dim):  # fmt: skip
+            raise ValueError(f"{name}: the actions (the sequences' inputs) must be [B, T, action_dim={self.action_dim}]"
+                             f"; received {list(x.inputs.shape)}")  # fmt: skip
+        if isinstance(x, Sequences) and self.has_reward and x.rewards is None:
+            raise ValueError(f"{name}: this WorldModel has a reward head (reward=True): the sequences must carry "
+                             "rewards [B, T] (Sequences(o, inputs=a, rewards=r)); or build it with reward=False")
+        x = as_sequences(x, event_shape=(self.obs_dim,), name=name, num_inputs=self.action_dim, owner="WorldModel",
+                         rewards=self.has_reward, dtype=self._reference().dtype, device=self._reference().device)
+        return x.trimmed()
+
+    def _actions(self, x: Sequences) -> Tensor | None:
+        """a_{t-1} leading into each step t, ``[B, T, A]`` (zero into the first), or None."""
+        if not (self.use_actions and self.action_dim):
+            return None
+        a = x.inputs.clone()
+        a[:, 0] = 0.0
+        return a
+
+    def _action_drive(self, actions: Tensor | None) -> Tensor | None:
+        """The actions' share of the transition's first layer, ``[B, T, *]``."""
+        if actions is None:
+            return None
+        if self.transition_kind == "linear":
+            return self.control(actions)
+        return F.linear(actions, self.state_action.weight[:, self.stoch_dim:])
+
+    def initial_state(self) -> Tensor:
+        """s_0 = [h_0, z_0] (h_0 = 0), ``[H + Z]``."""
+        return torch.cat([self.z_0.new_zeros(self.deter_dim), self.z_0])
+
+    # The transition, the latents' distributions and the heads.
+
+    def _deterministic(self, s_prev: Tensor, drive: Tensor | None, first: bool = False) -> Tensor:
+        """h_t from the previous states ``[*, B, H + Z]`` and the actions' drive ``[B, *]``."""
+        H = self.deter_dim
+        h_prev, z_prev = s_prev[..., :H], s_prev[..., H:]
+        if self.transition_kind == "linear":
+            h = self.transition_matrix(z_prev)
+            return h if drive is None or first else h + drive
+        pre = F.linear(z_prev, self.state_action.weight[:, : self.stoch_dim], self.state_action.bias)
+        if drive is not None and not first:
+            pre = pre + drive
+        lead = pre.shape[:-1]
+        h_prev = h_prev.expand(*lead, H)
+        return self.gru(F.elu(pre).reshape(-1, pre.shape[-1]), h_prev.reshape(-1, H)).view(*lead, H)
+
+    def _stats_from(self, out: Tensor):
+        """A head's output as the latent's parameters: (loc, scale) or (logits ``[*, V, K]``,)."""
+        if self.latent == "gaussian":
+            loc, raw = out.chunk(2, -1)
+            return loc, F.softplus(raw) + self.min_std
+        logits = out.unflatten(-1, (self.latent_dim, self.classes))
+        if self.unimix > 0:
+            probs = (1 - self.unimix) * logits.softmax(-1) + self.unimix / self.classes
+            logits = probs.log()
+        return (logits,)
+
+    def _prior_stats(self, h: Tensor):
+        if self.transition_kind == "linear":
+            return h, F.softplus(self.raw_scale).expand_as(h)
+        return self._stats_from(self.prior_head(h))
+
+    def _draw(self, stats) -> Tensor:
+        """z ~ the step's distribution, reparameterized (categorical: one-hot, straight-through)."""
+        if self.latent == "gaussian":
+            loc, scale = stats
+            return loc + scale * torch.randn_like(loc)
+        logits = stats[0]
+        probs = logits.softmax(-1)
+        index = torch.multinomial(probs.detach().reshape(-1, self.classes), 1).view(probs.shape[:-1])
+        one_hot = F.one_hot(index, self.classes).to(probs.dtype)
+        return (one_hot + probs - probs.detach()).flatten(-2)
+
+    def _log_prob(self, z: Tensor, stats) -> Tensor:
+        if self.latent == "gaussian":
+            return _normal_log_prob(z, *stats)
+        logits = stats[0].log_softmax(-1)
+        return (z.unflatten(-1, (self.latent_dim, self.classes)) * logits).sum((-2, -1))
+
+    def _kl(self, q_stats, p_stats) -> Tensor:
+        if self.latent == "gaussian":
+            return _normal_kl(*q_stats, *p_stats)
+        q_log, p_log = q_stats[0].log_softmax(-1), p_stats[0].log_softmax(-1)
+        return (q_log.exp() * (q_log - p_log)).sum((-2, -1))
+
+    def _features(self, s: Tensor) -> Tensor:
+        """What the heads read: [h, z] (the linear model's: z)."""
+        return s[..., self.deter_dim:] if self.transition_kind == "linear" else s
+
+    def observation_mean(self, s: Tensor) -> Tensor:
+        """E[o_t | s_t], ``[*, obs_dim]``."""
+        return self.observation(self._features(s))
+
+    def reward_mean(self, s: Tensor) -> Tensor:
+        """E[r_t | s_t], ``[*]``."""
+        if self.reward_head is None:
+            raise TypeError("this WorldModel has no reward head (reward=False)")
+        return self.reward_head(self._features(s)).squeeze(-1)
+
+    def _observation_log_prob(self, o: Tensor, s: Tensor) -> Tensor:
+        w = (o - self.observation_mean(s)) * torch.exp(-self.log_scale)
+        return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).sum(-1)
+
+    def step_log_likelihoods(self, x: Sequences, s: Tensor, t: int | None = None) -> tuple[Tensor, Tensor]:
+        """(log p(o_t | s_t), log p(r_t | s_t)) per step ``[*S, B, T]`` (zero past each end; the
+        reward's zero without a head, and at t = 1, where no reward was received); with ``t``, of
+        that step alone from states ``[*S, B, D]``."""
+        o, mask = (x.values, x.mask) if t is None else (x.values[:, t], x.mask[:, t])
+        obs = torch.where(mask, self._observation_log_prob(o, s), 0.0)
+        if self.reward_head is None:
+            return obs, torch.zeros_like(obs)
+        r = x.rewards if t is None else x.rewards[:, t]
+        w = r - self.reward_mean(s)
+        rew = -0.5 * w.square() - _HALF_LOG_2PI
+        counted = mask.clone()
+        if t is None:
+            counted[:, 0] = False
+        elif t == 0:
+            counted = torch.zeros_like(mask)
+        return obs, torch.where(counted, rew, 0.0)
+
+    def step_log_likelihood(self, x, s: Tensor, t: int | None = None) -> Tensor:
+        """log p(o_t, r_t | s_t) per step, ``[*S, B, T]`` (with ``t``: that step, ``[*S, B]``)."""
+        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        obs, rew = self.step_log_likelihoods(x, s, t)
+        return obs + rew
+
+    def log_likelihood(self, x, z: Tensor) -> Tensor:
+        """Σ_t log p(o_t, r_t | s_t) over each sequence's steps, ``[*S, B]``."""
+        return self.step_log_likelihood(self.check_data(x), z).sum(-1)
+
+    def log_joint(self, x, z: Tensor) -> Tensor:
+        x = self.check_data(x)
+        return self.prior_for(x).log_prob(z) + self.log_likelihood(x, z)
+
+    def prior_for(self, x) -> WorldPath:
+        """p(s_{1:T} | a) over the batch's paths, a :class:`WorldPath`."""
+        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        return WorldPath(self, x.mask, self._actions(x))
+
+    def guide(self, *args, **kwargs) -> WorldPosterior:
+        """The posterior q(z_t | h_t, o_t): part of the model (:class:`WorldPosterior`)."""
+        if args or kwargs:
+            raise TypeError(f"WorldModel.guide() takes no options (the posterior is part of the model); received "
+                            f"{args or kwargs}")  # fmt: skip
+        return self.representation
+
+    # Planning: filter and imagine.
+
+    @torch.no_grad()
+    def filter(self, x, *, sample: bool = True) -> WorldState:
+        """The posterior state after each sequence's last observed step (no gradient): ``h [B, H]``
+        and ``z [B, Z]``, a draw of q (or, with ``sample=False``, each step's mean: the Gaussian's
+        loc, or the categorical's probabilities)."""
+        x = self.check_data(x)
+        q = self.representation(x)
+        B, T = x.mask.shape
+        s = q.initial.expand(B, self.state_dim)
+        last = x.mask.sum(-1) - 1
+        out = torch.empty(B, self.state_dim, dtype=s.dtype, device=s.device)
+        for t in range(T):
+            h, stats = q.step_parameters(t, s)
+            z = self._draw(stats) if sample else self._mean(stats)
+            s = torch.cat([h, z], -1)
+            done = last == t
+            out[done] = s[done]
+        return WorldState(out[:, : self.deter_dim].clone(), out[:, self.deter_dim:].clone())
+
+    def _mean(self, stats) -> Tensor:
+        return stats[0] if self.latent == "gaussian" else stats[0].softmax(-1).flatten(-2)
+
+    def _check_actions(self, actions, name: str = "actions") -> Tensor:
+        ref = self._reference()
+        actions = as_data(actions, name, ndim=3, dtype=ref.dtype, device=ref.device)
+        if actions.shape[-1] != self.action_dim:
+            raise ValueError(f"{name} must be [N, K, action_dim={self.action_dim}]; received {list(actions.shape)}")
+        return actions
+
+    @torch.no_grad()
+    def imagine(self, state: WorldState, actions, *, sample: bool = True) -> Imagined:
+        """Rolls the prior forward from ``state`` under ``actions [N, K, A]`` (``actions[:, 0]``
+        applied from the state's step); see the class docstring. A state of batch 1 broadcasts
+        over the N sequences; otherwise its batch must be N."""
+        actions = self._check_actions(actions)
+        N, K = actions.shape[:2]
+        if len(state) not in (1, N):
+            raise ValueError(f"state has batch {len(state)}; imagine needs 1 (broadcast) or N={N}, the action "
+                             "sequences'")  # fmt: skip
+        s = torch.cat([state.h, state.z], -1).to(actions.dtype).expand(N, self.state_dim)
+        drive = self._action_drive(actions if self.use_actions and self.action_dim else None)
+        states = []
+        for k in range(K):
+            h = self._deterministic(s, None if drive is None else drive[:, k])
+            stats = self._prior_stats(h)
+            s = torch.cat([h, self._draw(stats) if sample else self._mean(stats)], -1)
+            states.append(s)
+        path = torch.stack(states, 1)  # [N, K, D]
+        rewards = self.reward_mean(path) if self.reward_head is not None else None
+        return Imagined(rewards, self.observation_mean(path), path[..., : self.deter_dim], path[..., self.deter_dim:])
+
+    # Sampling, forecasting and prediction.
+
+    @torch.no_grad()
+    def sample(self, n: int, num_steps: int = 10, inputs=None) -> tuple[Tensor, Tensor]:
+        """``n`` episodes under the actions ``inputs [n, T, action_dim]``: (observations
+        ``[n, T, obs_dim]``, states ``[n, T, H + Z]``)."""
+        n, T = check_positive_int(n, "n"), check_positive_int(num_steps, "num_steps")
+        ref = self._reference()
+        if self.action_dim:
+            if inputs is None:
+                raise ValueError(f"this model has action_dim={self.action_dim}: pass inputs [n, T, {self.action_dim}]")
+            inputs = self._check_actions(inputs, "inputs")
+        fake = Sequences(torch.zeros(n, T, self.obs_dim, dtype=ref.dtype, device=ref.device), inputs=inputs,
+                         rewards=torch.zeros(n, T, dtype=ref.dtype, device=ref.device))  # fmt: skip
+        s = self.prior_for(fake).rsample()
+        o = self.observation_mean(s)
+        return o + torch.randn_like(o) * self.log_scale.exp(), s
+
+    @torch.no_grad()
+    def forecast(self, x, steps: int, *, level: float = 0.9, inputs=None, num_samples: int = 1000):
+        """p(o_{T+1:T+k} | o_{1:T}, a) by simulation, from each sequence's own end: ``num_samples``
+        posterior states (a particle filter over o_{1:T}, resampled by its weights) rolled forward
+        under the future actions ``inputs [B, k, action_dim]``; the mean and variance of the
+        mixture and its quantiles as the ``level`` interval (:class:`~elbox.models.forecast.Forecast`,
+        ``method="simulation (S paths)"``)."""
+        from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
+
+        k, level = check_steps(steps), check_level(level)
+        S = check_positive_int(num_samples, "num_samples")
+        x = self.check_data(x)
+        B = len(x)
+        future = self._future_actions(inputs, B, k)
+        s, log_w = self._filtered_particles(x, S, "systematic")
+        paths = self._roll(s, future if future is not None and self.use_actions else k)  # [S, B, k, D]
+        means = self.observation_mean(paths)  # [S, B, k, O]
+        w = log_w.softmax(0)[..., None, None]  # [S, B, 1, 1]
+        mean = (w * means).sum(0)
+        sd = self.log_scale.exp()
+        variance = (w * (means - mean).square()).sum(0) + sd.square()
+        weights = w.squeeze(-1).expand(S, B, k).permute(1, 2, 0).unsqueeze(-2).expand(B, k, self.obs_dim, S)
+        lower, upper = mixture_quantiles(weights, means.permute(1, 2, 3, 0), sd[:, None].expand_as(means.permute(
+            1, 2, 3, 0)), ((1 - level) / 2, (1 + level) / 2))  # fmt: skip
+        return Forecast(mean, variance, lower, upper, level, method=f"simulation ({S} paths)")
+
+    def _future_actions(self, inputs, B: int, k: int) -> Tensor | None:
+        if not self.action_dim:
+            if inputs is not None:
+                raise ValueError("inputs: this model has no actions (action_dim=0)")
+            return None
+        if inputs is None:
+            raise ValueError(f"this model has action_dim={self.action_dim}: pass inputs, the future steps' actions "
+                             f"[{B}, {k}, {self.action_dim}]")  # fmt: skip
+        future = self._check_actions(inputs, "inputs")
+        if tuple(future.shape[:2]) != (B, k):
+            raise ValueError(f"inputs must have shape [{B}, {k}, {self.action_dim}] (sequences, steps ahead, "
+                             f"actions); received {list(future.shape)}")  # fmt: skip
+        return future if self.use_actions else None
+
+    def _filtered_particles(self, x: Sequences, S: int, resample: str) -> tuple[Tensor, Tensor]:
+        """A particle filter over each sequence (the posterior proposing): the states after each
+        sequence's last step ``[S, B, D]`` and their normalized log-weights ``[S, B]``."""
+        from elbox.distributions.smc import resample_indices
+
+        q, p = self.representation(x), self.prior_for(x)
+        B, T = x.mask.shape
+        s = q.initial.expand(S, B, self.state_dim)
+        log_w = s.new_full((S, B), -math.log(S))
+        last = x.mask.sum(-1) - 1
+        out_s, out_w = torch.empty_like(s), torch.empty_like(log_w)
+        for t in range(T):
+            keep = x.mask[:, t]
+            new, log_q, h, z = q.step_rsample(t, s)
+            alpha = p.step_log_prob(t, s, new) + self.step_log_likelihood(x, new, t) - log_q
+            log_w = torch.where(keep, log_w + alpha, log_w)
+            log_w = log_w - log_w.logsumexp(0)
+            s = torch.where(keep[:, None], new, s)
+            done = last == t
+            out_s[:, done], out_w[:, done] = s[:, done], log_w[:, done]
+            ess = 1.0 / (2 * log_w).exp().sum(0)
+            due = keep & (t < last) & (ess < 0.5 * S) if resample != "never" else torch.zeros_like(keep)
+            if bool(due.any()):
+                idx = torch.where(due, resample_indices(log_w, resample),
+                                  torch.arange(S, device=s.device)[:, None].expand(S, B))  # fmt: skip
+                s = s.gather(0, idx.unsqueeze(-1).expand_as(s))
+                log_w = torch.where(due, torch.full_like(log_w, -math.log(S)), log_w)
+        return out_s, out_w
+
+    def _roll(self, s: Tensor, future: Tensor | int) -> Tensor:
+        """States ``[S, B, D]`` rolled forward by the prior under the future actions ``[B, k, A]``
+        (an int k: k steps without actions), ``[S, B, k, D]``."""
+        k = future if isinstance(future, int) else future.shape[1]
+        drive = None if isinstance(future, int) else self._action_drive(future)
+        states = []
+        for j in range(k):
+            h = self._deterministic(s, None if drive is None else drive[:, j])
+            s = torch.cat([h, self._draw(self._prior_stats(h))], -1)
+            states.append(s)
+        return torch.stack(states, -2)
+
+    @torch.no_grad()
+    def predictive_log_likelihood(self, x, *, context: int, horizon: int, num_samples: int = 100,
+                                  method: str = "smc", num_runs: int = 1) -> dict:  # fmt: skip
+        r"""The j-step-ahead predictive log-likelihood for j = 1..k,
+
+        .. math:: \log p(o_{c+j} \mid o_{1:c}, a_{1:c+j}) \approx
+                  \log \sum_s \bar w^s\, p(o_{c+j} \mid s^s_{c+j}),
+
+        with ``num_samples`` particles filtered over the first c = ``context`` observations (the
+        posterior proposing; ``method="smc"`` resamples when the ESS falls below S/2, ``"is"``
+        never: importance sampling of whole paths) and each rolled forward by the prior under the
+        logged actions; and the squared error of the predicted mean Σ_s w̄^s E[o_{c+j} | s^s].
+
+        Every sequence must have at least c + k steps. Returns a dict: ``log_likelihood [B, k]``
+        (averaged over ``num_runs`` independent runs), ``mc_stderr [B, k]`` (the standard error
+        over those runs; NaN for one run), ``squared_error [B, k]`` (summed over coordinates), and
+        per horizon ``mean``/``stderr`` over sequences (``"stderr"``: the spread over sequences).
+        """
+        if method not in ("is", "smc"):
+            raise ValueError(f"method must be 'is' or 'smc'; received {method!r}")
+        x = self.check_data(x)
+        c, k = check_positive_int(context, "context"), check_positive_int(horizon, "horizon")
+        S, R = check_positive_int(num_samples, "num_samples"), check_positive_int(num_runs, "num_runs")
+        short = x.mask.sum(-1) < c + k
+        if bool(short.any()):
+            b = int(short.nonzero()[0])
+            raise ValueError(f"x: sequence {b} has {int(x.mask[b].sum())} steps; predictive_log_likelihood needs "
+                             f"context + horizon = {c + k}")  # fmt: skip
+        head = _prefix(x, c)
+        target = x.values[:, c : c + k]  # [B, k, O]
+        future = None if not (self.use_actions and self.action_dim) else x.inputs[:, c : c + k]
+        logs, errors = [], []
+        for _ in range(R):
+            s, log_w = self._filtered_particles(head, S, "never" if method == "is" else "systematic")
+            paths = self._roll(s, future if future is not None else k)  # [S, B, k, D]
+            log_f = self._observation_log_prob(target, paths)  # [S, B, k]
+            logs.append((log_w.unsqueeze(-1) + log_f).logsumexp(0))
+            mean = (log_w.softmax(0)[..., None, None] * self.observation_mean(paths)).sum(0)
+            errors.append((mean - target).square().sum(-1))
+        log_lik = torch.stack(logs)  # [R, B, k]
+        mc = log_lik.std(0) / math.sqrt(R) if R > 1 else torch.full_like(log_lik[0], math.nan)
+        per_seq = log_lik.mean(0)
+        error = torch.stack(errors).mean(0)
+        B = per_seq.shape[0]
+        spread = per_seq.std(0) / math.sqrt(B) if B > 1 else torch.full_like(per_seq[0], math.nan)
+        return {"log_likelihood": per_seq, "mc_stderr": mc, "squared_error": error, "mean": per_seq.mean(0),
+                "stderr": spread, "mse": error.mean(0),
+                "mse_stderr": error.std(0) / math.sqrt(B) if B > 1 else torch.full_like(per_seq[0], math.nan),
+                "method": method, "num_samples": S, "num_runs": R}  # fmt: skip
+
+    # The exact oracle.
+
+    def to_lgssm(self):
+        """The linear configuration as a :class:`~elbox.models.LinearGaussianSSM` with the actions
+        as inputs: z_1 ~ N(A z_0, diag σ²), z_t = A z_{t-1} + B a_{t-1} + w_t, o_t = C z_t + v_t.
+        Its Kalman filter is this model's exact evidence p(o | a), its RTS smoother the exact
+        posterior.
+
+        Raises:
+            TypeError: For an RSSM transition, or a reward head (the LGSSM has observations only).
+        """
+        from elbox.distributions._gaussian import tril_to_raw
+        from elbox.models.lgssm import LinearGaussianSSM
+
+        if self.transition_kind != "linear" or self.has_reward:
+            raise TypeError(f"to_lgssm needs transition='linear' and reward=False; this model has transition="
+                            f"{self.transition_kind!r}, reward={self.has_reward}")  # fmt: skip
+        dtype = self._reference().dtype
+        U = self.action_dim if self.use_actions else 0
+        with torch.no_grad():
+            A = self.transition_matrix.weight
+            L_q = torch.diag(F.softplus(self.raw_scale))
+            lgssm = LinearGaussianSSM(self.stoch_dim, self.obs_dim, U).to(dtype)
+            lgssm.transition_matrix.copy_(A)
+            lgssm.observation_matrix.copy_(self.observation.weight)
+            if U:
+                lgssm.control_matrix.copy_(self.control.weight)
+            lgssm.initial_loc.copy_(A @ self.z_0)
+            lgssm._q_raw.copy_(tril_to_raw(L_q))
+            lgssm._p0_raw.copy_(tril_to_raw(L_q))
+            lgssm._r_raw.copy_(tril_to_raw(torch.diag(self.log_scale.exp())))
+        return lgssm
+
+    def extra_repr(self) -> str:
+        return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, latent={self.latent!r}, "
+                f"latent_dim={self.latent_dim}, deter_dim={self.deter_dim}, transition={self.transition_kind!r}, "
+                f"reward={self.has_reward}, use_actions={self.use_actions}")  # fmt: skip
+
+
+def _prefix(x: Sequences, c: int) -> Sequences:
+    """The first ``c`` steps of every sequence (each has at least c)."""
+    out = Sequences.__new__(Sequences)
+    out.values, out.mask = x.values[:, :c], x.mask[:, :c]
+    out.inputs = None if x.inputs is None else x.inputs[:, :c]
+    out.rewards = None if x.rewards is None else x.rewards[:, :c]
+    return out
