@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
     - ``.npz``: the data under ``x`` (or ``values``, or ``data``); for sequences of different
       lengths, ``lengths [N]`` (the values padded to the longest), and optionally ``inputs
       [N, T, U]`` for a state-space model with controls, and ``rewards [N, T]`` (a world model's;
-      ``elbox collect`` writes ``x``, ``inputs``, ``rewards`` and ``lengths``).
+      ``elbox collect`` writes ``x``, ``inputs``, ``rewards`` and ``lengths``); ``meta``, a JSON
+      object in a string (the provenance ``elbox collect`` records), is read only for its ``pixels``
+      flag: frames stored as ``uint8`` under ``pixels: true`` become intensities in [0, 1] (divided by 255).
     - ``.csv``: a table of numbers, one row per point (a first row of column names is skipped);
       comma-separated.
 
@@ -86,10 +89,14 @@ def _from_npz(path: Path) -> Tensor | Sequences:
         raise ValueError(
             f"{path} must hold the data under one of {list(_VALUE_KEYS)}; it holds {sorted(arrays) or 'nothing'}"
         )
+    meta = _meta(arrays.pop("meta", None), path)
     unknown = sorted(set(arrays) - {key, "lengths", "inputs", "rewards"})
     if unknown:
-        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs', 'rewards')")
+        raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs', 'rewards', "
+                         "'meta')")  # fmt: skip
     values = _tensor(arrays[key], path)
+    if meta.get("pixels") and arrays[key].dtype == np.uint8:
+        values = values.double() / 255  # frames stored as bytes (elbox collect --pixels): intensities in [0, 1]
     if "lengths" not in arrays and "inputs" not in arrays and "rewards" not in arrays:
         return values
     lengths = arrays.get("lengths")
@@ -105,6 +112,22 @@ def _from_npz(path: Path) -> Tensor | Sequences:
         inputs=None if inputs is None else torch.from_numpy(np.ascontiguousarray(inputs)).double(),
         rewards=None if rewards is None else torch.from_numpy(np.ascontiguousarray(rewards)).double(),
     )
+
+
+def _meta(meta: np.ndarray | None, path: Path) -> dict:
+    """The provenance ``elbox collect`` stores as array ``meta``: a JSON object in a string."""
+    if meta is None:
+        return {}
+    if meta.dtype.kind != "U" or meta.ndim != 0:
+        raise ValueError(f"{path}: meta must be a JSON object in a string (as elbox collect writes it); received "
+                         f"{describe(meta)}")  # fmt: skip
+    try:
+        meta = json.loads(str(meta))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: meta must be a JSON object in a string; it does not parse: {error}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: meta must be a JSON object in a string; received a JSON {type(meta).__name__}")
+    return meta
 
 
 def _read_csv(path: Path) -> np.ndarray:
