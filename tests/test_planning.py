@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from elbox import Sequences
-from elbox.planning import MPCPolicy, RandomPolicy, TrueDynamics, cem_plan, run_episodes
+from elbox import Sequences, WorldModel
+from elbox.planning import MPCPolicy, TrueDynamics, UniformPolicy, cem_plan, run_episodes
 
 gymnasium = pytest.importorskip("gymnasium")
 
@@ -126,7 +126,7 @@ def test_true_dynamics_rollout_and_filter():
 
 def test_mpc_on_the_true_dynamics_beats_random():
     settings = {"episodes": 3, "steps": 100, "seed": 10}  # swung up within 100 steps
-    random = run_episodes(RandomPolicy(action_low=-2, action_high=2), **settings)
+    random = run_episodes(UniformPolicy(action_low=-2, action_high=2), **settings)
     planner = MPCPolicy(TrueDynamics(), action_low=-2, action_high=2, horizon=12, candidates=200, iterations=4,
                         top_k=20)  # fmt: skip
     cem = run_episodes(planner, **settings)
@@ -145,6 +145,19 @@ def test_mpc_keeps_the_history_in_the_world_model_convention():
     x = policy.history()
     assert x.values.shape == (1, 2, 3) and x.inputs.shape == (1, 2, 1)
     assert x.inputs[0, 0, 0] == 0 and x.inputs[0, 1, 0] == float(first[0])  # the action that led into step 1
+    assert x.rewards.tolist() == [[0.0, -1.5]]  # the reward on arriving at step 1
+
+
+def test_mpc_plans_in_a_world_model():
+    model = WorldModel(3, 1, latent_dim=4, deter_dim=8, hidden=16)
+    policy = MPCPolicy(model, action_low=-2, action_high=2, horizon=5, candidates=30, iterations=2, top_k=5)
+    before = torch.random.get_rng_state()
+    result = run_episodes(policy, episodes=2, steps=4, seed=3)
+    # the model's draws come from a generator seeded per step: the caller's random state is untouched
+    assert torch.equal(torch.random.get_rng_state(), before)
+    np.testing.assert_array_equal(run_episodes(policy, episodes=2, steps=4, seed=3).returns, result.returns)
+    assert policy.history().values.shape == (1, 5, 3)  # the last episode: the reset and 4 steps
+    assert policy.last_plan.actions.shape == (5, 1) and policy.last_plan.actions.abs().max() <= 2
 
 
 def test_bad_input():
@@ -176,9 +189,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"rewards \[N, H\] = \[10, 12\]"):
         cem_plan(wrong, state, candidates=10, top_k=2, **options)
     with pytest.raises(ValueError, match="episodes must be an integer >= 1; received 0"):
-        run_episodes(RandomPolicy(**options), episodes=0)
-    with pytest.raises(ValueError, match="env must be a gymnasium environment id"):
-        run_episodes(RandomPolicy(**options), env="NoSuchEnv-v0")
+        run_episodes(UniformPolicy(**options), episodes=0)
+    with pytest.raises(ValueError, match="env must be one of"):
+        run_episodes(UniformPolicy(**options), env="Pendulum-v1")
+    with pytest.raises(ValueError, match="env must have continuous actions.*'cartpole' has 2 discrete choices"):
+        run_episodes(UniformPolicy(**options), env="cartpole")
     with pytest.raises(ValueError, match=r"actions must be \[N, K, 1\]"):
         TrueDynamics().imagine(torch.zeros(1, 2), torch.zeros(4, 5, 2))
     with pytest.raises(ValueError, match=r"state must be \[N, 2\] or \[1, 2\]"):

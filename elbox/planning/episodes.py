@@ -1,4 +1,5 @@
-"""Seeded episodes of a policy in a gymnasium environment, and their mean return with its error."""
+"""Seeded episodes of a policy in one of :mod:`elbox.envs`' environments, and their mean return
+with its standard error."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ class EpisodeReturns:
 
     Attributes:
         returns: ``[episodes]``, the undiscounted return of each episode.
-        seeds: The seed of each episode (``env.reset(seed=...)`` and the policy's).
-        steps: Steps per episode.
+        seeds: The seed of each episode (the environment's reset and the policy's).
+        steps: Actions per episode (fewer where the environment ended one).
         seconds: Wall-clock seconds for all of them.
     """
 
@@ -43,51 +44,54 @@ class EpisodeReturns:
         return f"{self.mean:.1f} ± {self.stderr:.1f} (SE over {len(self.returns)} episodes)"
 
 
-def run_episodes(policy, *, episodes: int = 10, seed: int = 0, steps: int = 200, env: str = "Pendulum-v1") -> (
+def run_episodes(policy, *, env: str = "pendulum", episodes: int = 10, seed: int = 0, steps: int | None = None) -> (
         EpisodeReturns):
-    """Runs ``episodes`` episodes of ``policy`` in the gymnasium environment ``env``, episode i
-    started by ``env.reset(seed=seed + i)`` and the policy reseeded with the same seed, for at
-    most ``steps`` steps each (fewer where the environment ends it).
+    """Runs ``episodes`` episodes of ``policy`` in the environment ``env`` (a name in
+    :data:`elbox.envs.ENVIRONMENTS`, from states), episode i started by ``reset(seed + i)`` and the
+    policy reseeded with the same seed, for ``steps`` actions (fewer where the environment ends
+    the episode: CartPole's pole fell).
 
     Args:
-        policy: ``reset(observation, seed=...)``, ``act() -> action``, ``observe(observation, reward)``
-            (:class:`MPCPolicy`, :class:`RandomPolicy`).
-        episodes, seed, steps: As above; Pendulum-v1's episodes have 200 steps.
-        env: A gymnasium environment id.
+        policy: ``reset(observation, seed=...)``, ``act() -> action [A]``, ``observe(observation,
+            reward)`` (:class:`MPCPolicy`, :class:`UniformPolicy`).
+        env: ``"pendulum"`` (Pendulum-v1; continuous torques, as the planner needs), or another
+            registered environment with continuous actions.
+        episodes, seed: As above.
+        steps: Actions per episode; default: the environment's full episode (Pendulum-v1: 200).
 
     Example:
-        >>> from elbox.planning import RandomPolicy
-        >>> result = run_episodes(RandomPolicy(action_low=-2, action_high=2), episodes=2, steps=20)
+        >>> from elbox.planning import UniformPolicy
+        >>> result = run_episodes(UniformPolicy(action_low=-2, action_high=2), episodes=2, steps=20)
         >>> result.returns.shape
         (2,)
     """
-    import gymnasium
+    from elbox.envs import get_environment
 
+    environment = get_environment(env)
+    if environment.discrete:
+        raise ValueError(f"env must have continuous actions (the planner samples action vectors); {env!r} has "
+                         f"{environment.action_dim} discrete choices")  # fmt: skip
     episodes = check_positive_int(episodes, "episodes")
-    steps = check_positive_int(steps, "steps")
+    steps = environment.max_steps - 1 if steps is None else check_positive_int(steps, "steps")
     seed = check_seed(seed)
     for method in ("reset", "act", "observe"):
         if not callable(getattr(policy, method, None)):
-            raise TypeError(f"policy must have reset, act and observe methods (an MPCPolicy, a RandomPolicy); "
+            raise TypeError(f"policy must have reset, act and observe methods (an MPCPolicy, a UniformPolicy); "
                             f"{describe(policy)} has no {method}")  # fmt: skip
-    try:
-        environment = gymnasium.make(env)
-    except gymnasium.error.Error as error:
-        raise ValueError(f"env must be a gymnasium environment id such as 'Pendulum-v1'; received {env!r} "
-                         f"({error})") from None  # fmt: skip
+    simulator = environment.make(False)
     start = time.perf_counter()
     returns = np.zeros(episodes)
     seeds = [seed + i for i in range(episodes)]
     try:
         for i, episode_seed in enumerate(seeds):
-            observation, _ = environment.reset(seed=episode_seed)
+            observation = simulator.reset(episode_seed)
             policy.reset(observation, seed=episode_seed)
             for _ in range(steps):
-                observation, reward, terminated, truncated, _ = environment.step(policy.act())
-                returns[i] += float(reward)
-                if terminated or truncated:
+                observation, reward, terminated = simulator.step(policy.act())
+                returns[i] += reward
+                if terminated:
                     break
-                policy.observe(observation, float(reward))
+                policy.observe(observation, reward)
     finally:
-        environment.close()
+        simulator.close()
     return EpisodeReturns(returns=returns, seeds=seeds, steps=steps, seconds=time.perf_counter() - start)

@@ -1,5 +1,5 @@
-"""Policies that act in an environment: model-predictive control by the cross-entropy method, and
-the uniform random policy it is compared with."""
+"""Policies that act in an environment, one episode at a time: model-predictive control by the
+cross-entropy method, and the uniform random policy it is compared with."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from elbox._validation import check_bool, check_seed, describe
 from elbox.data.sequences import Sequences
 from elbox.planning.cem import Plan, action_bounds, cem_plan, check_cem_options
 
-__all__ = ["MPCPolicy", "RandomPolicy"]
+__all__ = ["MPCPolicy", "UniformPolicy"]
 
 
-class RandomPolicy:
-    """Actions drawn uniformly between the bounds at every step.
+class UniformPolicy:
+    """Actions drawn uniformly between the bounds at every step: the random policy of the episodes
+    here (:func:`run_episodes`; :class:`elbox.envs.RandomPolicy` is the same for ``elbox collect``).
 
     The protocol of every policy here: ``reset(observation, seed=...)`` at an episode's start,
     ``act()`` for the action at the latest observation (a numpy ``[A]``), ``observe(observation,
@@ -131,13 +132,20 @@ class MPCPolicy:
 
     @torch.no_grad()
     def act(self) -> np.ndarray:
-        """Plans from the latest observation and returns the plan's first action (numpy ``[A]``)."""
-        state = self.dynamics.filter(self.history())
-        self.last_plan = cem_plan(
-            self.dynamics, state, horizon=self.horizon, candidates=self.candidates, iterations=self.iterations,
-            top_k=self.top_k, action_low=self.low, action_high=self.high, generator=self.generator,
-            sample=self.sample, dtype=self.dtype,
-        )  # fmt: skip
+        """Plans from the latest observation and returns the plan's first action (numpy ``[A]``).
+
+        The model's own draws (the filtered state, the imagined latents) come from torch's global
+        generator: it is seeded from the policy's generator for the call and restored after, so
+        that an episode depends on its seed alone and the caller's random state is untouched."""
+        history = self.history()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+            state = self.dynamics.filter(history)
+            self.last_plan = cem_plan(
+                self.dynamics, state, horizon=self.horizon, candidates=self.candidates, iterations=self.iterations,
+                top_k=self.top_k, action_low=self.low, action_high=self.high, generator=self.generator,
+                sample=self.sample, dtype=self.dtype,
+            )  # fmt: skip
         self._action = self.last_plan.action.numpy().astype(np.float32)
         return self._action
 
@@ -167,4 +175,4 @@ def _parameter_dtype(module) -> torch.dtype:
 
 
 def _sequences(values: Tensor, inputs: Tensor, rewards: Tensor) -> Sequences:
-    return Sequences(values, inputs=inputs)
+    return Sequences(values, inputs=inputs, rewards=rewards)

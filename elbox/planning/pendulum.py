@@ -11,16 +11,17 @@ from torch import Tensor
 from elbox._validation import as_tensor, check_number, describe
 from elbox.data.sequences import Sequences
 
-__all__ = ["Imagined", "TrueDynamics"]
+__all__ = ["Rollout", "TrueDynamics"]
 
 
 @dataclass
-class Imagined:
-    """A rollout of :class:`TrueDynamics`: ``rewards [N, K]`` and ``observations [N, K, 3]``, the
-    reward of each action and the observation it leads to."""
+class Rollout:
+    """What :meth:`TrueDynamics.imagine` returns: ``rewards [N, K]`` the reward of each action,
+    ``observations [N, K, 3]`` and ``states [N, K, 2]`` (θ, θ̇) after it."""
 
     rewards: Tensor
     observations: Tensor
+    states: Tensor
 
 
 class TrueDynamics:
@@ -89,7 +90,7 @@ class TrueDynamics:
         last = x.lengths - 1  # [B]
         return self.state_from_observation(x.values[torch.arange(len(x)), last])
 
-    def imagine(self, state: Tensor, actions: Tensor, *, sample: bool = True) -> Imagined:
+    def imagine(self, state: Tensor, actions: Tensor, *, sample: bool = True) -> Rollout:
         """Rolls ``state`` (``[N, 2]``, or ``[1, 2]`` broadcast over N) forward under ``actions
         [N, K, 1]``: the reward of each action and the observation after it. ``sample`` is
         accepted for the protocol's sake: these dynamics are deterministic."""
@@ -106,7 +107,8 @@ class TrueDynamics:
             state, reward = self.step(state, actions[:, k])
             rewards.append(reward)
             states.append(state)
-        return Imagined(rewards=torch.stack(rewards, 1), observations=self.observe(torch.stack(states, 1)))
+        states = torch.stack(states, 1)  # [N, K, 2]
+        return Rollout(rewards=torch.stack(rewards, 1), observations=self.observe(states), states=states)
 
 
 def _angle_normalize(x: Tensor) -> Tensor:
