@@ -283,7 +283,7 @@ class WorldPosterior(Guide):
 
     def forward(self, x, index: Tensor | None = None) -> WorldPath:
         model = self._model
-        x = model.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        x = model.check_data(x)
         return WorldPath(model, x.mask, model._actions(x), self.embed(x), self)
 
 
@@ -535,8 +535,9 @@ class WorldModel(LatentModel):
         return obs, torch.where(counted, rew, 0.0)
 
     def step_log_likelihood(self, x, s: Tensor, t: int | None = None) -> Tensor:
-        """log p(o_t, r_t | s_t) per step, ``[*S, B, T]`` (with ``t``: that step, ``[*S, B]``)."""
-        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        """log p(o_t, r_t | s_t) per step, ``[*S, B, T]`` (with ``t``: that step, ``[*S, B]``, of
+        checked Sequences: the particle filter's call at every step does not check them again)."""
+        x = x.trimmed() if t is not None and isinstance(x, Sequences) else self.check_data(x)
         obs, rew = self.step_log_likelihoods(x, s, t)
         return obs + rew
 
@@ -550,7 +551,7 @@ class WorldModel(LatentModel):
 
     def prior_for(self, x) -> WorldPath:
         """p(s_{1:T} | a) over the batch's paths, a :class:`WorldPath`."""
-        x = self.check_data(x) if not isinstance(x, Sequences) else x.trimmed()
+        x = self.check_data(x)
         return WorldPath(self, x.mask, self._actions(x))
 
     def guide(self, *args, **kwargs) -> WorldPosterior:

@@ -408,3 +408,49 @@ register_model_type(ModelType(
     description="a deep Markov model (Krishnan et al. 2017) with a structured guide; elbo, iwae or fivo",
     em=False, figures=_dmm_figures,
 ))  # fmt: skip
+
+
+def _world(m: dict, info: DataInfo):
+    from elbox.models import WorldModel
+
+    if info.symbols:
+        raise ConfigError("[model] type = 'world' takes real-valued observations [N, T, D]; the data are symbols")
+    return WorldModel(info.dim, info.inputs, latent=m["latent"], latent_dim=m["latent_dim"], classes=m["classes"],
+                      deter_dim=m["deter_dim"], hidden=m["hidden"], reward=m["reward"], transition=m["transition"],
+                      use_actions=m["use_actions"], encoder=m["encoder"],
+                      observation_variance=m["observation_variance"], min_std=m["min_std"], unimix=m["unimix"])  # fmt: skip
+
+
+def _world_guide(model, m: dict, info: DataInfo):
+    return model.guide()
+
+
+def _check_world(config: dict, source: str) -> None:
+    model = config["model"]
+    if model["transition"] == "linear" and model["latent"] != "gaussian":
+        raise ConfigError(f"{source}: [model] transition = 'linear' is linear-Gaussian: it needs latent = 'gaussian'")
+
+
+register_model_type(ModelType(
+    name="world",
+    keys={
+        "latent": Key("gaussian", choice("gaussian", "categorical"),
+                      "z_t: Gaussian (PlaNet) or categorical one-hot variables (DreamerV2/3)"),
+        "latent_dim": Key(30, SIZE, "Gaussian latents: their number; categorical: the number of variables"),
+        "classes": Key(32, lambda v: is_size(v) and v >= 2, "an integer >= 2", "categorical latents: classes each"),
+        "deter_dim": Key(200, SIZE, "the GRU's deterministic state h_t"),
+        "hidden": Key(200, SIZE, "the MLPs' width (encoder, heads, posterior)"),
+        "reward": Key(True, BOOL, "a reward head p(r_t | h_t, z_t) (the data must carry rewards)"),
+        "transition": Key("rssm", choice("rssm", "linear"),
+                          "the RSSM, or linear-Gaussian (then an LGSSM with the actions as inputs)"),
+        "use_actions": Key(True, BOOL, "false: the model ignores the actions (a baseline on the same data)"),
+        "encoder": Key("mlp", choice("mlp"), "the observation encoder (vector observations)"),
+        "observation_variance": _OBSERVATION_VARIANCE,
+        "min_std": Key(0.1, NON_NEGATIVE, "Gaussian latents: the floor on the std (PlaNet: 0.1)"),
+        "unimix": Key(0.01, lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
+                      "a number in [0, 1]", "categorical latents: the uniform mix (DreamerV3: 0.01)"),
+    },
+    build=_world, guide=_world_guide, method="vi", init=None, sequences=True, dtype=None,
+    description="a world model (PlaNet's/Dreamer's RSSM) of observations given actions; world_elbo, iwae or fivo",
+    check=_check_world, em=False, figures=_dmm_figures,
+))  # fmt: skip
