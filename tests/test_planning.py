@@ -3,6 +3,7 @@ against gymnasium's step, model-predictive control against the random policy, an
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -198,3 +199,35 @@ def test_bad_input():
         TrueDynamics().imagine(torch.zeros(1, 2), torch.zeros(4, 5, 2))
     with pytest.raises(ValueError, match=r"state must be \[N, 2\] or \[1, 2\]"):
         TrueDynamics().imagine(torch.zeros(3, 2), torch.zeros(4, 5, 1))
+
+
+def test_plan_command_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from elbox.cli.main import app
+    from elbox.envs import collect
+
+    collect("pendulum", 8, steps=6, seed=0).save(tmp_path / "episodes.npz")
+    (tmp_path / "world.toml").write_text(
+        '[data]\npath = "episodes.npz"\ntest = 2\n\n'
+        '[model]\ntype = "world"\nlatent_dim = 2\ndeter_dim = 4\nhidden = 8\n\n'
+        '[train]\nmethod = "vi"\nobjective = "world_elbo"\nepochs = 2\nbatch_size = 3\nlr = 1e-2\nseed = 0\n'
+    )  # fmt: skip
+    runner, run = CliRunner(), tmp_path / "run"
+    result = runner.invoke(app, ["fit", str(tmp_path / "world.toml"), "--out", str(run), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    options = ["--episodes", "2", "--steps", "5", "--candidates", "10", "--iterations", "1", "--top-k", "2"]
+    result = runner.invoke(app, ["plan", str(run), *options])
+    assert result.exit_code == 0, result.output
+    assert "CEM, world model" in result.output and "CEM, true dynamics" in result.output
+    written = json.loads((run / "plan.json").read_text())
+    assert [row["policy"] for row in written["rows"]] == ["random", "CEM, true dynamics", "CEM, world model"]
+    for row in written["rows"]:
+        assert len(row["returns"]) == 2 and math.isfinite(row["mean"]) and math.isfinite(row["stderr"])
+        assert row["mean"] == pytest.approx(np.mean(row["returns"]))
+    assert written["settings"]["candidates"] == 10 and (run / "plan.png").stat().st_size > 0
+    # the environment must be the data's: cartpole's observations have 4 entries, the model's 3
+    result = runner.invoke(app, ["plan", str(run), "--env", "cartpole", *options])
+    assert result.exit_code == 2 and "env 'cartpole' has observations of size 4" in result.output
+    result = runner.invoke(app, ["plan", str(run), "--candidates", "5", "--top-k", "6"])
+    assert result.exit_code == 2 and "top_k must be at most candidates = 5" in result.output
