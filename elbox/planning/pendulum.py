@@ -44,8 +44,8 @@ class TrueDynamics:
         >>> pendulum = TrueDynamics()
         >>> state = torch.tensor([[math.pi, 0.0]], dtype=torch.float64)  # hanging down, at rest
         >>> rollout = pendulum.imagine(state, torch.zeros(1, 3, 1))
-        >>> rollout.rewards  # -π² at each step
-        tensor([[-9.8696, -9.8696, -9.8696]], dtype=torch.float64)
+        >>> [round(r, 4) for r in rollout.rewards[0].tolist()]  # -π² at each step
+        [-9.8696, -9.8696, -9.8696]
     """
 
     action_dim = 1
