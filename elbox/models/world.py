@@ -42,7 +42,7 @@ __all__ = ["Imagined", "WorldModel", "WorldPath", "WorldPosterior", "WorldState"
 
 _LATENTS = ("gaussian", "categorical")
 _TRANSITIONS = ("rssm", "linear")
-_ENCODERS = ("mlp",)
+_ENCODERS = ("mlp", "conv")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -133,7 +133,7 @@ class WorldPath(MarkovPath):
     def is_posterior(self) -> bool:
         return self.embedding is not None
 
-    def _stats(self, h: Tensor, t: int | None, s_prev: Tensor | None = None):
+    def _stats(self, h: Tensor, t: int | None):
         """The z-step's parameters given h ``[*, B, H]`` (one step t) or ``[*, B, T, H]`` (t None)."""
         if not self.is_posterior:
             return self.model._prior_stats(h)
@@ -159,8 +159,12 @@ class WorldPath(MarkovPath):
         return torch.cat([h, z], -1), self.model._log_prob(z, stats), h, z
 
     def step_log_prob(self, t: int, z_prev: Tensor, z: Tensor) -> Tensor:
-        h, stats = self.step_parameters(t, z_prev)
-        return self.model._log_prob(z[..., self.model.deter_dim:], stats)
+        """log p(z_t | h_t) (or q's) of states ``z [*S, B, H + Z]``, h_t read from them: the same
+        deterministic function of ``z_prev`` under both distributions (one GRU step saved in the
+        particle filter, whose proposal has just computed it)."""
+        H = self.model.deter_dim
+        stats = self._masked(self._stats(z[..., :H], t), self.mask[:, t, None])
+        return self.model._log_prob(z[..., H:], stats)
 
     def conditionals(self, z: Tensor):
         """The z-steps' parameters at every step from the path's own h, one batched pass."""
@@ -186,6 +190,14 @@ class WorldPath(MarkovPath):
         stats = tuple(torch.stack(parts, -2 if self.model.latent == "gaussian" else -3)
                       for parts in zip(*stats_steps))  # fmt: skip
         return path, self.model._log_prob(path[..., self.model.deter_dim:], stats), *stats
+
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
+        """Paths ``[*S, B, T, H + Z]`` and their log-density ``[*S, B]``, from one sequential pass."""
+        path, log_q, *_ = self.rsample_steps(sample_shape)
+        return path, log_q.sum(-1)
+
+    def rsample(self, sample_shape=()) -> Tensor:
+        return self.rsample_steps(sample_shape)[0]
 
     def path_steps(self, model, x, p: WorldPath, num_samples: int, kl: str = "analytic"):
         """:class:`~elbox.bounds.sequence.StepTerms` for paths of this posterior against the prior
@@ -251,7 +263,14 @@ class WorldPosterior(Guide):
         super().__init__()
         object.__setattr__(self, "_model", model)  # not a submodule: the model owns this guide
         Z, H = model.stoch_dim, model.deter_dim
-        if model.transition_kind == "linear":
+        if model.encoder_kind == "conv":
+            from elbox.models._conv import ConvEncoder
+
+            self.encoder = ConvEncoder(model.obs_dim, model.depth)
+            self.embed_dim = self.encoder.out_features
+            out = 2 * Z if model.latent == "gaussian" else Z
+            self.head = nn.Sequential(nn.Linear(H + self.embed_dim, hidden), nn.ELU(), nn.Linear(hidden, out))
+        elif model.transition_kind == "linear":
             # q(z_t | h_t, o_t) = N(W h_t + V o_t + b, diag softplus(ρ)²): a linear filter's form
             self.encoder = nn.Identity()
             self.head = nn.Linear(H + model.obs_dim, Z)
@@ -283,7 +302,7 @@ class WorldPosterior(Guide):
 
     def forward(self, x, index: Tensor | None = None) -> WorldPath:
         model = self._model
-        x = model.check_data(x)
+        x = model.check_data(x, min_length=1)
         return WorldPath(model, x.mask, model._actions(x), self.embed(x), self)
 
 
@@ -318,7 +337,7 @@ class WorldModel(LatentModel):
       batch 1 broadcasts over the N candidates.
 
     Args:
-        obs_dim: The size of o_t.
+        obs_dim: The size of o_t (``encoder="conv"``: the images' channels C; o_t ``[C, 64, 64]``).
         action_dim: The size of a_t (0: none).
         latent: ``"gaussian"`` or ``"categorical"``.
         latent_dim: Gaussian latents: their number (PlaNet: 30); categorical: the number of
@@ -329,7 +348,9 @@ class WorldModel(LatentModel):
         reward: Whether there is a reward head (the data must then carry rewards).
         transition: ``"rssm"`` or ``"linear"``.
         use_actions: False: a model that ignores the actions (a baseline on the same data).
-        encoder: ``"mlp"`` (vector observations).
+        encoder: ``"mlp"`` (vector observations) or ``"conv"`` (64 × 64 images: Dreamer's
+            convolutional encoder and decoder, ``depth`` their width; σ² one number).
+        depth: The convolutional networks' depth (Dreamer: 32).
         observation_variance: The Gaussian observation's σ² (a positive number, or ``"learned"``).
         min_std: The Gaussian latents' floor on the std (RSSM only).
         unimix: The categorical latents' uniform mix (DreamerV3: 0.01).
@@ -344,7 +365,8 @@ class WorldModel(LatentModel):
     def __init__(self, obs_dim: int, action_dim: int = 0, *, latent: str = "gaussian", latent_dim: int = 30,
                  classes: int = 32, deter_dim: int = 200, hidden: int = 200, reward: bool = True,
                  transition: str = "rssm", use_actions: bool = True, encoder: str = "mlp",
-                 observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01):  # fmt: skip
+                 observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01,
+                 depth: int = 32):  # fmt: skip
         super().__init__()
         self.obs_dim = check_positive_int(obs_dim, "obs_dim")
         self.action_dim = check_positive_int(action_dim, "action_dim", minimum=0)
@@ -353,7 +375,9 @@ class WorldModel(LatentModel):
         if transition not in _TRANSITIONS:
             raise ValueError(f"transition must be one of {_TRANSITIONS}; received {transition!r}")
         if encoder not in _ENCODERS:
-            raise ValueError(f"encoder must be one of {_ENCODERS} (vector observations); received {encoder!r}")
+            raise ValueError(f"encoder must be one of {_ENCODERS}; received {encoder!r}")
+        if encoder == "conv" and transition == "linear":
+            raise ValueError("encoder='conv' needs transition='rssm' (the linear model's emission is linear)")
         for name, value in (("reward", reward), ("use_actions", use_actions)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False; received {value!r}")
@@ -361,6 +385,9 @@ class WorldModel(LatentModel):
             raise ValueError(f"transition='linear' is a linear-Gaussian model: it needs latent='gaussian'; received "
                              f"latent={latent!r}")  # fmt: skip
         self.latent, self.transition_kind, self.encoder_kind = latent, transition, encoder
+        self.depth = check_positive_int(depth, "depth")
+        #: One observation's shape: ``(obs_dim,)``, or ``(C, 64, 64)`` for images.
+        self.obs_shape = (self.obs_dim,) if encoder == "mlp" else (self.obs_dim, 64, 64)
         self.has_reward, self.use_actions = reward, use_actions
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.classes = check_positive_int(classes, "classes", minimum=2)
@@ -384,13 +411,18 @@ class WorldModel(LatentModel):
             self.state_action = nn.Linear(Z + A, self.hidden)
             self.gru = nn.GRUCell(self.hidden, H)
             self.prior_head = _mlp((H, self.hidden, 2 * Z if latent == "gaussian" else Z))
-            self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
+            if encoder == "conv":
+                from elbox.models._conv import ConvDecoder
+
+                self.observation = ConvDecoder(H + Z, self.obs_dim, self.depth)
+            else:
+                self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
             self.reward_head = _mlp((H + Z, self.hidden, 1)) if reward else None
         self.z_0 = nn.Parameter(torch.zeros(Z))
         self.learned_variance = observation_variance == "learned"
         variance = 1.0 if self.learned_variance else check_number(observation_variance, "observation_variance",
                                                                   minimum=0.0, strict=True)  # fmt: skip
-        log_scale = torch.full((self.obs_dim,), 0.5 * math.log(variance))
+        log_scale = torch.full((self.obs_dim,) if encoder == "mlp" else (1, 1, 1), 0.5 * math.log(variance))
         if self.learned_variance:
             self.log_scale = nn.Parameter(log_scale)
         else:
@@ -406,12 +438,13 @@ class WorldModel(LatentModel):
 
     @property
     def data_shape(self) -> tuple:  # type: ignore[override]
-        return (None, self.obs_dim)
+        return (None, *self.obs_shape)
 
-    def check_data(self, x, *, name: str = "x") -> Sequences:
+    def check_data(self, x, *, name: str = "x", min_length: int = 2) -> Sequences:
         """``x`` as checked :class:`~elbox.data.Sequences`: observations ``[B, T, obs_dim]``, actions
-        ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head;
-        trailing steps no sequence reaches dropped."""
+        ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head,
+        every episode of at least ``min_length`` steps (an episode of one step has no action and
+        no reward; :meth:`filter` takes them); trailing steps no sequence reaches dropped."""
         if isinstance(x, Sequences) and x.inputs is not None and self.action_dim \
                 and (x.inputs.dim() != 3 or x.inputs.shape[-1] != self.action_dim):  # fmt: skip
             raise ValueError(f"{name}: the actions (the sequences' inputs) must be [B, T, action_dim={self.action_dim}]"
@@ -419,8 +452,13 @@ class WorldModel(LatentModel):
         if isinstance(x, Sequences) and self.has_reward and x.rewards is None:
             raise ValueError(f"{name}: this WorldModel has a reward head (reward=True): the sequences must carry "
                              "rewards [B, T] (Sequences(o, inputs=a, rewards=r)); or build it with reward=False")
-        x = as_sequences(x, event_shape=(self.obs_dim,), name=name, num_inputs=self.action_dim, owner="WorldModel",
+        x = as_sequences(x, event_shape=self.obs_shape, name=name, num_inputs=self.action_dim, owner="WorldModel",
                          rewards=self.has_reward, dtype=self._reference().dtype, device=self._reference().device)
+        lengths = x.mask.sum(-1)
+        if bool((lengths < min_length).any()):
+            b = int((lengths < min_length).nonzero()[0])
+            raise ValueError(f"{name}: sequence {b} has {int(lengths[b])} step; a world model's episodes need at least "
+                             f"{min_length} steps (an observation, an action, and what it led to)")  # fmt: skip
         return x.trimmed()
 
     def _actions(self, x: Sequences) -> Tensor | None:
@@ -503,7 +541,7 @@ class WorldModel(LatentModel):
         return s[..., self.deter_dim:] if self.transition_kind == "linear" else s
 
     def observation_mean(self, s: Tensor) -> Tensor:
-        """E[o_t | s_t], ``[*, obs_dim]``."""
+        """E[o_t | s_t], ``[*, *obs_shape]``."""
         return self.observation(self._features(s))
 
     def reward_mean(self, s: Tensor) -> Tensor:
@@ -514,7 +552,7 @@ class WorldModel(LatentModel):
 
     def _observation_log_prob(self, o: Tensor, s: Tensor) -> Tensor:
         w = (o - self.observation_mean(s)) * torch.exp(-self.log_scale)
-        return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).sum(-1)
+        return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).flatten(-len(self.obs_shape)).sum(-1)
 
     def step_log_likelihoods(self, x: Sequences, s: Tensor, t: int | None = None) -> tuple[Tensor, Tensor]:
         """(log p(o_t | s_t), log p(r_t | s_t)) per step ``[*S, B, T]`` (zero past each end; the
@@ -551,7 +589,7 @@ class WorldModel(LatentModel):
 
     def prior_for(self, x) -> WorldPath:
         """p(s_{1:T} | a) over the batch's paths, a :class:`WorldPath`."""
-        x = self.check_data(x)
+        x = self.check_data(x, min_length=1)
         return WorldPath(self, x.mask, self._actions(x))
 
     def guide(self, *args, **kwargs) -> WorldPosterior:
@@ -568,7 +606,7 @@ class WorldModel(LatentModel):
         """The posterior state after each sequence's last observed step (no gradient): ``h [B, H]``
         and ``z [B, Z]``, a draw of q (or, with ``sample=False``, each step's mean: the Gaussian's
         loc, or the categorical's probabilities)."""
-        x = self.check_data(x)
+        x = self.check_data(x, min_length=1)
         q = self.representation(x)
         B, T = x.mask.shape
         s = q.initial.expand(B, self.state_dim)
@@ -626,7 +664,7 @@ class WorldModel(LatentModel):
             if inputs is None:
                 raise ValueError(f"this model has action_dim={self.action_dim}: pass inputs [n, T, {self.action_dim}]")
             inputs = self._check_actions(inputs, "inputs")
-        fake = Sequences(torch.zeros(n, T, self.obs_dim, dtype=ref.dtype, device=ref.device), inputs=inputs,
+        fake = Sequences(torch.zeros(n, T, *self.obs_shape, dtype=ref.dtype, device=ref.device), inputs=inputs,
                          rewards=torch.zeros(n, T, dtype=ref.dtype, device=ref.device))  # fmt: skip
         s = self.prior_for(fake).rsample()
         o = self.observation_mean(s)
@@ -643,7 +681,10 @@ class WorldModel(LatentModel):
 
         k, level = check_steps(steps), check_level(level)
         S = check_positive_int(num_samples, "num_samples")
-        x = self.check_data(x)
+        if self.encoder_kind == "conv":
+            raise TypeError("forecast gives per-coordinate intervals of vector observations; for images use "
+                            "imagine(filter(x), actions) for the predicted frames")  # fmt: skip
+        x = self.check_data(x, min_length=1)
         B = len(x)
         future = self._future_actions(inputs, B, k)
         s, log_w = self._filtered_particles(x, S, "systematic")
@@ -742,7 +783,7 @@ class WorldModel(LatentModel):
             raise ValueError(f"x: sequence {b} has {int(x.mask[b].sum())} steps; predictive_log_likelihood needs "
                              f"context + horizon = {c + k}")  # fmt: skip
         head = _prefix(x, c)
-        target = x.values[:, c : c + k]  # [B, k, O]
+        target = x.values[:, c : c + k]  # [B, k, *obs_shape]
         future = None if not (self.use_actions and self.action_dim) else x.inputs[:, c : c + k]
         logs, errors = [], []
         for _ in range(R):
@@ -750,8 +791,9 @@ class WorldModel(LatentModel):
             paths = self._roll(s, future if future is not None else k)  # [S, B, k, D]
             log_f = self._observation_log_prob(target, paths)  # [S, B, k]
             logs.append((log_w.unsqueeze(-1) + log_f).logsumexp(0))
-            mean = (log_w.softmax(0)[..., None, None] * self.observation_mean(paths)).sum(0)
-            errors.append((mean - target).square().sum(-1))
+            weights = log_w.softmax(0).view(*log_w.shape, 1, *(1,) * len(self.obs_shape))
+            mean = (weights * self.observation_mean(paths)).sum(0)
+            errors.append((mean - target).square().flatten(-len(self.obs_shape)).sum(-1))
         log_lik = torch.stack(logs)  # [R, B, k]
         mc = log_lik.std(0) / math.sqrt(R) if R > 1 else torch.full_like(log_lik[0], math.nan)
         per_seq = log_lik.mean(0)
@@ -799,7 +841,7 @@ class WorldModel(LatentModel):
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, latent={self.latent!r}, "
                 f"latent_dim={self.latent_dim}, deter_dim={self.deter_dim}, transition={self.transition_kind!r}, "
-                f"reward={self.has_reward}, use_actions={self.use_actions}")  # fmt: skip
+                f"reward={self.has_reward}, use_actions={self.use_actions}, encoder={self.encoder_kind!r}")  # fmt: skip
 
 
 def _prefix(x: Sequences, c: int) -> Sequences:

@@ -418,7 +418,8 @@ def _world(m: dict, info: DataInfo):
     return WorldModel(info.dim, info.inputs, latent=m["latent"], latent_dim=m["latent_dim"], classes=m["classes"],
                       deter_dim=m["deter_dim"], hidden=m["hidden"], reward=m["reward"], transition=m["transition"],
                       use_actions=m["use_actions"], encoder=m["encoder"],
-                      observation_variance=m["observation_variance"], min_std=m["min_std"], unimix=m["unimix"])  # fmt: skip
+                      observation_variance=m["observation_variance"], min_std=m["min_std"],
+                      unimix=m["unimix"])  # fmt: skip
 
 
 def _world_guide(model, m: dict, info: DataInfo):
