@@ -402,6 +402,49 @@ def collect(
 
 
 @app.command()
+def plan(
+    run_dir: Path = typer.Argument(..., help="A run directory of a world model ([model] type = 'world') with actions "
+                                             "and a reward head."),
+    episodes: int = typer.Option(10, min=1, help="Seeded episodes per policy (episode i: reset(seed + i))."),
+    seed: int = typer.Option(0, min=0, help="The first episode's seed."),
+    steps: int = typer.Option(None, min=1, help="Actions per episode (default: the environment's full episode)."),
+    env: str = typer.Option("pendulum", help="The environment the run's data came from (elbox collect's name)."),
+    horizon: int = typer.Option(12, min=1, help="The planner's horizon (PlaNet: 12)."),
+    candidates: int = typer.Option(300, min=1, help="Action sequences per iteration (PlaNet: 1000)."),
+    iterations: int = typer.Option(4, min=1, help="Refits of the search distribution per step (PlaNet: 10)."),
+    top_k: int = typer.Option(30, "--top-k", min=1, help="The elite refitted to (PlaNet: 100)."),
+    true_dynamics: bool = typer.Option(True, help="Also plan on the true dynamics (pendulum): the upper bound."),
+    imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
+) -> None:
+    """Plan with the run's world model by the cross-entropy method (model-predictive control, replanning
+    every step) and compare it, on the same seeded episodes, with random actions and with the same
+    planner on the true dynamics: mean return ± standard error. Writes plan.json and plan.png."""
+    from elbox.runs.plan import plan_run
+    from elbox.runs.plugins import import_plugins
+
+    with _user_errors():
+        import_plugins(imports or ())
+        with console.status("planning") as status:
+            result = plan_run(run_dir, episodes=episodes, seed=seed, steps=steps, env=env, horizon=horizon,
+                              candidates=candidates, iterations=iterations, top_k=top_k, true_dynamics=true_dynamics,
+                              progress=lambda name: status.update(f"episodes of {name}"))  # fmt: skip
+    settings = result["settings"]
+    table = Table(
+        title=f"{env}: return over {episodes} seeded episodes of {settings['steps']} steps",
+        caption=f"CEM: horizon {horizon}, {candidates} candidates, {iterations} iterations, top {top_k}; ± the "
+                "standard error of the mean over episodes",
+    )  # fmt: skip
+    for column in ("policy", "mean return", "± SE", "min", "max", "seconds"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for row in result["rows"]:
+        table.add_row(row["policy"], f"{row['mean']:.1f}", f"{row['stderr']:.1f}", f"{min(row['returns']):.1f}",
+                      f"{max(row['returns']):.1f}", f"{row['seconds']:.0f}")  # fmt: skip
+    console.print(table)
+    written = [str(result["table"])] + ([str(result["figure"])] if result["figure"] else [])
+    console.print(f"Written: {', '.join(written)}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="The run directory to write."),
     model: str = typer.Option("vae", help="'vae' (a VAE on the digits) or 'gmm' (a Gaussian mixture, EM vs VI)."),
