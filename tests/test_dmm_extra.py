@@ -1,0 +1,142 @@
+"""Deep Markov models, continued: a categorical z_t against the HMM's forward algorithm (float64
+identities by enumeration over every path, SMC unbiasedness)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import elbox
+from elbox import DeepMarkovModel, Sequences
+from elbox.bounds.sequence import elbo_steps, smc
+from elbox.guides.sequence import GUIDE_KINDS
+
+LENGTHS = torch.tensor([4, 2, 1, 4])
+
+
+def _categorical_dmm(emission: str, K: int = 3, obs: int = 4, seed: int = 0) -> DeepMarkovModel:
+    """A DMM with K discrete states (an HMM whose emissions come from an MLP of the one-hot state)."""
+    torch.manual_seed(seed)
+    model = DeepMarkovModel(obs, K, latent="categorical", emission=emission, emission_hidden=(5,))
+    with torch.no_grad():
+        model.initial_logits.normal_()
+        model.transition_logits.normal_()
+    return model
+
+
+def _perturbed(guide, scale: float):
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return guide
+
+
+def _every_path(K: int, T: int, B: int) -> torch.Tensor:
+    """All K^T paths, for every sequence, ``[K^T, B, T]`` (past each end too: there uniform under p and q)."""
+    return torch.tensor(list(itertools.product(range(K), repeat=T))).unsqueeze(1).expand(-1, B, -1)
+
+
+@pytest.mark.parametrize("emission", ["gaussian", "categorical", "bernoulli"])
+def test_a_categorical_dmm_has_the_forward_algorithms_evidence_and_posterior(emission):
+    model = _categorical_dmm(emission)
+    x, _ = model.sample(len(LENGTHS), num_steps=int(LENGTHS.max()))
+    x = Sequences(x, lengths=LENGTHS)
+    log_px = model.log_evidence(x)
+    paths = _every_path(3, int(LENGTHS.max()), len(LENGTHS))
+    log_joint = model.log_joint(x, paths)  # [K^T, B]
+    torch.testing.assert_close(log_joint.logsumexp(0), log_px, rtol=0, atol=1e-10)  # brute force over paths
+    torch.testing.assert_close(model.posterior(x).log_prob(paths), log_joint - log_px, rtol=0, atol=1e-10)
+    if emission != "bernoulli":  # the HMM class itself (it has no Bernoulli emissions)
+        hmm = model.to_hmm()
+        torch.testing.assert_close(hmm.log_evidence(x), log_px, rtol=0, atol=1e-10)
+    else:
+        with pytest.raises(TypeError, match="Bernoulli"):
+            model.to_hmm()
+    assert model.has_exact_evidence
+
+
+@pytest.mark.parametrize("kind", GUIDE_KINDS)
+@pytest.mark.parametrize("emission", ["gaussian", "categorical"])
+def test_log_evidence_is_the_exact_elbo_plus_kl_to_the_posterior_by_enumeration(kind, emission):
+    model = _categorical_dmm(emission)
+    x, _ = model.sample(len(LENGTHS), num_steps=int(LENGTHS.max()))
+    x = Sequences(x, lengths=LENGTHS)
+    guide = _perturbed(model.guide(kind, rnn_dim=6), 0.5)
+    log_px = model.to_hmm().log_evidence(x)  # the HMM's forward algorithm
+    terms = elbox.elbo(model, guide, x)
+    assert terms.kl_method == "analytic"
+    # KL(q ‖ p(z | x)) by enumeration over every path, p(z | x) = p(x, z) / p(x)
+    paths = _every_path(3, int(LENGTHS.max()), len(LENGTHS))
+    q = guide(model.check_data(x))
+    log_q = q.log_prob(paths)
+    assert torch.allclose(log_q.logsumexp(0), torch.zeros(len(LENGTHS)), atol=1e-12)  # q is normalized
+    kl = (log_q.exp() * (log_q - model.log_joint(x, paths) + log_px)).sum(0)
+    torch.testing.assert_close(terms.value + kl, log_px, rtol=0, atol=1e-10)
+    assert (kl > 0).all()
+    # the registered chain-to-chain KL against the forward–backward posterior is the same number
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, model.posterior(x)), kl, rtol=0, atol=1e-10)
+    # the ELBO per step is exact too, and sums to it
+    steps = elbo_steps(model, guide, x)
+    mask = model.check_data(x).mask
+    assert steps.kl_method == "enumerate" and (steps.value[~mask] == 0).all() and (steps.kl[mask] >= 0).all()
+    torch.testing.assert_close(steps.value.sum(-1), terms.value, rtol=0, atol=1e-10)
+
+
+def test_the_exact_posterior_as_guide_closes_the_gap():
+    """ELBO = log p(x) when q is p(z | x): the KL and the reconstruction taken over the same chain."""
+    model = _categorical_dmm("categorical")
+    x, _ = model.sample(3, num_steps=5)
+    terms = elbox.elbo(model, elbox.guides.Exact(model), x)
+    torch.testing.assert_close(terms.value, model.log_evidence(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("emission", ["gaussian", "bernoulli"])
+def test_smc_over_discrete_paths_is_unbiased_for_the_forward_algorithm(emission):
+    model = _categorical_dmm(emission)
+    x, _ = model.sample(len(LENGTHS), num_steps=int(LENGTHS.max()))
+    xs = model.check_data(Sequences(x, lengths=LENGTHS))
+    log_px = model.log_evidence(xs)
+    guide = _perturbed(model.guide("st-r", rnn_dim=6), 0.3)
+    R, B = 3000, len(LENGTHS)
+    replicas = Sequences(xs.values.repeat(R // 2, 1, 1), xs.mask.repeat(R // 2, 1))  # runs side by side
+    torch.manual_seed(1)
+    with torch.no_grad():
+        runs = torch.cat([smc(model, guide, replicas, num_samples=4, resample=resample).log_z.view(R // 2, B)
+                          for resample in ("systematic", "multinomial")])  # fmt: skip  # [R, B]
+    ratio = (runs - log_px).exp()  # Ẑ / p(x)
+    mean, se = ratio.mean(0), ratio.std(0) / math.sqrt(R)
+    assert ((mean - 1).abs() < 4 * se).all(), (mean, se)
+    assert (runs.mean(0) < log_px).all()  # log Ẑ is biased low (Jensen)
+    estimate = elbox.log_evidence(model, xs, guide=guide, method="smc", num_samples=64, num_runs=8)
+    assert ((estimate.value - log_px).abs() < 4 * estimate.stderr + 1e-3).all()
+
+
+def test_a_categorical_dmm_trains_by_the_exact_elbo_and_refuses_fivo():
+    torch.manual_seed(0)
+    model = _categorical_dmm("categorical")
+    x, _ = model.sample(16, num_steps=6)
+    guide = model.guide("st-r", rnn_dim=8)
+    before = elbox.elbo(model, guide, x).value.mean()
+    history = elbox.fit(model, guide, x, epochs=20, batch_size=16, lr=3e-2)
+    after = elbox.elbo(model, guide, x).value
+    assert all(math.isfinite(v) for v in history.lower_bound) and after.mean() > before  # exact: no noise
+    assert (after <= model.log_evidence(x) + 1e-10).all()
+    with pytest.raises(TypeError, match="pathwise"):
+        elbox.objectives.FIVO(model, guide)
+
+
+def test_a_categorical_dmm_refuses_a_guide_for_another_number_of_states_and_inputs():
+    model = _categorical_dmm("categorical")
+    x, _ = model.sample(2, num_steps=3)
+    other = DeepMarkovModel(4, 5, latent="categorical", emission="categorical").guide(rnn_dim=4)
+    with pytest.raises(ValueError, match="support"):
+        elbox.elbo(model, other, x)
+    with pytest.raises(ValueError, match="input_dim"):
+        DeepMarkovModel(4, 3, latent="categorical", input_dim=2)
+    with pytest.raises(ValueError, match="latent must be one of"):
+        DeepMarkovModel(4, 3, latent="poisson")
+    with pytest.raises(TypeError, match="latent='categorical'"):
+        DeepMarkovModel(4, 3, emission_hidden=()).log_evidence(torch.zeros(1, 2, 4))
