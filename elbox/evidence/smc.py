@@ -25,7 +25,9 @@ def _log_mean_and_stderr(log_z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _proposal(model, guide):
     """The guide, or the model's prior (the bootstrap filter) where there is none."""
-    return guide if guide is not None else (lambda x, index=None: model.prior_for(x))
+    from elbox.guides.sequence import PriorProposal
+
+    return guide if guide is not None else PriorProposal(model)
 
 
 @torch.no_grad()

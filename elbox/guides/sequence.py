@@ -17,7 +17,7 @@ from elbox.distributions.markov import MarkovChain
 from elbox.distributions.markov_path import MarkovPath
 from elbox.guides.base import Guide
 
-__all__ = ["GUIDE_KINDS", "StructuredCategoricalGuide", "StructuredGuide", "reverse_sequences"]
+__all__ = ["GUIDE_KINDS", "PriorProposal", "StructuredCategoricalGuide", "StructuredGuide", "reverse_sequences"]
 
 #: ``"st-r"``: z_{t-1} and an RNN over x_{t:T} (the paper's and Pyro's); ``"st-lr"``: z_{t-1} and
 #: RNNs both ways; ``"mf-lr"``: mean field, RNNs both ways and no z_{t-1}; ``"st-l"``: a filter,
@@ -138,6 +138,21 @@ class StructuredGuide(Guide):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, latent_dim={self.latent_dim}, rnn_dim={self.rnn_dim}, iafs={self.iafs}"
+
+
+class PriorProposal(Guide):
+    """q = the model's own prior over paths, ``model.prior_for(x)``: the proposal of the bootstrap
+    particle filter (Gordon, Salmond & Smith, 1993), where a sequence model has no guide. It holds
+    the model without registering it (it trains nothing)."""
+
+    refinable = False
+
+    def __init__(self, model):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+
+    def forward(self, x, index: Tensor | None = None):
+        return self.model.prior_for(x)
 
 
 def _build_rnns(guide: nn.Module, kind: str, features: int, H: int, nonlinearity: str) -> None:

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
-from elbox._validation import check_number, check_positive_int
+from elbox._validation import as_data, check_number, check_positive_int
 from elbox.data.sequences import Sequences, as_sequences
 from elbox.distributions._gaussian import tril_to_raw
 from elbox.distributions.hmm_kernels import forward_backward, hmm_log_evidence
 from elbox.distributions.markov import MarkovChain
 from elbox.distributions.markov_path import MarkovPath
 from elbox.models.base import LatentModel
+from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
 
 __all__ = ["DeepMarkovModel", "GatedTransition"]
 
@@ -312,6 +313,110 @@ class DeepMarkovModel(LatentModel):
             inputs = torch.as_tensor(inputs, dtype=ref.dtype, device=ref.device)
         z = MarkovPath(self._step, self.z_0, mask, inputs).rsample()
         return self.likelihood(z).sample(), z
+
+    # Forecasts.
+
+    @torch.no_grad()
+    def forecast(self, x, steps: int, *, level: float = 0.9, guide=None, num_samples: int = 1024,
+                 num_particles: int = 256, num_runs: int = 8, inputs=None) -> Forecast:  # fmt: skip
+        r"""p(x_{T+1:T+k} | x_{1:T}) for each sequence, from its own last step, by simulation:
+
+        .. math:: z_T \sim \sum_s \bar w^s\, \delta_{z^s_T} \approx p(z_T \mid x_{1:T}), \qquad
+                  z_{T+j} \sim p(z_{T+j} \mid z_{T+j-1}, u_{T+j}), \qquad
+                  \mathbb{E}[x_{T+j}] \approx \tfrac1N \textstyle\sum_n \mathbb{E}[x_{T+j} \mid z^n_{T+j}].
+
+        The filtering distribution is the particle filter's weighted particles at the last step
+        (``num_particles`` of them; ``guide`` proposing, the prior where None: the bootstrap
+        filter); ``num_samples`` paths are drawn from it and simulated k steps through the
+        transition. The mean is the average of the emission's mean over the paths (Rao–Blackwell:
+        no emission noise), the variance adds the emission's; Gaussian emissions get the central
+        ``level`` interval of each coordinate as the exact quantiles of the simulated mixture
+        E_n N(μ_n, σ²); Bernoulli and categorical ones the probabilities alone (no interval).
+
+        Monte Carlo error: the whole computation is run as ``num_runs`` independent filters and
+        simulations (``num_samples / num_runs`` paths each) side by side; the forecast pools them,
+        and ``mean_stderr``, ``lower_stderr`` and ``upper_stderr`` are the spread of the runs'
+        own figures over √runs (the filter's error and the simulation's together). A
+        categorical latent's forecast is exact instead (the HMM's, :meth:`to_hmm`).
+
+        Args:
+            x: The sequences (ragged batches forecast each from its own end).
+            steps: k, the steps ahead.
+            level: The intervals' probability.
+            guide: The filter's proposal (a trained guide of this model), or None (the prior).
+            num_samples: N, the simulated paths per sequence (over all runs).
+            num_particles: The filter's particles per run.
+            num_runs: Independent runs (at least 2), for the Monte Carlo errors.
+            inputs: ``[B, k, input_dim]``, the future steps' inputs (models with inputs).
+
+        Returns:
+            A :class:`~elbox.models.forecast.Forecast` with ``method="simulation"``.
+
+        Example:
+            >>> model = DeepMarkovModel(2, 2, transition_dim=8, emission="gaussian", emission_hidden=(8,))
+            >>> x, _ = model.sample(3, num_steps=5)
+            >>> model.forecast(x, steps=4, num_samples=64, num_particles=32).mean.shape
+            torch.Size([3, 4, 2])
+        """
+        from elbox.bounds.sequence import smc
+        from elbox.guides.sequence import PriorProposal
+
+        k, level = check_steps(steps), check_level(level)
+        if self.latent == "categorical":
+            if self.emission == "bernoulli":
+                raise TypeError("forecast: a categorical latent with Bernoulli emissions has no HMM to forecast "
+                                "with; use emission='categorical' or 'gaussian'")  # fmt: skip
+            return self.to_hmm().forecast(x, k, level=level)
+        N, S = check_positive_int(num_samples, "num_samples"), check_positive_int(num_particles, "num_particles")
+        R = check_positive_int(num_runs, "num_runs", minimum=2)
+        x = self.check_data(x)
+        B, ref = len(x), self._reference()
+        future = None
+        if self.input_dim:
+            if inputs is None:
+                raise ValueError(f"this model has input_dim={self.input_dim}: pass inputs, the future steps' inputs "
+                                 f"[{B}, {k}, {self.input_dim}]")  # fmt: skip
+            future = as_data(inputs, "inputs", ndim=3, dtype=ref.dtype, device=ref.device)
+            if tuple(future.shape) != (B, k, self.input_dim):
+                raise ValueError(f"inputs must have shape [{B}, {k}, {self.input_dim}] (sequences, steps ahead, "
+                                 f"inputs); received {list(future.shape)}")  # fmt: skip
+            future = future.repeat(R, 1, 1)  # [R B, k, U]
+        elif inputs is not None:
+            raise ValueError("inputs: this model has no inputs (input_dim=0)")
+        # R independent filters side by side: the batch repeated, sequence b of run r at r B + b
+        repeat = (R,) + (1,) * (x.values.dim() - 1)
+        runs = Sequences(x.values.repeat(*repeat), x.mask.repeat(R, 1),
+                         inputs=None if x.inputs is None else x.inputs.repeat(R, 1, 1))  # fmt: skip
+        filtered = smc(self, guide if guide is not None else PriorProposal(self), runs, num_samples=S)
+        M = -(-N // R)  # paths per run
+        ancestors = torch.multinomial(filtered.log_weights.T.exp(), M, replacement=True).T  # [M, R B]
+        z = filtered.particles.gather(0, ancestors.unsqueeze(-1).expand(M, R * B, self.latent_dim))  # [M, R B, D]
+        means = []
+        for j in range(k):  # k transitions of M R B states each: the horizon, not the data's length
+            loc, scale = self.transition(z, None if future is None else future[:, j])
+            z = loc + scale * torch.randn_like(loc)
+            out = self.emission_parameters(z)  # [M, R B, obs]
+            means.append(out if self.emission == "gaussian" else out.sigmoid() if self.emission == "bernoulli"
+                         else out.softmax(-1))  # fmt: skip
+        paths = torch.stack(means, -2).view(M, R, B, k, -1)  # E[x_{T+j} | z_{T+j}] per path, [M, R, B, k, obs]
+        run_means = paths.mean(0)  # [R, B, k, obs]
+        mean, mean_se = run_means.mean(0), run_means.std(0) / math.sqrt(R)
+        common = {"method": "simulation", "num_samples": M * R, "mean_stderr": mean_se}
+        if self.emission != "gaussian":
+            return Forecast(mean, None, None, None, level, **common)
+        var = (2 * self.log_scale).exp()  # σ², [obs]
+        variance = paths.square().mean((0, 1)) - mean.square() + var
+        tails = ((1 - level) / 2, (1 + level) / 2)
+        scale = var.sqrt()
+
+        def quantiles(locs: Tensor) -> list[Tensor]:  # of the mixture over the last dimension's paths
+            weights = torch.full_like(locs, 1 / locs.shape[-1])
+            return mixture_quantiles(weights, locs, scale.unsqueeze(-1).expand_as(locs), tails)
+
+        lower, upper = quantiles(paths.permute(2, 3, 4, 1, 0).flatten(-2))  # pooled: [B, k, obs, R M]
+        run_lower, run_upper = quantiles(paths.permute(1, 2, 3, 4, 0))  # each run's: [R, B, k, obs]
+        return Forecast(mean, variance, lower, upper, level, lower_stderr=run_lower.std(0) / math.sqrt(R),
+                        upper_stderr=run_upper.std(0) / math.sqrt(R), **common)  # fmt: skip
 
     # The guides and the exact oracle.
 
