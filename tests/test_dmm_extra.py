@@ -218,3 +218,54 @@ def test_a_dmm_run_forecasts_from_the_command_line(tmp_path):
     assert "simulated" in result.output and "±" in result.output
     header = (tmp_path / "run" / "forecast.csv").read_text().splitlines()[0].split(",")
     assert header[-3:] == ["mean_se", "lower_se", "upper_se"] and (tmp_path / "run" / "forecast.png").is_file()
+
+
+# The per-step table of the evidence report.
+
+
+def test_the_step_table_averages_each_step_over_the_sequences_that_reach_it():
+    from elbox.evidence.smc import sequence_report, step_table
+
+    model = _linear_dmm()
+    x, _ = model.sample(5, num_steps=6)
+    x = Sequences(x, lengths=torch.tensor([6, 4, 1, 6, 3]))
+    torch.manual_seed(0)
+    report = sequence_report(model, model.guide(rnn_dim=8), x, num_samples=16, num_runs=3, elbo_samples=4)
+    rows = step_table(report.to_dict(), max_steps=4)
+    assert [r["steps"] for r in rows] == ["1", "2", "3", "4", "5–6"]
+    assert [r["sequences"] for r in rows] == [5, 4, 4, 3, 2]
+    elbo, inc = torch.tensor(report.elbo_steps), torch.tensor(report.log_increments)
+    reach = torch.tensor([True, True, False, True, True])  # the sequences with a second step
+    assert rows[1]["elbo"] == pytest.approx(float(elbo[reach, 1].mean()), abs=1e-12)
+    assert rows[1]["gap_stderr"] == pytest.approx(float((inc - elbo)[reach, 1].std() / 2), abs=1e-12)
+    se_e, se_i = torch.tensor(report.elbo_steps_mc_stderr), torch.tensor(report.log_increments_mc_stderr)
+    assert rows[0]["gap_mc_stderr"] == pytest.approx(float((se_e[:, 0] ** 2 + se_i[:, 0] ** 2).sum().sqrt() / 5))
+    # the last row: each sequence's per-step mean over steps 5–6, averaged over the two that reach them
+    later = torch.stack([(inc - elbo)[0, 4:].mean(), (inc - elbo)[3, 4:].mean()])
+    assert rows[-1]["gap"] == pytest.approx(float(later.mean()), abs=1e-12) and math.isnan(rows[-1]["gap_mc_stderr"])
+    assert report.step_table(10)[-1]["steps"] == "6"
+
+
+def test_the_html_report_of_a_dmm_run_has_the_per_step_table(tmp_path):
+    import re
+    import subprocess
+
+    from tests.test_html_report import _chromium
+
+    from elbox.runs import load_config, report_run, train_run
+
+    config = load_config(elbox.runs.config.Path(__file__).parents[1] / "configs" / "dmm_lgssm.toml")
+    config["train"]["epochs"] = 1
+    config["evaluate"].update(num_samples=30, iwae_samples=5)
+    train_run(None, tmp_path / "run", config=config)
+    result = report_run(tmp_path / "run")
+    page = tmp_path / "run" / "report.html"
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert "The gap at every time step" in text and 'id="step-table"' in dom and 'id="gap_over_time"' in dom
+    sequence = result["evaluation"]["sequence"]
+    first = elbox.evidence.smc.step_table(sequence)[0]
+    assert f" 1 {first['sequences']} {first['elbo']:.3f} {first['elbo_stderr']:.3f} {first['elbo_mc_stderr']:.4f}" in text
+    frames = sequence["nll_per_frame"]["total_frames"]
+    assert f"{frames['mean']:.3f} {frames['stderr']:.3f} {frames['mc_stderr']:.4f}" in text
