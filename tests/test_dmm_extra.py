@@ -269,3 +269,29 @@ def test_the_html_report_of_a_dmm_run_has_the_per_step_table(tmp_path):
     assert f" 1 {first['sequences']} {cells}" in text
     frames = sequence["nll_per_frame"]["total_frames"]
     assert f"{frames['mean']:.3f} {frames['stderr']:.3f} {frames['mc_stderr']:.4f}" in text
+
+
+# Under torchrun.
+
+
+def test_a_dmm_fits_under_torchrun_with_two_processes_and_its_checkpoint_loads(tmp_path):
+    """`elbox fit configs/dmm_lgssm.toml --quick` on two gloo processes: every epoch recorded once, the
+    checkpoint written by rank 0 with both ranks' RNG state, loaded back as the DMM and its ST-R guide.
+    (Its parameters are not one process's: the ELBO's paths are drawn per rank, as for every
+    stochastic objective; test_distributed.py holds the parity of deterministic ones.)"""
+    from elbox.io import RunDirectory, load_checkpoint
+    from tests.test_distributed import ROOT, _finish, _torchrun
+
+    out = tmp_path / "run"
+    rc, output = _finish(_torchrun("-m", "elbox", "fit", ROOT / "configs" / "dmm_lgssm.toml", "--quick", "--out", out,
+                                   "--no-progress"), timeout=240)  # fmt: skip
+    assert rc == 0, output
+    assert output.count("Run directory:") == 1  # rank 0 alone prints
+    metrics = RunDirectory(out).read_metrics()
+    assert [m["epoch"] for m in metrics] == list(range(1, 11)) and metrics[-1]["bound"] > metrics[0]["bound"]
+    _, meta = load_checkpoint(RunDirectory(out).checkpoint())
+    assert meta["world_size"] == 2
+    run = elbox.load_run(out)
+    assert type(run.model).__name__ == "DeepMarkovModel" and run.guide.kind == "st-r"
+    x, _ = run.model.sample(4, num_steps=5)
+    assert torch.isfinite(elbox.elbo(run.model, run.guide, x).value).all()
