@@ -1,13 +1,14 @@
 """Pyro's deep Markov model (examples/dmm.py) against elbox's, side by side in one run.
 
-    python bench/dmm.py [--epochs 2] [--seeds 1] [--train 0] [--eval-samples 10] [--jit]
+    python bench/dmm.py [--epochs 2] [--seeds 1] [--train 0] [--eval-samples 10] [--kl analytic|mc] [--jit]
 
 Both train the same architecture (Pyro's: z 100, transition 200, emission 100, RNN 600 with ReLU,
 ST-R guide, no IAF) from the same initial weights, on the same sequences (the training split of
 configs/data/chorales.npz as configs/dmm_chorales.toml splits it; ``--train N`` keeps the first
 N), at the same mini-batch size (20) and with the same optimizer (ClippedAdam: lr 3e-4, β₁ 0.96,
-β₂ 0.999, clip 10, lr decay 0.99996 per step, weight decay 2), β = 1 (no KL annealing), one path
-per sequence. Pyro's model and guide below are its examples/dmm.py, with its data loader's
+β₂ 0.999, clip 10, lr decay 0.99996 per step, weight decay 2, on Pyro's summed loss; elbox's clip
+and decay divided by the batch size, as it steps on the batch's mean: the same update), β = 1 (no KL
+annealing), one path per sequence. Pyro's model and guide below are its examples/dmm.py, with its data loader's
 batching helpers (Apache-2.0, Uber Technologies), run with Trace_ELBO (``--jit``: JitTrace_ELBO) as
 that script does by default.
 
@@ -247,7 +248,7 @@ def train_pyro(dmm: PyroDMM, x: Sequences, epochs: int, seed: int, jit: bool):
     return times, losses
 
 
-def train_elbox(model, guide, x: Sequences, epochs: int, seed: int):
+def train_elbox(model, guide, x: Sequences, epochs: int, seed: int, kl: str = "analytic"):
     times, bounds = [], []
     frames = float(x.mask.sum())
     start = [time.perf_counter()]
@@ -258,10 +259,13 @@ def train_elbox(model, guide, x: Sequences, epochs: int, seed: int):
         start[0] = now
         bounds.append(-history.lower_bound[-1] * len(x) / frames)
 
-    optimizer = {"name": "clipped_adam", "beta1": BETAS[0], "beta2": BETAS[1], "clip_value": CLIP, "lr_decay": LRD,
-                 "weight_decay": WD}  # fmt: skip
+    # Pyro's SVI steps on the mini-batch's summed loss, elbox's fit on its mean: Adam's step is the same
+    # for both gradients, but not the element-wise clip nor the L2 decay added to the gradient. Dividing
+    # both by the batch size gives elbox the very update Pyro's ClippedAdam takes (up to Adam's ε).
+    optimizer = {"name": "clipped_adam", "beta1": BETAS[0], "beta2": BETAS[1], "clip_value": CLIP / BATCH,
+                 "lr_decay": LRD, "weight_decay": WD / BATCH}  # fmt: skip
     elbox.fit(model, guide, x, epochs=epochs, batch_size=BATCH, lr=LR, optimizer=optimizer, seed=seed,
-              callbacks=lap)  # fmt: skip
+              callbacks=lap, kl=kl)  # fmt: skip
     return times, bounds
 
 
@@ -289,14 +293,15 @@ def _verdict(differences: list[float]) -> str:
                                             else "NOT equal within error (|difference| ≥ 2 se)"))  # fmt: skip
 
 
-def run_seed(x: Sequences, test: Sequences, epochs: int, seed: int, jit: bool, eval_samples: int) -> dict:
+def run_seed(x: Sequences, test: Sequences, epochs: int, seed: int, jit: bool, eval_samples: int,
+             kl: str = "analytic") -> dict:  # fmt: skip
     """One seed: both engines trained from the same initial weights (drawn from this seed), timed
     per epoch, then scored on the test split by the same function."""
     torch.manual_seed(seed)
     dmm = PyroDMM()
     init = {k: v.clone() for k, v in dmm.state_dict().items()}
     model, guide = elbox_from_pyro(dmm)
-    t_elbox, b_elbox = train_elbox(model, guide, x, epochs, seed)
+    t_elbox, b_elbox = train_elbox(model, guide, x, epochs, seed, kl)
     t_pyro, b_pyro = train_pyro(dmm, x, epochs, seed, jit)
     pyro_model, pyro_guide = elbox_from_pyro(dmm)
     start_model, start_guide = elbox_from_pyro(_loaded(init))
@@ -317,15 +322,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--seeds", type=int, default=1, help="independent seeds (initial weights, order, particles)")
     parser.add_argument("--jit", action="store_true")
+    parser.add_argument("--kl", choices=("analytic", "mc"), default="analytic",
+                        help="elbox's KL per step: analytic given z_{t-1} (its default), or sampled as Pyro's "
+                             "Trace_ELBO does (the same gradient estimator as Pyro's)")  # fmt: skip
     args = parser.parse_args()
     print(environment())
     x, test = chorale_splits(args.train)
     print(f"data: {len(x)} training chorales, {int(x.mask.sum())} frames (T max {x.values.shape[1]}); "
           f"{len(test)} test chorales, {int(test.mask.sum())} frames; batch {BATCH}, {args.epochs} epochs, "
-          f"{args.seeds} seed(s)")
+          f"{args.seeds} seed(s); elbox's KL {args.kl}")
     runs = []
     for seed in range(args.seed, args.seed + args.seeds):
-        run = run_seed(x, test, args.epochs, seed, args.jit, args.eval_samples)
+        run = run_seed(x, test, args.epochs, seed, args.jit, args.eval_samples, args.kl)
         runs.append(run)
         print(f"\nseed {seed}")
         print(f"{'epoch':>5} {'elbox s':>9} {'Pyro s':>9} {'ratio':>7} {'elbox −ELBO/frame':>18} "
