@@ -224,8 +224,9 @@ class DeepMarkovModel(LatentModel):
     def _step(self, z_prev: Tensor, u: Tensor | None) -> tuple[Tensor, Tensor]:
         return self.transition(z_prev, u)
 
-    def prior_for(self, x) -> MarkovPath:
-        """p(z_{1:T} | u_{1:T}) over the batch's paths, a :class:`~elbox.distributions.MarkovPath`."""
+    def prior_for(self, x) -> MarkovPath | MarkovChain:
+        """p(z_{1:T} | u_{1:T}) over the batch's paths, a :class:`~elbox.distributions.MarkovPath` (a
+        :class:`~elbox.distributions.MarkovChain` for a categorical latent)."""
         x = self.check_data(x)
         if self.latent == "categorical":  # uniform, θ-free states past each end (the HMM's convention)
             B, T = x.mask.shape
