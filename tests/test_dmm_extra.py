@@ -295,3 +295,12 @@ def test_a_dmm_fits_under_torchrun_with_two_processes_and_its_checkpoint_loads(t
     assert type(run.model).__name__ == "DeepMarkovModel" and run.guide.kind == "st-r"
     x, _ = run.model.sample(4, num_steps=5)
     assert torch.isfinite(elbox.elbo(run.model, run.guide, x).value).all()
+
+
+def test_log_evidence_by_smc_without_a_guide_is_the_bootstrap_filter():
+    """guide=None: the prior proposes (PriorProposal), within its error of the Kalman filter."""
+    model = _linear_dmm()
+    x, _ = model.sample(4, num_steps=5)
+    torch.manual_seed(0)
+    estimate = elbox.log_evidence(model, x, method="smc", num_samples=256, num_runs=16)
+    assert ((estimate.value - model.to_lgssm().log_evidence(x)).abs() < 4 * estimate.stderr + 1e-3).all()
