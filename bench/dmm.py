@@ -1,13 +1,14 @@
 """Pyro's deep Markov model (examples/dmm.py) against elbox's, side by side in one run.
 
-    python bench/dmm.py [--epochs 2] [--train 0] [--eval-samples 10] [--jit]
+    python bench/dmm.py [--epochs 2] [--seeds 1] [--train 0] [--eval-samples 10] [--kl analytic|mc] [--jit]
 
 Both train the same architecture (Pyro's: z 100, transition 200, emission 100, RNN 600 with ReLU,
 ST-R guide, no IAF) from the same initial weights, on the same sequences (the training split of
 configs/data/chorales.npz as configs/dmm_chorales.toml splits it; ``--train N`` keeps the first
 N), at the same mini-batch size (20) and with the same optimizer (ClippedAdam: lr 3e-4, β₁ 0.96,
-β₂ 0.999, clip 10, lr decay 0.99996 per step, weight decay 2), β = 1 (no KL annealing), one path
-per sequence. Pyro's model and guide below are its examples/dmm.py, with its data loader's
+β₂ 0.999, clip 10, lr decay 0.99996 per step, weight decay 2, on Pyro's summed loss; elbox's clip
+and decay divided by the batch size, as it steps on the batch's mean: the same update), β = 1 (no KL
+annealing), one path per sequence. Pyro's model and guide below are its examples/dmm.py, with its data loader's
 batching helpers (Apache-2.0, Uber Technologies), run with Trace_ELBO (``--jit``: JitTrace_ELBO) as
 that script does by default.
 
@@ -247,7 +248,7 @@ def train_pyro(dmm: PyroDMM, x: Sequences, epochs: int, seed: int, jit: bool):
     return times, losses
 
 
-def train_elbox(model, guide, x: Sequences, epochs: int, seed: int):
+def train_elbox(model, guide, x: Sequences, epochs: int, seed: int, kl: str = "analytic"):
     times, bounds = [], []
     frames = float(x.mask.sum())
     start = [time.perf_counter()]
@@ -258,10 +259,13 @@ def train_elbox(model, guide, x: Sequences, epochs: int, seed: int):
         start[0] = now
         bounds.append(-history.lower_bound[-1] * len(x) / frames)
 
-    optimizer = {"name": "clipped_adam", "beta1": BETAS[0], "beta2": BETAS[1], "clip_value": CLIP, "lr_decay": LRD,
-                 "weight_decay": WD}  # fmt: skip
+    # Pyro's SVI steps on the mini-batch's summed loss, elbox's fit on its mean: Adam's step is the same
+    # for both gradients, but not the element-wise clip nor the L2 decay added to the gradient. Dividing
+    # both by the batch size gives elbox the very update Pyro's ClippedAdam takes (up to Adam's ε).
+    optimizer = {"name": "clipped_adam", "beta1": BETAS[0], "beta2": BETAS[1], "clip_value": CLIP / BATCH,
+                 "lr_decay": LRD, "weight_decay": WD / BATCH}  # fmt: skip
     elbox.fit(model, guide, x, epochs=epochs, batch_size=BATCH, lr=LR, optimizer=optimizer, seed=seed,
-              callbacks=lap)  # fmt: skip
+              callbacks=lap, kl=kl)  # fmt: skip
     return times, bounds
 
 
@@ -274,42 +278,89 @@ def score(model, guide, x: Sequences, samples: int) -> tuple[float, float]:
     return float(draws.mean()), float(draws.std() / math.sqrt(samples)) if samples > 1 else math.nan
 
 
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error over independent values (NaN from one)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.nan
+
+
+def _verdict(differences: list[float]) -> str:
+    """Equal within error when the mean paired difference lies within 2 standard errors of zero."""
+    mean, se = _mean_se(differences)
+    if math.isnan(se):
+        return "one seed: no error over seeds, no verdict"
+    return (f"{mean:+.4f} ± {se:.4f}: " + ("equal within error (|difference| < 2 se)" if abs(mean) < 2 * se
+                                            else "NOT equal within error (|difference| ≥ 2 se)"))  # fmt: skip
+
+
+def run_seed(x: Sequences, test: Sequences, epochs: int, seed: int, jit: bool, eval_samples: int,
+             kl: str = "analytic") -> dict:  # fmt: skip
+    """One seed: both engines trained from the same initial weights (drawn from this seed), timed
+    per epoch, then scored on the test split by the same function."""
+    torch.manual_seed(seed)
+    dmm = PyroDMM()
+    init = {k: v.clone() for k, v in dmm.state_dict().items()}
+    model, guide = elbox_from_pyro(dmm)
+    t_elbox, b_elbox = train_elbox(model, guide, x, epochs, seed, kl)
+    t_pyro, b_pyro = train_pyro(dmm, x, epochs, seed, jit)
+    pyro_model, pyro_guide = elbox_from_pyro(dmm)
+    start_model, start_guide = elbox_from_pyro(_loaded(init))
+    scores = {}
+    for name, (m, g) in {"initial": (start_model, start_guide), "elbox": (model, guide),
+                         "pyro": (pyro_model, pyro_guide)}.items():  # fmt: skip
+        for m_ in (m, g):
+            m_.eval()
+        scores[name] = score(m, g, test, eval_samples)
+    return {"t_elbox": t_elbox, "t_pyro": t_pyro, "b_elbox": b_elbox, "b_pyro": b_pyro, "scores": scores}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train", type=int, default=0, help="first N training chorales (0: all)")
     parser.add_argument("--eval-samples", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="independent seeds (initial weights, order, particles)")
     parser.add_argument("--jit", action="store_true")
+    parser.add_argument("--kl", choices=("analytic", "mc"), default="analytic",
+                        help="elbox's KL per step: analytic given z_{t-1} (its default), or sampled as Pyro's "
+                             "Trace_ELBO does (the same gradient estimator as Pyro's)")  # fmt: skip
     args = parser.parse_args()
     print(environment())
     x, test = chorale_splits(args.train)
     print(f"data: {len(x)} training chorales, {int(x.mask.sum())} frames (T max {x.values.shape[1]}); "
-          f"{len(test)} test chorales, {int(test.mask.sum())} frames; batch {BATCH}, {args.epochs} epochs")
-    torch.manual_seed(args.seed)
-    dmm = PyroDMM()
-    init = {k: v.clone() for k, v in dmm.state_dict().items()}
-    model, guide = elbox_from_pyro(dmm)
+          f"{len(test)} test chorales, {int(test.mask.sum())} frames; batch {BATCH}, {args.epochs} epochs, "
+          f"{args.seeds} seed(s); elbox's KL {args.kl}")
+    runs = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        run = run_seed(x, test, args.epochs, seed, args.jit, args.eval_samples, args.kl)
+        runs.append(run)
+        print(f"\nseed {seed}")
+        print(f"{'epoch':>5} {'elbox s':>9} {'Pyro s':>9} {'ratio':>7} {'elbox −ELBO/frame':>18} "
+              f"{'Pyro loss/frame':>16}")
+        for i in range(args.epochs):
+            print(f"{i + 1:>5} {run['t_elbox'][i]:>9.2f} {run['t_pyro'][i]:>9.2f} "
+                  f"{run['t_pyro'][i] / run['t_elbox'][i]:>6.2f}× {run['b_elbox'][i]:>18.4f} {run['b_pyro'][i]:>16.4f}")
+        for name, (value, err) in run["scores"].items():
+            print(f"test −ELBO per frame, {name:>8} weights: {value:.4f} ± {err:.4f} (MC, {args.eval_samples} paths)")
 
-    t_elbox, b_elbox = train_elbox(model, guide, x, args.epochs, args.seed)
-    t_pyro, b_pyro = train_pyro(dmm, x, args.epochs, args.seed, args.jit)
-    print(f"\n{'epoch':>5} {'elbox s':>9} {'Pyro s':>9} {'ratio':>7} {'elbox −ELBO/frame':>18} {'Pyro loss/frame':>16}")
-    for i in range(args.epochs):
-        print(f"{i + 1:>5} {t_elbox[i]:>9.2f} {t_pyro[i]:>9.2f} {t_pyro[i] / t_elbox[i]:>6.2f}× "
-              f"{b_elbox[i]:>18.4f} {b_pyro[i]:>16.4f}")  # fmt: skip
     later = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch carries the warm-up
-    se, sp = sum(t_elbox[later]) / len(t_elbox[later]), sum(t_pyro[later]) / len(t_pyro[later])
-    print(f"throughput: elbox {len(x) / se:.1f} sequences/s, Pyro {len(x) / sp:.1f} sequences/s: "
-          f"elbox {sp / se:.2f}× Pyro's (epochs {'2..' if args.epochs > 1 else '1..'}{args.epochs})")
-
-    pyro_model, pyro_guide = elbox_from_pyro(dmm)
-    start_model, start_guide = elbox_from_pyro(_loaded(init))
-    for name, (m, g) in {"initial weights": (start_model, start_guide), "elbox-trained": (model, guide),
-                         "Pyro-trained": (pyro_model, pyro_guide)}.items():  # fmt: skip
-        for m_ in (m, g):
-            m_.eval()
-        value, err = score(m, g, test, args.eval_samples)
-        print(f"test −ELBO per frame, {name:>15}: {value:.4f} ± {err:.4f} (MC, {args.eval_samples} paths)")
+    se = sum(sum(r["t_elbox"][later]) for r in runs) / sum(len(r["t_elbox"][later]) for r in runs)
+    sp = sum(sum(r["t_pyro"][later]) for r in runs) / sum(len(r["t_pyro"][later]) for r in runs)
+    print(f"\nthroughput: elbox {len(x) / se:.1f} sequences/s, Pyro {len(x) / sp:.1f} sequences/s: "
+          f"elbox {sp / se:.2f}× Pyro's (epochs {'2..' if args.epochs > 1 else '1..'}{args.epochs} of every seed)")
+    print(f"\n−ELBO per frame at equal epochs, mean ± standard error over the {len(runs)} seeds; the difference "
+          "elbox − Pyro paired by seed (same initial weights)")
+    print(f"{'epoch':>5} {'elbox train':>18} {'Pyro train':>18} {'difference (verdict)':>24}")
+    for i in range(args.epochs):
+        (me, ee), (mp, ep) = _mean_se([r["b_elbox"][i] for r in runs]), _mean_se([r["b_pyro"][i] for r in runs])
+        print(f"{i + 1:>5} {me:>10.4f} ± {ee:.4f} {mp:>10.4f} ± {ep:.4f}   "
+              f"{_verdict([r['b_elbox'][i] - r['b_pyro'][i] for r in runs])}")
+    (me, ee), (mp, ep) = (_mean_se([r["scores"][k][0] for r in runs]) for k in ("elbox", "pyro"))
+    print(f" test {me:>10.4f} ± {ee:.4f} {mp:>10.4f} ± {ep:.4f}   "
+          f"{_verdict([r['scores']['elbox'][0] - r['scores']['pyro'][0] for r in runs])}")
+    print(f"verdict at epoch {args.epochs}, test split (the same scoring function for both): "
+          f"{_verdict([r['scores']['elbox'][0] - r['scores']['pyro'][0] for r in runs])}")
 
 
 def _loaded(state: dict) -> PyroDMM:

@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_positive_int
+from elbox.distributions.markov import MarkovChain
 from elbox.distributions.markov_path import MarkovPath
 from elbox.distributions.smc import ParticleFilter, particle_filter
 
-__all__ = ["StepTerms", "elbo_steps", "fivo", "path_steps", "path_terms", "smc"]
+__all__ = ["StepTerms", "chain_steps", "elbo_steps", "fivo", "path_steps", "path_terms", "smc"]
 
 
 class StepTerms(NamedTuple):
@@ -88,14 +89,44 @@ def elbo_steps(model, guide, x, *, num_samples: int = 1, kl: str = "analytic") -
     from elbox.bounds._common import prepare
 
     x, q, p = prepare(model, guide, x)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if _is_chain(q, p):
+        return chain_steps(model, x, q, p)
     _check_paths(q, p)
-    return path_steps(model, x, q, p, check_positive_int(num_samples, "num_samples"), kl)
+    return path_steps(model, x, q, p, num_samples, kl)
+
+
+def chain_steps(model, x, q: MarkovChain, p: MarkovChain) -> StepTerms:
+    r""":class:`StepTerms` of a discrete latent path, exact: from q's marginals m_t and pairwise
+    marginals m_{t-1,t}, with ℓ_t(k) = log p(x_t | z_t = k) (``model.emission_log_prob``),
+
+    .. math:: \mathrm{ELBO}_t = \sum_k m_t(k)\, \ell_t(k) - \sum_{i,j} m_{t-1,t}(i, j)
+              \log \frac{q(z_t = j \mid z_{t-1} = i)}{p(z_t = j \mid z_{t-1} = i)}
+
+    (the first step's KL that of q(z_1) to p(z_1)); ``kl_method`` is ``"enumerate"``."""
+    floor = torch.finfo(q.initial_logits.dtype).min  # 0 · log 0 counts as 0
+    marginals = q.marginals()  # [B, T, K]
+    reconstruction = (marginals * model.emission_log_prob(x)).sum(-1)  # [B, T]
+    first = (q.initial_logits.exp() * (q.initial_logits - p.initial_logits).clamp_min(floor)).sum(-1)  # [B]
+    if q.num_steps > 1:
+        log_ratio = (q.transition_logits - p.transition_logits).clamp_min(floor)  # [B, T-1, K, K]
+        later = (q.pairwise_marginals() * log_ratio).sum((-2, -1))  # [B, T-1]
+        kl = torch.cat([first.unsqueeze(-1), later], -1)
+    else:
+        kl = first.unsqueeze(-1)
+    kl = torch.where(x.mask, kl, 0.0)
+    return StepTerms(reconstruction - kl, reconstruction, kl, "enumerate")
+
+
+def _is_chain(q, p) -> bool:
+    """Whether q and p are forward chains over discrete paths (a DMM with a categorical latent)."""
+    return isinstance(q, MarkovChain) and isinstance(p, MarkovChain) and not (q.reverse or p.reverse)
 
 
 def _check_paths(q, p) -> None:
     if not isinstance(p, MarkovPath) or not isinstance(q, MarkovPath):
-        raise TypeError(f"the bounds over paths need a MarkovPath prior and guide; received p = {type(p).__name__}, "
-                        f"q = {type(q).__name__}")  # fmt: skip
+        raise TypeError(f"the bounds over paths need a MarkovPath prior and guide (or forward MarkovChains over "
+                        f"discrete states); received p = {type(p).__name__}, q = {type(q).__name__}")  # fmt: skip
 
 
 def smc(model, guide, x, *, num_samples: int, resample: str = "systematic", ess_threshold: float = 0.5,
@@ -106,10 +137,40 @@ def smc(model, guide, x, *, num_samples: int, resample: str = "systematic", ess_
     from elbox.bounds._common import prepare
 
     x, q, p = prepare(model, guide, x)
-    _check_paths(q, p)
     S = check_positive_int(num_samples, "num_samples")
     x = x.trimmed()  # the steps the paths have: those some sequence of the batch reaches
+    if _is_chain(q, p):
+        return _chain_filter(q, p, model, x, S, resample, ess_threshold, resampling_gradient)
+    _check_paths(q, p)
     return _filter(q, p, model, x, S, resample, ess_threshold, resampling_gradient)
+
+
+def _chain_filter(q: MarkovChain, p: MarkovChain, model, x, S: int, resample: str, ess_threshold: float,
+                  resampling_gradient: bool) -> ParticleFilter:  # fmt: skip
+    """The filter over discrete paths: particles are states ``[S, B, 1]`` (held as floats, the filter's
+    dtype), each step drawn from q's row at the particle's previous state (its first from q(z_1))
+    and weighted by p's."""
+    B = len(x)
+
+    def row(chain: MarkovChain, t: int, z_prev: Tensor) -> Tensor:  # log-probabilities of z_t, [S, B, K]
+        if t == 0:
+            return chain.initial_logits.expand(S, B, -1)
+        table = chain.transition_logits[:, t - 1]  # [B, K, K]
+        index = z_prev.long().unsqueeze(-1).expand(S, B, 1, table.shape[-1])  # [S, B, 1, K]
+        return table.expand(S, *table.shape).gather(-2, index).squeeze(-2)
+
+    def propose(t: int, z_prev: Tensor) -> tuple[Tensor, Tensor]:
+        log_q = row(q, t, z_prev)
+        z = torch.distributions.Categorical(logits=log_q, validate_args=False).sample().unsqueeze(-1)  # [S, B, 1]
+        return z.to(log_q.dtype), log_q.gather(-1, z).squeeze(-1)
+
+    def log_target(t: int, z_prev: Tensor, z: Tensor) -> Tensor:
+        z = z.long()
+        return row(p, t, z_prev).gather(-1, z).squeeze(-1) + model.step_log_likelihood(x, z.squeeze(-1), t)
+
+    initial = q.initial_logits.new_zeros(S, B, 1)  # unread: step 1 draws from q(z_1)
+    return particle_filter(propose, log_target, initial, x.mask, S, resample=resample, ess_threshold=ess_threshold,
+                           resampling_gradient=resampling_gradient)  # fmt: skip
 
 
 def _filter(q: MarkovPath, p: MarkovPath, model, x, S: int, resample: str, ess_threshold: float,

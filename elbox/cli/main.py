@@ -322,7 +322,7 @@ def report(
 
 @app.command()
 def forecast(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit` (an HMM or LGSSM run)."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit` (an HMM, LGSSM or DMM run)."),
     steps: int = typer.Option(..., "--steps", help="How many steps ahead."),
     level: float = typer.Option(0.9, help="The intervals' probability."),
     sequence: int = typer.Option(0, help="The sequence drawn in forecast.png."),
@@ -338,12 +338,18 @@ def forecast(
         import_plugins(imports or ())
         result = forecast_run(run_dir, steps, level=level, sequence=sequence)
     rows = result["forecast"].table(sequence)
-    table = Table(title=f"Forecast of sequence {sequence}, {steps} steps ahead")
+    simulated = result["forecast"].method == "simulation"
+    how = f" (simulated, {result['forecast'].num_samples} paths; ± Monte Carlo standard error)" if simulated else ""
+    table = Table(title=f"Forecast of sequence {sequence}, {steps} steps ahead{how}")
     for column in ("step", "coordinate", "mean", "sd", f"{100 * level:g}% interval"):
         table.add_column(column, justify="right")
+
+    def value(row: dict, key: str) -> str:
+        return f"{row[key]:.4g}" + (f" ± {row[key + '_se']:.2g}" if key + "_se" in row else "")
+
     for row in rows:
-        interval = f"[{row['lower']:.4g}, {row['upper']:.4g}]" if "lower" in row else "—"
-        table.add_row(str(row["step"]), str(row["coordinate"]), f"{row['mean']:.4g}",
+        interval = f"[{value(row, 'lower')}, {value(row, 'upper')}]" if "lower" in row else "—"
+        table.add_row(str(row["step"]), str(row["coordinate"]), value(row, "mean"),
                       f"{row['sd']:.4g}" if "sd" in row else "—", interval)  # fmt: skip
     console.print(table)
     written = [str(result["table"])] + ([str(result["figure"])] if result["figure"] else [])

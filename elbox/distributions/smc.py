@@ -35,6 +35,9 @@ class ParticleFilter(NamedTuple):
         ess: The effective sample size after weighting at each step, ``[B, T]``.
         resampled: Whether the particles were resampled after step t, ``[B, T]``.
         score: The resampling's score-function surrogate (zero in value) when asked for, else None.
+        particles: The particles at each sequence's last step, ``[S, B, D]``, and
+        log_weights: their normalized log-weights ``[S, B]``: the filtering distribution
+            p(z_T | x_{1:T}) as a weighted sample (what a forecast starts from).
     """
 
     log_z: Tensor
@@ -42,6 +45,8 @@ class ParticleFilter(NamedTuple):
     ess: Tensor
     resampled: Tensor
     score: Tensor | None = None
+    particles: Tensor | None = None
+    log_weights: Tensor | None = None
 
 
 def resample_indices(log_w: Tensor, method: str) -> Tensor:
@@ -120,11 +125,14 @@ def particle_filter(
     log_w = initial.new_full((S, B), -math.log(S))  # normalized log-weights, [S, B]
     increments, ess_steps, resampled_steps, scores = [], [], [], []
     arange = torch.arange(S, device=mask.device).unsqueeze(-1).expand(S, B)
+    last = initial
     for t in range(T):
         keep = mask[:, t]  # [B]
         z_new, log_q = propose(t, z)
         log_alpha = torch.where(keep, log_target(t, z, z_new) - log_q, 0.0)  # [S, B]
         z = z_new
+        # each sequence's particles at its own last step (never resampled after it; steps past it draw anew)
+        last = torch.where((t == lengths - 1).view(1, B, *([1] * (z.dim() - 2))), z, last)
         unnormalized = log_w + log_alpha
         increment = unnormalized.logsumexp(0)  # log p̂(x_t | x_<t), [B]
         log_w = unnormalized - increment
@@ -150,4 +158,5 @@ def particle_filter(
         after = (log_z.unsqueeze(-1) - log_increments.cumsum(-1)).detach()  # [B, T]
         surrogate = (torch.stack(scores, -1) * after).sum(-1)
         score = surrogate - surrogate.detach()
-    return ParticleFilter(log_z, log_increments, torch.stack(ess_steps, -1), torch.stack(resampled_steps, -1), score)
+    return ParticleFilter(log_z, log_increments, torch.stack(ess_steps, -1), torch.stack(resampled_steps, -1), score,
+                          last, log_w)  # fmt: skip

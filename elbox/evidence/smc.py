@@ -13,7 +13,7 @@ from torch import Tensor
 from elbox._validation import check_positive_int
 from elbox.bounds.sequence import elbo_steps, smc
 
-__all__ = ["SequenceReport", "sequence_report", "smc_log_evidence"]
+__all__ = ["SequenceReport", "sequence_report", "smc_log_evidence", "step_table"]
 
 
 def _log_mean_and_stderr(log_z: Tensor) -> tuple[Tensor, Tensor]:
@@ -25,7 +25,9 @@ def _log_mean_and_stderr(log_z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _proposal(model, guide):
     """The guide, or the model's prior (the bootstrap filter) where there is none."""
-    return guide if guide is not None else (lambda x, index=None: model.prior_for(x))
+    from elbox.guides.sequence import PriorProposal
+
+    return guide if guide is not None else PriorProposal(model)
 
 
 @torch.no_grad()
@@ -94,6 +96,8 @@ class SequenceReport:
             value averaged over sequences), each with ``stderr`` (the spread over sequences) and
             ``mc_stderr`` (over particles and filter runs).
         num_samples, num_runs, resample: The filter's settings; ``elbo_samples`` the ELBO's paths.
+        elbo_steps_mc_stderr, log_increments_mc_stderr: The Monte Carlo standard errors of ELBO_t
+            (over the ELBO's paths) and of log p̂(x_t | x_{<t}) (over the filter runs), ``[B][T]``.
     """
 
     elbo_steps: list
@@ -112,9 +116,15 @@ class SequenceReport:
     resample: str
     elbo_samples: int
     extra: dict = field(default_factory=dict)
+    elbo_steps_mc_stderr: list = field(default_factory=list)
+    log_increments_mc_stderr: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def step_table(self, max_steps: int = 20) -> list[dict]:
+        """:func:`step_table` of this report."""
+        return step_table(self, max_steps)
 
     def mean_gap_by_step(self) -> list[float]:
         """The gap at each step averaged over the sequences that reach it."""
@@ -150,7 +160,8 @@ def sequence_report(model, guide, x, *, num_samples: int = 100, num_runs: int = 
     E = check_positive_int(elbo_samples, "elbo_samples")
     # the ELBO per step, E paths at a time with its spread over them for the Monte Carlo error
     draws = [elbo_steps(model, guide, x, num_samples=1) for _ in range(E)]
-    elbo_t = torch.stack([d.value for d in draws]).mean(0)  # [B, T]
+    elbo_draws = torch.stack([d.value for d in draws])  # [E, B, T]
+    elbo_t = elbo_draws.mean(0)  # [B, T]
     elbo_mc = torch.stack([d.value.sum(-1) for d in draws])  # [E, B]
     log_z, increments = smc_runs(model, guide, x, num_samples=S, num_runs=R, resample=resample,
                                  ess_threshold=ess_threshold)  # fmt: skip
@@ -167,4 +178,63 @@ def sequence_report(model, guide, x, *, num_samples: int = 100, num_runs: int = 
         negative_elbo_per_frame=_per_frame(-elbo, lengths, -elbo_mc),
         nll_per_frame=_per_frame(-log_px, lengths, -log_z),
         kl_method=draws[0].kl_method, num_samples=S, num_runs=R, resample=resample, elbo_samples=E,
+        elbo_steps_mc_stderr=_spread(elbo_draws, x.mask).tolist(),
+        log_increments_mc_stderr=_spread(increments, x.mask).tolist(),
     )  # fmt: skip
+
+
+def _spread(draws: Tensor, mask: Tensor) -> Tensor:
+    """The standard error of the mean over independent draws (dim 0), ``[B, T]``: NaN from one
+    draw, zero past each end."""
+    n = draws.shape[0]
+    se = draws.std(0) / math.sqrt(n) if n > 1 else torch.full_like(draws[0], math.nan)
+    return torch.where(mask, se, 0.0)
+
+
+def step_table(report, max_steps: int = 20) -> list[dict]:
+    r"""The per-step table of a :class:`SequenceReport` (or its ``to_dict()``): for each of the first
+    ``max_steps`` steps, over the sequences that reach it, the means of ELBO_t,
+    log p̂(x_t | x_{<t}) and their difference gap_t, each with ± over those sequences
+    (``*_stderr``) and ± Monte Carlo (``*_mc_stderr``: over the ELBO's paths and the filter runs,
+    independent of each other); then one row for the steps after those, their per-step mean per
+    sequence averaged over sequences (± over sequences; no Monte Carlo error: the steps of one
+    path are not independent).
+
+    Returns:
+        Rows ``{"steps": "t" or "a–b", "sequences", "elbo", "elbo_stderr", "elbo_mc_stderr",
+        "log_increment", …, "gap", …}``.
+    """
+    r = report.to_dict() if isinstance(report, SequenceReport) else report
+    elbo, inc = torch.tensor(r["elbo_steps"], dtype=torch.float64), torch.tensor(r["log_increments"],
+                                                                                  dtype=torch.float64)  # fmt: skip
+    B, T = elbo.shape
+    mask = torch.arange(T) < torch.tensor(r["lengths"]).unsqueeze(-1)  # [B, T]
+    mc_e = torch.tensor(r["elbo_steps_mc_stderr"], dtype=torch.float64) if r.get("elbo_steps_mc_stderr") else None
+    mc_i = torch.tensor(r["log_increments_mc_stderr"], dtype=torch.float64) if r.get("log_increments_mc_stderr") \
+        else None  # fmt: skip
+    values = {"elbo": (elbo, mc_e), "log_increment": (inc, mc_i),
+              "gap": (inc - elbo, None if mc_e is None or mc_i is None else (mc_e.square() + mc_i.square()).sqrt())}
+
+    def stderr(v: Tensor) -> float:
+        return float(v.std() / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+    rows = []
+    for t in range(min(T, max_steps)):
+        reach = mask[:, t]
+        n = int(reach.sum())
+        row = {"steps": str(t + 1), "sequences": n}
+        for name, (v, mc) in values.items():
+            row[name], row[name + "_stderr"] = float(v[reach, t].mean()), stderr(v[reach, t])
+            row[name + "_mc_stderr"] = math.nan if mc is None else float(mc[reach, t].square().sum().sqrt() / n)
+        rows.append(row)
+    if T > max_steps:
+        later = mask[:, max_steps:]
+        reach = later.any(-1)
+        count = later.sum(-1)[reach]
+        row = {"steps": f"{max_steps + 1}–{T}", "sequences": int(reach.sum())}
+        for name, (v, _) in values.items():
+            per_sequence = (v[:, max_steps:] * later).sum(-1)[reach] / count  # each sequence's per-step mean there
+            row[name], row[name + "_stderr"] = float(per_sequence.mean()), stderr(per_sequence)
+            row[name + "_mc_stderr"] = math.nan
+        rows.append(row)
+    return rows

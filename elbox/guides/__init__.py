@@ -5,7 +5,7 @@ from elbox.guides.base import Exact, Guide
 from elbox.guides.discrete import Bernoulli, OneHotCategorical
 from elbox.guides.families import Beta, Categorical, FullRankNormal, MeanFieldNormal
 from elbox.guides.flow import FlowGuide
-from elbox.guides.sequence import StructuredGuide
+from elbox.guides.sequence import StructuredCategoricalGuide, StructuredGuide
 
 __all__ = [
     "Amortized",
@@ -18,6 +18,7 @@ __all__ = [
     "Guide",
     "MeanFieldNormal",
     "OneHotCategorical",
+    "StructuredCategoricalGuide",
     "StructuredGuide",
     "mlp",
 ]

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from elbox._validation import check_positive_int
 from elbox.data.sequences import Sequences
 from elbox.distributions.flow import build_flow
+from elbox.distributions.markov import MarkovChain
 from elbox.distributions.markov_path import MarkovPath
 from elbox.guides.base import Guide
 
-__all__ = ["GUIDE_KINDS", "StructuredGuide", "reverse_sequences"]
+__all__ = ["GUIDE_KINDS", "PriorProposal", "StructuredCategoricalGuide", "StructuredGuide", "reverse_sequences"]
 
 #: ``"st-r"``: z_{t-1} and an RNN over x_{t:T} (the paper's and Pyro's); ``"st-lr"``: z_{t-1} and
 #: RNNs both ways; ``"mf-lr"``: mean field, RNNs both ways and no z_{t-1}; ``"st-l"``: a filter,
@@ -77,12 +78,7 @@ class StructuredGuide(Guide):
         self.input_dim = check_positive_int(input_dim, "input_dim", minimum=0)
         self.kind, self.symbols = kind, bool(symbols)
         self.iafs = check_positive_int(iafs, "iafs", minimum=0)
-        features = self.obs_dim + self.input_dim
-        self.backward_rnn = nn.RNN(features, H, nonlinearity=nonlinearity, batch_first=True) \
-            if kind in ("st-r", "st-lr", "mf-lr") else None  # fmt: skip
-        self.forward_rnn = nn.RNN(features, H, nonlinearity=nonlinearity, batch_first=True) \
-            if kind in ("st-l", "st-lr", "mf-lr") else None  # fmt: skip
-        self.h_0 = nn.Parameter(torch.zeros(2 if kind in ("st-lr", "mf-lr") else 1, H))
+        _build_rnns(self, kind, self.obs_dim + self.input_dim, H, nonlinearity)
         self.z_to_hidden = nn.Linear(D, H) if kind != "mf-lr" else None
         self.hidden_to_loc = nn.Linear(H, D)
         self.hidden_to_scale = nn.Linear(H, D)
@@ -142,6 +138,95 @@ class StructuredGuide(Guide):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, latent_dim={self.latent_dim}, rnn_dim={self.rnn_dim}, iafs={self.iafs}"
+
+
+class PriorProposal(Guide):
+    """q = the model's own prior over paths, ``model.prior_for(x)``: the proposal of the bootstrap
+    particle filter (Gordon, Salmond & Smith, 1993), where a sequence model has no guide. It holds
+    the model without registering it (it trains nothing)."""
+
+    refinable = False
+
+    def __init__(self, model):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+
+    def forward(self, x, index: Tensor | None = None):
+        return self.model.prior_for(x)
+
+
+def _build_rnns(guide: nn.Module, kind: str, features: int, H: int, nonlinearity: str) -> None:
+    """The RNNs a guide of this ``kind`` reads the sequence with, and their initial states ``h_0``."""
+    guide.backward_rnn = nn.RNN(features, H, nonlinearity=nonlinearity, batch_first=True) \
+        if kind in ("st-r", "st-lr", "mf-lr") else None  # fmt: skip
+    guide.forward_rnn = nn.RNN(features, H, nonlinearity=nonlinearity, batch_first=True) \
+        if kind in ("st-l", "st-lr", "mf-lr") else None  # fmt: skip
+    guide.h_0 = nn.Parameter(torch.zeros(2 if kind in ("st-lr", "mf-lr") else 1, H))
+
+
+class StructuredCategoricalGuide(Guide):
+    r"""The structured inference network over the paths of a K-state latent (a DeepMarkovModel with
+    ``latent="categorical"``): the same RNNs as :class:`StructuredGuide`, and the combiner read at
+    each previous state i = z_{t-1} (one-hot e_i) to give the logits of z_t,
+
+    .. math:: q(z_t = j \mid z_{t-1} = i, x) \propto
+              \exp\Big(V\,\tfrac1k\big(\tanh(W e_i + b) + h_t\big) + v\Big)_j
+              \ (k = 2 \text{ for ST-R and ST-L}, 3 \text{ for ST-LR}),
+
+    :math:`\tanh(W e_i + b)` replaced by a learned vector at t = 1, and by nothing for MF-LR (then
+    q(z_t | x) ignores z_{t-1}). ``guide(x)`` is a :class:`~elbox.distributions.MarkovChain` with a
+    K × K table per step and sequence: log_prob, marginals and the KL to the model's chain are exact,
+    so the ELBO is exact (no sampling, no score function); the particle filter draws from it step
+    by step. States past each end are uniform, as under the model's prior.
+
+    Args:
+        obs_dim: The size of x_t (the number of symbols, with ``symbols``).
+        num_states: K.
+        kind: One of :data:`GUIDE_KINDS`.
+        rnn_dim: The RNNs' hidden size.
+        symbols: x_t are integer symbols (one-hot encoded for the RNNs).
+        nonlinearity: The RNNs' (``"relu"`` or ``"tanh"``).
+    """
+
+    def __init__(self, obs_dim: int, num_states: int, *, kind: str = "st-r", rnn_dim: int = 600, symbols: bool = False,
+                 nonlinearity: str = "relu"):  # fmt: skip
+        super().__init__()
+        if kind not in GUIDE_KINDS:
+            raise ValueError(f"kind must be one of {GUIDE_KINDS}; received {kind!r}")
+        if nonlinearity not in ("relu", "tanh"):
+            raise ValueError(f"nonlinearity must be 'relu' or 'tanh'; received {nonlinearity!r}")
+        self.obs_dim = check_positive_int(obs_dim, "obs_dim")
+        K = self.num_states = check_positive_int(num_states, "num_states")
+        H = self.rnn_dim = check_positive_int(rnn_dim, "rnn_dim")
+        self.kind, self.symbols, self.input_dim = kind, bool(symbols), 0
+        _build_rnns(self, kind, self.obs_dim, H, nonlinearity)
+        self.state_to_hidden = nn.Linear(K, H) if kind != "mf-lr" else None
+        self.first_hidden = nn.Parameter(torch.zeros(H)) if kind != "mf-lr" else None  # in place of W e_{z_0} + b
+        self.hidden_to_logits = nn.Linear(H, K)
+
+    features = StructuredGuide.features  # h_t, [B, T, rnn_dim]
+
+    def forward(self, x, index: Tensor | None = None) -> MarkovChain:
+        if not isinstance(x, Sequences):
+            raise TypeError(f"{type(self).__name__} takes Sequences (a model's check_data(x)); received "
+                            f"{type(x).__name__}")  # fmt: skip
+        x = x.trimmed()
+        h = self.features(x)  # [B, T, H]
+        B, T, K = *x.mask.shape, self.num_states
+        if self.kind == "mf-lr":
+            logits = self.hidden_to_logits(0.5 * h)  # [B, T, K]
+            initial, transition = logits[:, 0], logits[:, 1:, None, :].expand(B, T - 1, K, K)
+        else:
+            parts = 3.0 if self.kind == "st-lr" else 2.0
+            previous = torch.tanh(self.state_to_hidden.weight.T + self.state_to_hidden.bias)  # row i: tanh(W e_i + b)
+            initial = self.hidden_to_logits((torch.tanh(self.first_hidden) + h[:, 0]) / parts)  # [B, K]
+            combined = (previous + h[:, 1:, None, :]) / parts  # [B, T-1, K (from), H]
+            transition = self.hidden_to_logits(combined)  # [B, T-1, K (from), K (to)]
+        transition = torch.where(x.mask[:, 1:, None, None], transition, 0.0)  # uniform past each end
+        return MarkovChain(initial, transition)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, num_states={self.num_states}, rnn_dim={self.rnn_dim}"
 
 
 class _CombinerScan(torch.autograd.Function):

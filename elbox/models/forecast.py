@@ -31,6 +31,9 @@ class Forecast:
             and ``[B, k, S, S]`` (else None).
         covariance: The linear-Gaussian model's joint covariance of x_{T+j}, ``[B, k, D, D]``.
         method: ``"exact"`` (closed form) or ``"simulation"`` (with the number of paths).
+        num_samples: The simulated paths (0 for an exact forecast).
+        mean_stderr, lower_stderr, upper_stderr: A simulated forecast's Monte Carlo standard
+            errors of ``mean``, ``lower`` and ``upper``, ``[B, k, D]`` (None when exact).
     """
 
     mean: Tensor
@@ -43,6 +46,10 @@ class Forecast:
     state_mean: Tensor | None = None
     state_covariance: Tensor | None = None
     covariance: Tensor | None = None
+    num_samples: int = 0
+    mean_stderr: Tensor | None = None
+    lower_stderr: Tensor | None = None
+    upper_stderr: Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -58,6 +65,11 @@ class Forecast:
                 if self.variance is not None:
                     row.update(sd=float(self.variance[sequence, j, d].sqrt()), lower=float(self.lower[sequence, j, d]),
                                upper=float(self.upper[sequence, j, d]), level=self.level)  # fmt: skip
+                if self.mean_stderr is not None:  # a simulation's Monte Carlo errors
+                    row["mean_se"] = float(self.mean_stderr[sequence, j, d])
+                    if self.lower_stderr is not None:
+                        row.update(lower_se=float(self.lower_stderr[sequence, j, d]),
+                                   upper_se=float(self.upper_stderr[sequence, j, d]))  # fmt: skip
                 rows.append(row)
         return rows
 

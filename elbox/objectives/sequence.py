@@ -45,6 +45,10 @@ class FIVO(Objective):
     def __init__(self, model, guide, *, num_samples: int = 4, resample: str = "systematic",
                  ess_threshold: float = 0.5, resampling_gradient: bool = False):  # fmt: skip
         super().__init__(model, guide)
+        if getattr(model, "latent", None) == "categorical":
+            raise TypeError("fivo: a DeepMarkovModel with latent='categorical' draws discrete paths, which carry no "
+                            "pathwise gradient; train it by 'elbo' (exact over its states) and estimate its evidence "
+                            "with log_evidence (exact) or method='smc'")  # fmt: skip
         self.num_samples = check_positive_int(num_samples, "num_samples")
         if resample not in RESAMPLING:
             raise ValueError(f"resample must be one of {RESAMPLING}; received {resample!r}")

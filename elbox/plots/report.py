@@ -172,9 +172,46 @@ img { max-width: 100%; display: block; margin: 1em 0; }
 """
 
 
+def _sequence_section(sequence, esc) -> str:
+    """A sequence model's gap at every time step (:func:`~elbox.evidence.sequence_report`, as a
+    dict): the per-frame figures under both conventions, then ELBO_t, log p̂(x_t | x_<t) and
+    gap_t per step, averaged over the sequences that reach it, each ± sequences ± Monte Carlo."""
+    from elbox.evidence.smc import step_table
+
+    r = sequence.to_dict() if hasattr(sequence, "to_dict") else sequence
+    frame_rows = []
+    for quantity, key in (("−ELBO per frame", "negative_elbo_per_frame"), ("NLL per frame (SMC)", "nll_per_frame")):
+        for convention, label in (("total_frames", "total over the total frames"),
+                                  ("per_sequence", "each sequence's per-frame value, averaged")):  # fmt: skip
+            v = r[key][convention]
+            frame_rows.append(f"<tr><td>{esc(quantity)}</td><td class='what'>{esc(label)}</td><td>{_number(v['mean'])}"
+                              f"</td><td>{_number(v['stderr'])}</td><td>{_number(v['mc_stderr'], 4)}</td></tr>")
+    cells = "".join(
+        f"<tr><td>{esc(row['steps'])}</td><td>{row['sequences']}</td>"
+        + "".join(f"<td>{_number(row[name])}</td><td>{_number(row[name + '_stderr'])}</td>"
+                  f"<td>{_number(row[name + '_mc_stderr'], 4)}</td>" for name in ("elbo", "log_increment", "gap"))
+        + "</tr>"
+        for row in step_table(r)
+    )  # fmt: skip
+    header = "".join(f"<th>{h}</th><th>± seq.</th><th>± MC</th>" for h in ("ELBO_t", "log p̂(x_t | x_&lt;t)", "gap_t"))
+    return f"""<h2>The gap at every time step</h2>
+<table id="frame-table"><tr><th>quantity</th><th>convention</th><th>value</th><th>± sequences</th><th>± MC</th></tr>
+{"".join(frame_rows)}</table>
+<table id="step-table"><tr><th>step t</th><th>sequences</th>{header}</tr>{cells}</table>
+<p class="small">Nats, per step t averaged over the sequences that reach it; ± seq.: the standard error over those
+sequences; ± MC: over the ELBO's {r['elbo_samples']} paths (KL {esc(r['kl_method'])}) and the particle filter's
+{r['num_runs']} runs of {r['num_samples']} particles ({esc(r['resample'])} resampling). gap_t = log p̂(x_t | x_&lt;t)
+− ELBO_t; over all t it sums to each sequence's gap (with the runs' mean of log Ẑ, a little below the log of the
+mean Ẑ in the tables above). The last row, where there is one, averages each sequence's per-step values over the
+steps after those listed.</p>
+"""
+
+
 def render_html(report, *, title: str = "elbox evidence report", training: Sequence[dict] | None = None,
-                context: dict | None = None) -> str:  # fmt: skip
-    """The report as one self-contained HTML page: tables of the numbers and the figures."""
+                context: dict | None = None, sequence=None) -> str:  # fmt: skip
+    """The report as one self-contained HTML page: tables of the numbers and the figures; with
+    ``sequence`` (a :class:`~elbox.evidence.SequenceReport` or its dict), the gap at every time step
+    of a sequence model too."""
     from elbox.plots.vae import plot_training
 
     r = _report(report)
@@ -225,6 +262,12 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
         figures.append(("kl_per_dim", plot_kl_per_dim(r)))
     if training:
         figures.append(("training", plot_training(training, title="training curves")))
+    if sequence is not None:
+        from elbox.evidence.smc import SequenceReport
+        from elbox.plots.sequences import plot_gap_over_time
+
+        steps = sequence if isinstance(sequence, SequenceReport) else SequenceReport(**sequence)
+        figures.append(("gap_over_time", plot_gap_over_time(steps)))
     images = "".join(f"<img id='{name}' alt='{name}' src='data:image/png;base64,{_png(fig)}'>" for name, fig in figures)
     about = "".join(f"<li>{esc(str(key))}: {esc(str(value))}</li>" for key, value in (context or {}).items())
     return f"""<!DOCTYPE html>
@@ -243,7 +286,7 @@ def render_html(report, *, title: str = "elbox evidence report", training: Seque
 <p class="small">± points: the standard error over the data points (how the mean would move on other data from
 the same source). ± MC: the Monte Carlo standard error (how it would move with other particles on the same data;
 0 for a closed form); the gap's is from the same particles' joint influence on log p̂(x) and the ELBO.</p>
-<h2>Diagnostics</h2>
+{_sequence_section(sequence, esc) if sequence is not None else ""}<h2>Diagnostics</h2>
 <table id="diagnostics-table"><tr><th>diagnostic</th><th>value</th></tr>{diagnostics}</table>
 <h2>Figures</h2>
 {images}

@@ -225,4 +225,4 @@ def _write_report(run: RunDirectory, evaluation: dict) -> None:
     context = {"run directory": evaluation["run"], "data": evaluation["data"],
                "checkpoint": evaluation["checkpoint"], "epochs trained": len(metrics)}  # fmt: skip
     write_html_report(evaluation["report"], run.path / "report.html", title=f"Evidence report: {run.path.name}",
-                      training=metrics, context=context)  # fmt: skip
+                      training=metrics, context=context, sequence=evaluation.get("sequence"))  # fmt: skip

@@ -4,6 +4,7 @@ by the fitted model, written as forecast.csv and drawn as forecast.png."""
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 from pathlib import Path
@@ -17,11 +18,14 @@ from elbox.runs.load import load_run
 __all__ = ["forecast_run"]
 
 _COLUMNS = ("sequence", "step", "coordinate", "mean", "sd", "lower", "upper", "level")
+_SIMULATION_COLUMNS = ("mean_se", "lower_se", "upper_se")  # a simulated forecast's Monte Carlo errors
 
 
 def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, sequence: int = 0) -> dict:
     """Forecasts every training sequence of a run ``steps`` steps past its end with the fitted
-    model's ``forecast`` (exact for the HMM and the linear-Gaussian model), writes the table
+    model's ``forecast`` (exact for the HMM and the linear-Gaussian model; by simulation for the
+    deep Markov model, its trained guide proposing in the filter, with Monte Carlo errors in the
+    ``*_se`` columns), writes the table
     (``forecast.csv``: one row per sequence, step ahead and coordinate) and the figure of sequence
     ``sequence`` (``forecast.png``: history, mean, interval, and the held-out steps that followed
     where the run holds out the end of each series, ``[data] split = "time"``).
@@ -34,13 +38,15 @@ def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, 
     model = run.model
     if not callable(getattr(model, "forecast", None)):
         raise ConfigError(f"forecast: a {run.config['model']['type']!r} model has no forecast (the sequence models "
-                          "have: 'hmm', 'lgssm')")  # fmt: skip
+                          "have: 'hmm', 'lgssm', 'dmm')")  # fmt: skip
     x, _ = load_data(run.config, "train")
     if not 0 <= sequence < len(x):
         raise ValueError(f"sequence must index one of the {len(x)} training sequences; received {sequence}")
-    forecast = model.forecast(x, steps, level=level)
+    options = {"guide": run.guide} if "guide" in inspect.signature(model.forecast).parameters else {}
+    forecast = model.forecast(x, steps, level=level, **options)
+    columns = _COLUMNS + (_SIMULATION_COLUMNS if forecast.mean_stderr is not None else ())
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for b in range(len(x)):
         for row in forecast.table(b):
