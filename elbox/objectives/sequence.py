@@ -45,7 +45,9 @@ class FIVO(Objective):
     def __init__(self, model, guide, *, num_samples: int = 4, resample: str = "systematic",
                  ess_threshold: float = 0.5, resampling_gradient: bool = False):  # fmt: skip
         super().__init__(model, guide)
-        if getattr(model, "latent", None) == "categorical":
+        from elbox.models.dmm import DeepMarkovModel  # a world model's categorical latents are straight-through
+
+        if isinstance(model, DeepMarkovModel) and model.latent == "categorical":
             raise TypeError("fivo: a DeepMarkovModel with latent='categorical' draws discrete paths, which carry no "
                             "pathwise gradient; train it by 'elbo' (exact over its states) and estimate its evidence "
                             "with log_evidence (exact) or method='smc'")  # fmt: skip
