@@ -21,6 +21,11 @@ class Sequences:
     padded entries of ``values`` are never read as data. ``inputs [B, T, U]`` are optional
     exogenous inputs (controls), used by :class:`~elbox.models.LinearGaussianSSM`.
 
+    A NaN in ``values`` is a missing observation. The models that handle gaps (the LGSSM, the
+    HMM) check the data with :func:`as_sequences` ``(missing=True)``, which zeroes those
+    entries and records where they were in ``missing`` (``[B, T, *event]`` booleans, ``[B, T]``
+    for symbols; None when nothing is missing); every other model refuses a NaN.
+
     The sequence models accept a plain tensor ``[B, T, *event]`` (every sequence of length
     T), a :class:`Sequences`, or a list of ``[T_b, *event]`` arrays (padded for you). Indexing
     with ``seqs[index]`` picks sequences, so mini-batching in :func:`elbox.fit` works as for
@@ -74,6 +79,7 @@ class Sequences:
             if inputs.dim() != 3 or tuple(inputs.shape[:2]) != (B, T):
                 raise ValueError(f"inputs must have shape [B, T, U] = [{B}, {T}, U]; received {describe(inputs)}")
         self.values, self.mask, self.inputs = values, mask, inputs
+        self.missing: Tensor | None = None  # set by as_sequences(missing=True) where a value is NaN
 
     @classmethod
     def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0) -> Sequences:
@@ -130,6 +136,7 @@ class Sequences:
         inputs = None if self.inputs is None else self.inputs[index]
         picked = Sequences.__new__(Sequences)
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
+        picked.missing = None if self.missing is None else self.missing[index]
         return picked
 
     def trimmed(self) -> Sequences:
@@ -141,6 +148,7 @@ class Sequences:
         trimmed = Sequences.__new__(Sequences)
         trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
         trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
+        trimmed.missing = None if self.missing is None else self.missing[:, :T]
         return trimmed
 
     def to(self, *args, **kwargs) -> Sequences:
@@ -149,6 +157,7 @@ class Sequences:
         moved.values = self.values.to(*args, **kwargs)
         moved.mask = self.mask.to(moved.values.device)
         moved.inputs = None if self.inputs is None else self.inputs.to(*args, **kwargs)
+        moved.missing = None if self.missing is None else self.missing.to(moved.values.device)
         return moved
 
     def __repr__(self) -> str:
@@ -213,6 +222,7 @@ def as_sequences(
     device: torch.device | str | None = None,
     owner: str = "the model",
     name: str = "x",
+    missing: bool = False,
 ) -> Sequences:
     """``x`` (a tensor ``[B, T, *event]``, a :class:`Sequences` or a list of ``[T_b, *event]``
     arrays) as a checked Sequences: values finite where the mask is set (padded entries are
@@ -232,6 +242,10 @@ def as_sequences(
         device: Where the checked batch lives (default: where ``x`` is).
         owner: Who asks, named in error messages (e.g. ``"HMM"``).
         name: What the data are called in error messages (``fit`` passes ``"data"``).
+        missing: Whether a NaN value is a missing observation (models whose filters skip gaps:
+            the LGSSM, the HMM). The NaN entries are zeroed and recorded in the result's
+            ``missing`` (``[B, T, *event]``, ``[B, T]`` for symbols); a sequence with no observed
+            value at all is an error. Without it, a NaN is an error.
 
     Example:
         >>> seqs = as_sequences([torch.randn(5, 2), torch.randn(3, 2)], event_shape=(2,))
@@ -267,6 +281,26 @@ def as_sequences(
         expected = "[B, T]" if integer else "[B, T, " + ", ".join(str(d) for d in event_shape) + "]"
         raise ValueError(f"{name} must have shape {expected} for {owner}; received {describe(values)}")
     valid = mask.reshape(mask.shape + (1,) * (values.dim() - 2))
+    gaps = None if seqs.missing is None else seqs.missing.to(device)  # checked before: its values zeroed there
+    if gaps is not None and not missing:
+        raise ValueError(f"{name} has missing values ({int(gaps.sum())} entries), which {owner} does not "
+                         "handle; remove or impute them (the LGSSM and the HMM skip them)")  # fmt: skip
+    if missing:
+        nan = torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
+        nan = nan & valid
+        if gaps is not None:
+            nan = nan | (gaps & valid)
+        if bool(nan.any()):
+            gaps = nan
+            values = torch.where(nan, 0.0, values)  # zeroed: a kernel reads ``gaps``, never these
+            seen = (valid & ~nan).reshape(len(values), -1).any(-1)  # [B]: some value observed
+            if not bool(seen.all()):
+                b = int((~seen).nonzero()[0])
+                raise ValueError(
+                    f"{name}: sequence {b} is a series of all-missing values (every one of its "
+                    f"{int(mask[b].sum())} steps is NaN); {owner} needs at least one observed (finite) value in each "
+                    "sequence. Drop that sequence."
+                )
     if integer:
         if values.is_floating_point():
             values = as_data(torch.where(valid, values, 0), name)
@@ -296,4 +330,5 @@ def as_sequences(
         raise ValueError(f"{owner} has no inputs (input_dim=0) but the sequences carry inputs {describe(inputs)}")
     checked = Sequences.__new__(Sequences)
     checked.values, checked.mask, checked.inputs = values, mask, inputs
+    checked.missing = gaps
     return checked

@@ -25,6 +25,10 @@ __all__ = [
     "kalman_filter",
     "kalman_log_norm",
     "kalman_update",
+    "masked_covariances",
+    "masked_kalman_filter",
+    "masked_observation",
+    "masked_rts_smoother",
     "rts_smoother",
 ]
 
@@ -76,7 +80,7 @@ class RTSSmoother(NamedTuple):
 def kalman_update(P_pred: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The measurement update of predicted covariances ``[*, D, D]``: chol(S), the gain and the
     filtered covariance (Joseph form: it stays symmetric positive definite)."""
-    S = C @ P_pred @ C.T + R
+    S = C @ P_pred @ C.mT + R
     L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", PD_HINT)
     gain = torch.cholesky_solve(C @ P_pred, L_s).mT  # P Cᵀ S⁻¹, [*, D, obs]
     I_KC = torch.eye(P_pred.shape[-1], dtype=P_pred.dtype, device=P_pred.device) - gain @ C
@@ -414,3 +418,123 @@ def settled(P: Tensor, P_next: Tensor, tol: float) -> bool:
     half = torch.linalg.solve_triangular(L, P_next - P, upper=False)  # L⁻¹ Δ
     white = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ Δᵀ L⁻ᵀ
     return bool(torch.linalg.matrix_norm(white) <= tol)
+
+
+# Missing observations: a filter whose covariances differ from one sequence to another.
+
+
+def masked_observation(C: Tensor, R: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Each step's observation model with its missing coordinates taken out, exactly, at full
+    size: ``observed`` ``[B, T, obs]`` (True where x_t's coordinate is observed) gives
+
+    .. math:: C_t = O_t C, \qquad R_t = O_t R O_t + (I - O_t), \qquad O_t = \mathrm{diag}(o_t),
+
+    ``[B, T, obs, D]`` and ``[B, T, obs, obs]``. With the missing entries of x_t set to zero, a
+    missing coordinate's innovation is 0 and its innovation variance 1, uncorrelated with the
+    rest: the update is the one with the observed rows of C and R alone, and log N(x_t; C m, S_t)
+    is the observed coordinates' own plus ½ log 2π for each missing one (taken back by the caller)."""
+    o = observed.to(C.dtype)
+    R_t = (o.unsqueeze(-1) * o.unsqueeze(-2)) * R + torch.diag_embed(1.0 - o)
+    return o.unsqueeze(-1) * C, R_t
+
+
+def masked_covariances(model: LinearGaussian, observed: Tensor) -> dict:
+    r"""The filter's covariances for a batch with missing observations, one recursion per
+    sequence (which coordinates are observed changes it): predicted and filtered covariances
+    ``[B, T, D, D]``, gains ``[B, T, D, obs]``, chol(S_t) and its inverse ``[B, T, obs, obs]``, and
+    the steps' observation matrices ``C`` (:func:`masked_observation`).
+
+    Each step is one Riccati element of its own (:func:`riccati_element`, with that step's C_t and
+    R_t): all prefixes e_1 ∘ … ∘ e_t come from a Hillis–Steele scan over time, log₂ T rounds of
+    batched D × D solves, and P_{t|t} = (e_1 ∘ … ∘ e_t)(P_{0|0}). A fully missing step's element is
+    the prediction alone (A, Q, 0)."""
+    A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
+        model.observation_covariance  # fmt: skip
+    B, T, _ = observed.shape
+    D = A.shape[-1]
+    eye = torch.eye(D, dtype=A.dtype, device=A.device)
+    C_t, R_t = masked_observation(C, R, observed)  # [B, T, obs, D], [B, T, obs, obs]
+    P0 = model.initial_covariance
+    first = kalman_update(P0, C_t[:, 0], R_t[:, 0])[2]  # P_{0|0}, [B, D, D]
+    if T > 1:
+        L_q, gain_q, C_e = kalman_update(Q, C_t[:, 1:], R_t[:, 1:])  # [B, T-1, ...]
+        A_e = (eye - gain_q @ C_t[:, 1:]) @ A
+        CA = C_t[:, 1:] @ A
+        J_e = CA.mT @ torch.cholesky_solve(CA, L_q)  # Aᵀ C_tᵀ S⁻¹ C_t A
+        element = (A_e, 0.5 * (C_e + C_e.mT), 0.5 * (J_e + J_e.mT))
+        shift = 1
+        while shift < T - 1:  # Hillis–Steele: element t becomes e_{t-2s+1} ∘ … ∘ e_t
+            joined = riccati_compose(tuple(e[:, :-shift] for e in element), tuple(e[:, shift:] for e in element))
+            element = tuple(torch.cat([e[:, :shift], j], 1) for e, j in zip(element, joined))
+            shift *= 2
+        later = riccati_apply(element, first.unsqueeze(1))  # P_{t|t}, t ≥ 1, [B, T-1, D, D]
+        filt = torch.cat([first.unsqueeze(1), later], 1)
+    else:
+        filt = first.unsqueeze(1)
+    filt = 0.5 * (filt + filt.mT)
+    pred = torch.cat([P0.expand(B, 1, D, D), A @ filt[:, :-1] @ A.T + Q], 1)  # [B, T, D, D]
+    CP = C_t @ pred  # [B, T, obs, D]
+    L_s = safe_cholesky(CP @ C_t.mT + R_t, "the innovation covariance C P Cᵀ + R", PD_HINT)
+    white = tril_inverse(L_s)
+    gain = (white @ CP).mT @ white  # P Cᵀ S⁻¹, [B, T, D, obs]
+    return {"pred": pred, "filt": filt, "gain": gain, "chol_s": L_s, "white": white, "C": C_t,
+            "observed": observed, "steps": T, "per_sequence": True}  # fmt: skip
+
+
+def masked_kalman_filter(
+    model: LinearGaussian, values: Tensor, observed: Tensor, drive: Tensor | None = None
+) -> KalmanFilter:
+    """:func:`kalman_filter` over a batch with missing observations: ``values`` ``[B, T, obs]``
+    zero where ``observed`` ``[B, T, obs]`` is False (missing, or past a sequence's end; a step
+    with nothing observed is a prediction alone). The covariances are per sequence
+    (:func:`masked_covariances`); the means, an affine recurrence with per-sequence matrices
+    (:func:`affine_recurrence`). ``log_norm`` is zero at steps with nothing observed."""
+    cov = masked_covariances(model, observed)
+    A = model.transition_matrix
+    B, T, _ = values.shape
+    D = A.shape[-1]
+    C_t, gain = cov["C"], cov["gain"]
+    I_KC = torch.eye(D, dtype=A.dtype, device=A.device) - gain @ C_t  # [B, T, D, D]
+    g = (gain @ values.unsqueeze(-1)).squeeze(-1)  # K_t x_t, [B, T, D]
+    first = g[:, :1] + (I_KC[:, :1] @ model.initial_loc.unsqueeze(-1)).squeeze(-1)
+    rest = g[:, 1:]
+    if drive is not None:  # m_t = (I − K_t C_t)(A m_{t-1} + B u_t) + K_t x_t
+        rest = rest + (I_KC[:, 1:] @ drive.unsqueeze(-1)).squeeze(-1)
+    means = affine_recurrence((I_KC @ A).transpose(0, 1), torch.cat([first, rest], 1).transpose(0, 1))  # [T, B, D]
+    means = means.transpose(0, 1)  # [B, T, D]
+    carried = means[:, :-1] @ A.T if drive is None else means[:, :-1] @ A.T + drive
+    predicted = torch.cat([model.initial_loc.expand(B, 1, D), carried], 1)  # [B, T, D]
+    innovation = values - (C_t @ predicted.unsqueeze(-1)).squeeze(-1)  # zero where missing, [B, T, obs]
+    w = (cov["white"] @ innovation.unsqueeze(-1)).squeeze(-1)
+    half_logdet = cov["chol_s"].diagonal(dim1=-2, dim2=-1).log().sum(-1)  # missing coordinates: log 1
+    seen = observed.sum(-1).to(values.dtype)  # [B, T]
+    log_norm = -0.5 * w.square().sum(-1) - half_logdet - 0.5 * math.log(2 * math.pi) * seen
+    return KalmanFilter(cov, means, predicted, log_norm)
+
+
+def masked_rts_smoother(model: LinearGaussian, filtered: KalmanFilter, mask: Tensor) -> RTSSmoother:
+    """:func:`rts_smoother` for :func:`masked_kalman_filter`'s per-sequence covariances ``[B, T, D, D]``;
+    the same recurrences, with each sequence's own gains, reset past each end as there."""
+    cov = filtered.covariances
+    means, predicted = filtered.means, filtered.predicted  # [B, T, D]
+    P, P_pred = cov["filt"], cov["pred"]  # [B, T, D, D]
+    A = model.transition_matrix
+    B, T, D = means.shape
+    eye = torch.eye(D, dtype=A.dtype, device=A.device)
+    keep = mask[:, 1:, None, None]  # [B, T-1, 1, 1]
+    L_pred = safe_cholesky(P_pred[:, 1:], "a predicted state covariance", PD_HINT)
+    J = torch.cholesky_solve(A @ P[:, :-1], L_pred).mT  # P_t Aᵀ P_{t+1|t}⁻¹, [B, T-1, D, D]
+    J_kept = torch.where(keep, J, 0.0)
+    h = means[:, :-1] - (J_kept @ predicted[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1, D]
+    M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)  # [B, T, D, D], M_0 unused
+    smoothed = affine_recurrence(M_rev.transpose(0, 1), torch.cat([means[:, -1:], h.flip(1)], 1).transpose(0, 1))
+    smoothed = smoothed.flip(0).transpose(0, 1)  # [B, T, D]
+    G = torch.where(keep, P[:, :-1] - J_kept @ P_pred[:, 1:] @ J_kept.mT, P[:, :-1])
+    P_s = congruence_recurrence(M_rev, torch.cat([P[:, -1:], G.flip(1)], 1)).flip(1)
+    P_s = 0.5 * (P_s + P_s.mT)
+    cross = J_kept @ P_s[:, 1:]
+    I_JA = eye - J @ A
+    cond = I_JA @ P[:, :-1] @ I_JA.mT + J @ model.transition_covariance @ J.mT
+    cond = torch.where(keep, cond, P[:, :-1])
+    offset = torch.where(keep.squeeze(-1), h, means[:, :-1])
+    return RTSSmoother(smoothed, P_s, cross, J_kept, offset, cond, keep)
