@@ -367,3 +367,100 @@ def test_baum_welch_with_missing_steps_never_decreases_the_likelihood(emission):
     assert bound[-1] > bound[0]
     forecast = model.forecast(x, steps=3)
     assert bool(torch.isfinite(forecast.mean).all())
+
+
+# The Nile with gaps (Durbin & Koopman's observations 21–40 and 61–80 missing) and the exact diffuse start.
+#
+# Reference figures from statsmodels 0.15.0 in a separate venv (statsmodels is not a dependency):
+#   y = statsmodels.datasets.nile.load_pandas().data["volume"].values; g = y.copy(); g[20:40] = g[60:80] = nan
+#   m = sm.tsa.UnobservedComponents(data, "local level", use_exact_diffuse=exact)   # params [σ²_ε, σ²_η]
+#   m.loglike(params), m.fit(disp=False).llf, m.fit(disp=False).params
+# and "local linear trend" ([σ²_ε, σ²_level, σ²_slope]) for the two-state diffuse start.
+SM_EXACT_FULL_AT_DK = -633.4645636489  # y, exact, loglike([15099, 1469.1])
+SM_EXACT_FULL_MAX = -633.4646423212  # y, exact, fit().llf (params 15067.6, 1484.8: it stops short)
+SM_EXACT_GAPS_AT = -380.9266712914  # g, exact, loglike([17890, 686])
+SM_EXACT_GAPS_MAX = -380.9266717536  # g, exact, fit().llf (params 17889.6, 685.86)
+SM_APPROX_GAPS_AT = -379.9900927038  # g, approximately diffuse (burn 1), loglike([17890, 686])
+SM_APPROX_GAPS_MAX = -379.9899829828  # g, approximately diffuse, fit().llf (params 17913.1, 679.39)
+SM_EXACT_TREND = (-633.4202028356, -380.8740181765)  # y, g: "local linear trend", loglike([15000, 1000, 10])
+
+
+def _nile(gaps: bool):
+    from elbox.data import nile
+
+    flow, _ = nile()
+    x = flow.reshape(1, 100, 1).clone()
+    if gaps:
+        x[0, 20:40] = NAN
+        x[0, 60:80] = NAN
+    return x
+
+
+def test_the_exact_and_approximate_diffuse_likelihoods_equal_statsmodels_with_and_without_gaps():
+    from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level, \
+        local_linear_trend  # fmt: skip
+
+    with torch.no_grad():
+        dk = local_level(1469.1, 15099.0)
+        assert float(exact_diffuse_log_likelihood(dk, _nile(False))) == pytest.approx(SM_EXACT_FULL_AT_DK, abs=1e-6)
+        model = local_level(686.0, 17890.0)
+        assert float(exact_diffuse_log_likelihood(model, _nile(True))) == pytest.approx(SM_EXACT_GAPS_AT, abs=1e-6)
+        assert float(diffuse_log_likelihood(model, _nile(True))) == pytest.approx(SM_APPROX_GAPS_AT, abs=1e-6)
+        trend = local_linear_trend(1000.0, 10.0, 15000.0)  # two diffuse states
+        for gaps, expected in zip((False, True), SM_EXACT_TREND):
+            assert float(exact_diffuse_log_likelihood(trend, _nile(gaps))) == pytest.approx(expected, abs=1e-6)
+        # the limit it is: log p_κ(x) + ½ log κ approaches it as κ grows (error O(σ²_ε / κ))
+        far = local_level(686.0, 17890.0, diffuse_variance=1e12)
+        limit = float(far.log_evidence(_nile(True))) + 0.5 * math.log(1e12)
+        assert limit == pytest.approx(SM_EXACT_GAPS_AT, abs=1e-5)
+    with pytest.raises(ValueError, match="diffuse must be distinct state indices"):
+        exact_diffuse_log_likelihood(trend, _nile(False), diffuse=[0, 0])
+
+
+def test_the_nile_with_gaps_reaches_statsmodels_maxima_by_em_and_by_gradient():
+    """EM and gradient fitting with A, C and the start fixed: with P_0 = 10⁶ (approximately
+    diffuse) the maximum of the burnt-in likelihood; with P_0 = 10¹⁰ (the exact diffuse limit to
+    O(1/κ)) the exact diffuse maximum, σ²_ε and σ²_η within 2% of statsmodels'."""
+    from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level
+
+    x = _nile(True)
+    for kappa, score, best, variances in (
+        (1e6, diffuse_log_likelihood, SM_APPROX_GAPS_MAX, (17913.1, 679.39)),
+        (1e10, exact_diffuse_log_likelihood, SM_EXACT_GAPS_MAX, (17889.6, 685.86)),
+    ):
+        by_em = local_level(1000.0, 10000.0, diffuse_variance=kappa)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", elbox.ConvergenceWarning)
+            history = elbox.em(by_em, x, max_iter=3000, tol=1e-12, init=None)
+        assert all(b >= a - 1e-9 for a, b in zip(history.lower_bound, history.lower_bound[1:]))
+        by_gradient = local_level(1000.0, 10000.0, diffuse_variance=kappa)
+        elbox.fit(by_gradient, None, x, bound="max_likelihood", epochs=500, lr=0.1, seed=0)
+        for model in (by_em, by_gradient):
+            with torch.no_grad():
+                assert float(score(model, x)) >= best - 1e-4
+            assert float(model.observation_covariance.detach()) == pytest.approx(variances[0], rel=0.02)
+            assert float(model.transition_covariance.detach()) == pytest.approx(variances[1], rel=0.02)
+
+
+def test_the_exact_diffuse_likelihood_is_maximized_by_its_own_gradient():
+    """The exact diffuse log-likelihood is differentiable: L-BFGS on it (the variances' log-Cholesky
+    parameters) reaches statsmodels' exact-diffuse maximum of the full Nile."""
+    from elbox.models.structural import exact_diffuse_log_likelihood, local_level
+
+    x = _nile(False)
+    model = local_level(1000.0, 10000.0)
+    params = [model._q_raw, model._r_raw]
+    optimizer = torch.optim.LBFGS(params, lr=1, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                  line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = -exact_diffuse_log_likelihood(model, x).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        assert float(exact_diffuse_log_likelihood(model, x)) >= SM_EXACT_FULL_MAX - 1e-4
+    assert float(model.observation_covariance.detach()) == pytest.approx(15099.0, rel=0.02)
+    assert float(model.transition_covariance.detach()) == pytest.approx(1469.1, rel=0.02)

@@ -21,6 +21,7 @@ __all__ = [
     "KalmanFilter",
     "LinearGaussian",
     "RTSSmoother",
+    "diffuse_log_likelihood",
     "kalman_covariances",
     "kalman_filter",
     "kalman_log_norm",
@@ -538,3 +539,68 @@ def masked_rts_smoother(model: LinearGaussian, filtered: KalmanFilter, mask: Ten
     cond = torch.where(keep, cond, P[:, :-1])
     offset = torch.where(keep.squeeze(-1), h, means[:, :-1])
     return RTSSmoother(smoothed, P_s, cross, J_kept, offset, cond, keep)
+
+
+def diffuse_log_likelihood(
+    model: LinearGaussian,
+    values: Tensor,
+    mask: Tensor,
+    diffuse: Tensor,
+    drive: Tensor | None = None,
+    observed: Tensor | None = None,
+) -> Tensor:
+    r"""The exact diffuse log-likelihood, ``[B]``: z_1 = μ_0 + S δ + η with δ ~ N(0, κ I), κ → ∞ (the
+    diffuse states, S = ``diffuse`` ``[D, q]``, a selection of columns of I) and η ~ N(0, P_*), P_* the
+    initial covariance with the diffuse rows and columns zeroed (Durbin & Koopman 2012, ch. 5).
+
+    By de Jong's augmented filter (D&K §5.7): the filter from P_* gives innovations v_t (with δ = 0)
+    and, run again from each column of S with no data, their sensitivities V_t to δ (the innovations
+    are linear in δ: v_t − V_t δ); whitened by the same chol(F_t), ŵ_t = L_t⁻¹ v_t and U_t = L_t⁻¹ V_t,
+
+    .. math:: \log L_d = \sum_t \log \mathcal{N}(v_t; 0, F_t) + \tfrac12 b^\top S_n^{-1} b
+              - \tfrac12 \log |S_n|, \quad S_n = \sum_t U_t^\top U_t, \quad b = \sum_t U_t^\top \hat w_t,
+
+    the limit of log p_κ(x) + (q/2) log κ: what D&K's exact initial Kalman filter computes (and
+    statsmodels' ``use_exact_diffuse``). It needs the data to identify δ (S_n nonsingular): the
+    observed steps must determine the diffuse states, as the first d observations do for the
+    structural models. With ``observed`` ``[B, T, obs]`` (missing values), the masked filter.
+
+    References:
+        The Diffuse Kalman Filter (de Jong, 1991), https://doi.org/10.1214/aos/1176348139
+    """
+    D, q = diffuse.shape
+    keep = 1.0 - diffuse.sum(-1).clamp_max(1.0)  # 1 for the states that are not diffuse, [D]
+    P_star = model.initial_covariance * keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    start = model._replace(initial_covariance=P_star)
+
+    def whitened(run: KalmanFilter, x: Tensor) -> Tensor:  # L_t⁻¹ (x_t − C_t m_{t|t-1}), [B, T, obs]
+        cov = run.covariances
+        if cov.get("per_sequence"):
+            innovation = x - (cov["C"] @ run.predicted.unsqueeze(-1)).squeeze(-1)
+            return (cov["white"] @ innovation.unsqueeze(-1)).squeeze(-1)
+        innovation = x - run.predicted @ model.observation_matrix.T
+        w = (cov["white"].unsqueeze(1) @ innovation.transpose(0, 1).unsqueeze(-1)).squeeze(-1).transpose(0, 1)
+        return w * mask.unsqueeze(-1)
+
+    def run_filter(params: LinearGaussian, x: Tensor, u: Tensor | None) -> KalmanFilter:
+        if observed is not None:
+            return masked_kalman_filter(params, x, observed, u)
+        return kalman_filter(params, x, mask, u)
+
+    data = run_filter(start, values, drive)
+    w = whitened(data, values)  # [B, T, obs]
+    zeros = torch.zeros_like(values)
+    # the sensitivities: the same filter from z_1 = s_j with no data, one run per diffuse column
+    U = torch.stack([-whitened(run_filter(start._replace(initial_loc=diffuse[:, j]), zeros, None), zeros)
+                     for j in range(q)], -1)  # fmt: skip  # [B, T, obs, q]
+    S_n = torch.einsum("btoi,btoj->bij", U, U)  # [B, q, q]
+    b = torch.einsum("btoi,bto->bi", U, w)  # [B, q]
+    L, info = torch.linalg.cholesky_ex(S_n)
+    if bool(info.any()):
+        raise ValueError(
+            f"the data do not identify the diffuse initial state (sequence {int(info.nonzero()[0])}): its "
+            f"{q} diffuse states need enough observed steps to determine them; the exact diffuse likelihood "
+            "is not defined there (use the approximately diffuse one, with a burn-in)"
+        )
+    half = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False).squeeze(-1)  # L⁻¹ b
+    return data.log_norm.sum(-1) + 0.5 * half.square().sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
