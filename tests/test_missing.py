@@ -16,7 +16,9 @@ from torch.distributions import MultivariateNormal
 
 import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
+from elbox.data import nile
 from elbox.distributions.kalman import kalman_filter, masked_kalman_filter, masked_rts_smoother, rts_smoother
+from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level, local_linear_trend
 from tests.conftest import _dirichlet, _random_covariance
 
 NAN = float("nan")
@@ -386,8 +388,6 @@ SM_EXACT_TREND = (-633.4202028356, -380.8740181765)  # y, g: "local linear trend
 
 
 def _nile(gaps: bool):
-    from elbox.data import nile
-
     flow, _ = nile()
     x = flow.reshape(1, 100, 1).clone()
     if gaps:
@@ -397,9 +397,6 @@ def _nile(gaps: bool):
 
 
 def test_the_exact_and_approximate_diffuse_likelihoods_equal_statsmodels_with_and_without_gaps():
-    from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level, \
-        local_linear_trend  # fmt: skip
-
     with torch.no_grad():
         dk = local_level(1469.1, 15099.0)
         assert float(exact_diffuse_log_likelihood(dk, _nile(False))) == pytest.approx(SM_EXACT_FULL_AT_DK, abs=1e-6)
@@ -421,8 +418,6 @@ def test_the_nile_with_gaps_reaches_statsmodels_maxima_by_em_and_by_gradient():
     """EM and gradient fitting with A, C and the start fixed: with P_0 = 10⁶ (approximately
     diffuse) the maximum of the burnt-in likelihood; with P_0 = 10¹⁰ (the exact diffuse limit to
     O(1/κ)) the exact diffuse maximum, σ²_ε and σ²_η within 2% of statsmodels'."""
-    from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level
-
     x = _nile(True)
     for kappa, score, best, variances in (
         (1e6, diffuse_log_likelihood, SM_APPROX_GAPS_MAX, (17913.1, 679.39)),
@@ -445,8 +440,6 @@ def test_the_nile_with_gaps_reaches_statsmodels_maxima_by_em_and_by_gradient():
 def test_the_exact_diffuse_likelihood_is_maximized_by_its_own_gradient():
     """The exact diffuse log-likelihood is differentiable: L-BFGS on it (the variances' log-Cholesky
     parameters) reaches statsmodels' exact-diffuse maximum of the full Nile."""
-    from elbox.models.structural import exact_diffuse_log_likelihood, local_level
-
     x = _nile(False)
     model = local_level(1000.0, 10000.0)
     params = [model._q_raw, model._r_raw]
