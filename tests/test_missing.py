@@ -18,7 +18,12 @@ import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
 from elbox.data import nile
 from elbox.distributions.kalman import kalman_filter, masked_kalman_filter, masked_rts_smoother, rts_smoother
-from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood, local_level, local_linear_trend
+from elbox.models.structural import (
+    diffuse_log_likelihood,
+    exact_diffuse_log_likelihood,
+    local_level,
+    local_linear_trend,
+)
 from tests.conftest import _dirichlet, _random_covariance
 
 NAN = float("nan")
