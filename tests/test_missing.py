@@ -462,3 +462,24 @@ def test_the_exact_diffuse_likelihood_is_maximized_by_its_own_gradient():
         assert float(exact_diffuse_log_likelihood(model, x)) >= SM_EXACT_FULL_MAX - 1e-4
     assert float(model.observation_covariance.detach()) == pytest.approx(15099.0, rel=0.02)
     assert float(model.transition_covariance.detach()) == pytest.approx(1469.1, rel=0.02)
+
+
+def test_the_evidence_report_names_the_initialization_and_gives_the_diffuse_conventions_beside_it():
+    torch.manual_seed(14)
+    model = local_level(1.0, 2.0)
+    x, _ = model.sample(3, num_steps=30)
+    x[:, 5:9] = NAN
+    report = elbox.evidence_report(model, elbox.guides.Exact(model), x, num_samples=50, iwae_samples=5,
+                                   refine_steps=0)  # fmt: skip
+    e = report.log_evidence
+    assert e["initialization"].startswith("approximately diffuse")
+    assert "initial state approximately diffuse" in report.bracket()[2][3]
+    with torch.no_grad():
+        assert e["mean"] == pytest.approx(float(model.log_evidence(x).mean()), abs=1e-10)
+        assert e["approximately_diffuse_burnt_in"]["mean"] == pytest.approx(
+            float(diffuse_log_likelihood(model, x).mean()), abs=1e-10)  # fmt: skip
+        exact = float(exact_diffuse_log_likelihood(model, x).mean())
+        assert e["exact_diffuse"]["mean"] == pytest.approx(exact, abs=1e-10)
+    assert abs(report.gap) < 1e-8  # the exact posterior with gaps: no gap
+    known = LinearGaussianSSM(1, 1)
+    assert known.initialization_conventions(x)[0].startswith("known")

@@ -127,6 +127,11 @@ class LinearGaussianSSM(LatentModel):
             raise TypeError(f"fixed must be a list of parameter names, e.g. ['transition_matrix']; received {fixed!r}")
         self.fix(*fixed)
 
+    #: The start of the series that ``log_evidence`` assumes, which the evidence report names:
+    #: ``"known"`` (z_1 ~ N(μ_0, P_0) as given) or ``"approximately diffuse"`` (set by the structural
+    #: constructors: a large P_0 stands in for an infinite one; :meth:`initialization_conventions`).
+    initialization: str = "known"
+
     _FIXABLE = {
         "transition_matrix": ("transition_matrix",), "observation_matrix": ("observation_matrix",),
         "control_matrix": ("control_matrix",), "transition_covariance": ("_q_raw",),
@@ -353,6 +358,26 @@ class LinearGaussianSSM(LatentModel):
             moments=moments,
         )
         return posterior, filtered.log_norm.sum(-1)
+
+    @torch.no_grad()
+    def initialization_conventions(self, x) -> tuple[str, dict]:
+        """The convention of :meth:`log_evidence` in words, and the other conventions' log-likelihoods
+        per sequence (``[B]`` each) where they apply: for an approximately diffuse start, the first d
+        terms burnt in (``approximately_diffuse_burnt_in``, d = ``state_dim``) and the exact diffuse
+        limit (``exact_diffuse``; left out where the data do not identify the diffuse state). What
+        :func:`~elbox.evidence_report` reports beside log p(x)."""
+        if self.initialization != "approximately diffuse":
+            return "known: z_1 ~ N(μ_0, P_0) as given; log p(x) keeps every term", {}
+        from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood
+
+        name = (f"approximately diffuse: z_1 ~ N(μ_0, P_0) with a large P_0, log p(x) keeps every term; beside it "
+                f"the first {self.state_dim} terms burnt in, and the exact diffuse limit")  # fmt: skip
+        others = {"approximately_diffuse_burnt_in": diffuse_log_likelihood(self, x)}
+        try:
+            others["exact_diffuse"] = exact_diffuse_log_likelihood(self, x)
+        except ValueError:  # the data do not identify the diffuse state: no exact diffuse likelihood
+            pass
+        return name, others
 
     # Forecasts.
 

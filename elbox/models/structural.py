@@ -46,9 +46,11 @@ def local_level(level_variance: float = 1.0, observation_variance: float = 1.0, 
     q, r = _variance(level_variance, "level_variance"), _variance(observation_variance, "observation_variance")
     p0 = _variance(diffuse_variance, "diffuse_variance")
     one = torch.ones(1, 1)
-    return LinearGaussianSSM(1, 1, transition_matrix=one, observation_matrix=one, transition_covariance=q * one,
-                             observation_covariance=r * one, initial_loc=torch.zeros(1),
-                             initial_covariance=p0 * one, fixed=_STRUCTURE)  # fmt: skip
+    model = LinearGaussianSSM(1, 1, transition_matrix=one, observation_matrix=one, transition_covariance=q * one,
+                              observation_covariance=r * one, initial_loc=torch.zeros(1),
+                              initial_covariance=p0 * one, fixed=_STRUCTURE)  # fmt: skip
+    model.initialization = "approximately diffuse"  # named in the evidence report
+    return model
 
 
 def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0, observation_variance: float = 1.0,
@@ -65,11 +67,13 @@ def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0,
     variances = [_variance(v, n) for v, n in ((level_variance, "level_variance"), (slope_variance, "slope_variance"))]
     r = _variance(observation_variance, "observation_variance")
     p0 = _variance(diffuse_variance, "diffuse_variance")
-    return LinearGaussianSSM(2, 1, transition_matrix=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
-                             observation_matrix=torch.tensor([[1.0, 0.0]]),
-                             transition_covariance=torch.diag(torch.tensor(variances)),
-                             observation_covariance=torch.tensor([[r]]), initial_loc=torch.zeros(2),
-                             initial_covariance=p0 * torch.eye(2), fixed=_STRUCTURE)  # fmt: skip
+    model = LinearGaussianSSM(2, 1, transition_matrix=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
+                              observation_matrix=torch.tensor([[1.0, 0.0]]),
+                              transition_covariance=torch.diag(torch.tensor(variances)),
+                              observation_covariance=torch.tensor([[r]]), initial_loc=torch.zeros(2),
+                              initial_covariance=p0 * torch.eye(2), fixed=_STRUCTURE)  # fmt: skip
+    model.initialization = "approximately diffuse"  # named in the evidence report
+    return model
 
 
 @torch.no_grad()
