@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 from torch.distributions import MultivariateNormal
+from typer.testing import CliRunner
 
 import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
+from elbox.cli.main import app
 from elbox.data import nile
 from elbox.distributions.kalman import kalman_filter, masked_kalman_filter, masked_rts_smoother, rts_smoother
 from elbox.models.structural import (
@@ -483,3 +485,18 @@ def test_the_evidence_report_names_the_initialization_and_gives_the_diffuse_conv
     assert abs(report.gap) < 1e-8  # the exact posterior with gaps: no gap
     known = LinearGaussianSSM(1, 1)
     assert known.initialization_conventions(x)[0].startswith("known")
+
+
+def test_the_command_line_fits_evaluates_and_forecasts_a_series_with_gaps(tmp_path, monkeypatch):
+    """A .csv with NaN rows (the Nile with its gaps): `elbox fit` with split = "time", `evaluate`
+    (the test steps given the past, by the filter) and `forecast` (the figure draws the gaps)."""
+    monkeypatch.chdir(tmp_path)
+    np.savetxt("nile.csv", _nile(True)[0].numpy(), delimiter=",", header="flow", comments="")
+    (tmp_path / "nile.toml").write_text('[data]\npath = "nile.csv"\nsplit = "time"\ntest = 10\n\n'
+                                        '[model]\ntype = "lgssm"\nstate_dim = 1\n')  # fmt: skip
+    runner = CliRunner()
+    for args in (["fit", "nile.toml", "--out", "run"], ["evaluate", "run"], ["forecast", "run", "--steps", "5"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    scores = (tmp_path / "run" / "evaluation.json").read_text()
+    assert "NaN" not in scores and (tmp_path / "run" / "forecast.png").exists()
