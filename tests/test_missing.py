@@ -19,7 +19,14 @@ import elbox
 from elbox import HMM, LinearGaussianSSM, Sequences
 from elbox.cli.main import app
 from elbox.data import nile
-from elbox.distributions.kalman import kalman_filter, masked_kalman_filter, masked_rts_smoother, rts_smoother
+from elbox.distributions.kalman import (
+    kalman_filter,
+    masked_covariances,
+    masked_kalman_filter,
+    masked_rts_smoother,
+    masked_scan_pays,
+    rts_smoother,
+)
 from elbox.models.structural import (
     diffuse_log_likelihood,
     exact_diffuse_log_likelihood,
@@ -180,6 +187,26 @@ def test_the_masked_path_on_complete_data_equals_the_fast_path():
                                atol=1e-10, rtol=0)  # fmt: skip
     torch.testing.assert_close(masked_s.means[valid], fast_s.means[valid], atol=1e-10, rtol=0)
     torch.testing.assert_close(masked_s.covariances[valid], fast_s.covariances[valid], atol=1e-10, rtol=0)
+
+
+def test_the_two_routes_of_the_masked_covariances_agree_and_shared_patterns_are_computed_once():
+    """The Hillis–Steele scan of per-step Riccati elements and the step-by-step recursion give the
+    same covariances (1e-10), on random gaps where some sequences share their pattern of gaps."""
+    torch.manual_seed(15)
+    g = torch.Generator().manual_seed(16)
+    model = _lgssm(D=3, obs=2)
+    observed = torch.rand(5, 37, 2, generator=g) > 0.3
+    observed[3] = observed[0]  # a shared pattern
+    observed[4, 30:] = False  # a sequence that ends early
+    params = model._linear_gaussian()
+    with torch.no_grad():
+        scan = masked_covariances(params, observed, scan=True)
+        steps = masked_covariances(params, observed, scan=False)
+        alone = masked_covariances(params, observed[:1])
+    for key in ("pred", "filt", "gain", "chol_s"):
+        torch.testing.assert_close(scan[key], steps[key], atol=1e-10, rtol=0)
+    torch.testing.assert_close(scan["filt"][3], alone["filt"][0], atol=1e-10, rtol=0)
+    assert masked_scan_pays(1, 2000, 4) and not masked_scan_pays(256, 2000, 4)
 
 
 def test_with_gaps_log_joint_minus_the_posterior_is_the_evidence_and_gradients_flow():

@@ -30,6 +30,7 @@ __all__ = [
     "masked_kalman_filter",
     "masked_observation",
     "masked_rts_smoother",
+    "masked_scan_pays",
     "rts_smoother",
 ]
 
@@ -439,47 +440,94 @@ def masked_observation(C: Tensor, R: Tensor, observed: Tensor) -> tuple[Tensor, 
     return o.unsqueeze(-1) * C, R_t
 
 
-def masked_covariances(model: LinearGaussian, observed: Tensor) -> dict:
+def masked_covariances(model: LinearGaussian, observed: Tensor, scan: bool | None = None) -> dict:
     r"""The filter's covariances for a batch with missing observations, one recursion per
     sequence (which coordinates are observed changes it): predicted and filtered covariances
     ``[B, T, D, D]``, gains ``[B, T, D, obs]``, chol(S_t) and its inverse ``[B, T, obs, obs]``, and
     the steps' observation matrices ``C`` (:func:`masked_observation`).
 
-    Each step is one Riccati element of its own (:func:`riccati_element`, with that step's C_t and
-    R_t): all prefixes e_1 ∘ … ∘ e_t come from a Hillis–Steele scan over time, log₂ T rounds of
-    batched D × D solves, and P_{t|t} = (e_1 ∘ … ∘ e_t)(P_{0|0}). A fully missing step's element is
-    the prediction alone (A, Q, 0)."""
+    Sequences with the same pattern of observed coordinates share their covariances, so the
+    recursion runs once per distinct pattern (U of them), by one of two exact routes, chosen by
+    :func:`masked_scan_pays` (or ``scan``): a Hillis–Steele scan over time of per-step Riccati
+    elements (:func:`riccati_element` with that step's C_t and R_t; all prefixes e_1 ∘ … ∘ e_t in
+    log₂ T rounds of batched D × D solves, P_{t|t} = (e_1 ∘ … ∘ e_t)(P_{0|0})), or the recursion
+    step by step over the U patterns at once. A fully missing step is the prediction alone."""
     A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
         model.observation_covariance  # fmt: skip
-    B, T, _ = observed.shape
+    B, T, obs = observed.shape
     D = A.shape[-1]
-    eye = torch.eye(D, dtype=A.dtype, device=A.device)
-    C_t, R_t = masked_observation(C, R, observed)  # [B, T, obs, D], [B, T, obs, obs]
+    patterns, inverse = torch.unique(observed.reshape(B, T * obs), dim=0, return_inverse=True)
+    U = len(patterns)
+    C_t, R_t = masked_observation(C, R, patterns.view(U, T, obs))  # [U, T, obs, D], [U, T, obs, obs]
     P0 = model.initial_covariance
-    first = kalman_update(P0, C_t[:, 0], R_t[:, 0])[2]  # P_{0|0}, [B, D, D]
-    if T > 1:
-        L_q, gain_q, C_e = kalman_update(Q, C_t[:, 1:], R_t[:, 1:])  # [B, T-1, ...]
-        A_e = (eye - gain_q @ C_t[:, 1:]) @ A
-        CA = C_t[:, 1:] @ A
-        J_e = CA.mT @ torch.cholesky_solve(CA, L_q)  # Aᵀ C_tᵀ S⁻¹ C_t A
-        element = (A_e, 0.5 * (C_e + C_e.mT), 0.5 * (J_e + J_e.mT))
-        shift = 1
-        while shift < T - 1:  # Hillis–Steele: element t becomes e_{t-2s+1} ∘ … ∘ e_t
-            joined = riccati_compose(tuple(e[:, :-shift] for e in element), tuple(e[:, shift:] for e in element))
-            element = tuple(torch.cat([e[:, :shift], j], 1) for e, j in zip(element, joined))
-            shift *= 2
-        later = riccati_apply(element, first.unsqueeze(1))  # P_{t|t}, t ≥ 1, [B, T-1, D, D]
-        filt = torch.cat([first.unsqueeze(1), later], 1)
+    if scan if scan is not None else masked_scan_pays(U, T, D):
+        filt = _masked_filtered_by_scan(model, C_t, R_t)
     else:
-        filt = first.unsqueeze(1)
+        filt = _masked_filtered_by_steps(model, C_t, R_t)
     filt = 0.5 * (filt + filt.mT)
-    pred = torch.cat([P0.expand(B, 1, D, D), A @ filt[:, :-1] @ A.T + Q], 1)  # [B, T, D, D]
-    CP = C_t @ pred  # [B, T, obs, D]
+    pred = torch.cat([P0.expand(U, 1, D, D), A @ filt[:, :-1] @ A.T + Q], 1)  # [U, T, D, D]
+    CP = C_t @ pred  # [U, T, obs, D]
     L_s = safe_cholesky(CP @ C_t.mT + R_t, "the innovation covariance C P Cᵀ + R", PD_HINT)
     white = tril_inverse(L_s)
-    gain = (white @ CP).mT @ white  # P Cᵀ S⁻¹, [B, T, D, obs]
-    return {"pred": pred, "filt": filt, "gain": gain, "chol_s": L_s, "white": white, "C": C_t,
-            "observed": observed, "steps": T, "per_sequence": True}  # fmt: skip
+    gain = (white @ CP).mT @ white  # P Cᵀ S⁻¹, [U, T, D, obs]
+    out = {"pred": pred, "filt": filt, "gain": gain, "chol_s": L_s, "white": white, "C": C_t}
+    # each sequence its pattern's (torch.unique sorts the patterns: indexed back even where U = B)
+    out = {key: v.expand(B, *v.shape[1:]) if U == 1 else v[inverse] for key, v in out.items()}
+    return {**out, "observed": observed, "steps": T, "per_sequence": True}
+
+
+def masked_scan_pays(U: int, T: int, D: int) -> bool:
+    """The rule between :func:`masked_covariances`' two routes for U patterns of T steps and D
+    states, measured on 2 cores (float64, D = 1 and 4, U = 1 to 64, T = 100 and 2,000): the
+    scan costs about U T log₂ T (0.1 + 0.01 D³) µs (log₂ T rounds over every element), the step
+    loop about T (110 + 0.03 U D³) µs (a dozen calls a step); the scan wins while
+    U log₂ T (0.1 + 0.01 D³) < 110 + 0.03 U D³, i.e. for one or a few patterns."""
+    return U * max(math.log2(max(T, 2)), 1.0) * (0.1 + 0.01 * D**3) < 110 + 0.03 * U * D**3
+
+
+def _masked_filtered_by_scan(model: LinearGaussian, C_t: Tensor, R_t: Tensor) -> Tensor:
+    """P_{t|t} ``[U, T, D, D]`` by the Hillis–Steele scan of per-step Riccati elements."""
+    A, Q = model.transition_matrix, model.transition_covariance
+    U, T = C_t.shape[:2]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    first = kalman_update(model.initial_covariance, C_t[:, 0], R_t[:, 0])[2]  # P_{0|0}, [U, D, D]
+    if T == 1:
+        return first.unsqueeze(1)
+    L_q, gain_q, C_e = kalman_update(Q, C_t[:, 1:], R_t[:, 1:])  # [U, T-1, ...]
+    A_e = (eye - gain_q @ C_t[:, 1:]) @ A
+    CA = C_t[:, 1:] @ A
+    J_e = CA.mT @ torch.cholesky_solve(CA, L_q)  # Aᵀ C_tᵀ S⁻¹ C_t A
+    element = (A_e, 0.5 * (C_e + C_e.mT), 0.5 * (J_e + J_e.mT))
+    shift = 1
+    while shift < T - 1:  # Hillis–Steele: element t becomes e_{t-2s+1} ∘ … ∘ e_t
+        joined = riccati_compose(tuple(e[:, :-shift] for e in element), tuple(e[:, shift:] for e in element))
+        element = tuple(torch.cat([e[:, :shift], j], 1) for e, j in zip(element, joined))
+        shift *= 2
+    later = riccati_apply(element, first.unsqueeze(1))  # P_{t|t}, t ≥ 1, [U, T-1, D, D]
+    return torch.cat([first.unsqueeze(1), later], 1)
+
+
+def _masked_filtered_by_steps(model: LinearGaussian, C_t: Tensor, R_t: Tensor) -> Tensor:
+    """P_{t|t} ``[U, T, D, D]`` by the recursion, a step at a time over all U patterns (Joseph form;
+    one positive-definiteness check at the end, none per step)."""
+    A, Q = model.transition_matrix, model.transition_covariance
+    U, T = C_t.shape[:2]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    P = model.initial_covariance.expand(U, *A.shape)
+    filt, failed = [], torch.zeros(U, T, dtype=torch.bool, device=A.device)
+    for t in range(T):
+        if t:
+            P = A @ filt[-1] @ A.T + Q
+        C, R = C_t[:, t], R_t[:, t]
+        CP = C @ P  # [U, obs, D]
+        L_s, info = torch.linalg.cholesky_ex(CP @ C.mT + R)
+        failed[:, t] = info != 0
+        gain = torch.cholesky_solve(CP, L_s).mT  # [U, D, obs]
+        I_KC = eye - gain @ C
+        filt.append(I_KC @ P @ I_KC.mT + gain @ R @ gain.mT)
+    if bool(failed.any()):
+        raise ValueError(f"the innovation covariance C P Cᵀ + R is not positive definite. {PD_HINT}")
+    return torch.stack(filt, 1)
 
 
 def masked_kalman_filter(
