@@ -49,6 +49,12 @@ class LinearGaussianSSM(LatentModel):
     RTS smoother (sampled by forward-filtering backward-sampling); :meth:`m_step` is the EM
     of Shumway & Stoffer (1982) for A, B, C, Q, R, μ_0 and P_0.
 
+    A NaN in x is a missing observation (a whole step or some of its coordinates): the update
+    uses the observed rows of C and R alone, with each sequence's own covariance recursion
+    (:func:`~elbox.distributions.kalman.masked_kalman_filter`); ``log_evidence`` is then
+    log p(x_obs), the posterior covers every step, :meth:`impute` draws the missing values, and
+    the M-step takes the missing coordinates' expected statistics (Shumway & Stoffer 2000).
+
     Args:
         state_dim: The dimension of z.
         obs_dim: The dimension of x.
