@@ -23,6 +23,11 @@ class Sequences:
     optional per-step rewards (``rewards[:, t]`` received on arriving at step t), read by
     :class:`~elbox.models.WorldModel`.
 
+    A NaN in ``values`` is a missing observation. The models that handle gaps (the LGSSM, the
+    HMM) check the data with :func:`as_sequences` ``(missing=True)``, which zeroes those
+    entries and records where they were in ``missing`` (``[B, T, *event]`` booleans, ``[B, T]``
+    for symbols; None when nothing is missing); every other model refuses a NaN.
+
     The sequence models accept a plain tensor ``[B, T, *event]`` (every sequence of length
     T), a :class:`Sequences`, or a list of ``[T_b, *event]`` arrays (padded for you). Indexing
     with ``seqs[index]`` picks sequences, so mini-batching in :func:`elbox.fit` works as for
@@ -43,6 +48,9 @@ class Sequences:
 
     #: ``[B, T]`` rewards, or None (a class default: batches built before the field existed have none).
     rewards: Tensor | None = None
+    #: Where a value was NaN (missing), set by :func:`as_sequences` ``(missing=True)``; None when nothing is
+    #: missing (a class default too, for batches assembled field by field).
+    missing: Tensor | None = None
 
     def __init__(self, values, mask=None, *, lengths=None, inputs=None, rewards=None):
         values = _tensor(values, "values")
@@ -84,6 +92,7 @@ class Sequences:
             if tuple(rewards.shape) != (B, T):
                 raise ValueError(f"rewards must have shape [B, T] = [{B}, {T}]; received {describe(rewards)}")
         self.values, self.mask, self.inputs, self.rewards = values, mask, inputs, rewards
+        self.missing: Tensor | None = None  # set by as_sequences(missing=True) where a value is NaN
 
     @classmethod
     def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0, *,
@@ -148,6 +157,7 @@ class Sequences:
         picked = Sequences.__new__(Sequences)
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
         picked.rewards = None if self.rewards is None else self.rewards[index]
+        picked.missing = None if self.missing is None else self.missing[index]
         return picked
 
     def trimmed(self) -> Sequences:
@@ -160,6 +170,7 @@ class Sequences:
         trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
         trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
         trimmed.rewards = None if self.rewards is None else self.rewards[:, :T]
+        trimmed.missing = None if self.missing is None else self.missing[:, :T]
         return trimmed
 
     def to(self, *args, **kwargs) -> Sequences:
@@ -169,6 +180,7 @@ class Sequences:
         moved.mask = self.mask.to(moved.values.device)
         moved.inputs = None if self.inputs is None else self.inputs.to(*args, **kwargs)
         moved.rewards = None if self.rewards is None else self.rewards.to(*args, **kwargs)
+        moved.missing = None if self.missing is None else self.missing.to(moved.values.device)
         return moved
 
     def __repr__(self) -> str:
@@ -235,6 +247,7 @@ def as_sequences(
     owner: str = "the model",
     name: str = "x",
     rewards: bool = False,
+    missing: bool = False,
 ) -> Sequences:
     """``x`` (a tensor ``[B, T, *event]``, a :class:`Sequences` or a list of ``[T_b, *event]``
     arrays) as a checked Sequences: values finite where the mask is set (padded entries are
@@ -256,6 +269,10 @@ def as_sequences(
         name: What the data are called in error messages (``fit`` passes ``"data"``).
         rewards: Rewards ``[B, T]`` required (finite where the mask is set; padding zeroed); without
             it, rewards the sequences carry are dropped from the checked batch.
+        missing: Whether a NaN value is a missing observation (models whose filters skip gaps:
+            the LGSSM, the HMM). The NaN entries are zeroed and recorded in the result's
+            ``missing`` (``[B, T, *event]``, ``[B, T]`` for symbols); a sequence with no observed
+            value at all is an error. Without it, a NaN is an error.
 
     Example:
         >>> seqs = as_sequences([torch.randn(5, 2), torch.randn(3, 2)], event_shape=(2,))
@@ -291,6 +308,26 @@ def as_sequences(
         expected = "[B, T]" if integer else "[B, T, " + ", ".join(str(d) for d in event_shape) + "]"
         raise ValueError(f"{name} must have shape {expected} for {owner}; received {describe(values)}")
     valid = mask.reshape(mask.shape + (1,) * (values.dim() - 2))
+    gaps = None if seqs.missing is None else seqs.missing.to(device)  # checked before: its values zeroed there
+    if gaps is not None and not missing:
+        raise ValueError(f"{name} has missing values ({int(gaps.sum())} entries), which {owner} does not "
+                         "handle; remove or impute them (the LGSSM and the HMM skip them)")  # fmt: skip
+    if missing:
+        nan = torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
+        nan = nan & valid
+        if gaps is not None:
+            nan = nan | (gaps & valid)
+        if bool(nan.any()):
+            gaps = nan
+            values = torch.where(nan, 0.0, values)  # zeroed: a kernel reads ``gaps``, never these
+            seen = (valid & ~nan).reshape(len(values), -1).any(-1)  # [B]: some value observed
+            if not bool(seen.all()):
+                b = int((~seen).nonzero()[0])
+                raise ValueError(
+                    f"{name}: sequence {b} is a series of all-missing values (every one of its "
+                    f"{int(mask[b].sum())} steps is NaN); {owner} needs at least one observed (finite) value in each "
+                    "sequence. Drop that sequence."
+                )
     if integer:
         if values.is_floating_point():
             values = as_data(torch.where(valid, values, 0), name)
@@ -334,4 +371,5 @@ def as_sequences(
         checked_rewards = r
     checked = Sequences.__new__(Sequences)
     checked.values, checked.mask, checked.inputs, checked.rewards = values, mask, inputs, checked_rewards
+    checked.missing = gaps
     return checked

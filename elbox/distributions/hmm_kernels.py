@@ -4,8 +4,9 @@ products, and forward–backward.
 
 Every function takes the chain's logits (π ``[K]``, A ``[K, K]``, rows normalized by softmax)
 and the emissions' log-probabilities log p(x_t | z_t = k) ``[B, T, K]``, zero past each
-sequence's end; :class:`~elbox.models.HMM` calls them, and so can any model with a discrete
-Markov latent chain. Which algorithm runs is decided by one cost rule, :func:`product_tree_pays`.
+sequence's end and at missing steps (a missing observation says nothing about the state);
+:class:`~elbox.models.HMM` calls them, and so can any model with a discrete Markov latent chain.
+Which algorithm runs is decided by one cost rule, :func:`product_tree_pays`.
 """
 
 from __future__ import annotations

@@ -21,10 +21,16 @@ __all__ = [
     "KalmanFilter",
     "LinearGaussian",
     "RTSSmoother",
+    "diffuse_log_likelihood",
     "kalman_covariances",
     "kalman_filter",
     "kalman_log_norm",
     "kalman_update",
+    "masked_covariances",
+    "masked_kalman_filter",
+    "masked_observation",
+    "masked_rts_smoother",
+    "masked_scan_pays",
     "rts_smoother",
 ]
 
@@ -76,7 +82,7 @@ class RTSSmoother(NamedTuple):
 def kalman_update(P_pred: Tensor, C: Tensor, R: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The measurement update of predicted covariances ``[*, D, D]``: chol(S), the gain and the
     filtered covariance (Joseph form: it stays symmetric positive definite)."""
-    S = C @ P_pred @ C.T + R
+    S = C @ P_pred @ C.mT + R
     L_s = safe_cholesky(S, "the innovation covariance C P Cᵀ + R", PD_HINT)
     gain = torch.cholesky_solve(C @ P_pred, L_s).mT  # P Cᵀ S⁻¹, [*, D, obs]
     I_KC = torch.eye(P_pred.shape[-1], dtype=P_pred.dtype, device=P_pred.device) - gain @ C
@@ -429,3 +435,235 @@ def settled(P: Tensor, P_next: Tensor, tol: float) -> bool:
     half = torch.linalg.solve_triangular(L, P_next - P, upper=False)  # L⁻¹ Δ
     white = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ Δᵀ L⁻ᵀ
     return bool(torch.linalg.matrix_norm(white) <= tol)
+
+
+# Missing observations: a filter whose covariances differ from one sequence to another.
+
+
+def masked_observation(C: Tensor, R: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Each step's observation model with its missing coordinates taken out, exactly, at full
+    size: ``observed`` ``[B, T, obs]`` (True where x_t's coordinate is observed) gives
+
+    .. math:: C_t = O_t C, \qquad R_t = O_t R O_t + (I - O_t), \qquad O_t = \mathrm{diag}(o_t),
+
+    ``[B, T, obs, D]`` and ``[B, T, obs, obs]``. With the missing entries of x_t set to zero, a
+    missing coordinate's innovation is 0 and its innovation variance 1, uncorrelated with the
+    rest: the update is the one with the observed rows of C and R alone, and log N(x_t; C m, S_t)
+    is the observed coordinates' own plus ½ log 2π for each missing one (taken back by the caller)."""
+    o = observed.to(C.dtype)
+    R_t = (o.unsqueeze(-1) * o.unsqueeze(-2)) * R + torch.diag_embed(1.0 - o)
+    return o.unsqueeze(-1) * C, R_t
+
+
+def masked_covariances(model: LinearGaussian, observed: Tensor, scan: bool | None = None) -> dict:
+    r"""The filter's covariances for a batch with missing observations, one recursion per
+    sequence (which coordinates are observed changes it): predicted and filtered covariances
+    ``[B, T, D, D]``, gains ``[B, T, D, obs]``, chol(S_t) and its inverse ``[B, T, obs, obs]``, and
+    the steps' observation matrices ``C`` (:func:`masked_observation`).
+
+    Sequences with the same pattern of observed coordinates share their covariances, so the
+    recursion runs once per distinct pattern (U of them), by one of two exact routes, chosen by
+    :func:`masked_scan_pays` (or ``scan``): a Hillis–Steele scan over time of per-step Riccati
+    elements (:func:`riccati_element` with that step's C_t and R_t; all prefixes e_1 ∘ … ∘ e_t in
+    log₂ T rounds of batched D × D solves, P_{t|t} = (e_1 ∘ … ∘ e_t)(P_{0|0})), or the recursion
+    step by step over the U patterns at once. A fully missing step is the prediction alone."""
+    A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
+        model.observation_covariance  # fmt: skip
+    B, T, obs = observed.shape
+    D = A.shape[-1]
+    patterns, inverse = torch.unique(observed.reshape(B, T * obs), dim=0, return_inverse=True)
+    U = len(patterns)
+    C_t, R_t = masked_observation(C, R, patterns.view(U, T, obs))  # [U, T, obs, D], [U, T, obs, obs]
+    P0 = model.initial_covariance
+    if scan if scan is not None else masked_scan_pays(U, T, D):
+        filt = _masked_filtered_by_scan(model, C_t, R_t)
+    else:
+        filt = _masked_filtered_by_steps(model, C_t, R_t)
+    filt = 0.5 * (filt + filt.mT)
+    pred = torch.cat([P0.expand(U, 1, D, D), A @ filt[:, :-1] @ A.T + Q], 1)  # [U, T, D, D]
+    CP = C_t @ pred  # [U, T, obs, D]
+    L_s = safe_cholesky(CP @ C_t.mT + R_t, "the innovation covariance C P Cᵀ + R", PD_HINT)
+    white = tril_inverse(L_s)
+    gain = (white @ CP).mT @ white  # P Cᵀ S⁻¹, [U, T, D, obs]
+    out = {"pred": pred, "filt": filt, "gain": gain, "chol_s": L_s, "white": white, "C": C_t}
+    # each sequence its pattern's (torch.unique sorts the patterns: indexed back even where U = B)
+    out = {key: v.expand(B, *v.shape[1:]) if U == 1 else v[inverse] for key, v in out.items()}
+    return {**out, "observed": observed, "steps": T, "per_sequence": True}
+
+
+def masked_scan_pays(U: int, T: int, D: int) -> bool:
+    """The rule between :func:`masked_covariances`' two routes for U patterns of T steps and D
+    states, measured on 2 cores (float64, D = 1 and 4, U = 1 to 64, T = 100 and 2,000): the
+    scan costs about U T log₂ T (0.1 + 0.01 D³) µs (log₂ T rounds over every element), the step
+    loop about T (110 + 0.03 U D³) µs (a dozen calls a step); the scan wins while
+    U log₂ T (0.1 + 0.01 D³) < 110 + 0.03 U D³, i.e. for one or a few patterns."""
+    return U * max(math.log2(max(T, 2)), 1.0) * (0.1 + 0.01 * D**3) < 110 + 0.03 * U * D**3
+
+
+def _masked_filtered_by_scan(model: LinearGaussian, C_t: Tensor, R_t: Tensor) -> Tensor:
+    """P_{t|t} ``[U, T, D, D]`` by the Hillis–Steele scan of per-step Riccati elements."""
+    A, Q = model.transition_matrix, model.transition_covariance
+    U, T = C_t.shape[:2]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    first = kalman_update(model.initial_covariance, C_t[:, 0], R_t[:, 0])[2]  # P_{0|0}, [U, D, D]
+    if T == 1:
+        return first.unsqueeze(1)
+    L_q, gain_q, C_e = kalman_update(Q, C_t[:, 1:], R_t[:, 1:])  # [U, T-1, ...]
+    A_e = (eye - gain_q @ C_t[:, 1:]) @ A
+    CA = C_t[:, 1:] @ A
+    J_e = CA.mT @ torch.cholesky_solve(CA, L_q)  # Aᵀ C_tᵀ S⁻¹ C_t A
+    element = (A_e, 0.5 * (C_e + C_e.mT), 0.5 * (J_e + J_e.mT))
+    shift = 1
+    while shift < T - 1:  # Hillis–Steele: element t becomes e_{t-2s+1} ∘ … ∘ e_t
+        joined = riccati_compose(tuple(e[:, :-shift] for e in element), tuple(e[:, shift:] for e in element))
+        element = tuple(torch.cat([e[:, :shift], j], 1) for e, j in zip(element, joined))
+        shift *= 2
+    later = riccati_apply(element, first.unsqueeze(1))  # P_{t|t}, t ≥ 1, [U, T-1, D, D]
+    return torch.cat([first.unsqueeze(1), later], 1)
+
+
+def _masked_filtered_by_steps(model: LinearGaussian, C_t: Tensor, R_t: Tensor) -> Tensor:
+    """P_{t|t} ``[U, T, D, D]`` by the recursion, a step at a time over all U patterns (Joseph form;
+    one positive-definiteness check at the end, none per step)."""
+    A, Q = model.transition_matrix, model.transition_covariance
+    U, T = C_t.shape[:2]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    P = model.initial_covariance.expand(U, *A.shape)
+    filt, failed = [], torch.zeros(U, T, dtype=torch.bool, device=A.device)
+    for t in range(T):
+        if t:
+            P = A @ filt[-1] @ A.T + Q
+        C, R = C_t[:, t], R_t[:, t]
+        CP = C @ P  # [U, obs, D]
+        L_s, info = torch.linalg.cholesky_ex(CP @ C.mT + R)
+        failed[:, t] = info != 0
+        gain = torch.cholesky_solve(CP, L_s).mT  # [U, D, obs]
+        I_KC = eye - gain @ C
+        filt.append(I_KC @ P @ I_KC.mT + gain @ R @ gain.mT)
+    if bool(failed.any()):
+        raise ValueError(f"the innovation covariance C P Cᵀ + R is not positive definite. {PD_HINT}")
+    return torch.stack(filt, 1)
+
+
+def masked_kalman_filter(
+    model: LinearGaussian, values: Tensor, observed: Tensor, drive: Tensor | None = None
+) -> KalmanFilter:
+    """:func:`kalman_filter` over a batch with missing observations: ``values`` ``[B, T, obs]``
+    zero where ``observed`` ``[B, T, obs]`` is False (missing, or past a sequence's end; a step
+    with nothing observed is a prediction alone). The covariances are per sequence
+    (:func:`masked_covariances`); the means, an affine recurrence with per-sequence matrices
+    (:func:`affine_recurrence`). ``log_norm`` is zero at steps with nothing observed."""
+    cov = masked_covariances(model, observed)
+    A = model.transition_matrix
+    B, T, _ = values.shape
+    D = A.shape[-1]
+    C_t, gain = cov["C"], cov["gain"]
+    I_KC = torch.eye(D, dtype=A.dtype, device=A.device) - gain @ C_t  # [B, T, D, D]
+    g = (gain @ values.unsqueeze(-1)).squeeze(-1)  # K_t x_t, [B, T, D]
+    first = g[:, :1] + (I_KC[:, :1] @ model.initial_loc.unsqueeze(-1)).squeeze(-1)
+    rest = g[:, 1:]
+    if drive is not None:  # m_t = (I − K_t C_t)(A m_{t-1} + B u_t) + K_t x_t
+        rest = rest + (I_KC[:, 1:] @ drive.unsqueeze(-1)).squeeze(-1)
+    means = affine_recurrence((I_KC @ A).transpose(0, 1), torch.cat([first, rest], 1).transpose(0, 1))  # [T, B, D]
+    means = means.transpose(0, 1)  # [B, T, D]
+    carried = means[:, :-1] @ A.T if drive is None else means[:, :-1] @ A.T + drive
+    predicted = torch.cat([model.initial_loc.expand(B, 1, D), carried], 1)  # [B, T, D]
+    innovation = values - (C_t @ predicted.unsqueeze(-1)).squeeze(-1)  # zero where missing, [B, T, obs]
+    w = (cov["white"] @ innovation.unsqueeze(-1)).squeeze(-1)
+    half_logdet = cov["chol_s"].diagonal(dim1=-2, dim2=-1).log().sum(-1)  # missing coordinates: log 1
+    seen = observed.sum(-1).to(values.dtype)  # [B, T]
+    log_norm = -0.5 * w.square().sum(-1) - half_logdet - 0.5 * math.log(2 * math.pi) * seen
+    return KalmanFilter(cov, means, predicted, log_norm)
+
+
+def masked_rts_smoother(model: LinearGaussian, filtered: KalmanFilter, mask: Tensor) -> RTSSmoother:
+    """:func:`rts_smoother` for :func:`masked_kalman_filter`'s per-sequence covariances ``[B, T, D, D]``;
+    the same recurrences, with each sequence's own gains, reset past each end as there."""
+    cov = filtered.covariances
+    means, predicted = filtered.means, filtered.predicted  # [B, T, D]
+    P, P_pred = cov["filt"], cov["pred"]  # [B, T, D, D]
+    A = model.transition_matrix
+    B, T, D = means.shape
+    eye = torch.eye(D, dtype=A.dtype, device=A.device)
+    keep = mask[:, 1:, None, None]  # [B, T-1, 1, 1]
+    L_pred = safe_cholesky(P_pred[:, 1:], "a predicted state covariance", PD_HINT)
+    J = torch.cholesky_solve(A @ P[:, :-1], L_pred).mT  # P_t Aᵀ P_{t+1|t}⁻¹, [B, T-1, D, D]
+    J_kept = torch.where(keep, J, 0.0)
+    h = means[:, :-1] - (J_kept @ predicted[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1, D]
+    M_rev = torch.cat([J_kept[:, :1], J_kept.flip(1)], 1)  # [B, T, D, D], M_0 unused
+    smoothed = affine_recurrence(M_rev.transpose(0, 1), torch.cat([means[:, -1:], h.flip(1)], 1).transpose(0, 1))
+    smoothed = smoothed.flip(0).transpose(0, 1)  # [B, T, D]
+    G = torch.where(keep, P[:, :-1] - J_kept @ P_pred[:, 1:] @ J_kept.mT, P[:, :-1])
+    P_s = congruence_recurrence(M_rev, torch.cat([P[:, -1:], G.flip(1)], 1)).flip(1)
+    P_s = 0.5 * (P_s + P_s.mT)
+    cross = J_kept @ P_s[:, 1:]
+    I_JA = eye - J @ A
+    cond = I_JA @ P[:, :-1] @ I_JA.mT + J @ model.transition_covariance @ J.mT
+    cond = torch.where(keep, cond, P[:, :-1])
+    offset = torch.where(keep.squeeze(-1), h, means[:, :-1])
+    return RTSSmoother(smoothed, P_s, cross, J_kept, offset, cond, keep)
+
+
+def diffuse_log_likelihood(
+    model: LinearGaussian,
+    values: Tensor,
+    mask: Tensor,
+    diffuse: Tensor,
+    drive: Tensor | None = None,
+    observed: Tensor | None = None,
+) -> Tensor:
+    r"""The exact diffuse log-likelihood, ``[B]``: z_1 = μ_0 + S δ + η with δ ~ N(0, κ I), κ → ∞ (the
+    diffuse states, S = ``diffuse`` ``[D, q]``, a selection of columns of I) and η ~ N(0, P_*), P_* the
+    initial covariance with the diffuse rows and columns zeroed (Durbin & Koopman 2012, ch. 5).
+
+    By de Jong's augmented filter (D&K §5.7): the filter from P_* gives innovations v_t (with δ = 0)
+    and, run again from each column of S with no data, their sensitivities V_t to δ (the innovations
+    are linear in δ: v_t − V_t δ); whitened by the same chol(F_t), ŵ_t = L_t⁻¹ v_t and U_t = L_t⁻¹ V_t,
+
+    .. math:: \log L_d = \sum_t \log \mathcal{N}(v_t; 0, F_t) + \tfrac12 b^\top S_n^{-1} b
+              - \tfrac12 \log |S_n|, \quad S_n = \sum_t U_t^\top U_t, \quad b = \sum_t U_t^\top \hat w_t,
+
+    the limit of log p_κ(x) + (q/2) log κ: what D&K's exact initial Kalman filter computes (and
+    statsmodels' ``use_exact_diffuse``). It needs the data to identify δ (S_n nonsingular): the
+    observed steps must determine the diffuse states, as the first d observations do for the
+    structural models. With ``observed`` ``[B, T, obs]`` (missing values), the masked filter.
+
+    References:
+        The Diffuse Kalman Filter (de Jong, 1991), https://doi.org/10.1214/aos/1176348139
+    """
+    D, q = diffuse.shape
+    keep = 1.0 - diffuse.sum(-1).clamp_max(1.0)  # 1 for the states that are not diffuse, [D]
+    P_star = model.initial_covariance * keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    start = model._replace(initial_covariance=P_star)
+
+    def whitened(run: KalmanFilter, x: Tensor) -> Tensor:  # L_t⁻¹ (x_t − C_t m_{t|t-1}), [B, T, obs]
+        cov = run.covariances
+        if cov.get("per_sequence"):
+            innovation = x - (cov["C"] @ run.predicted.unsqueeze(-1)).squeeze(-1)
+            return (cov["white"] @ innovation.unsqueeze(-1)).squeeze(-1)
+        innovation = x - run.predicted @ model.observation_matrix.T
+        w = (cov["white"].unsqueeze(1) @ innovation.transpose(0, 1).unsqueeze(-1)).squeeze(-1).transpose(0, 1)
+        return w * mask.unsqueeze(-1)
+
+    def run_filter(params: LinearGaussian, x: Tensor, u: Tensor | None) -> KalmanFilter:
+        if observed is not None:
+            return masked_kalman_filter(params, x, observed, u)
+        return kalman_filter(params, x, mask, u)
+
+    data = run_filter(start, values, drive)
+    w = whitened(data, values)  # [B, T, obs]
+    zeros = torch.zeros_like(values)
+    # the sensitivities: the same filter from z_1 = s_j with no data, one run per diffuse column
+    U = torch.stack([-whitened(run_filter(start._replace(initial_loc=diffuse[:, j]), zeros, None), zeros)
+                     for j in range(q)], -1)  # fmt: skip  # [B, T, obs, q]
+    S_n = torch.einsum("btoi,btoj->bij", U, U)  # [B, q, q]
+    b = torch.einsum("btoi,bto->bi", U, w)  # [B, q]
+    L, info = torch.linalg.cholesky_ex(S_n)
+    if bool(info.any()):
+        raise ValueError(
+            f"the data do not identify the diffuse initial state (sequence {int(info.nonzero()[0])}): its "
+            f"{q} diffuse states need enough observed steps to determine them; the exact diffuse likelihood "
+            "is not defined there (use the approximately diffuse one, with a burn-in)"
+        )
+    half = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False).squeeze(-1)  # L⁻¹ b
+    return data.log_norm.sum(-1) + 0.5 * half.square().sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)

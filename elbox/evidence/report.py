@@ -152,6 +152,8 @@ class EvidenceReport:
         """(name, mean, stderr, what it is) from the lowest to the highest."""
         e = self.log_evidence
         kind = "exact" if e["method"] == "exact" else f"an estimate ({e['method']}, S = {e['num_samples']})"
+        if "initialization" in e:
+            kind += f"; initial state {e['initialization'].split(':')[0]}"
         if "precision_shift" in e:
             shift = e["precision_shift"]
             kind += f", {e['precision']} products: shifted {shift['mean']:+.3g} ± {shift['stderr']:.2g} by rounding"
@@ -344,6 +346,11 @@ def _evidence_report(model, guide, x, num_samples, iwae_samples, cubo_order, elb
         "method": method,
         "num_samples": evidence_samples,
     }
+    conventions = getattr(model, "initialization_conventions", None)
+    if callable(conventions):  # which start of the series log p(x) assumes, and the others' values beside it
+        name, others = conventions(x)
+        log_evidence_summary["initialization"] = name
+        log_evidence_summary.update({key: _summary(values.detach().double().cpu()) for key, values in others.items()})
     if "shift" in v:
         shift = _mean_over_points(v["shift"])
         log_evidence_summary["precision"] = precision

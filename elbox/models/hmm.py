@@ -196,10 +196,33 @@ class HMM(LatentModel):
     # Data.
 
     def check_data(self, x, *, name: str = "x") -> Sequences:
-        """``x`` as a checked :class:`~elbox.data.Sequences` (see :func:`as_sequences`)."""
+        """``x`` as a checked :class:`~elbox.data.Sequences` (see :func:`as_sequences`); a step whose
+        value is NaN (every coordinate, for Gaussian emissions) is missing: its emission
+        log-probability is 0 (it tells nothing about the state), which the forward–backward pass,
+        the evidence, the forecast and Baum–Welch then skip."""
         if self.emission == "categorical":
-            return as_sequences(x, event_shape=(self.num_symbols,), integer=True, name=name, **self._sequence_options())
-        return as_sequences(x, event_shape=(self.dim,), name=name, **self._sequence_options())
+            return as_sequences(x, event_shape=(self.num_symbols,), integer=True, name=name, missing=True,
+                                **self._sequence_options())  # fmt: skip
+        x = as_sequences(x, event_shape=(self.dim,), name=name, missing=True, **self._sequence_options())
+        if x.missing is not None and x.missing.dim() == 3:
+            partial = x.missing.any(-1) & ~x.missing.all(-1)
+            if bool(partial.any()):
+                b, t = (int(i) for i in partial.nonzero()[0])
+                d = int(x.missing[b, t].nonzero()[0])
+                raise ValueError(
+                    f"{name} must be finite, or NaN in every coordinate of a missing step: step {t} of sequence {b} "
+                    f"is partly missing, its first (NaN) at index ({b}, {t}, {d}) ({int(partial.sum())} such steps). "
+                    "The HMM takes a missing step as a whole: set the whole step to NaN, or use a "
+                    "LinearGaussianSSM, which conditions on the observed coordinates."
+                )
+        return x
+
+    @staticmethod
+    def _seen(x: Sequences) -> Tensor:
+        """The steps that carry an observation, ``[B, T]``: inside the sequence and not missing."""
+        if x.missing is None:
+            return x.mask
+        return x.mask & ~(x.missing if x.missing.dim() == 2 else x.missing.all(-1))  # whole steps are missing
 
     def emission_log_prob(self, x) -> Tensor:
         """log p(x_t | z_t = k) for every step and state, ``[B, T, K]``; zero past a sequence's end."""
@@ -212,7 +235,7 @@ class HMM(LatentModel):
             log_e = table[x.values]  # [B, T, K]
         else:
             log_e = self.emissions.component_log_prob(_frames(x), statistics).reshape(B, T, -1)
-        return torch.where(x.mask.unsqueeze(-1), log_e, 0.0)
+        return torch.where(self._seen(x).unsqueeze(-1), log_e, 0.0)
 
     def em_statistics(self, x):
         """Gaussian emissions: the emission mixture's moment features of every frame, which each
@@ -366,7 +389,7 @@ class HMM(LatentModel):
             rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix
         )  # states never left keep their row
         self.transition_logits.copy_(new_A.log())
-        weights = gamma * x.mask.unsqueeze(-1)  # [B, T, K], only observed steps
+        weights = gamma * self._seen(x).unsqueeze(-1)  # [B, T, K], only observed steps
         if self.emission == "gaussian":
             self.emissions.fit_components(_frames(x), weights.reshape(B * T, K), statistics)
         else:
@@ -403,7 +426,7 @@ class HMM(LatentModel):
             self.initial_probs = dirichlet((K,))
             self.transition_matrix = dirichlet((K, K))
         if self.emission == "gaussian":
-            frames = x.values[x.mask]  # [N, D], observed steps only
+            frames = x.values[self._seen(x)]  # [N, D], observed steps only
             self.emissions.initialize(frames, method=method, generator=generator)
         else:
             self.emission_probs = dirichlet((K, self.num_symbols))

@@ -13,7 +13,16 @@ from elbox.data.sequences import Sequences, as_sequences
 from elbox.distributions._gaussian import covariance_to_raw, raw_to_tril, safe_cholesky, tril_to_raw
 from elbox.distributions.gauss_markov import GaussMarkovChain
 from elbox.distributions.kalman import PD_HINT as _PD_HINT
-from elbox.distributions.kalman import KalmanFilter, LinearGaussian, kalman_filter, kalman_log_norm, rts_smoother
+from elbox.distributions.kalman import (
+    KalmanFilter,
+    LinearGaussian,
+    kalman_filter,
+    kalman_log_norm,
+    masked_kalman_filter,
+    masked_observation,
+    masked_rts_smoother,
+    rts_smoother,
+)
 from elbox.models.base import LatentModel
 from elbox.models.forecast import Forecast, check_level, check_steps, normal_interval
 
@@ -41,6 +50,12 @@ class LinearGaussianSSM(LatentModel):
     ``posterior`` is a reverse :class:`~elbox.distributions.GaussMarkovChain` built from the
     RTS smoother (sampled by forward-filtering backward-sampling); :meth:`m_step` is the EM
     of Shumway & Stoffer (1982) for A, B, C, Q, R, μ_0 and P_0.
+
+    A NaN in x is a missing observation (a whole step or some of its coordinates): the update
+    uses the observed rows of C and R alone, with each sequence's own covariance recursion
+    (:func:`~elbox.distributions.kalman.masked_kalman_filter`); ``log_evidence`` is then
+    log p(x_obs), the posterior covers every step, :meth:`impute` draws the missing values, and
+    the M-step takes the missing coordinates' expected statistics (Shumway & Stoffer 2000).
 
     Args:
         state_dim: The dimension of z.
@@ -160,6 +175,12 @@ class LinearGaussianSSM(LatentModel):
         if isinstance(fixed, str) or not all(isinstance(f, str) for f in fixed):
             raise TypeError(f"fixed must be a list of parameter names, e.g. ['transition_matrix']; received {fixed!r}")
         self.fix(*fixed)
+
+    #: The start of the series that ``log_evidence`` assumes, which the evidence report names:
+    #: ``"known"`` (z_1 ~ N(μ_0, P_0) as given), ``"approximately diffuse"`` (set by the structural
+    #: constructors: a large P_0 stands in for an infinite one; :meth:`initialization_conventions`) or
+    #: ``"stationary"`` (an AR model's: P_0 the stationary covariance).
+    initialization: str = "known"
 
     _FIXABLE = {
         "transition_matrix": ("transition_matrix",), "observation_matrix": ("observation_matrix",),
@@ -303,9 +324,16 @@ class LinearGaussianSSM(LatentModel):
     # Data.
 
     def check_data(self, x, *, name: str = "x") -> Sequences:
-        """``x`` as a checked :class:`~elbox.data.Sequences` of ``[B, T, obs_dim]`` observations."""
-        return as_sequences(x, event_shape=(self.obs_dim,), num_inputs=self.input_dim, name=name,
-                            **self._sequence_options())
+        """``x`` as a checked :class:`~elbox.data.Sequences` of ``[B, T, obs_dim]`` observations; a NaN
+        is a missing observation (a whole step or some coordinates of it)."""
+        return as_sequences(x, event_shape=(self.obs_dim,), num_inputs=self.input_dim, name=name, missing=True,
+                            **self._sequence_options())  # fmt: skip
+
+    @staticmethod
+    def _observed(x: Sequences) -> Tensor | None:
+        """Where a coordinate is observed, ``[B, T, obs_dim]`` (False past each end), or None
+        when nothing is missing."""
+        return None if x.missing is None else ~x.missing & x.mask.unsqueeze(-1)
 
     def _drive(self, x: Sequences) -> Tensor | None:
         """B u_t for t ≥ 2 (the input driving the step into z_t), ``[B, T-1, state_dim]``, or None."""
@@ -349,8 +377,16 @@ class LinearGaussianSSM(LatentModel):
         return Independent(MultivariateNormal(loc, scale_tril=raw_to_tril(self._r_raw)), 1)
 
     def log_likelihood(self, x, z: Tensor) -> Tensor:
-        """Σ_t log N(x_t; C z_t, R) over observed steps, for trajectories ``[*S, B, T, D]``."""
+        """Σ_t log N(x_t; C z_t, R) over observed steps, for trajectories ``[*S, B, T, D]``; with missing
+        coordinates, each step's observed ones, log N(x_{t,o}; C_o z_t, R_oo)."""
         x = self.check_data(x)
+        if x.missing is not None:
+            L_t, C_t, seen = self._observed_noise(x)
+            resid = x.values - (C_t @ z.unsqueeze(-1)).squeeze(-1)  # zero where missing, [*S, B, T, obs]
+            w = torch.linalg.solve_triangular(L_t, resid.unsqueeze(-1), upper=False).squeeze(-1)
+            per_step = -0.5 * w.square().sum(-1) - L_t.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * math.log(
+                2 * math.pi) * seen  # fmt: skip
+            return per_step.sum(-1)
         L_r = raw_to_tril(self._r_raw)
         resid = x.values - z @ self.observation_matrix.T  # [*S, B, T, obs]
         w = torch.linalg.solve_triangular(L_r, resid.unsqueeze(-1), upper=False).squeeze(-1)
@@ -373,6 +409,15 @@ class LinearGaussianSSM(LatentModel):
         else:
             return None
         x = self.check_data(x)
+        if x.missing is not None:  # the observed coordinates' own: R_oo, C_o at each step
+            L_t, C_t, seen = self._observed_noise(x)
+            W = torch.linalg.solve_triangular(L_t, C_t, upper=False)  # L_t⁻¹ C_t, [B, T, obs, D]
+            w = torch.linalg.solve_triangular(L_t, (x.values - (C_t @ means.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1),
+                                              upper=False).squeeze(-1)  # fmt: skip
+            trace = ((W @ covs) * W).sum((-2, -1))
+            per_step = -0.5 * (w.square().sum(-1) + trace) - L_t.diagonal(dim1=-2, dim2=-1).log().sum(-1) \
+                - 0.5 * math.log(2 * math.pi) * seen  # fmt: skip
+            return per_step.sum(-1)
         C, L_r = self.observation_matrix, raw_to_tril(self._r_raw)
         L_inv = torch.linalg.solve_triangular(L_r, torch.eye(self.obs_dim, dtype=C.dtype, device=C.device), upper=False)
         W = L_inv @ C  # [obs, state]: R⁻¹ = L⁻ᵀL⁻¹
@@ -398,23 +443,33 @@ class LinearGaussianSSM(LatentModel):
         )  # fmt: skip
 
     def _filter(self, x: Sequences) -> KalmanFilter:
+        observed = self._observed(x)
+        if observed is not None:  # gaps: each sequence's own covariances (elbox.distributions.kalman)
+            return masked_kalman_filter(self._linear_gaussian(), x.values, observed, self._drive(x))
         return kalman_filter(self._linear_gaussian(), x.values, x.mask, self._drive(x))
 
     def log_evidence(self, x) -> Tensor:
-        """log p(x) by the Kalman filter, ``[B]`` (its innovations only: no means are kept)."""
+        """log p(x) by the Kalman filter, ``[B]`` (its innovations only: no means are kept); with
+        missing observations, log p(x_obs), the observed values' own density."""
         x = self.check_data(x)
+        if x.missing is not None:
+            return self._filter(x).log_norm.sum(-1)
         return kalman_log_norm(self._linear_gaussian(), x.values, x.mask, self._drive(x)).sum(-1)
 
     def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
         """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
         x = self.check_data(x)
         params = self._linear_gaussian()
-        filtered = kalman_filter(params, x.values, x.mask, self._drive(x))
-        smoothed = rts_smoother(params, filtered, x.mask, x.ragged)
+        filtered = self._filter(x)
+        if x.missing is not None:
+            smoothed = masked_rts_smoother(params, filtered, x.mask)
+            P_last = filtered.covariances["filt"][:, -1]  # each sequence's own, [B, D, D]
+        else:
+            smoothed = rts_smoother(params, filtered, x.mask, x.ragged)
+            P_last = filtered.covariances["filt"][-1]
         T, D = x.mask.shape[1], self.state_dim
         eye = torch.eye(D, dtype=self.transition_matrix.dtype, device=self.transition_matrix.device)
-        P = filtered.covariances["filt"]
-        valid = x.mask[:, :, None] if x.ragged else x.mask.new_ones(1, T, 1)
+        valid = x.mask[:, :, None] if x.ragged or x.missing is not None else x.mask.new_ones(1, T, 1)
         last = valid[:, -1]
         moments = (
             torch.where(valid, smoothed.means, 0.0),
@@ -425,7 +480,7 @@ class LinearGaussianSSM(LatentModel):
         factor = _psd_factor if self._degenerate() else safe_cholesky
         posterior = GaussMarkovChain(
             torch.where(last, filtered.means[:, -1], 0.0),
-            factor(torch.where(last.unsqueeze(-1), P[-1], eye), "a filtered state covariance", _PD_HINT),
+            factor(torch.where(last.unsqueeze(-1), P_last, eye), "a filtered state covariance", _PD_HINT),
             smoothed.gains,
             torch.where(valid[:, :-1], smoothed.offset, 0.0),
             factor(torch.where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
@@ -433,6 +488,30 @@ class LinearGaussianSSM(LatentModel):
             moments=moments,
         )
         return posterior, filtered.log_norm.sum(-1)
+
+    @torch.no_grad()
+    def initialization_conventions(self, x) -> tuple[str, dict]:
+        """The convention of :meth:`log_evidence` in words, and the other conventions' log-likelihoods
+        per sequence (``[B]`` each) where they apply: for an approximately diffuse start, the first d
+        terms burnt in (``approximately_diffuse_burnt_in``, d = ``state_dim``) and the exact diffuse
+        limit (``exact_diffuse``; left out where the data do not identify the diffuse state). What
+        :func:`~elbox.evidence_report` reports beside log p(x)."""
+        if self.initialization == "stationary":
+            return "stationary: z_1 ~ N(0, P_∞), the AR states' stationary distribution; log p(x) keeps every term", {}
+        if self.initialization != "approximately diffuse":
+            return "known: z_1 ~ N(μ_0, P_0) as given; log p(x) keeps every term", {}
+        from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood
+
+        d = getattr(self, "diffuse_states", self.state_dim)  # a sum with an AR component: its states are not diffuse
+        name = (f"approximately diffuse: z_1 ~ N(μ_0, P_0) with a large P_0, log p(x) keeps every term; beside it "
+                f"the first {d} terms burnt in" + (", and the exact diffuse limit" if d == self.state_dim else ""))
+        others = {"approximately_diffuse_burnt_in": diffuse_log_likelihood(self, x, burn=d)}
+        if d == self.state_dim:  # which states of a mixed start are diffuse is not recorded: left out there
+            try:
+                others["exact_diffuse"] = exact_diffuse_log_likelihood(self, x)
+            except ValueError:  # the data do not identify the diffuse state: no exact diffuse likelihood
+                pass
+        return name, others
 
     # Forecasts.
 
@@ -470,7 +549,8 @@ class LinearGaussianSSM(LatentModel):
         filtered = self._filter(x)
         last = x.mask.sum(1) - 1  # [B]
         m = filtered.means[torch.arange(B), last]  # [B, D]
-        P = filtered.covariances["filt"][last]  # [B, D, D]
+        P = filtered.covariances["filt"]
+        P = P[torch.arange(B), last] if x.missing is not None else P[last]  # [B, D, D]
         A, C, Q, R = self.transition_matrix, self.observation_matrix, self.transition_covariance, \
             self.observation_covariance  # fmt: skip
         means, covs = [], []
@@ -521,13 +601,20 @@ class LinearGaussianSSM(LatentModel):
         eye_z, eye_x = torch.eye(D, dtype=means.dtype), torch.eye(Dx, dtype=means.dtype)
         # Observation model: C = Σ x E[z]ᵀ (Σ E[z zᵀ])⁻¹, then R from the new C.
         xv = x.values
-        S_xz = moments(w, xv, means)
         P_sum = _weighted_sum(w, covs)  # Σ w_t P_t, [D, D]
         S_zz = P_sum + moments(w, means, means)
         fixed = self.fixed
+        if x.missing is None:
+            S_xz, S_xx = moments(w, xv, means), None
+        else:  # the missing coordinates' expected statistics (Shumway & Stoffer 2000)
+            S_xz, S_xx = self._imputed_statistics(x, means, covs)
         C = self.observation_matrix.detach() if "observation_matrix" in fixed else torch.linalg.solve(S_zz, S_xz.T).T
-        resid = xv - means @ C.T
-        R = (moments(w, resid, resid) + C @ P_sum @ C.T) / w.sum()
+        if S_xx is None:
+            resid = xv - means @ C.T
+            R = (moments(w, resid, resid) + C @ P_sum @ C.T) / w.sum()
+        else:  # E[(x − C z)(x − C z)ᵀ] from the expected moments
+            CS = C @ S_xz.T
+            R = (S_xx - CS - CS.T + C @ S_zz @ C.T) / w.sum()
         # Dynamics: regress z_{t+1} on [z_t, u_{t+1}] over the steps between observed states.
         if T > 1:
             pair = w[:, 1:]  # [B, T-1]
@@ -591,6 +678,97 @@ class LinearGaussianSSM(LatentModel):
             self._p0_raw.copy_(tril_to_raw(safe_cholesky(_sym(P0) + self.reg_covar * eye_z, "the estimated P_0",
                                                          _PD_HINT)))  # fmt: skip
 
+    def _observed_noise(self, x: Sequences) -> tuple[Tensor, Tensor, Tensor]:
+        """For data with gaps: chol(R_t) of each step's observed block (the identity elsewhere,
+        :func:`~elbox.distributions.kalman.masked_observation`) ``[B, T, obs, obs]``, C_t (the missing
+        rows zero) ``[B, T, obs, D]`` and the number observed ``[B, T]`` (zero past each end)."""
+        observed = self._observed(x)
+        C_t, R_t = masked_observation(self.observation_matrix, self.observation_covariance, observed)
+        L_t = safe_cholesky(R_t, "R's observed block", _PD_HINT)
+        return L_t, C_t, observed.sum(-1).to(C_t.dtype)
+
+    def _imputation(self, x: Sequences) -> tuple[Tensor, Tensor]:
+        r"""G_t = R W_t, W_t the inverse of R's observed block (zero elsewhere), ``[B, T, obs, obs]``, and
+        ``observed`` ``[B, T, obs]``: given z_t and the observed x_{t,o}, the missing coordinates are
+
+        .. math:: x_t \mid z_t, x_{t,o} \sim \mathcal{N}\big(C z_t + G_t (x_t - C z_t),\ (I - G_t) R\big),
+
+        with x_t zero where missing (G_t's rows of observed coordinates are the identity's, so those
+        stay as observed, with no variance)."""
+        observed = self._observed(x)
+        R = self.observation_covariance
+        _, R_t = masked_observation(self.observation_matrix, R, observed)
+        o = observed.to(R.dtype)
+        W = torch.cholesky_inverse(safe_cholesky(R_t, "R's observed block", _PD_HINT))
+        W = W * o.unsqueeze(-1) * o.unsqueeze(-2)  # R_oo⁻¹ in the observed block, zero elsewhere
+        return R @ W, observed
+
+    def _imputed_statistics(self, x: Sequences, means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Σ_t E[x_t zᵀ_t] and Σ_t E[x_t xᵀ_t] ``[obs, D]``, ``[obs, obs]`` over the steps of each
+        sequence, the missing coordinates imputed under the current parameters (Shumway & Stoffer
+        2000; Ghahramani & Hinton 1996): with x_t = H_t z_t + G_t x_t + e_t, H_t = (I − G_t) C,
+        e_t ~ N(0, (I − G_t) R) (:meth:`_imputation`) and z_t ~ N(m_t, P_t),
+
+        .. math:: E[x_t] = \hat x_t = C m_t + G_t (x_t - C m_t), \quad
+                  E[x_t z_t^\top] = \hat x_t m_t^\top + H_t P_t, \quad
+                  E[x_t x_t^\top] = \hat x_t \hat x_t^\top + H_t P_t H_t^\top + (I - G_t) R.
+
+        A step with nothing missing has G_t = I (its own x, no variance); one with nothing observed
+        G_t = 0 (the model's prediction C m_t with C P_t Cᵀ + R)."""
+        G, _ = self._imputation(x)
+        C, R = self.observation_matrix, self.observation_covariance
+        w = x.mask.to(means.dtype)  # [B, T]
+        eye = torch.eye(self.obs_dim, dtype=C.dtype, device=C.device)
+        Cm = means @ C.T  # [B, T, obs]
+        x_hat = Cm + (G @ (x.values - Cm).unsqueeze(-1)).squeeze(-1)
+        I_G = eye - G
+        H = I_G @ C  # [B, T, obs, D]
+        HP = H @ covs  # [B, T, obs, D]
+        S_xz = torch.einsum("bt,bti,btj->ij", w, x_hat, means) + torch.einsum("bt,btij->ij", w, HP)
+        spread = HP @ H.mT + I_G @ R  # [B, T, obs, obs]
+        S_xx = torch.einsum("bt,bti,btj->ij", w, x_hat, x_hat) + torch.einsum("bt,btij->ij", w, spread)
+        return S_xz, S_xx
+
+    @torch.no_grad()
+    def impute(self, x, num_samples: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draws of the missing values from p(x_miss | x_obs): ``[num_samples, B, T, obs_dim]``, the
+        observed values as they are and the missing ones drawn, by sampling the trajectory from
+        the posterior (forward-filtering backward-sampling) and then
+
+        .. math:: x_{t,\mathrm{miss}} \mid z_t, x_{t,\mathrm{obs}} \sim
+                  \mathcal{N}\big(C_m z_t + R_{mo} R_{oo}^{-1} (x_{t,o} - C_o z_t),\
+                  R_{mm} - R_{mo} R_{oo}^{-1} R_{om}\big),
+
+        drawn as C z + G (x − C z) + (I − G) v with v ~ N(0, R) (:meth:`_imputation`; (I − G) R (I − G)ᵀ
+        = (I − G) R). Steps past a sequence's end are zero.
+
+        Args:
+            x: Sequences with NaN where a value is missing.
+            num_samples: How many draws.
+            generator: For reproducible draws (used for the trajectories' and the noise's normals).
+        """
+        S = check_positive_int(num_samples, "num_samples")
+        x = self.check_data(x)
+        if x.missing is None:
+            return x.values.expand(S, *x.values.shape).clone()
+        post = self.posterior(x)
+        if generator is None:
+            z = post.sample((S,))  # [S, B, T, D]
+            v = torch.randn(S, *x.values.shape, dtype=x.values.dtype, device=x.values.device)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+                z = post.sample((S,))
+                v = torch.randn(S, *x.values.shape, dtype=x.values.dtype)
+        G, _ = self._imputation(x)
+        C, L_r = self.observation_matrix, raw_to_tril(self._r_raw)
+        Cz = z @ C.T  # [S, B, T, obs]
+        noise = v @ L_r.T  # ~ N(0, R)
+        eye = torch.eye(self.obs_dim, dtype=C.dtype, device=C.device)
+        draw = Cz + (G @ (x.values - Cz).unsqueeze(-1)).squeeze(-1) + ((eye - G) @ noise.unsqueeze(-1)).squeeze(-1)
+        draw = torch.where(x.missing, draw, x.values)  # the observed values exactly
+        return torch.where(x.mask.unsqueeze(-1), draw, 0.0)
+
     @torch.no_grad()
     def initialize(self, x, method: str = "random", generator: torch.Generator | None = None) -> None:
         """Random parameters for EM: A a random contraction (spectral norm 0.9), C Gaussian
@@ -610,7 +788,19 @@ class LinearGaussianSSM(LatentModel):
             A = self.transition_matrix + project @ (A - self.transition_matrix)
         self.transition_matrix.copy_(A)
         frames = x.values[x.mask]  # [N, obs]
-        scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
+        if x.missing is not None and not bool((~x.missing[x.mask]).all(-1).sum() > Dx):
+            # too few whole frames: each coordinate's variance over its own observed values
+            seen = ~x.missing[x.mask]  # [N, obs]
+            count = seen.sum(0)
+            mean = (frames * seen).sum(0) / count.clamp_min(1)
+            var = ((frames - mean).square() * seen).sum(0) / (count - 1).clamp_min(1)
+            var = torch.where(count > 1, var, 1.0)
+            scale, R = var.sqrt().clamp_min(1e-6), torch.diag(var)
+        else:
+            if x.missing is not None:
+                frames = frames[(~x.missing[x.mask]).all(-1)]  # the whole frames
+            scale = frames.std(0).clamp_min(1e-6) if len(frames) > 1 else torch.ones(Dx, dtype=dtype)
+            R = torch.cov(frames.T).reshape(Dx, Dx) if len(frames) > 1 else torch.eye(Dx, dtype=dtype)
         self.observation_matrix.copy_(
             torch.randn(Dx, D, generator=generator, dtype=dtype) * scale.unsqueeze(-1) / D**0.5
         )
@@ -619,7 +809,6 @@ class LinearGaussianSSM(LatentModel):
         eye = torch.eye(D, dtype=dtype)
         self._q_raw.copy_(tril_to_raw(torch.eye(self.noise_dim, dtype=dtype)))
         self._p0_raw.copy_(tril_to_raw(eye))
-        R = torch.cov(frames.T).reshape(Dx, Dx) if len(frames) > 1 else torch.eye(Dx, dtype=dtype)
         self._r_raw.copy_(
             tril_to_raw(safe_cholesky(R + 1e-6 * torch.eye(Dx, dtype=dtype), "the data's covariance", _PD_HINT))
         )

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from elbox._validation import check_number
+from elbox.distributions import kalman
 from elbox.models.lgssm import LinearGaussianSSM
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "autoregressive",
     "combine",
     "diffuse_log_likelihood",
+    "exact_diffuse_log_likelihood",
     "local_level",
     "local_linear_trend",
     "seasonal",
@@ -85,6 +87,8 @@ def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0,
 
 def _diffuse(model: LinearGaussianSSM, states: int) -> LinearGaussianSSM:
     model.diffuse_states = states  # what diffuse_log_likelihood burns by default
+    # named in the evidence report: the diffuse states start at a large variance, the others (AR's) stationary
+    model.initialization = "approximately diffuse" if states else "stationary"
     return model
 
 
@@ -273,3 +277,34 @@ def diffuse_log_likelihood(model: LinearGaussianSSM, x, burn: int | None = None)
         raise ValueError(f"burn must be a non-negative integer number of steps; received {burn!r}")
     terms = model._filter(x).log_norm  # log p(x_t | x_{<t}), [B, T]
     return terms[:, d:].sum(-1)
+
+
+def exact_diffuse_log_likelihood(model: LinearGaussianSSM, x, diffuse=None) -> Tensor:
+    r"""The exact diffuse log-likelihood per sequence, ``[B]``: the initial states named by ``diffuse``
+    (indices into the state; default all of them, as in the structural models) have an infinite
+    variance, taken as a limit rather than approximated by a large one, log L_d = lim_{κ→∞}
+    [log p_κ(x) + (q/2) log κ] (Durbin & Koopman 2012, ch. 5; statsmodels' ``use_exact_diffuse``),
+    computed exactly by de Jong's augmented filter
+    (:func:`~elbox.distributions.kalman.diffuse_log_likelihood`). The other states keep their
+    ``initial_loc`` and ``initial_covariance`` (its rows and columns of the diffuse states are not
+    read). Missing observations (NaN) are skipped. Differentiable: gradient fitting can maximize it.
+
+    The three conventions for the start of a series: known (``model.log_evidence``, z_1 ~ N(μ_0,
+    P_0): the ELBO's and the evidence report's), approximately diffuse (a large P_0 and the first d
+    terms burnt in, :func:`diffuse_log_likelihood`) and exact diffuse (this).
+
+    Args:
+        model: The model (its initial covariance of the diffuse states is ignored).
+        x: The sequences, ``[B, T, obs_dim]``, NaN where missing.
+        diffuse: The diffuse states' indices (default: every state).
+    """
+    x = model.check_data(x)
+    D = model.state_dim
+    index = list(range(D)) if diffuse is None else diffuse
+    if isinstance(index, int) or not all(isinstance(i, int) and not isinstance(i, bool) for i in index) or \
+            not index or len(set(index)) != len(index) or not all(0 <= i < D for i in index):  # fmt: skip
+        raise ValueError(f"diffuse must be distinct state indices in [0, {D}), at least one; received {diffuse!r}")
+    ref = model.transition_matrix
+    S = torch.eye(D, dtype=ref.dtype, device=ref.device)[:, index]  # [D, q]
+    return kalman.diffuse_log_likelihood(model._linear_gaussian(), x.values, x.mask, S, model._drive(x),
+                                         model._observed(x))  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from elbox.plots._common import figure_data, save_png
@@ -134,7 +136,7 @@ def plot_forecast(
     followed, one panel per coordinate.
 
     Args:
-        history: The observed steps ``[T, D]`` of that sequence.
+        history: The observed steps ``[T, D]`` of that sequence (NaN where missing: a gap in the line).
         forecast: A :class:`~elbox.models.forecast.Forecast` (its sequence ``sequence`` is drawn).
         path: If given, the PNG is written there (atomically).
         sequence: Which of the forecast's sequences.
@@ -146,7 +148,11 @@ def plot_forecast(
     """
     from matplotlib.figure import Figure
 
-    h = figure_data(history, "history", 2).numpy()
+    raw = history if isinstance(history, Tensor) else torch.as_tensor(np.asarray(history))
+    gaps = torch.isnan(raw.detach().cpu()) if raw.is_floating_point() else None  # missing observations
+    h = figure_data(raw if gaps is None else torch.where(gaps, 0.0, raw.detach().cpu()), "history", 2).numpy()
+    if gaps is not None and bool(gaps.any()):
+        h[gaps.numpy()] = np.nan  # a gap in the line
     T, D = h.shape
     if forecast.variance is None:
         raise ValueError("forecast: symbols' probabilities have no interval to draw; plot forecast.mean instead")
