@@ -216,7 +216,7 @@ def test_sequences_are_checked_on_every_call():
     values = torch.randn(3, 4, 1, dtype=torch.float64)
     seqs = Sequences(values)
     model.log_evidence(seqs)
-    seqs.values[0, 0, 0] = math.nan  # the same object, changed in place
+    seqs.values[0, 0, 0] = math.inf  # the same object, changed in place (a NaN is now a missing value for the HMM)
     with pytest.raises(ValueError, match="must be finite"):
         model.log_evidence(seqs)
 
