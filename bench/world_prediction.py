@@ -213,7 +213,12 @@ def main() -> None:
            "particles": args.particles, "min_std": args.min_std, "train_seconds": seconds, "table": table,
            "world_minus": differences, "world_above_every_baseline": above}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"written: {args.out}")
+    from elbox.plots import plot_prediction
+
+    figure = Path(args.out).with_suffix(".png")
+    plot_prediction(table, figure, title=f"Pendulum, {B} held-out episodes, context c = {c}: prediction against "
+                                         "horizon (bands ± 2 SE over episodes)")  # fmt: skip
+    print(f"written: {args.out}, {figure}")
 
 
 if __name__ == "__main__":

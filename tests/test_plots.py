@@ -56,6 +56,22 @@ def test_rate_distortion_figure(tmp_path):
     assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_prediction_figure_draws_each_predictor_against_horizon(tmp_path):
+    from elbox.plots import plot_prediction
+
+    rows = {name: {"log_likelihood": [3.0 - j - shift for j in range(5)], "log_likelihood_stderr": [0.1] * 5,
+                   "mse": [0.1 * (j + 1) + shift for j in range(5)], "mse_stderr": [0.01] * 5}
+            for shift, name in enumerate(("world", "lgssm"))}  # fmt: skip
+    fig = plot_prediction(rows, tmp_path / "prediction.png")
+    top, bottom = fig.axes
+    assert [line.get_label() for line in top.lines] == ["world", "lgssm"]
+    assert list(top.lines[1].get_ydata()) == rows["lgssm"]["log_likelihood"]
+    assert list(bottom.lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+    assert (tmp_path / "prediction.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"table\['world'\] lacks \['mse_stderr'\]"):
+        plot_prediction({"world": {k: v for k, v in rows["world"].items() if k != "mse_stderr"}})
+
+
 def test_vae_figures_for_images_signals_and_any_latent_size(tmp_path):
     from elbox.plots import plot_latent_space, plot_reconstructions, plot_samples, plot_training
 

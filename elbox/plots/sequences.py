@@ -212,3 +212,44 @@ def plot_gap_over_time(report, path: str | os.PathLike | None = None, *, title: 
     if path is not None:
         save_png(fig, path)
     return fig
+
+
+def plot_prediction(table: dict, path: str | os.PathLike | None = None, *, title: str | None = None):
+    """Prediction against horizon: the j-step-ahead log-likelihood (top) and squared error of the
+    predicted mean (bottom) of several predictors, each with a band of ± 2 standard errors over
+    the test sequences.
+
+    Args:
+        table: ``{name: {"log_likelihood": [k], "log_likelihood_stderr": [k], "mse": [k],
+            "mse_stderr": [k]}}``, as ``bench/world_prediction.py`` writes it.
+        path: Where to write the PNG (None: only return the figure).
+        title: The figure's title.
+
+    Returns:
+        The matplotlib ``Figure`` (no pyplot state is touched).
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"table must map predictor names to their per-horizon rows; received {table!r}")
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name, row in table.items():
+        missing = {"log_likelihood", "log_likelihood_stderr", "mse", "mse_stderr"} - set(row)
+        if missing:
+            raise ValueError(f"table[{name!r}] lacks {sorted(missing)}")
+        horizon = range(1, len(row["log_likelihood"]) + 1)
+        for axes, key in ((top, "log_likelihood"), (bottom, "mse")):
+            mean, se = row[key], row[key + "_stderr"]
+            (line,) = axes.plot(horizon, mean, lw=1.2, label=name)
+            axes.fill_between(horizon, [m - 2 * s for m, s in zip(mean, se)], [m + 2 * s for m, s in zip(mean, se)],
+                              color=line.get_color(), alpha=0.2, lw=0)  # fmt: skip
+    top.set_ylabel("log p(o_{c+j} | o_{1:c}, a) (nats)")
+    top.legend(fontsize=8)
+    bottom.set_ylabel("squared error of the mean")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("horizon j (steps after the context)")
+    fig.suptitle(title or "Prediction against horizon (bands: ± 2 standard errors over the test sequences)")
+    if path is not None:
+        save_png(fig, path)
+    return fig
