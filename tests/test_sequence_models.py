@@ -85,6 +85,39 @@ def test_forward_survives_emissions_far_in_the_tails():
     assert torch.isfinite(model.posterior(x).marginals()).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_score_only_forward_without_gradients_equals_the_full_forward(seed, dtype):
+    """log p(x) with no gradient takes a forward pass that scales every few steps and keeps no
+    filtered distributions: equal to the full pass on ragged batches with missing steps, and
+    redone by it where the deferred scaling underflows (a step far in the tails)."""
+    from elbox.distributions import hmm_kernels as kernels
+
+    g = torch.Generator().manual_seed(seed)
+    B, T, K = 7, 53, 4
+    pi, A = torch.randn(K, generator=g, dtype=dtype), torch.randn(K, K, generator=g, dtype=dtype)
+    log_e = 3 * torch.randn(B, T, K, generator=g, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    log_e = torch.where((torch.arange(T) < lengths.unsqueeze(-1)).unsqueeze(-1), log_e, 0.0)  # zero past each end
+    log_e[2, 5] = 0.0  # a missing step
+    full = kernels.forward(pi, A, log_e)[1].sum(-1)
+    with torch.no_grad():
+        fast = kernels.hmm_log_evidence(pi, A, log_e)
+        direct = kernels._log_evidence_forward(pi, A, log_e)
+    tol = dict(rtol=1e-12, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fast, full, **tol)
+    torch.testing.assert_close(direct, full, **tol)
+    # every state nearly absorbing and each step's emissions favouring another one: the mass falls by
+    # e^-60 a step, below √tiny before the next scaling, so the full pass must take over
+    sticky = 60 * torch.eye(K, dtype=dtype)
+    tails = torch.full((B, T, K), -200.0, dtype=dtype)
+    tails[torch.arange(B)[:, None], torch.arange(T), torch.arange(T) % K] = 0.0
+    assert kernels._log_evidence_forward(pi, sticky, tails) is None
+    with torch.no_grad():
+        fast = kernels.hmm_log_evidence(pi, sticky, tails)
+    torch.testing.assert_close(fast, kernels.forward(pi, sticky, tails)[1].sum(-1), **tol)
+
+
 @pytest.mark.parametrize("make", [_gaussian_hmm, _categorical_hmm], ids=["gaussian", "categorical"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_log_evidence_by_a_tree_of_products_equals_the_forward_loop(make, seed):

@@ -178,7 +178,42 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
         value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
             return value
+    inputs = (initial_logits, transition_logits, log_e)
+    differentiable = torch.is_grad_enabled() and any(v.requires_grad for v in inputs)
+    if T > 1 and not chunk_length(B, T, K) and not differentiable:
+        value = _log_evidence_forward(initial_logits, transition_logits, log_e)
+        if value is not None:
+            return value
     return forward(initial_logits, transition_logits, log_e)[1].sum(-1)
+
+
+def _log_evidence_forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor | None:
+    """log p(x) ``[B]`` by the scaled forward pass without its filtered distributions: two
+    operations a step (a product and a scaling in place), the scale taken out every few steps
+    rather than at each (16 in float64, 4 in lower precision). Each step's emissions are scaled to
+    a largest entry of 1 and A's rows sum to 1, so the mass only falls between scalings. A state
+    whose share of the mass is below tiny / c (c the mass before its scaling) underflows to 0,
+    where the step-by-step pass keeps shares down to tiny (the dtype's smallest normal number):
+    where any c fell below √tiny (1e-154 in float64, 1e-19 in float32), so that shares the full
+    pass would keep above √tiny could be lost, it returns None and the caller runs the full pass.
+    No gradient (it writes in place)."""
+    every = 16 if log_e.dtype == torch.float64 else 4
+    shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
+    e = (log_e - shift).exp()
+    A = transition_logits.softmax(-1)
+    a = initial_logits.softmax(-1) * e[:, 0]
+    scales = []
+    for t in range(1, e.shape[1]):
+        if t % every == 0:
+            c = a.sum(-1, keepdim=True)
+            scales.append(c)
+            a = a / c
+        a = torch.mm(a, A).mul_(e[:, t])
+    scales.append(a.sum(-1, keepdim=True))
+    scales = torch.cat(scales, -1)
+    if not bool((scales >= torch.finfo(scales.dtype).tiny ** 0.5).all()):
+        return None
+    return scales.log().sum(-1) + shift.squeeze(-1).sum(-1)
 
 
 def log_evidence_by_products(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, L: int = 0) -> Tensor:
