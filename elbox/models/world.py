@@ -176,8 +176,13 @@ class WorldPath(MarkovPath):
 
     def rsample_steps(self, sample_shape=()):
         """Paths ``[*S, B, T, H + Z]``, log q(z_t | h_t, ·) ``[*S, B, T]`` and the steps'
-        parameters (a tuple of ``[*S, B, T, …]``): sequential over t, batched over S and B."""
+        parameters (a tuple of ``[*S, B, T, …]``): sequential over t, batched over S and B. The
+        RSSM's Gaussian posterior runs its recursion through :class:`_PosteriorScan` (the same
+        numbers as the step-by-step loop, a backward pass by hand)."""
         sample_shape = torch.Size(sample_shape)
+        model = self.model
+        if self.is_posterior and model.transition_kind == "rssm" and model.latent == "gaussian":
+            return self._posterior_scan(sample_shape)
         B, T = self.mask.shape
         s = self.initial.expand(*sample_shape, B, self.latent_dim)
         states, stats_steps = [], []
@@ -190,6 +195,33 @@ class WorldPath(MarkovPath):
         stats = tuple(torch.stack(parts, -2 if self.model.latent == "gaussian" else -3)
                       for parts in zip(*stats_steps))  # fmt: skip
         return path, self.model._log_prob(path[..., self.model.deter_dim:], stats), *stats
+
+    def _posterior_scan(self, sample_shape: torch.Size):
+        """:meth:`rsample_steps` of the RSSM's Gaussian posterior by :class:`_PosteriorScan`."""
+        model, head = self.model, self.posterior.head
+        B, T = self.mask.shape
+        H, Z = model.deter_dim, model.stoch_dim
+        lead = (*sample_shape, B)
+        N = math.prod(lead)
+        ref = self._evidence
+        # step t's draws are the t-th block of one stream, as the loop's randn_like at each step
+        noise = torch.randn(T, N, Z, dtype=ref.dtype, device=ref.device).transpose(0, 1)  # [N, T, Z]
+
+        def flat(v: Tensor) -> Tensor:  # [B, T, *] -> [N, T, *] (the same for every draw)
+            return v if N == B else v.expand(*sample_shape, *v.shape).reshape(N, *v.shape[1:])
+
+        keep = None if bool(self.mask.all()) else flat(self.mask)
+        z_0 = model.z_0.expand(N, Z)
+        h_0 = z_0.new_zeros(N, H)
+        sa, gru = model.state_action, model.gru
+        h, loc, scale = _PosteriorScan.apply(
+            z_0, h_0, None if self._drive is None else flat(self._drive), flat(self._evidence), noise, keep,
+            sa.weight[:, :Z], sa.bias, gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh,
+            head[0].weight[:, :H], head[2].weight, head[2].bias, model.min_std)  # fmt: skip
+        z = loc + scale * noise
+        path = torch.cat([h, z], -1).view(*lead, T, H + Z)
+        loc, scale = loc.view(*lead, T, Z), scale.view(*lead, T, Z)
+        return path, model._log_prob(path[..., H:], (loc, scale)), loc, scale
 
     def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         """Paths ``[*S, B, T, H + Z]`` and their log-density ``[*S, B]``, from one sequential pass."""
@@ -210,6 +242,109 @@ class WorldPath(MarkovPath):
     def __repr__(self) -> str:
         kind = "posterior" if self.is_posterior else "prior"
         return f"WorldPath({kind}, batch {list(self.batch_shape)}, event {list(self.event_shape)})"
+
+
+class _PosteriorScan(torch.autograd.Function):
+    r"""The RSSM's posterior recursion over every step, with a backward pass by hand (as the deep
+    Markov model's :class:`~elbox.guides.sequence._CombinerScan`): per step, the forward's five
+    products and five backward (for z_{t-1}, h_{t-1} and the step's inner layers); the weights'
+    gradients are one product each over all steps at the end, not T small ones accumulated (and
+    no weight slice's gradient zero-filled at every step).
+
+    Forward, for t = 1..T (N rows: draws × sequences):
+
+    .. math:: a_t = W_z z_{t-1} + b + d_t, \quad x_t = \mathrm{elu}(a_t), \quad
+              h_t = \mathrm{GRUCell}(x_t, h_{t-1}), \quad
+              [\mu_t, \rho_t] = V\,\mathrm{elu}(W_q h_t + e_t) + v, \quad
+              \sigma_t = \mathrm{softplus}(\rho_t) + \sigma_{\min}, \quad z_t = \mu_t + \sigma_t \varepsilon_t,
+
+    d_t the actions' drive (none at t = 1), e_t the observation's evidence (its bias included);
+    past each end (``keep`` False) μ_t = 0 and σ_t = 1. Returns h, μ, σ ``[N, T, *]``; z is
+    recomposed outside (z = μ + σ ε), and the gradient that reaches each z_t through the next
+    step is added here.
+    """
+
+    @staticmethod
+    def forward(ctx, z_0, h_0, drive, evidence, noise, keep, W_z, b_z, W_ih, W_hh, b_ih, b_hh, W_q, V, v, min_std):
+        N, T, _ = evidence.shape
+        H, Z = h_0.shape[-1], z_0.shape[-1]
+        new = evidence.new_empty
+        xs, hs, gates, ghn = new(N, T, W_z.shape[0]), new(N, T, H), new(N, T, 3 * H), new(N, T, H)
+        es, raw, locs, scales, zs = new(N, T, W_q.shape[0]), new(N, T, Z), new(N, T, Z), new(N, T, Z), new(N, T, Z)
+        z, h = z_0, h_0
+        for t in range(T):
+            a = torch.addmm(b_z, z, W_z.T)
+            if drive is not None and t > 0:
+                a = a + drive[:, t]
+            x = F.elu(a)
+            gi = torch.addmm(b_ih, x, W_ih.T)
+            gh = torch.addmm(b_hh, h, W_hh.T)
+            ru = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
+            r, u = ru[:, :H], ru[:, H:]
+            n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+            h = n + u * (h - n)
+            e = F.elu(torch.addmm(evidence[:, t], h, W_q.T))
+            out = torch.addmm(v, e, V.T)
+            loc, scale = out[:, :Z], F.softplus(out[:, Z:]) + min_std
+            if keep is not None:
+                k = keep[:, t, None]
+                loc, scale = torch.where(k, loc, 0.0), torch.where(k, scale, 1.0)
+            z = loc + scale * noise[:, t]
+            xs[:, t], hs[:, t], gates[:, t, : 2 * H], gates[:, t, 2 * H :], ghn[:, t] = x, h, ru, n, gh[:, 2 * H :]
+            es[:, t], raw[:, t], locs[:, t], scales[:, t], zs[:, t] = e, out[:, Z:], loc, scale, z
+        ctx.save_for_backward(z_0, h_0, noise, keep, xs, hs, gates, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V)
+        ctx.has_drive = drive is not None
+        return hs, locs, scales
+
+    @staticmethod
+    def backward(ctx, g_h, g_loc, g_scale):
+        z_0, h_0, noise, keep, xs, hs, gates, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V = ctx.saved_tensors
+        N, T, H = hs.shape
+        Z = z_0.shape[-1]
+        g_h = torch.zeros_like(hs) if g_h is None else g_h
+        g_loc = torch.zeros_like(zs) if g_loc is None else g_loc
+        g_scale = torch.zeros_like(zs) if g_scale is None else g_scale
+        # every step's local derivatives at once
+        h_prev = torch.cat([h_0.unsqueeze(1), hs[:, :-1]], 1)
+        r, u, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
+        d_n = (1 - u) * (1 - n.square())  # ∂h/∂(n's pre-activation)
+        d_u = (h_prev - n) * u * (1 - u)  # ∂h/∂(u's pre-activation)
+        d_r = ghn * r * (1 - r)  # ∂(n's pre-activation)/∂(r's pre-activation)
+        slope_x = torch.where(xs > 0, 1.0, xs + 1)  # elu′ from elu's output
+        slope_e = torch.where(es > 0, 1.0, es + 1)
+        slope_s = torch.sigmoid(raw)  # softplus′
+        g_out, g_c = torch.empty_like(torch.cat([zs, zs], -1)), torch.empty_like(es)
+        g_gi, g_gh, g_a = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(xs)
+        g_z, g_hn = torch.zeros_like(z_0), torch.zeros_like(h_0)  # through step t + 1
+        for t in range(T - 1, -1, -1):
+            g_mu, g_sigma = g_loc[:, t] + g_z, g_scale[:, t] + g_z * noise[:, t]
+            if keep is not None:
+                k = keep[:, t, None]
+                g_mu, g_sigma = torch.where(k, g_mu, 0.0), torch.where(k, g_sigma, 0.0)
+            g_out[:, t, :Z] = g_mu
+            g_out[:, t, Z:] = g_sigma * slope_s[:, t]
+            g_c[:, t] = (g_out[:, t] @ V) * slope_e[:, t]
+            g_ht = torch.addmm(g_h[:, t] + g_hn, g_c[:, t], W_q)
+            g_npre = g_ht * d_n[:, t]
+            g_rpre = g_npre * d_r[:, t]
+            g_upre = g_ht * d_u[:, t]
+            g_gi[:, t, :H], g_gi[:, t, H : 2 * H], g_gi[:, t, 2 * H :] = g_rpre, g_upre, g_npre
+            g_gh[:, t, :H], g_gh[:, t, H : 2 * H], g_gh[:, t, 2 * H :] = g_rpre, g_upre, g_npre * r[:, t]
+            g_hn = torch.addmm(g_ht * u[:, t], g_gh[:, t], W_hh)
+            g_a[:, t] = (g_gi[:, t] @ W_ih) * slope_x[:, t]
+            g_z = g_a[:, t] @ W_z
+
+        def outer(g: Tensor, x: Tensor) -> Tensor:  # Σ over rows and steps of g ⊗ x
+            return g.flatten(0, 1).T @ x.flatten(0, 1)
+
+        z_prev = torch.cat([z_0.unsqueeze(1), zs[:, :-1]], 1)
+        g_drive = None
+        if ctx.has_drive:
+            g_drive = g_a.clone()
+            g_drive[:, 0] = 0.0
+        return (g_z, g_hn, g_drive, g_c, None, None,
+                outer(g_a, z_prev), g_a.sum((0, 1)), outer(g_gi, xs), outer(g_gh, h_prev), g_gi.sum((0, 1)),
+                g_gh.sum((0, 1)), outer(g_c, hs), outer(g_out, es), g_out.sum((0, 1)), None)  # fmt: skip
 
 
 def world_steps(model: WorldModel, x: Sequences, q: WorldPath, p: WorldPath, num_samples: int,
