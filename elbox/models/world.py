@@ -121,6 +121,7 @@ class WorldPath(MarkovPath):
         B, T = mask.shape
         self.model, self.posterior = model, posterior
         self.mask, self.actions, self.embedding = mask, actions, embedding
+        self._all_kept = bool(mask.all())  # no step past an end: masking is the identity
         self.initial = model.initial_state()
         self.latent_dim = model.state_dim
         self.flow, self.scan, self.ignores_previous, self.step, self.context = None, None, False, None, None
@@ -142,6 +143,8 @@ class WorldPath(MarkovPath):
 
     def _masked(self, stats, keep: Tensor):
         """Past each end: N(0, I) (loc 0, scale 1), or uniform categories (logits 0)."""
+        if self._all_kept:
+            return tuple(stats)
         if self.model.latent == "gaussian":
             loc, scale = stats
             return torch.where(keep, loc, 0.0), torch.where(keep, scale, 1.0)
@@ -205,12 +208,12 @@ class WorldPath(MarkovPath):
         N = math.prod(lead)
         ref = self._evidence
         # step t's draws are the t-th block of one stream, as the loop's randn_like at each step
-        noise = torch.randn(T, N, Z, dtype=ref.dtype, device=ref.device).transpose(0, 1)  # [N, T, Z]
+        noise = torch.randn(T, N, Z, dtype=ref.dtype, device=ref.device)
 
         def flat(v: Tensor) -> Tensor:  # [B, T, *] -> [N, T, *] (the same for every draw)
             return v if N == B else v.expand(*sample_shape, *v.shape).reshape(N, *v.shape[1:])
 
-        keep = None if bool(self.mask.all()) else flat(self.mask)
+        keep = None if self._all_kept else flat(self.mask)
         z_0 = model.z_0.expand(N, Z)
         h_0 = z_0.new_zeros(N, H)
         sa, gru = model.state_action, model.gru
@@ -218,7 +221,7 @@ class WorldPath(MarkovPath):
             z_0, h_0, None if self._drive is None else flat(self._drive), flat(self._evidence), noise, keep,
             sa.weight[:, :Z], sa.bias, gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh,
             head[0].weight[:, :H], head[2].weight, head[2].bias, model.min_std)  # fmt: skip
-        z = loc + scale * noise
+        z = loc + scale * noise.transpose(0, 1)
         path = torch.cat([h, z], -1).view(*lead, T, H + Z)
         loc, scale = loc.view(*lead, T, Z), scale.view(*lead, T, Z)
         return path, model._log_prob(path[..., H:], (loc, scale)), loc, scale
@@ -266,16 +269,16 @@ class _PosteriorScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z_0, h_0, drive, evidence, noise, keep, W_z, b_z, W_ih, W_hh, b_ih, b_hh, W_q, V, v, min_std):
-        N, T, _ = evidence.shape
-        H, Z = h_0.shape[-1], z_0.shape[-1]
-        new = evidence.new_empty
-        xs, hs, gates, ghn = new(N, T, W_z.shape[0]), new(N, T, H), new(N, T, 3 * H), new(N, T, H)
-        es, raw, locs, scales, zs = new(N, T, W_q.shape[0]), new(N, T, Z), new(N, T, Z), new(N, T, Z), new(N, T, Z)
+        # inside, every per-step tensor is [T, N, *]: each step's slice contiguous
+        drive = None if drive is None else drive.transpose(0, 1)
+        evidence, keep = evidence.transpose(0, 1), None if keep is None else keep.T
+        T, H, Z = evidence.shape[0], h_0.shape[-1], z_0.shape[-1]
         z, h = z_0, h_0
+        steps = [[] for _ in range(10)]  # x, h, [r, u], n, gh_n, e, ρ, μ, σ, z at each step
         for t in range(T):
             a = torch.addmm(b_z, z, W_z.T)
             if drive is not None and t > 0:
-                a = a + drive[:, t]
+                a = a + drive[t]
             x = F.elu(a)
             gi = torch.addmm(b_ih, x, W_ih.T)
             gh = torch.addmm(b_hh, h, W_hh.T)
@@ -283,66 +286,63 @@ class _PosteriorScan(torch.autograd.Function):
             r, u = ru[:, :H], ru[:, H:]
             n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
             h = n + u * (h - n)
-            e = F.elu(torch.addmm(evidence[:, t], h, W_q.T))
+            e = F.elu(torch.addmm(evidence[t], h, W_q.T))
             out = torch.addmm(v, e, V.T)
             loc, scale = out[:, :Z], F.softplus(out[:, Z:]) + min_std
             if keep is not None:
-                k = keep[:, t, None]
+                k = keep[t, :, None]
                 loc, scale = torch.where(k, loc, 0.0), torch.where(k, scale, 1.0)
-            z = loc + scale * noise[:, t]
-            xs[:, t], hs[:, t], gates[:, t, : 2 * H], gates[:, t, 2 * H :], ghn[:, t] = x, h, ru, n, gh[:, 2 * H :]
-            es[:, t], raw[:, t], locs[:, t], scales[:, t], zs[:, t] = e, out[:, Z:], loc, scale, z
-        ctx.save_for_backward(z_0, h_0, noise, keep, xs, hs, gates, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V)
+            z = loc + scale * noise[t]
+            for store, value in zip(steps, (x, h, ru, n, gh[:, 2 * H :], e, out[:, Z:], loc, scale, z)):
+                store.append(value)
+        xs, hs, ru, n, ghn, es, raw, locs, scales, zs = (torch.stack(v) for v in steps)
+        ctx.save_for_backward(z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V)
         ctx.has_drive = drive is not None
-        return hs, locs, scales
+        return hs.transpose(0, 1), locs.transpose(0, 1), scales.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, g_h, g_loc, g_scale):
-        z_0, h_0, noise, keep, xs, hs, gates, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V = ctx.saved_tensors
-        N, T, H = hs.shape
-        Z = z_0.shape[-1]
-        g_h = torch.zeros_like(hs) if g_h is None else g_h
-        g_loc = torch.zeros_like(zs) if g_loc is None else g_loc
-        g_scale = torch.zeros_like(zs) if g_scale is None else g_scale
-        # every step's local derivatives at once
-        h_prev = torch.cat([h_0.unsqueeze(1), hs[:, :-1]], 1)
-        r, u, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
-        d_n = (1 - u) * (1 - n.square())  # ∂h/∂(n's pre-activation)
-        d_u = (h_prev - n) * u * (1 - u)  # ∂h/∂(u's pre-activation)
-        d_r = ghn * r * (1 - r)  # ∂(n's pre-activation)/∂(r's pre-activation)
-        slope_x = torch.where(xs > 0, 1.0, xs + 1)  # elu′ from elu's output
-        slope_e = torch.where(es > 0, 1.0, es + 1)
+        z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V = ctx.saved_tensors
+        T, N, H = hs.shape
+        g_h = torch.zeros_like(hs) if g_h is None else g_h.transpose(0, 1)
+        g_loc = torch.zeros_like(zs) if g_loc is None else g_loc.transpose(0, 1)
+        g_scale = torch.zeros_like(zs) if g_scale is None else g_scale.transpose(0, 1)
+        # every step's local derivatives at once: ∂h_t/∂ each gate's pre-activation, [T, N, 3, H]
+        h_prev = torch.cat([h_0.unsqueeze(0), hs[:-1]])
+        r, u = ru[..., :H], ru[..., H:]
+        d_n = (1 - u) * (1 - n.square())
+        d_gates = torch.stack([d_n * ghn * r * (1 - r), (h_prev - n) * u * (1 - u), d_n], 2)
+        r_gates = torch.cat([torch.ones_like(ru), r], -1)  # gi's gradient to gh's
         slope_s = torch.sigmoid(raw)  # softplus′
-        g_out, g_c = torch.empty_like(torch.cat([zs, zs], -1)), torch.empty_like(es)
-        g_gi, g_gh, g_a = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(xs)
+        g_outs, g_cs, g_gis, g_ghs, g_as = [], [], [], [], []
         g_z, g_hn = torch.zeros_like(z_0), torch.zeros_like(h_0)  # through step t + 1
         for t in range(T - 1, -1, -1):
-            g_mu, g_sigma = g_loc[:, t] + g_z, g_scale[:, t] + g_z * noise[:, t]
+            g_mu, g_sigma = g_loc[t] + g_z, torch.addcmul(g_scale[t], g_z, noise[t])
             if keep is not None:
-                k = keep[:, t, None]
+                k = keep[t, :, None]
                 g_mu, g_sigma = torch.where(k, g_mu, 0.0), torch.where(k, g_sigma, 0.0)
-            g_out[:, t, :Z] = g_mu
-            g_out[:, t, Z:] = g_sigma * slope_s[:, t]
-            g_c[:, t] = (g_out[:, t] @ V) * slope_e[:, t]
-            g_ht = torch.addmm(g_h[:, t] + g_hn, g_c[:, t], W_q)
-            g_npre = g_ht * d_n[:, t]
-            g_rpre = g_npre * d_r[:, t]
-            g_upre = g_ht * d_u[:, t]
-            g_gi[:, t, :H], g_gi[:, t, H : 2 * H], g_gi[:, t, 2 * H :] = g_rpre, g_upre, g_npre
-            g_gh[:, t, :H], g_gh[:, t, H : 2 * H], g_gh[:, t, 2 * H :] = g_rpre, g_upre, g_npre * r[:, t]
-            g_hn = torch.addmm(g_ht * u[:, t], g_gh[:, t], W_hh)
-            g_a[:, t] = (g_gi[:, t] @ W_ih) * slope_x[:, t]
-            g_z = g_a[:, t] @ W_z
+            g_out = torch.cat([g_mu, g_sigma * slope_s[t]], -1)
+            g_c = torch.ops.aten.elu_backward(g_out @ V, 1.0, 1.0, 1.0, True, es[t])
+            g_ht = torch.addmm(g_h[t] + g_hn, g_c, W_q)
+            g_gi = (g_ht.unsqueeze(1) * d_gates[t]).view(N, 3 * H)
+            g_gh = g_gi * r_gates[t]
+            g_hn = torch.addmm(g_ht * u[t], g_gh, W_hh)
+            g_a = torch.ops.aten.elu_backward(g_gi @ W_ih, 1.0, 1.0, 1.0, True, xs[t])
+            g_z = g_a @ W_z
+            for store, value in zip((g_outs, g_cs, g_gis, g_ghs, g_as), (g_out, g_c, g_gi, g_gh, g_a)):
+                store.append(value)
+        g_out, g_c, g_gi, g_gh, g_a = (torch.stack(v[::-1]) for v in (g_outs, g_cs, g_gis, g_ghs, g_as))
 
-        def outer(g: Tensor, x: Tensor) -> Tensor:  # Σ over rows and steps of g ⊗ x
+        def outer(g: Tensor, x: Tensor) -> Tensor:  # Σ over steps and rows of g ⊗ x
             return g.flatten(0, 1).T @ x.flatten(0, 1)
 
-        z_prev = torch.cat([z_0.unsqueeze(1), zs[:, :-1]], 1)
         g_drive = None
         if ctx.has_drive:
             g_drive = g_a.clone()
-            g_drive[:, 0] = 0.0
-        return (g_z, g_hn, g_drive, g_c, None, None,
+            g_drive[0] = 0.0
+            g_drive = g_drive.transpose(0, 1)
+        z_prev = torch.cat([z_0.unsqueeze(0), zs[:-1]])
+        return (g_z, g_hn, g_drive, g_c.transpose(0, 1), None, None,
                 outer(g_a, z_prev), g_a.sum((0, 1)), outer(g_gi, xs), outer(g_gh, h_prev), g_gi.sum((0, 1)),
                 g_gh.sum((0, 1)), outer(g_c, hs), outer(g_out, es), g_out.sum((0, 1)), None)  # fmt: skip
 
