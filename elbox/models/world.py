@@ -273,29 +273,33 @@ class _PosteriorScan(torch.autograd.Function):
         drive = None if drive is None else drive.transpose(0, 1)
         evidence, keep = evidence.transpose(0, 1), None if keep is None else keep.T
         T, H, Z = evidence.shape[0], h_0.shape[-1], z_0.shape[-1]
+        N, D = z_0.shape[0], W_z.shape[0]
+        new = evidence.new_empty  # each step writes its results into these: no copies
+        xs, gh, ru, n, hs, es = new(T, N, D), new(T, N, 3 * H), new(T, N, 2 * H), new(T, N, H), new(T, N, H), \
+            new(T, N, W_q.shape[0])  # fmt: skip
+        outs, locs, scales, zs = new(T, N, 2 * Z), new(T, N, Z), new(T, N, Z), new(T, N, Z)
         z, h = z_0, h_0
-        steps = [[] for _ in range(10)]  # x, h, [r, u], n, gh_n, e, ρ, μ, σ, z at each step
         for t in range(T):
             a = torch.addmm(b_z, z, W_z.T)
             if drive is not None and t > 0:
                 a = a + drive[t]
-            x = F.elu(a)
+            x = torch._C._nn.elu(a, out=xs[t])
             gi = torch.addmm(b_ih, x, W_ih.T)
-            gh = torch.addmm(b_hh, h, W_hh.T)
-            ru = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
-            r, u = ru[:, :H], ru[:, H:]
-            n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
-            h = n + u * (h - n)
-            e = F.elu(torch.addmm(evidence[t], h, W_q.T))
-            out = torch.addmm(v, e, V.T)
-            loc, scale = out[:, :Z], F.softplus(out[:, Z:]) + min_std
+            torch.addmm(b_hh, h, W_hh.T, out=gh[t])
+            torch.sigmoid(gi[:, : 2 * H] + gh[t, :, : 2 * H], out=ru[t])
+            r, u = ru[t, :, :H], ru[t, :, H:]
+            torch.tanh(torch.addcmul(gi[:, 2 * H :], r, gh[t, :, 2 * H :]), out=n[t])
+            h = torch.addcmul(n[t], u, h - n[t], out=hs[t])
+            e = torch._C._nn.elu(torch.addmm(evidence[t], h, W_q.T), out=es[t])
+            out = torch.addmm(v, e, V.T, out=outs[t])
+            loc, scale = out[:, :Z], torch.add(F.softplus(out[:, Z:]), min_std, out=scales[t])
             if keep is not None:
                 k = keep[t, :, None]
                 loc, scale = torch.where(k, loc, 0.0), torch.where(k, scale, 1.0)
-            z = loc + scale * noise[t]
-            for store, value in zip(steps, (x, h, ru, n, gh[:, 2 * H :], e, out[:, Z:], loc, scale, z)):
-                store.append(value)
-        xs, hs, ru, n, ghn, es, raw, locs, scales, zs = (torch.stack(v) for v in steps)
+                scales[t] = scale
+            locs[t] = loc
+            z = torch.addcmul(loc, scale, noise[t], out=zs[t])
+        ghn, raw = gh[..., 2 * H :], outs[..., Z:]
         ctx.save_for_backward(z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V)
         ctx.has_drive = drive is not None
         return hs.transpose(0, 1), locs.transpose(0, 1), scales.transpose(0, 1)
@@ -304,6 +308,8 @@ class _PosteriorScan(torch.autograd.Function):
     def backward(ctx, g_h, g_loc, g_scale):
         z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V = ctx.saved_tensors
         T, N, H = hs.shape
+        Z = z_0.shape[-1]
+        elu_backward = torch.ops.aten.elu_backward.grad_input
         g_h = torch.zeros_like(hs) if g_h is None else g_h.transpose(0, 1)
         g_loc = torch.zeros_like(zs) if g_loc is None else g_loc.transpose(0, 1)
         g_scale = torch.zeros_like(zs) if g_scale is None else g_scale.transpose(0, 1)
@@ -314,24 +320,25 @@ class _PosteriorScan(torch.autograd.Function):
         d_gates = torch.stack([d_n * ghn * r * (1 - r), (h_prev - n) * u * (1 - u), d_n], 2)
         r_gates = torch.cat([torch.ones_like(ru), r], -1)  # gi's gradient to gh's
         slope_s = torch.sigmoid(raw)  # softplus′
-        g_outs, g_cs, g_gis, g_ghs, g_as = [], [], [], [], []
+        new = hs.new_empty  # each step writes its gradients into these
+        g_out, g_c, g_gi, g_gh, g_a = new(T, N, 2 * Z), torch.empty_like(es), new(T, N, 3 * H), new(T, N, 3 * H), \
+            torch.empty_like(xs)  # fmt: skip
         g_z, g_hn = torch.zeros_like(z_0), torch.zeros_like(h_0)  # through step t + 1
         for t in range(T - 1, -1, -1):
-            g_mu, g_sigma = g_loc[t] + g_z, torch.addcmul(g_scale[t], g_z, noise[t])
+            g_mu = torch.add(g_loc[t], g_z, out=g_out[t, :, :Z])
+            g_sigma = torch.addcmul(g_scale[t], g_z, noise[t])
             if keep is not None:
                 k = keep[t, :, None]
-                g_mu, g_sigma = torch.where(k, g_mu, 0.0), torch.where(k, g_sigma, 0.0)
-            g_out = torch.cat([g_mu, g_sigma * slope_s[t]], -1)
-            g_c = torch.ops.aten.elu_backward(g_out @ V, 1.0, 1.0, 1.0, True, es[t])
-            g_ht = torch.addmm(g_h[t] + g_hn, g_c, W_q)
-            g_gi = (g_ht.unsqueeze(1) * d_gates[t]).view(N, 3 * H)
-            g_gh = g_gi * r_gates[t]
-            g_hn = torch.addmm(g_ht * u[t], g_gh, W_hh)
-            g_a = torch.ops.aten.elu_backward(g_gi @ W_ih, 1.0, 1.0, 1.0, True, xs[t])
-            g_z = g_a @ W_z
-            for store, value in zip((g_outs, g_cs, g_gis, g_ghs, g_as), (g_out, g_c, g_gi, g_gh, g_a)):
-                store.append(value)
-        g_out, g_c, g_gi, g_gh, g_a = (torch.stack(v[::-1]) for v in (g_outs, g_cs, g_gis, g_ghs, g_as))
+                g_out[t, :, :Z] = torch.where(k, g_mu, 0.0)
+                g_sigma = torch.where(k, g_sigma, 0.0)
+            torch.mul(g_sigma, slope_s[t], out=g_out[t, :, Z:])
+            elu_backward(g_out[t] @ V, 1.0, 1.0, 1.0, True, es[t], grad_input=g_c[t])
+            g_ht = torch.addmm(g_h[t] + g_hn, g_c[t], W_q)
+            torch.mul(g_ht.unsqueeze(1), d_gates[t], out=g_gi[t].view(N, 3, H))
+            torch.mul(g_gi[t], r_gates[t], out=g_gh[t])
+            g_hn = torch.addmm(g_ht * u[t], g_gh[t], W_hh)
+            elu_backward(g_gi[t] @ W_ih, 1.0, 1.0, 1.0, True, xs[t], grad_input=g_a[t])
+            g_z = g_a[t] @ W_z
 
         def outer(g: Tensor, x: Tensor) -> Tensor:  # Σ over steps and rows of g ⊗ x
             return g.flatten(0, 1).T @ x.flatten(0, 1)
