@@ -17,8 +17,10 @@ h_{t−1}), prior 200 → 200 → 2·30, posterior [h, e] → 200 → 2·30 (std
 elbox and the loop add 0.1, torchrl clamps), decoder [h, z] → 200 → 200 → 3, reward [h, z] → 200 → 1.
 
 - elbox: ``WorldModel`` trained by ``elbox.fit`` with the ``world_elbo`` objective (the actions'
-  and observations' shares of the first layers computed for every step at once, one GRU call
-  per step).
+  and observations' shares of the first layers computed for every step at once; the posterior's
+  recursion, GRU and head, by ``elbox.models.world._PosteriorScan`` with a backward pass by hand
+  whose weight gradients are one product over all steps; the prior head, KLs, decoder and reward
+  over all steps at once after it).
 - torchrl: its ``RSSMPrior``, ``RSSMPosterior`` and ``RSSMRollout`` wired as its Dreamer helper
   ``_dreamer_make_world_model`` wires them (TensorDict modules), the encoder, decoder and reward
   head torchrl ``MLP`` s, applied to every step at once; the loss computed from the rollout's

@@ -374,3 +374,42 @@ def test_sequences_carry_rewards_through_padding_indexing_and_conversion():
         Sequences.from_list([torch.randn(5, 2)], rewards=[torch.zeros(5), torch.zeros(3)])
     # a model without a reward head drops them from its checked batch
     assert elbox.DeepMarkovModel(2, 2, emission="gaussian", input_dim=1).check_data(seqs).rewards is None
+
+
+@pytest.mark.parametrize("actions", [1, 0])
+def test_the_posterior_scan_has_the_step_loops_numbers_and_gradients(actions):
+    # float64, ragged episodes, two draws: the hand-written backward against autograd through the loop
+    torch.manual_seed(0)
+    model = WorldModel(3, actions, latent_dim=4, deter_dim=8, hidden=16, reward=False).double()
+    with torch.no_grad():
+        model.z_0.copy_(torch.randn(4))
+    x = model.check_data(Sequences(torch.randn(5, 6, 3, dtype=torch.float64), lengths=LENGTHS,
+                                   inputs=torch.randn(5, 6, actions, dtype=torch.float64) if actions else None))
+    q = model.guide()(x)
+    S, (B, T), Z = 2, x.mask.shape, model.stoch_dim
+    torch.manual_seed(1)
+    path, log_q, loc, scale = q.rsample_steps((S,))
+    torch.manual_seed(1)
+    noise = torch.randn(T, S, B, Z, dtype=torch.float64)
+    s, states, locs, scales = q.initial.expand(S, B, model.state_dim), [], [], []
+    for t in range(T):  # the step-by-step loop, the same draws
+        h, (mu, sigma) = q.step_parameters(t, s)
+        s = torch.cat([h, mu + sigma * noise[t]], -1)
+        states.append(s), locs.append(mu), scales.append(sigma)
+    expected = (torch.stack(states, -2), torch.stack(locs, -2), torch.stack(scales, -2))
+    for got, want in zip((path, loc, scale), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert (scale[:, ~x.mask] == 1).all() and (loc[:, ~x.mask] == 0).all()
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = [torch.randn_like(v) for v in expected]  # a random linear function of every output
+
+    def grads(outputs):
+        return torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, outputs)), params, allow_unused=True,
+                                   retain_graph=True)  # fmt: skip
+
+    for got, want in zip(grads((path, loc, scale)), grads(expected)):
+        if want is None:
+            assert got is None or (got == 0).all()
+        else:
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(log_q, model._log_prob(path[..., model.deter_dim:], (loc, scale)))

@@ -121,6 +121,7 @@ class WorldPath(MarkovPath):
         B, T = mask.shape
         self.model, self.posterior = model, posterior
         self.mask, self.actions, self.embedding = mask, actions, embedding
+        self._all_kept = bool(mask.all())  # no step past an end: masking is the identity
         self.initial = model.initial_state()
         self.latent_dim = model.state_dim
         self.flow, self.scan, self.ignores_previous, self.step, self.context = None, None, False, None, None
@@ -142,6 +143,8 @@ class WorldPath(MarkovPath):
 
     def _masked(self, stats, keep: Tensor):
         """Past each end: N(0, I) (loc 0, scale 1), or uniform categories (logits 0)."""
+        if self._all_kept:
+            return tuple(stats)
         if self.model.latent == "gaussian":
             loc, scale = stats
             return torch.where(keep, loc, 0.0), torch.where(keep, scale, 1.0)
@@ -176,8 +179,13 @@ class WorldPath(MarkovPath):
 
     def rsample_steps(self, sample_shape=()):
         """Paths ``[*S, B, T, H + Z]``, log q(z_t | h_t, ·) ``[*S, B, T]`` and the steps'
-        parameters (a tuple of ``[*S, B, T, …]``): sequential over t, batched over S and B."""
+        parameters (a tuple of ``[*S, B, T, …]``): sequential over t, batched over S and B. The
+        RSSM's Gaussian posterior runs its recursion through :class:`_PosteriorScan` (the same
+        numbers as the step-by-step loop, a backward pass by hand)."""
         sample_shape = torch.Size(sample_shape)
+        model = self.model
+        if self.is_posterior and model.transition_kind == "rssm" and model.latent == "gaussian":
+            return self._posterior_scan(sample_shape)
         B, T = self.mask.shape
         s = self.initial.expand(*sample_shape, B, self.latent_dim)
         states, stats_steps = [], []
@@ -190,6 +198,33 @@ class WorldPath(MarkovPath):
         stats = tuple(torch.stack(parts, -2 if self.model.latent == "gaussian" else -3)
                       for parts in zip(*stats_steps))  # fmt: skip
         return path, self.model._log_prob(path[..., self.model.deter_dim:], stats), *stats
+
+    def _posterior_scan(self, sample_shape: torch.Size):
+        """:meth:`rsample_steps` of the RSSM's Gaussian posterior by :class:`_PosteriorScan`."""
+        model, head = self.model, self.posterior.head
+        B, T = self.mask.shape
+        H, Z = model.deter_dim, model.stoch_dim
+        lead = (*sample_shape, B)
+        N = math.prod(lead)
+        ref = self._evidence
+        # step t's draws are the t-th block of one stream, as the loop's randn_like at each step
+        noise = torch.randn(T, N, Z, dtype=ref.dtype, device=ref.device)
+
+        def flat(v: Tensor) -> Tensor:  # [B, T, *] -> [N, T, *] (the same for every draw)
+            return v if N == B else v.expand(*sample_shape, *v.shape).reshape(N, *v.shape[1:])
+
+        keep = None if self._all_kept else flat(self.mask)
+        z_0 = model.z_0.expand(N, Z)
+        h_0 = z_0.new_zeros(N, H)
+        sa, gru = model.state_action, model.gru
+        h, loc, scale = _PosteriorScan.apply(
+            z_0, h_0, None if self._drive is None else flat(self._drive), flat(self._evidence), noise, keep,
+            sa.weight[:, :Z], sa.bias, gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh,
+            head[0].weight[:, :H], head[2].weight, head[2].bias, model.min_std)  # fmt: skip
+        z = loc + scale * noise.transpose(0, 1)
+        path = torch.cat([h, z], -1).view(*lead, T, H + Z)
+        loc, scale = loc.view(*lead, T, Z), scale.view(*lead, T, Z)
+        return path, model._log_prob(path[..., H:], (loc, scale)), loc, scale
 
     def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         """Paths ``[*S, B, T, H + Z]`` and their log-density ``[*S, B]``, from one sequential pass."""
@@ -210,6 +245,113 @@ class WorldPath(MarkovPath):
     def __repr__(self) -> str:
         kind = "posterior" if self.is_posterior else "prior"
         return f"WorldPath({kind}, batch {list(self.batch_shape)}, event {list(self.event_shape)})"
+
+
+class _PosteriorScan(torch.autograd.Function):
+    r"""The RSSM's posterior recursion over every step, with a backward pass by hand (as the deep
+    Markov model's :class:`~elbox.guides.sequence._CombinerScan`): per step, the forward's five
+    products and five backward (for z_{t-1}, h_{t-1} and the step's inner layers); the weights'
+    gradients are one product each over all steps at the end, not T small ones accumulated (and
+    no weight slice's gradient zero-filled at every step).
+
+    Forward, for t = 1..T (N rows: draws × sequences):
+
+    .. math:: a_t = W_z z_{t-1} + b + d_t, \quad x_t = \mathrm{elu}(a_t), \quad
+              h_t = \mathrm{GRUCell}(x_t, h_{t-1}), \quad
+              [\mu_t, \rho_t] = V\,\mathrm{elu}(W_q h_t + e_t) + v, \quad
+              \sigma_t = \mathrm{softplus}(\rho_t) + \sigma_{\min}, \quad z_t = \mu_t + \sigma_t \varepsilon_t,
+
+    d_t the actions' drive (none at t = 1), e_t the observation's evidence (its bias included);
+    past each end (``keep`` False) μ_t = 0 and σ_t = 1. Returns h, μ, σ ``[N, T, *]``; z is
+    recomposed outside (z = μ + σ ε), and the gradient that reaches each z_t through the next
+    step is added here.
+    """
+
+    @staticmethod
+    def forward(ctx, z_0, h_0, drive, evidence, noise, keep, W_z, b_z, W_ih, W_hh, b_ih, b_hh, W_q, V, v, min_std):
+        # inside, every per-step tensor is [T, N, *]: each step's slice contiguous
+        drive = None if drive is None else drive.transpose(0, 1)
+        evidence, keep = evidence.transpose(0, 1), None if keep is None else keep.T
+        T, H, Z = evidence.shape[0], h_0.shape[-1], z_0.shape[-1]
+        N, D = z_0.shape[0], W_z.shape[0]
+        new = evidence.new_empty  # each step writes its results into these: no copies
+        xs, gh, ru, n, hs, es = new(T, N, D), new(T, N, 3 * H), new(T, N, 2 * H), new(T, N, H), new(T, N, H), \
+            new(T, N, W_q.shape[0])  # fmt: skip
+        outs, locs, scales, zs = new(T, N, 2 * Z), new(T, N, Z), new(T, N, Z), new(T, N, Z)
+        z, h = z_0, h_0
+        for t in range(T):
+            a = torch.addmm(b_z, z, W_z.T)
+            if drive is not None and t > 0:
+                a = a + drive[t]
+            x = torch._C._nn.elu(a, out=xs[t])
+            gi = torch.addmm(b_ih, x, W_ih.T)
+            torch.addmm(b_hh, h, W_hh.T, out=gh[t])
+            torch.sigmoid(gi[:, : 2 * H] + gh[t, :, : 2 * H], out=ru[t])
+            r, u = ru[t, :, :H], ru[t, :, H:]
+            torch.tanh(torch.addcmul(gi[:, 2 * H :], r, gh[t, :, 2 * H :]), out=n[t])
+            h = torch.addcmul(n[t], u, h - n[t], out=hs[t])
+            e = torch._C._nn.elu(torch.addmm(evidence[t], h, W_q.T), out=es[t])
+            out = torch.addmm(v, e, V.T, out=outs[t])
+            loc, scale = out[:, :Z], torch.add(F.softplus(out[:, Z:]), min_std, out=scales[t])
+            if keep is not None:
+                k = keep[t, :, None]
+                loc, scale = torch.where(k, loc, 0.0), torch.where(k, scale, 1.0)
+                scales[t] = scale
+            locs[t] = loc
+            z = torch.addcmul(loc, scale, noise[t], out=zs[t])
+        ghn, raw = gh[..., 2 * H :], outs[..., Z:]
+        ctx.save_for_backward(z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V)
+        ctx.has_drive = drive is not None
+        return hs.transpose(0, 1), locs.transpose(0, 1), scales.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, g_h, g_loc, g_scale):
+        z_0, h_0, noise, keep, xs, hs, ru, n, ghn, es, raw, zs, W_z, W_ih, W_hh, W_q, V = ctx.saved_tensors
+        T, N, H = hs.shape
+        Z = z_0.shape[-1]
+        elu_backward = torch.ops.aten.elu_backward.grad_input
+        g_h = torch.zeros_like(hs) if g_h is None else g_h.transpose(0, 1)
+        g_loc = torch.zeros_like(zs) if g_loc is None else g_loc.transpose(0, 1)
+        g_scale = torch.zeros_like(zs) if g_scale is None else g_scale.transpose(0, 1)
+        # every step's local derivatives at once: ∂h_t/∂ each gate's pre-activation, [T, N, 3, H]
+        h_prev = torch.cat([h_0.unsqueeze(0), hs[:-1]])
+        r, u = ru[..., :H], ru[..., H:]
+        d_n = (1 - u) * (1 - n.square())
+        d_gates = torch.stack([d_n * ghn * r * (1 - r), (h_prev - n) * u * (1 - u), d_n], 2)
+        r_gates = torch.cat([torch.ones_like(ru), r], -1)  # gi's gradient to gh's
+        slope_s = torch.sigmoid(raw)  # softplus′
+        new = hs.new_empty  # each step writes its gradients into these
+        g_out, g_c, g_gi, g_gh, g_a = new(T, N, 2 * Z), torch.empty_like(es), new(T, N, 3 * H), new(T, N, 3 * H), \
+            torch.empty_like(xs)  # fmt: skip
+        g_z, g_hn = torch.zeros_like(z_0), torch.zeros_like(h_0)  # through step t + 1
+        for t in range(T - 1, -1, -1):
+            g_mu = torch.add(g_loc[t], g_z, out=g_out[t, :, :Z])
+            g_sigma = torch.addcmul(g_scale[t], g_z, noise[t])
+            if keep is not None:
+                k = keep[t, :, None]
+                g_out[t, :, :Z] = torch.where(k, g_mu, 0.0)
+                g_sigma = torch.where(k, g_sigma, 0.0)
+            torch.mul(g_sigma, slope_s[t], out=g_out[t, :, Z:])
+            elu_backward(g_out[t] @ V, 1.0, 1.0, 1.0, True, es[t], grad_input=g_c[t])
+            g_ht = torch.addmm(g_h[t] + g_hn, g_c[t], W_q)
+            torch.mul(g_ht.unsqueeze(1), d_gates[t], out=g_gi[t].view(N, 3, H))
+            torch.mul(g_gi[t], r_gates[t], out=g_gh[t])
+            g_hn = torch.addmm(g_ht * u[t], g_gh[t], W_hh)
+            elu_backward(g_gi[t] @ W_ih, 1.0, 1.0, 1.0, True, xs[t], grad_input=g_a[t])
+            g_z = g_a[t] @ W_z
+
+        def outer(g: Tensor, x: Tensor) -> Tensor:  # Σ over steps and rows of g ⊗ x
+            return g.flatten(0, 1).T @ x.flatten(0, 1)
+
+        g_drive = None
+        if ctx.has_drive:
+            g_drive = g_a.clone()
+            g_drive[0] = 0.0
+            g_drive = g_drive.transpose(0, 1)
+        z_prev = torch.cat([z_0.unsqueeze(0), zs[:-1]])
+        return (g_z, g_hn, g_drive, g_c.transpose(0, 1), None, None,
+                outer(g_a, z_prev), g_a.sum((0, 1)), outer(g_gi, xs), outer(g_gh, h_prev), g_gi.sum((0, 1)),
+                g_gh.sum((0, 1)), outer(g_c, hs), outer(g_out, es), g_out.sum((0, 1)), None)  # fmt: skip
 
 
 def world_steps(model: WorldModel, x: Sequences, q: WorldPath, p: WorldPath, num_samples: int,
