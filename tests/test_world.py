@@ -347,6 +347,22 @@ def test_a_world_run_fits_evaluates_and_reports(tmp_path):
     run = elbox.load_run(tmp_path / "run")
     assert run.guide is run.model.guide()
 
+    # the forecast of a run with actions takes the future actions from a file, and says so without one
+    from elbox.runs.config import ConfigError
+    from elbox.runs.forecast import forecast_run
+
+    with pytest.raises(ConfigError, match=r"--inputs FILE.npy, an array \[8, 3, 1\]"):
+        forecast_run(tmp_path / "run", 3)
+    np.save(tmp_path / "actions.npy", np.zeros((8, 3, 1)))
+    result = forecast_run(tmp_path / "run", 3, inputs=tmp_path / "actions.npy")
+    forecast = result["forecast"]
+    assert forecast.method == "simulation" and forecast.num_samples > 0 and forecast.mean.shape == (8, 3, 3)
+    assert (forecast.lower <= forecast.mean).all() and (forecast.mean <= forecast.upper).all()
+    assert result["table"].is_file() and result["figure"].is_file()
+    np.save(tmp_path / "wrong.npy", np.zeros((8, 3, 2)))
+    with pytest.raises(ValueError, match="inputs"):
+        forecast_run(tmp_path / "run", 3, inputs=tmp_path / "wrong.npy")
+
 
 def test_pixel_observations_through_the_convolutional_encoder_and_decoder():
     torch.manual_seed(0)

@@ -322,10 +322,13 @@ def report(
 
 @app.command()
 def forecast(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit` (an HMM, LGSSM or DMM run)."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `elbox fit` (an HMM, LGSSM, DMM or world "
+                                   "model run)."),
     steps: int = typer.Option(..., "--steps", help="How many steps ahead."),
     level: float = typer.Option(0.9, help="The intervals' probability."),
     sequence: int = typer.Option(0, help="The sequence drawn in forecast.png."),
+    inputs: Path = typer.Option(None, "--inputs", help="A .npy of the future steps' inputs [sequences, steps, inputs]: "
+                                "needed by a model with inputs (an LGSSM's controls, a world model's actions)."),
     imports: list[str] = typer.Option(None, "--import", help=_IMPORTS_HELP),
 ) -> None:
     """Continue every training sequence --steps steps with the fitted model: forecast.csv (mean,
@@ -336,7 +339,7 @@ def forecast(
 
     with _user_errors():
         import_plugins(imports or ())
-        result = forecast_run(run_dir, steps, level=level, sequence=sequence)
+        result = forecast_run(run_dir, steps, level=level, sequence=sequence, inputs=inputs)
     rows = result["forecast"].table(sequence)
     simulated = result["forecast"].method == "simulation"
     how = f" (simulated, {result['forecast'].num_samples} paths; ± Monte Carlo standard error)" if simulated else ""

@@ -818,7 +818,7 @@ class WorldModel(LatentModel):
         posterior states (a particle filter over o_{1:T}, resampled by its weights) rolled forward
         under the future actions ``inputs [B, k, action_dim]``; the mean and variance of the
         mixture and its quantiles as the ``level`` interval (:class:`~elbox.models.forecast.Forecast`,
-        ``method="simulation (S paths)"``)."""
+        ``method="simulation"``, ``num_samples=S``)."""
         from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
 
         k, level = check_steps(steps), check_level(level)
@@ -839,7 +839,7 @@ class WorldModel(LatentModel):
         weights = w.squeeze(-1).expand(S, B, k).permute(1, 2, 0).unsqueeze(-2).expand(B, k, self.obs_dim, S)
         lower, upper = mixture_quantiles(weights, means.permute(1, 2, 3, 0), sd[:, None].expand_as(means.permute(
             1, 2, 3, 0)), ((1 - level) / 2, (1 + level) / 2))  # fmt: skip
-        return Forecast(mean, variance, lower, upper, level, method=f"simulation ({S} paths)")
+        return Forecast(mean, variance, lower, upper, level, method="simulation", num_samples=S)
 
     def _future_actions(self, inputs, B: int, k: int) -> Tensor | None:
         if not self.action_dim:

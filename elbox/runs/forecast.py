@@ -21,7 +21,8 @@ _COLUMNS = ("sequence", "step", "coordinate", "mean", "sd", "lower", "upper", "l
 _SIMULATION_COLUMNS = ("mean_se", "lower_se", "upper_se")  # a simulated forecast's Monte Carlo errors
 
 
-def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, sequence: int = 0) -> dict:
+def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, sequence: int = 0,
+                 inputs: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """Forecasts every training sequence of a run ``steps`` steps past its end with the fitted
     model's ``forecast`` (exact for the HMM and the linear-Gaussian model; by simulation for the
     deep Markov model, its trained guide proposing in the filter, with Monte Carlo errors in the
@@ -29,6 +30,9 @@ def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, 
     (``forecast.csv``: one row per sequence, step ahead and coordinate) and the figure of sequence
     ``sequence`` (``forecast.png``: history, mean, interval, and the held-out steps that followed
     where the run holds out the end of each series, ``[data] split = "time"``).
+
+    A model with inputs (an LGSSM with controls, a DMM with covariates, a world model's actions)
+    needs the future steps' inputs: ``inputs``, a ``.npy`` file of ``[sequences, steps, input size]``.
 
     Returns:
         ``{"forecast": Forecast, "table": path, "figure": path or None}``.
@@ -38,11 +42,22 @@ def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, 
     model = run.model
     if not callable(getattr(model, "forecast", None)):
         raise ConfigError(f"forecast: a {run.config['model']['type']!r} model has no forecast (the sequence models "
-                          "have: 'hmm', 'lgssm', 'dmm')")  # fmt: skip
+                          "have: 'hmm', 'lgssm', 'dmm', 'world')")  # fmt: skip
     x, _ = load_data(run.config, "train")
     if not 0 <= sequence < len(x):
         raise ValueError(f"sequence must index one of the {len(x)} training sequences; received {sequence}")
-    options = {"guide": run.guide} if "guide" in inspect.signature(model.forecast).parameters else {}
+    parameters = inspect.signature(model.forecast).parameters
+    options = {"guide": run.guide} if "guide" in parameters else {}
+    width = getattr(model, "action_dim", 0) or getattr(model, "input_dim", 0)
+    if inputs is not None and not width:
+        raise ConfigError(f"--inputs: a {run.config['model']['type']!r} model of this run takes no inputs")
+    if width:
+        if inputs is None:
+            kind = run.config["model"]["type"]
+            raise ConfigError(f"forecast: this {kind!r} model takes {width} input(s) a step: pass the future steps' "
+                              f"inputs as --inputs FILE.npy, an array [{len(x)}, {steps}, {width}] (sequences, steps "
+                              "ahead, inputs)")  # fmt: skip
+        options["inputs"] = _future_inputs(inputs)
     forecast = model.forecast(x, steps, level=level, **options)
     columns = _COLUMNS + (_SIMULATION_COLUMNS if forecast.mean_stderr is not None else ())
     buffer = io.StringIO()
@@ -63,6 +78,20 @@ def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, 
         plot_forecast(x.values[sequence, :length], forecast, figure, sequence=sequence, truth=truth,
                       title=f"{run.config['model']['type']}: {steps} steps ahead of sequence {sequence}")  # fmt: skip
     return {"forecast": forecast, "table": table, "figure": figure}
+
+
+def _future_inputs(path):
+    """The ``.npy`` array of the future steps' inputs (the model checks its shape)."""
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if path.suffix != ".npy" or not path.is_file():
+        raise ConfigError(f"--inputs must be an existing .npy file; received {str(path)!r}")
+    array = np.load(path, allow_pickle=False)
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(f"--inputs: {path} must hold numbers; it holds {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array)).double()
 
 
 def _held_out(config: dict, sequence: int, steps: int):
