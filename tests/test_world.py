@@ -282,7 +282,7 @@ def test_forecast_by_simulation_matches_the_kalman_forecast():
     exact = model.to_lgssm().forecast(x, 3, inputs=future)
     torch.manual_seed(6)
     runs = [model.forecast(x, 3, inputs=future, num_samples=4000) for _ in range(10)]
-    assert runs[0].method == "simulation (4000 paths)"
+    assert runs[0].method == "simulation" and runs[0].num_samples == 4000  # the DMM's convention (the CLI reads it)
     # the weighted particles' mean, a ratio estimator: within 4 standard errors over the 10 runs
     means = torch.stack([r.mean for r in runs])
     se = means.std(0) / math.sqrt(10)

@@ -68,10 +68,7 @@ class StructuredGuide(Guide):
     def __init__(self, obs_dim: int, latent_dim: int, *, kind: str = "st-r", rnn_dim: int = 600, input_dim: int = 0,
                  symbols: bool = False, iafs: int = 0, iaf_dim: int = 100, nonlinearity: str = "relu"):  # fmt: skip
         super().__init__()
-        if kind not in GUIDE_KINDS:
-            raise ValueError(f"kind must be one of {GUIDE_KINDS}; received {kind!r}")
-        if nonlinearity not in ("relu", "tanh"):
-            raise ValueError(f"nonlinearity must be 'relu' or 'tanh'; received {nonlinearity!r}")
+        _check_kind(kind, nonlinearity)
         self.obs_dim = check_positive_int(obs_dim, "obs_dim")
         D = self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         H = self.rnn_dim = check_positive_int(rnn_dim, "rnn_dim")
@@ -191,10 +188,7 @@ class StructuredCategoricalGuide(Guide):
     def __init__(self, obs_dim: int, num_states: int, *, kind: str = "st-r", rnn_dim: int = 600, symbols: bool = False,
                  nonlinearity: str = "relu"):  # fmt: skip
         super().__init__()
-        if kind not in GUIDE_KINDS:
-            raise ValueError(f"kind must be one of {GUIDE_KINDS}; received {kind!r}")
-        if nonlinearity not in ("relu", "tanh"):
-            raise ValueError(f"nonlinearity must be 'relu' or 'tanh'; received {nonlinearity!r}")
+        _check_kind(kind, nonlinearity)
         self.obs_dim = check_positive_int(obs_dim, "obs_dim")
         K = self.num_states = check_positive_int(num_states, "num_states")
         H = self.rnn_dim = check_positive_int(rnn_dim, "rnn_dim")
@@ -319,3 +313,11 @@ class _RNNScan(torch.autograd.Function):
         previous = torch.cat([h_0.unsqueeze(1), out[:, :-1]], 1)  # h_{t-1}
         g_W = g_pre.flatten(0, 1).T @ previous.flatten(0, 1)
         return g_pre, g_next, g_W, None
+
+
+def _check_kind(kind: str, nonlinearity: str) -> None:
+    """The structured guides' two choices, checked with their names."""
+    if kind not in GUIDE_KINDS:
+        raise ValueError(f"kind must be one of {GUIDE_KINDS}; received {kind!r}")
+    if nonlinearity not in ("relu", "tanh"):
+        raise ValueError(f"nonlinearity must be 'relu' or 'tanh'; received {nonlinearity!r}")

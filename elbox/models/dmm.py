@@ -506,8 +506,6 @@ class DeepMarkovModel(LatentModel):
         Raises:
             TypeError: For a gated transition, hidden emission layers or non-Gaussian emissions.
         """
-        from elbox.models.lgssm import LinearGaussianSSM
-
         if self.transition_kind != "linear" or self.emission != "gaussian" or self.emission_hidden:
             raise TypeError("to_lgssm needs transition='linear', emission='gaussian' and emission_hidden=(); this "
                             f"model has transition={self.transition_kind!r}, emission={self.emission!r}, "
@@ -519,18 +517,29 @@ class DeepMarkovModel(LatentModel):
             tr, em = self.transition, self.emitter[0]
             if bool(tr.linear.bias.abs().max() > 0) or bool(em.bias.abs().max() > 0):
                 raise TypeError("to_lgssm: the transition's and emitter's biases must be zero (an LGSSM has none)")
-            A = tr.linear.weight
-            L_q = torch.diag(F.softplus(tr.raw_scale))
-            lgssm = LinearGaussianSSM(self.latent_dim, self.obs_dim).to(dtype)  # then set in this model's dtype
-            lgssm.transition_matrix.copy_(A)
-            lgssm.observation_matrix.copy_(em.weight)
-            lgssm.initial_loc.copy_(A @ self.z_0)
-            lgssm._q_raw.copy_(tril_to_raw(L_q))
-            lgssm._p0_raw.copy_(tril_to_raw(L_q))
-            lgssm._r_raw.copy_(tril_to_raw(torch.diag(self.log_scale.exp())))
-        return lgssm
+            return linear_gaussian_ssm(tr.linear.weight, em.weight, None, self.z_0, F.softplus(tr.raw_scale),
+                                       self.log_scale.exp(), dtype)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, latent_dim={self.latent_dim}, input_dim={self.input_dim}, "
                 f"latent={self.latent!r}, transition={self.transition_kind!r}, emission={self.emission!r}")  # fmt: skip
 
+
+def linear_gaussian_ssm(A: Tensor, C: Tensor, B: Tensor | None, z_0: Tensor, scale: Tensor, obs_scale: Tensor, dtype):
+    """The :class:`~elbox.models.LinearGaussianSSM` of a linear-Gaussian sequence model (the DMM's and
+    the world model's linear configurations, their exact oracle): z_1 ~ N(A z_0, diag scale²),
+    z_t = A z_{t-1} (+ B u_t) + N(0, diag scale²), x_t = C z_t + N(0, diag obs_scale²)."""
+    from elbox.models.lgssm import LinearGaussianSSM
+
+    L_q = torch.diag(scale)
+    lgssm = LinearGaussianSSM(A.shape[0], C.shape[0], 0 if B is None else B.shape[1]).to(dtype)
+    with torch.no_grad():
+        lgssm.transition_matrix.copy_(A)
+        lgssm.observation_matrix.copy_(C)
+        if B is not None:
+            lgssm.control_matrix.copy_(B)
+        lgssm.initial_loc.copy_(A @ z_0)
+        lgssm._q_raw.copy_(tril_to_raw(L_q))
+        lgssm._p0_raw.copy_(tril_to_raw(L_q))
+        lgssm._r_raw.copy_(tril_to_raw(torch.diag(obs_scale)))
+    return lgssm

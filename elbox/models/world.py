@@ -958,8 +958,7 @@ class WorldModel(LatentModel):
         Raises:
             TypeError: For an RSSM transition, or a reward head (the LGSSM has observations only).
         """
-        from elbox.distributions._gaussian import tril_to_raw
-        from elbox.models.lgssm import LinearGaussianSSM
+        from elbox.models.dmm import linear_gaussian_ssm
 
         if self.transition_kind != "linear" or self.has_reward:
             raise TypeError(f"to_lgssm needs transition='linear' and reward=False; this model has transition="
@@ -967,18 +966,9 @@ class WorldModel(LatentModel):
         dtype = self._reference().dtype
         U = self.action_dim if self.use_actions else 0
         with torch.no_grad():
-            A = self.transition_matrix.weight
-            L_q = torch.diag(F.softplus(self.raw_scale))
-            lgssm = LinearGaussianSSM(self.stoch_dim, self.obs_dim, U).to(dtype)
-            lgssm.transition_matrix.copy_(A)
-            lgssm.observation_matrix.copy_(self.observation.weight)
-            if U:
-                lgssm.control_matrix.copy_(self.control.weight)
-            lgssm.initial_loc.copy_(A @ self.z_0)
-            lgssm._q_raw.copy_(tril_to_raw(L_q))
-            lgssm._p0_raw.copy_(tril_to_raw(L_q))
-            lgssm._r_raw.copy_(tril_to_raw(torch.diag(self.log_scale.exp())))
-        return lgssm
+            return linear_gaussian_ssm(self.transition_matrix.weight, self.observation.weight,
+                                       self.control.weight if U else None, self.z_0, F.softplus(self.raw_scale),
+                                       self.log_scale.exp(), dtype)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, latent={self.latent!r}, "
