@@ -13,6 +13,7 @@ import elbox
 from elbox import DeepMarkovModel, Sequences
 from elbox.bounds.sequence import elbo_steps, smc
 from elbox.guides.sequence import GUIDE_KINDS
+from tests.test_dmm import _linear_dmm
 
 LENGTHS = torch.tensor([4, 2, 1, 4])
 
@@ -145,19 +146,6 @@ def test_a_categorical_dmm_refuses_a_guide_for_another_number_of_states_and_inpu
 # Forecasts by simulation, against the exact forecast of the same model as an LGSSM.
 
 
-def _linear_dmm(D=2, obs=2, seed=0) -> DeepMarkovModel:
-    """A DMM whose transition and emission are linear-Gaussian: an LGSSM (as in test_dmm.py)."""
-    torch.manual_seed(seed)
-    model = DeepMarkovModel(obs, D, transition="linear", emission="gaussian", emission_hidden=(),
-                            observation_variance=0.5)  # fmt: skip
-    with torch.no_grad():
-        A = torch.randn(D, D)
-        model.transition.linear.weight.copy_(0.8 * A / torch.linalg.matrix_norm(A, 2))
-        model.transition.raw_scale.copy_(torch.randn(D) * 0.3)
-        model.emitter[0].weight.copy_(torch.randn(obs, D))
-        model.emitter[0].bias.zero_()
-        model.z_0.copy_(torch.randn(D))
-    return model
 
 
 @pytest.mark.parametrize("proposal", ["prior", "guide"])

@@ -26,6 +26,9 @@ from elbox.distributions.kalman import (
 from elbox.models.base import LatentModel
 from elbox.models.forecast import Forecast, check_level, check_steps, normal_interval
 
+#: The starts of a series an LGSSM can assume (``initialization``).
+_INITIALIZATIONS = ("known", "approximately diffuse", "stationary")
+
 __all__ = ["LinearGaussianSSM"]
 
 class LinearGaussianSSM(LatentModel):
@@ -90,6 +93,12 @@ class LinearGaussianSSM(LatentModel):
             ``"observation_covariance"``, ``"initial_loc"``, ``"initial_covariance"``. EM's M-step
             maximizes over the others given them (a conditional M-step, so EM still never
             decreases the likelihood), and gradient fitting leaves them alone.
+        initialization: The start of the series that ``log_evidence`` assumes, named in the
+            evidence report: ``"known"`` (z_1 ~ N(μ_0, P_0) as given), ``"approximately diffuse"``
+            (a large P_0 standing in for an infinite one, as the structural constructors set it;
+            :meth:`initialization_conventions`) or ``"stationary"`` (P_0 the stationary covariance).
+        diffuse_states: How many of the states start diffuse (default: all), the terms
+            :func:`~elbox.models.structural.diffuse_log_likelihood` burns in by default.
 
     References:
         An Approach to Time Series Smoothing and Forecasting Using the EM Algorithm
@@ -121,6 +130,8 @@ class LinearGaussianSSM(LatentModel):
         noise_matrix=None,
         noise_covariance=None,
         noise_groups=None,
+        initialization: str = "known",
+        diffuse_states: int | None = None,
     ):
         super().__init__()
         Dz = check_positive_int(state_dim, "state_dim")
@@ -131,6 +142,13 @@ class LinearGaussianSSM(LatentModel):
         if not isinstance(steady_state, bool):
             raise TypeError(f"steady_state must be True or False; received {steady_state!r}")
         self.steady_state = steady_state
+        if initialization not in _INITIALIZATIONS:
+            raise ValueError(f"initialization must be one of {_INITIALIZATIONS}; received {initialization!r}")
+        self.initialization = initialization
+        d = Dz if diffuse_states is None else check_positive_int(diffuse_states, "diffuse_states", minimum=0)
+        if d > Dz:
+            raise ValueError(f"diffuse_states must be at most state_dim={Dz}; received {diffuse_states}")
+        self.diffuse_states = d
         self.data_shape = (None, Dx)
         dtype = torch.get_default_dtype()
         self.transition_matrix = nn.Parameter(
@@ -175,12 +193,6 @@ class LinearGaussianSSM(LatentModel):
         if isinstance(fixed, str) or not all(isinstance(f, str) for f in fixed):
             raise TypeError(f"fixed must be a list of parameter names, e.g. ['transition_matrix']; received {fixed!r}")
         self.fix(*fixed)
-
-    #: The start of the series that ``log_evidence`` assumes, which the evidence report names:
-    #: ``"known"`` (z_1 ~ N(μ_0, P_0) as given), ``"approximately diffuse"`` (set by the structural
-    #: constructors: a large P_0 stands in for an infinite one; :meth:`initialization_conventions`) or
-    #: ``"stationary"`` (an AR model's: P_0 the stationary covariance).
-    initialization: str = "known"
 
     _FIXABLE = {
         "transition_matrix": ("transition_matrix",), "observation_matrix": ("observation_matrix",),
@@ -493,7 +505,7 @@ class LinearGaussianSSM(LatentModel):
     def initialization_conventions(self, x) -> tuple[str, dict]:
         """The convention of :meth:`log_evidence` in words, and the other conventions' log-likelihoods
         per sequence (``[B]`` each) where they apply: for an approximately diffuse start, the first d
-        terms burnt in (``approximately_diffuse_burnt_in``, d = ``state_dim``) and the exact diffuse
+        terms burnt in (``approximately_diffuse_burnt_in``, d = ``diffuse_states``) and the exact diffuse
         limit (``exact_diffuse``; left out where the data do not identify the diffuse state). What
         :func:`~elbox.evidence_report` reports beside log p(x)."""
         if self.initialization == "stationary":
@@ -502,7 +514,7 @@ class LinearGaussianSSM(LatentModel):
             return "known: z_1 ~ N(μ_0, P_0) as given; log p(x) keeps every term", {}
         from elbox.models.structural import diffuse_log_likelihood, exact_diffuse_log_likelihood
 
-        d = getattr(self, "diffuse_states", self.state_dim)  # a sum with an AR component: its states are not diffuse
+        d = self.diffuse_states  # a sum with an AR component: its states are not diffuse
         name = (f"approximately diffuse: z_1 ~ N(μ_0, P_0) with a large P_0, log p(x) keeps every term; beside it "
                 f"the first {d} terms burnt in" + (", and the exact diffuse limit" if d == self.state_dim else ""))
         others = {"approximately_diffuse_burnt_in": diffuse_log_likelihood(self, x, burn=d)}

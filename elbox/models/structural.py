@@ -59,9 +59,9 @@ def local_level(level_variance: float = 1.0, observation_variance: float = 1.0, 
     q, r = _variance(level_variance, "level_variance"), _variance(observation_variance, "observation_variance")
     p0 = _variance(diffuse_variance, "diffuse_variance")
     one = torch.ones(1, 1)
-    return _diffuse(LinearGaussianSSM(1, 1, transition_matrix=one, observation_matrix=one,
-                                      transition_covariance=q * one, observation_covariance=r * one,
-                                      initial_loc=torch.zeros(1), initial_covariance=p0 * one, fixed=_STRUCTURE), 1)
+    return LinearGaussianSSM(1, 1, transition_matrix=one, observation_matrix=one, transition_covariance=q * one,
+                             observation_covariance=r * one, initial_loc=torch.zeros(1), initial_covariance=p0 * one,
+                             fixed=_STRUCTURE, **_diffuse(1))  # fmt: skip
 
 
 def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0, observation_variance: float = 1.0,
@@ -81,15 +81,14 @@ def local_linear_trend(level_variance: float = 1.0, slope_variance: float = 1.0,
                               observation_matrix=torch.tensor([[1.0, 0.0]]),
                               transition_covariance=torch.diag(torch.tensor(variances)), noise_groups=[0, 1],
                               observation_covariance=torch.tensor([[r]]), initial_loc=torch.zeros(2),
-                              initial_covariance=p0 * torch.eye(2), fixed=_STRUCTURE)  # fmt: skip
-    return _diffuse(model, 2)
-
-
-def _diffuse(model: LinearGaussianSSM, states: int) -> LinearGaussianSSM:
-    model.diffuse_states = states  # what diffuse_log_likelihood burns by default
-    # named in the evidence report: the diffuse states start at a large variance, the others (AR's) stationary
-    model.initialization = "approximately diffuse" if states else "stationary"
+                              initial_covariance=p0 * torch.eye(2), fixed=_STRUCTURE, **_diffuse(2))  # fmt: skip
     return model
+
+
+def _diffuse(states: int) -> dict:
+    """The constructor's start convention for ``states`` diffuse states (a large variance), the
+    others (an AR component's) stationary."""
+    return {"initialization": "approximately diffuse" if states else "stationary", "diffuse_states": states}
 
 
 def seasonal(period: int, seasonal_variance: float = 1.0, observation_variance: float = 1.0, *,
@@ -157,8 +156,8 @@ def seasonal(period: int, seasonal_variance: float = 1.0, observation_variance: 
         options = {"transition_covariance": q * torch.eye(D), "noise_groups": [0] * D}
     model = LinearGaussianSSM(D, 1, transition_matrix=A, observation_matrix=C, observation_covariance=[[r]],
                               initial_loc=torch.zeros(D), initial_covariance=p0 * torch.eye(D), fixed=_STRUCTURE,
-                              **options)  # fmt: skip
-    return _diffuse(model, D)
+                              **options, **_diffuse(D))  # fmt: skip
+    return model
 
 
 def stationary_covariance(transition_matrix, transition_covariance) -> Tensor:
@@ -212,8 +211,9 @@ def autoregressive(coefficients, variance: float = 1.0, observation_variance: fl
     P0 = stationary_covariance(A, q * G @ G.T)
     model = LinearGaussianSSM(D, 1, transition_matrix=A, observation_matrix=G.T, noise_matrix=G,
                               noise_covariance=[[q]], observation_covariance=[[r]], initial_loc=torch.zeros(D),
-                              initial_covariance=P0, fixed=("observation_matrix", "initial_loc", "initial_covariance"))
-    return _diffuse(model, 0)
+                              initial_covariance=P0, fixed=("observation_matrix", "initial_loc", "initial_covariance"),
+                              **_diffuse(0))  # fmt: skip
+    return model
 
 
 def combine(*components: LinearGaussianSSM, observation_variance: float = 1.0) -> LinearGaussianSSM:
@@ -259,8 +259,9 @@ def combine(*components: LinearGaussianSSM, observation_variance: float = 1.0) -
             noise_covariance=torch.block_diag(*[m.noise_covariance for m in components]), noise_groups=groups,
             observation_covariance=[[r]], initial_loc=torch.cat([m.initial_loc for m in components]),
             initial_covariance=torch.block_diag(*[m.initial_covariance for m in components]), fixed=_STRUCTURE,
+            **_diffuse(sum(m.diffuse_states for m in components)),
         )  # fmt: skip
-    return _diffuse(model, sum(getattr(m, "diffuse_states", m.state_dim) for m in components))
+    return model
 
 
 @torch.no_grad()
@@ -272,7 +273,7 @@ def diffuse_log_likelihood(model: LinearGaussianSSM, x, burn: int | None = None)
     else ``state_dim``), which depend on the arbitrary large initial variance, are left out.
     ``model.log_evidence`` is the whole log p(x)."""
     x = model.check_data(x)
-    d = getattr(model, "diffuse_states", model.state_dim) if burn is None else burn
+    d = model.diffuse_states if burn is None else burn
     if not isinstance(d, int) or isinstance(d, bool) or d < 0:
         raise ValueError(f"burn must be a non-negative integer number of steps; received {burn!r}")
     terms = model._filter(x).log_norm  # log p(x_t | x_{<t}), [B, T]
