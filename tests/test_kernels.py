@@ -19,7 +19,10 @@ LENGTHS_T = [1, 2, 3, 7, 37, 64, 101, 300]  # one step, tiny, prime (steps left 
 
 
 @pytest.fixture(autouse=True)
-def _float64():
+def _float64(monkeypatch):
+    # these hold the torch kernels to the loops; tests/test_compiled.py holds the compiled loops
+    # (which take over wherever no gradient is wanted) to the torch kernels
+    monkeypatch.setenv("ELBOX_COMPILED", "0")
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)

@@ -286,12 +286,6 @@ def as_sequences(
             return x.data
         x = x.data
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    from elbox.data.batches import Batch  # (batches.py reads Sequences: imported here, not at the top)
-
-    if isinstance(x, Batch):  # an entry point's batch of data it has just checked passes as it is
-        if x.checked:
-            return x.data
-        x = x.data
     if isinstance(x, Sequences):
         seqs = x
     elif isinstance(x, list | tuple) and len(x) > 0 and not isinstance(x[0], int | float):
@@ -312,7 +306,11 @@ def as_sequences(
     if gaps is not None and not missing:
         raise ValueError(f"{name} has missing values ({int(gaps.sum())} entries), which {owner} does not "
                          "handle; remove or impute them (the LGSSM and the HMM skip them)")  # fmt: skip
-    if missing:
+    # One pass decides the common case: a finite sum means no NaN and no infinity anywhere (a
+    # sum that overflows, or any non-finite entry, takes the full checks below).
+    clean = values.is_floating_point() and bool(torch.isfinite(values.sum()))
+    full = bool(mask.all())
+    if missing and not clean:
         nan = torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
         nan = nan & valid
         if gaps is not None:
@@ -342,6 +340,8 @@ def as_sequences(
                 f"{name} must hold symbols in [0, {M}) for {owner}; received values in "
                 f"[{int(values.min())}, {int(values.max())}]"
             )
+    elif clean and full and values.dtype == dtype:  # already checked: finite, nothing padded
+        pass
     else:
         if not values.is_floating_point():
             values = values.to(dtype)

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from elbox.distributions import _compiled
+
 __all__ = ["ForwardBackward", "chunk_length", "forward", "forward_backward", "hmm_log_evidence", "product_tree_pays"]
 
 
@@ -53,8 +55,13 @@ def chunk_length(B: int, T: int, K: int) -> int:
 
 def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> tuple[Tensor, Tensor]:
     """The forward pass: filtered p(z_t | x_{1:t}) ``[B, T, K]`` and the log normalizers
-    log p(x_t | x_{1:t-1}) ``[B, T]``, whose sum over t is log p(x). Scaled probabilities (in
+    log p(x_t | x_{1:t-1}) ``[B, T]``, whose sum over t is log p(x). Scaled probabilities (a
+    compiled loop where no gradient is wanted, :mod:`elbox.distributions._compiled`; else in
     chunks for long sequences, :func:`chunk_length`); in log space where they underflow."""
+    if _compiled.use_compiled(initial_logits, transition_logits, log_e):
+        result = _compiled.hmm_forward(initial_logits, transition_logits, log_e)
+        if result is not None:
+            return result
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
     pi, A = initial_logits.softmax(-1), transition_logits.softmax(-1)
@@ -172,13 +179,18 @@ def forward_log_space(
 def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor:
     """log p(x), ``[B]``: by a balanced tree of matrix products (O(log T) sequential steps,
     :func:`log_evidence_by_products`) where the products pay (:func:`product_tree_pays`), else
-    by the forward algorithm. The two agree to rounding (``tests/test_sequence_models.py``)."""
+    by the forward algorithm. The two agree to rounding (``tests/test_sequence_models.py``).
+    Without a gradient, the compiled forward pass (:mod:`elbox.distributions._compiled`)."""
     B, T, K = log_e.shape
+    inputs = (initial_logits, transition_logits, log_e)
+    if _compiled.use_compiled(*inputs):
+        value = _compiled.hmm_log_evidence(*inputs)
+        if value is not None:
+            return value
     if T > 1 and product_tree_pays(B, K):
         value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
             return value
-    inputs = (initial_logits, transition_logits, log_e)
     differentiable = torch.is_grad_enabled() and any(v.requires_grad for v in inputs)
     if T > 1 and not chunk_length(B, T, K) and not differentiable:
         value = _log_evidence_forward(initial_logits, transition_logits, log_e)

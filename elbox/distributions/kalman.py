@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from elbox.distributions import _compiled
 from elbox.distributions._gaussian import safe_cholesky
 from elbox.distributions.gauss_markov import affine_recurrence, congruence_recurrence, recurrence_chunk
 
@@ -113,8 +114,12 @@ def kalman_covariances(model: LinearGaussian, T: int) -> dict:
     """
     A, C, Q, R = model.transition_matrix, model.observation_matrix, model.transition_covariance, \
         model.observation_covariance  # fmt: skip
-    tol = 100 * torch.finfo(A.dtype).eps
     P0 = model.initial_covariance
+    if _compiled.use_compiled(A, C, Q, R, P0):  # no gradient wanted: the recursion step by step, compiled
+        out = _compiled.kalman_covariances(model, T)
+        if out is not None:
+            return out
+    tol = 100 * torch.finfo(A.dtype).eps
     head = [kalman_update(P0, C, R)[2]]  # P_{0|0}
     # An approximately diffuse start (P_0 far above Q) costs the doubling's (I + P J)⁻¹ about as
     # many digits as P_0 / Q has: its first D steps, while the data resolve the observable
@@ -259,6 +264,9 @@ def kalman_filter(model: LinearGaussian, values: Tensor, mask: Tensor, drive: Te
     the shared matrices never copied per sequence) and returned as ``[B, T, D]`` views."""
     B, T = mask.shape
     cov = kalman_covariances(model, T)
+    if _compiled.use_compiled(*model[:6], values, *([] if drive is None else [drive])):
+        log_norm, means, predicted = _compiled.kalman_steps(model, cov, values, mask, drive, full=True)
+        return KalmanFilter(cov, means, predicted, log_norm)
     A, C = model.transition_matrix, model.observation_matrix
     D = A.shape[-1]
     gain = cov["gain"]  # [T, D, obs]
@@ -296,6 +304,8 @@ def kalman_log_norm(model: LinearGaussian, values: Tensor, mask: Tensor, drive: 
     """
     B, T = mask.shape
     cov = kalman_covariances(model, T)
+    if _compiled.use_compiled(*model[:6], values, *([] if drive is None else [drive])):
+        return _compiled.kalman_steps(model, cov, values, mask, drive, full=False)[0]
     A, C = model.transition_matrix, model.observation_matrix
     D = A.shape[-1]
     gain, white = cov["gain"], cov["white"]  # [T, D, obs], [T, obs, obs]
@@ -393,22 +403,26 @@ def rts_smoother(model: LinearGaussian, filtered: KalmanFilter, mask: Tensor, ra
     keep = mask[:, 1:, None, None] if ragged else mask.new_ones(1, T - 1, 1, 1)  # [b, T-1, 1, 1]
     J_kept = torch.where(keep, J, 0.0)  # [b, T-1, D, D]
     # Smoothed means: m^s_t = J_t m^s_{t+1} + (m_t − J_t m_{t+1|t}), a recurrence run backwards.
-    if ragged:
-        J_t = J_kept.transpose(0, 1)  # [T-1, B, D, D]
-        h = means[:-1] - (J_t @ predicted[1:].unsqueeze(-1)).squeeze(-1)  # [T-1, B, D]
-        M_rev = torch.cat([J_t[:1], J_t.flip(0)])
+    if T > 1 and _compiled.use_compiled(J, filtered.means, filtered.predicted):
+        smoothed, offset = _compiled.smoother_means(J[: min(cov["steps"], T - 1)], filtered.means, filtered.predicted,
+                                                    mask)  # fmt: skip
     else:
-        h = means[:-1] - torch.bmm(predicted[1:], J.mT)  # [T-1, B, D]
-        M_rev = torch.cat([J[:1], J.flip(0)])
-    smoothed = affine_recurrence(M_rev, torch.cat([means[-1:], h.flip(0)])).flip(0)  # [T, B, D]
+        if ragged:
+            J_t = J_kept.transpose(0, 1)  # [T-1, B, D, D]
+            h = means[:-1] - (J_t @ predicted[1:].unsqueeze(-1)).squeeze(-1)  # [T-1, B, D]
+            M_rev = torch.cat([J_t[:1], J_t.flip(0)])
+        else:
+            h = means[:-1] - torch.bmm(predicted[1:], J.mT)  # [T-1, B, D]
+            M_rev = torch.cat([J[:1], J.flip(0)])
+        smoothed = affine_recurrence(M_rev, torch.cat([means[-1:], h.flip(0)])).flip(0).transpose(0, 1)  # [B, T, D]
+        offset = torch.where(keep.squeeze(-1), h.transpose(0, 1), filtered.means[:, :-1])
     P_s = smoothed_covariances(P, P_pred, J, keep)  # [b, T, D, D]
     cross = J_kept @ P_s[:, 1:]  # Cov(z_t, z_{t+1} | x), [b, T-1, D, D]
     # The posterior as a reverse chain: z_T, then z_t | z_{t+1} ~ N(J z_{t+1} + m_t − J m_{t+1|t}, Σ_t).
     I_JA = eye - J @ A
     cond = I_JA @ P[:-1] @ I_JA.mT + J @ model.transition_covariance @ J.mT  # Joseph form of P_t − J P_{t+1|t} Jᵀ
     cond = torch.where(keep, cond, P[:-1])
-    offset = torch.where(keep.squeeze(-1), h.transpose(0, 1), filtered.means[:, :-1])
-    return RTSSmoother(smoothed.transpose(0, 1), P_s, cross, J_kept, offset, cond, keep)
+    return RTSSmoother(smoothed, P_s, cross, J_kept, offset, cond, keep)
 
 
 def smoothed_covariances(P: Tensor, P_pred: Tensor, J: Tensor, keep: Tensor) -> Tensor:

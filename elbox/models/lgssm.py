@@ -481,21 +481,24 @@ class LinearGaussianSSM(LatentModel):
             P_last = filtered.covariances["filt"][-1]
         T, D = x.mask.shape[1], self.state_dim
         eye = torch.eye(D, dtype=self.transition_matrix.dtype, device=self.transition_matrix.device)
-        valid = x.mask[:, :, None] if x.ragged or x.missing is not None else x.mask.new_ones(1, T, 1)
+        padded = x.ragged or x.missing is not None
+        valid = x.mask[:, :, None] if padded else x.mask.new_ones(1, T, 1)
         last = valid[:, -1]
+        # past each end: zero means, identity covariances (nothing to replace in a batch of equal lengths)
+        where = torch.where if padded else (lambda condition, value, other: value)
         moments = (
-            torch.where(valid, smoothed.means, 0.0),
-            torch.where(valid.unsqueeze(-1), smoothed.covariances, eye),
-            torch.where(smoothed.keep, smoothed.cross, 0.0),
+            where(valid, smoothed.means, 0.0),
+            where(valid.unsqueeze(-1), smoothed.covariances, eye),
+            where(smoothed.keep, smoothed.cross, 0.0),
         )
         # With a singular Q, z_t given z_{t+1} is partly determined: its covariance is only semidefinite
         factor = _psd_factor if self._degenerate() else safe_cholesky
         posterior = GaussMarkovChain(
-            torch.where(last, filtered.means[:, -1], 0.0),
-            factor(torch.where(last.unsqueeze(-1), P_last, eye), "a filtered state covariance", _PD_HINT),
+            where(last, filtered.means[:, -1], 0.0),
+            factor(where(last.unsqueeze(-1), P_last, eye), "a filtered state covariance", _PD_HINT),
             smoothed.gains,
-            torch.where(valid[:, :-1], smoothed.offset, 0.0),
-            factor(torch.where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
+            where(valid[:, :-1], smoothed.offset, 0.0),
+            factor(where(valid[:, :-1, :, None], smoothed.cond, eye), "a smoothing covariance", _PD_HINT),
             reverse=True,
             moments=moments,
         )
