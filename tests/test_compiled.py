@@ -228,3 +228,27 @@ def test_hmm_model_results_are_unchanged(monkeypatch):
     expected, ours = _both(monkeypatch, fit)
     assert expected[0][-1] > expected[0][0] + 1.0  # EM moved
     _close(ours, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_zero_filtered_probabilities_keep_the_compiled_pass_and_exact_logs(monkeypatch):
+    initial, transition, log_e, mask = _hmm_inputs(2, 30, 4, zeros=True)
+    with torch.no_grad():
+        expected, ours = _both(monkeypatch, lambda: forward_backward(initial, transition, log_e, mask, zeros_ok=True))
+        assert expected.log_filtered is not None and ours.filtered is not None  # torch: log space; compiled: kept
+        for name in ("marginals", "transition_counts", "log_norm"):
+            _close(getattr(ours, name), getattr(expected, name))
+    # an HMM whose filtered probabilities underflow: its posterior's reverse chain takes the exact logs
+    truth = HMM(3, dim=2, loc=40 * torch.randn(3, 2))
+    x, _ = truth.sample(3, num_steps=60)
+    with torch.no_grad():
+        def posterior():
+            q = truth.e_step(x)[0]
+            assert q._alpha is None or not bool(q._alpha.amin() > 0)  # zeros: underflow, as meant
+            torch.manual_seed(1)
+            z = q.sample()
+            return q.marginals(), q.log_prob(z), z
+
+        expected, ours = _both(monkeypatch, posterior)
+        assert torch.equal(ours[2], expected[2])  # the same paths drawn
+        _close(ours[:2], expected[:2], rtol=1e-9, atol=1e-9)
+        assert torch.isfinite(ours[1]).all()

@@ -61,7 +61,7 @@ def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) ->
     if _compiled.use_compiled(initial_logits, transition_logits, log_e):
         result = _compiled.hmm_forward(initial_logits, transition_logits, log_e)
         if result is not None:
-            return result
+            return result[:2]
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
     pi, A = initial_logits.softmax(-1), transition_logits.softmax(-1)
@@ -274,11 +274,23 @@ def log_evidence_by_products(initial_logits: Tensor, transition_logits: Tensor, 
     return total.log() + log_scale
 
 
-def forward_backward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, mask: Tensor) -> ForwardBackward:
+def forward_backward(
+    initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, mask: Tensor, *, zeros_ok: bool = False
+) -> ForwardBackward:
     """The smoothed marginals, the expected transitions and log p(x_t | x_{<t}) of a padded batch
-    whose sequences end where ``mask`` ``[B, T]`` does. Scaled probabilities, in chunks for long
-    sequences; the whole pass in log space where a filtered probability is zero (structurally or
-    by underflow) or a ratio overflows."""
+    whose sequences end where ``mask`` ``[B, T]`` does. Scaled probabilities (a compiled loop where
+    no gradient is wanted, :mod:`elbox.distributions._compiled`; else in chunks for long
+    sequences); the whole pass in log space where a filtered probability is zero (structurally or
+    by underflow) or a ratio overflows. With ``zeros_ok`` (a caller that takes the exact log of
+    the filtered probabilities elsewhere when it needs them, as :class:`~elbox.models.HMM` does),
+    the compiled pass keeps zero filtered probabilities: the marginals and expected transitions
+    are exact to the smallest normal number either way."""
+    if _compiled.use_compiled(initial_logits, transition_logits, log_e):
+        result = _compiled.hmm_forward_backward(initial_logits, transition_logits, log_e, mask,
+                                                positive=not zeros_ok)  # fmt: skip
+        if result is not None:
+            alpha, gamma, counts, log_c = result
+            return ForwardBackward(alpha, None, gamma, counts, log_c)
     alpha, log_c = forward(initial_logits, transition_logits, log_e)
     if bool(alpha.amin() == 0):  # (α ≥ 0: its minimum says whether any entry is zero)
         # a filtered probability is zero, structurally or by underflow: the posterior's reverse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,7 @@ from torch.distributions.utils import lazy_property
 
 from elbox._validation import as_data, check_positive_int, check_probabilities
 from elbox.data.sequences import Sequences, as_sequences
-from elbox.distributions.hmm_kernels import forward, forward_backward, hmm_log_evidence
+from elbox.distributions.hmm_kernels import forward, forward_backward, forward_log_space, hmm_log_evidence
 from elbox.distributions.markov import MarkovChain, viterbi
 from elbox.models.base import LatentModel
 from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
@@ -235,6 +236,8 @@ class HMM(LatentModel):
             log_e = table[x.values]  # [B, T, K]
         else:
             log_e = self.emissions.component_log_prob(_frames(x), statistics).reshape(B, T, -1)
+        if not x.ragged and x.missing is None:  # every step seen: nothing to zero
+            return log_e
         return torch.where(self._seen(x).unsqueeze(-1), log_e, 0.0)
 
     def em_statistics(self, x):
@@ -292,9 +295,14 @@ class HMM(LatentModel):
         """Forward–backward: the posterior over paths and log p(x), ``[B]``."""
         x = self.check_data(x)
         log_e = self._emission_log_prob(x, statistics)
-        fb = forward_backward(self.initial_logits, self.transition_logits, log_e, x.mask)
+        fb = forward_backward(self.initial_logits, self.transition_logits, log_e, x.mask, zeros_ok=True)
+        exact = None
+        if fb.filtered is not None and not bool(fb.filtered.amin() > 0):  # zeros, perhaps underflow:
+            initial, transition = self.initial_logits, self.transition_logits  # the exact logs on demand
+            exact = lambda: forward_log_space(initial, transition, log_e, log_values=True)[0]  # noqa: E731
         posterior = HMMPosterior(fb.filtered, self.transition_logits.log_softmax(-1), x.mask, fb.marginals,
-                                 fb.transition_counts, log_filtered=fb.log_filtered)  # fmt: skip
+                                 fb.transition_counts, log_filtered=fb.log_filtered,
+                                 exact_log_filtered=exact)  # fmt: skip
         return posterior, fb.log_norm.sum(-1)
 
     @torch.no_grad()
@@ -467,11 +475,15 @@ class HMMPosterior(MarkovChain):
         marginals: Tensor,
         counts: Tensor,
         log_filtered: Tensor | None = None,
+        exact_log_filtered: Callable[[], Tensor] | None = None,
     ):
         B, T, K = marginals.shape
         # the filtered p(z_t | x_{1:t}) as probabilities, or as log-probabilities where they were
-        # computed in log space (zeros and underflow); their log is taken only when needed
+        # computed in log space (zeros and underflow); their log is taken only when needed. Where
+        # the probabilities hold zeros that may be underflow, ``exact_log_filtered`` computes the
+        # log-space pass, run only if the reverse chain is used (sampling, log_prob)
         self._alpha, self._log_alpha, self._log_A, self._mask = filtered, log_filtered, log_transition, mask
+        self._exact_log_alpha = exact_log_filtered
         self._setup(torch.Size([B]), T, K, reverse=True)
         self._moments["marginals"] = marginals
         #: Expected numbers of each transition between observed steps, per sequence, ``[B, K, K]``.
@@ -480,6 +492,8 @@ class HMMPosterior(MarkovChain):
     @lazy_property
     def _log_filtered(self) -> Tensor:
         K = self.num_states
+        if self._log_alpha is None and self._exact_log_alpha is not None:
+            self._log_alpha = self._exact_log_alpha()
         log_alpha = self._log_alpha if self._log_alpha is not None else self._alpha.log()
         return torch.where(self._mask.unsqueeze(-1), log_alpha, -math.log(K))  # [B, T, K]
 

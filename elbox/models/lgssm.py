@@ -612,10 +612,14 @@ class LinearGaussianSSM(LatentModel):
         w = x.mask.to(means.dtype)  # [B, T]
         # Sums over the batch and time of E[z zᵀ] = P + m mᵀ (and the cross terms) are taken apart:
         # the covariances are often one [1, T, D, D] for the whole batch, never expanded to [B, T, D, D].
-        moments = lambda weight, a, b: torch.einsum("bt,bti,btj->ij", weight, a, b)  # noqa: E731
+        # The means' sums are one batched product over time with the batch last (_moments), the
+        # layout the compiled kernels write; the data join them in it, and so does the residual.
+        full = not (x.ragged or x.missing is not None)
+        moments = lambda weight, a, b: _moments(None if full else weight, a, b)  # noqa: E731
+        means = _batch_last(means)
         eye_z, eye_x = torch.eye(D, dtype=means.dtype), torch.eye(Dx, dtype=means.dtype)
         # Observation model: C = Σ x E[z]ᵀ (Σ E[z zᵀ])⁻¹, then R from the new C.
-        xv = x.values
+        xv = _batch_last(x.values)
         P_sum = _weighted_sum(w, covs)  # Σ w_t P_t, [D, D]
         S_zz = P_sum + moments(w, means, means)
         fixed = self.fixed
@@ -625,7 +629,7 @@ class LinearGaussianSSM(LatentModel):
             S_xz, S_xx = self._imputed_statistics(x, means, covs)
         C = self.observation_matrix.detach() if "observation_matrix" in fixed else torch.linalg.solve(S_zz, S_xz.T).T
         if S_xx is None:
-            resid = xv - means @ C.T
+            resid = xv - _linear(means, C)
             R = (moments(w, resid, resid) + C @ P_sum @ C.T) / w.sum()
         else:  # E[(x − C z)(x − C z)ᵀ] from the expected moments
             CS = C @ S_xz.T
@@ -639,7 +643,7 @@ class LinearGaussianSSM(LatentModel):
             S_np = X_sum.T + moments(pair, means[:, 1:], means[:, :-1])
             A_fixed, B_fixed = "transition_matrix" in fixed, "control_matrix" in fixed
             if self.input_dim:
-                u = x.inputs[:, 1:]
+                u = _batch_last(x.inputs)[:, 1:]
                 S_zu = moments(pair, means[:, :-1], u)
                 S_uu = moments(pair, u, u)
                 S_nu = moments(pair, means[:, 1:], u)
@@ -655,7 +659,7 @@ class LinearGaussianSSM(LatentModel):
                     gram = torch.cat([torch.cat([S_prev, S_zu], 1), torch.cat([S_zu.T, S_uu], 1)], 0)
                     AB = torch.linalg.solve(gram, torch.cat([S_np, S_nu], 1).T).T
                     A, Bm = AB[:, :D], AB[:, D:]
-                drive = u @ Bm.T
+                drive = _linear(u, Bm)
             else:
                 A = self.transition_matrix.detach() if A_fixed else torch.linalg.solve(S_prev, S_np.T).T
                 Bm, drive = self.control_matrix, 0.0
@@ -664,8 +668,8 @@ class LinearGaussianSSM(LatentModel):
                 A_old, B_old = self.transition_matrix.detach(), self.control_matrix.detach()
                 A = A_old + project @ (A - A_old)
                 Bm = B_old + project @ (Bm - B_old)
-                drive = u @ Bm.T if self.input_dim else 0.0
-            r = means[:, 1:] - means[:, :-1] @ A.T - drive  # [B, T-1, D]
+                drive = _linear(u, Bm) if self.input_dim else 0.0
+            r = means[:, 1:] - _linear(means[:, :-1], A) - drive  # [B, T-1, D]
             # Σ Cov(r_t) = Σ P_{t+1} + A P_t Aᵀ − A X_t − (A X_t)ᵀ
             AX = A @ X_sum
             cov_r = _weighted_sum(pair, covs[:, 1:]) + A @ P_prev @ A.T
@@ -872,3 +876,23 @@ def _weighted_sum(weight: Tensor, X: Tensor) -> Tensor:
     if X.shape[0] == 1:
         return torch.einsum("t,tij->ij", weight.sum(0), X[0])
     return torch.einsum("bt,btij->ij", weight, X)
+
+
+def _batch_last(v: Tensor) -> Tensor:
+    """``v`` ``[B, T, d]`` as a view of ``[T, d, B]`` memory (a copy unless it is one already)."""
+    return v.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+def _moments(weight: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """Σ_b Σ_t weight[b, t] a[b, t] b[b, t]ᵀ, ``[i, j]``, for ``a`` ``[B, T, i]`` and ``b`` ``[B, T, j]``
+    (``weight`` None: all ones): one product per time step, batched, on views of ``[T, ·, B]``
+    memory (:func:`_batch_last`), with no copy."""
+    at, bt = a.permute(1, 2, 0), b.permute(1, 2, 0)  # [T, i, B], [T, j, B]
+    if weight is not None:
+        at = at * weight.T.unsqueeze(1)
+    return torch.bmm(at, bt.mT).sum(0)
+
+
+def _linear(v: Tensor, M: Tensor) -> Tensor:
+    """v Mᵀ for ``v`` ``[B, T, d]`` of ``[T, d, B]`` memory, in that layout (M ``[k, d]``)."""
+    return (M @ v.permute(1, 2, 0)).permute(2, 0, 1)
