@@ -415,8 +415,137 @@ def _kernels():
                         counts[b0 + lane, i, j] = tally[i, j, lane]
         return True
 
+    @jit
+    def hmm_forward_rows(pi, A, log_e, alpha, log_c, keep):
+        """One sequence at a time (few sequences: no lanes to fill), the scaled forward
+        pass: α_t ∝ (α_{t-1} A) ⊙ e_t with e_t = exp(log_e_t − max), the
+        normalizers' logs plus the shifts into ``log_c`` ``[B, T]``; α ``[B, T, K]`` when ``keep``.
+        Returns 0 where a normalizer underflowed to zero (the caller redoes the pass in log
+        space), 2 where some filtered probability is zero, else 1."""
+        B, T, K = log_e.shape
+        a = np.empty(K)
+        prev = np.empty(K)
+        e = np.empty(K)
+        ok = 1
+        for b in range(B):
+            for t in range(T):
+                shift = log_e[b, t, 0]
+                for k in range(1, K):
+                    if log_e[b, t, k] > shift:
+                        shift = log_e[b, t, k]
+                for k in range(K):
+                    e[k] = math.exp(log_e[b, t, k] - shift)
+                if t == 0:
+                    for k in range(K):
+                        a[k] = pi[k] * e[k]
+                else:
+                    for k in range(K):
+                        a[k] = 0.0
+                    for i in range(K):
+                        w = prev[i]
+                        for k in range(K):
+                            a[k] += w * A[i, k]
+                    for k in range(K):
+                        a[k] *= e[k]
+                c = 0.0
+                for k in range(K):
+                    c += a[k]
+                if not c > 0.0:
+                    return 0
+                for k in range(K):
+                    prev[k] = a[k] / c
+                    if keep:
+                        alpha[b, t, k] = prev[k]
+                    if prev[k] == 0.0:
+                        ok = 2
+                log_c[b, t] = math.log(c) + shift
+        return ok
+
+    @jit
+    def hmm_backward_rows(A, log_e, alpha, log_c, lengths, gamma, counts):
+        """The backward pass from the forward's α and log c: w_t = r_t ⊙ β_t with r_t =
+        exp(log_e_t − log c_t), β_{t-1} = A w_t; the smoothed marginals γ ∝ α ⊙ β (1/K past each
+        end) and the expected transitions Σ_t α_t(i) A_ij w_{t+1}(j) over the steps inside each
+        sequence, ``[B, K, K]``. Returns False where a ratio overflowed (log space then)."""
+        B, T, K = log_e.shape
+        beta = np.empty(K)
+        w = np.empty(K)
+        w_next = np.empty(K)
+        for b in range(B):
+            for i in range(K):
+                for j in range(K):
+                    counts[b, i, j] = 0.0
+            for t in range(T - 1, -1, -1):
+                if t == T - 1:
+                    for k in range(K):
+                        beta[k] = 1.0
+                else:
+                    for i in range(K):
+                        v = 0.0
+                        for j in range(K):
+                            v += A[i, j] * w_next[j]
+                        beta[i] = v
+                    if t + 1 < lengths[b]:
+                        for i in range(K):
+                            ai = alpha[b, t, i]
+                            for j in range(K):
+                                counts[b, i, j] += ai * A[i, j] * w_next[j]
+                norm = 0.0
+                for k in range(K):
+                    w[k] = math.exp(log_e[b, t, k] - log_c[b, t]) * beta[k]
+                    if not math.isfinite(w[k]):
+                        return False
+                    norm += alpha[b, t, k] * beta[k]
+                if t < lengths[b]:
+                    for k in range(K):
+                        gamma[b, t, k] = alpha[b, t, k] * beta[k] / norm
+                else:
+                    for k in range(K):
+                        gamma[b, t, k] = 1.0 / K
+                for k in range(K):
+                    w_next[k] = w[k]
+        return True
+
+    @jit
+    def hmm_score_rows(pi, A, log_e, lengths, out):
+        """log p(x) ``[B]`` by the scaled forward pass without its filtered distributions, up to
+        each length. Returns False where a normalizer underflowed."""
+        B, T, K = log_e.shape
+        a = np.empty(K)
+        prev = np.empty(K)
+        for b in range(B):
+            total = 0.0
+            for t in range(lengths[b]):
+                shift = log_e[b, t, 0]
+                for k in range(1, K):
+                    if log_e[b, t, k] > shift:
+                        shift = log_e[b, t, k]
+                if t == 0:
+                    for k in range(K):
+                        a[k] = pi[k] * math.exp(log_e[b, t, k] - shift)
+                else:
+                    for k in range(K):
+                        a[k] = 0.0
+                    for i in range(K):
+                        w = prev[i]
+                        for k in range(K):
+                            a[k] += w * A[i, k]
+                    for k in range(K):
+                        a[k] *= math.exp(log_e[b, t, k] - shift)
+                c = 0.0
+                for k in range(K):
+                    c += a[k]
+                if not c > 0.0:
+                    return False
+                for k in range(K):
+                    prev[k] = a[k] / c
+                total += math.log(c) + shift
+            out[b] = total
+        return True
+
     return {"riccati": riccati, "filter_steps": filter_steps, "smoother_means": smoother_means,
-            "hmm_forward": hmm_forward, "hmm_backward": hmm_backward}  # fmt: skip
+            "hmm_forward": hmm_forward, "hmm_backward": hmm_backward, "hmm_forward_rows": hmm_forward_rows,
+            "hmm_backward_rows": hmm_backward_rows, "hmm_score_rows": hmm_score_rows}  # fmt: skip
 
 
 # The torch-facing wrappers. Each returns None where the compiled pass declines; the caller then
@@ -483,6 +612,18 @@ def smoother_means(J: Tensor, means: Tensor, predicted: Tensor, mask: Tensor) ->
     return out.permute(2, 0, 1), offset.permute(2, 0, 1)
 
 
+def by_lanes(B: int) -> bool:
+    """The HMM passes' rule: a batch of at least ``LANES`` sequences runs with the sequences as the
+    vectorized inner loop (a step of all K states for a block of sequences at once); fewer run one
+    sequence at a time, whose loops over the K states are the inner ones (measured here, K = 8:
+    one sequence of 100,000 steps takes ~10× longer by lanes; 200 sequences of 500 ~2× longer
+    one by one)."""
+    return B >= LANES
+
+
+LANES = 16
+
+
 def _scaled_emissions(log_e: Tensor) -> tuple[Tensor, Tensor]:
     """e = exp(log_e − max_k log_e) as ``[T, K, B]`` (each step's largest entry 1) and the shifts ``[B, T]``."""
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
@@ -491,39 +632,57 @@ def _scaled_emissions(log_e: Tensor) -> tuple[Tensor, Tensor]:
 
 def hmm_forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, positive: bool = False,
                 keep: bool = True):  # fmt: skip
-    """Filtered p(z_t | x_{1:t}) ``[B, T, K]`` (a view of ``[T, K, B]`` memory; None without
-    ``keep``), log p(x_t | x_{<t}) ``[B, T]`` and the scaled emissions and normalizers the backward
-    pass reads; or None where a normalizer underflowed (with ``positive``, also where a filtered
+    """Filtered p(z_t | x_{1:t}) ``[B, T, K]`` (None without ``keep``) and log p(x_t | x_{<t})
+    ``[B, T]``, or None where a normalizer underflowed (with ``positive``, also where a filtered
     probability is zero)."""
     B, T, K = log_e.shape
+    pi, A = _np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1))
+    if not by_lanes(B):
+        alpha, log_c = log_e.new_empty((B, T, K) if keep else (0, 0, 0)), log_e.new_empty(B, T)
+        status = _kernels()["hmm_forward_rows"](pi, A, _np(log_e.contiguous()), _np(alpha), _np(log_c), keep)
+        return None if status == 0 or (status == 2 and positive) else ((alpha if keep else None), log_c)
     e, shift = _scaled_emissions(log_e)
     alpha, c = log_e.new_empty((T, K, B) if keep else (0, 0, 0)), log_e.new_empty(T, B)
-    status = _kernels()["hmm_forward"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)), _np(e),
-                                       keep, _np(alpha), _np(c))  # fmt: skip
+    status = _kernels()["hmm_forward"](pi, A, _np(e), keep, _np(alpha), _np(c))
     if status == 0 or (status == 2 and positive):
         return None
-    return (alpha.permute(2, 0, 1) if keep else None), c.log().T + shift, e, c
+    return (alpha.permute(2, 0, 1) if keep else None), c.log().T + shift
 
 
 def hmm_forward_backward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, mask: Tensor,
                          positive: bool = True):  # fmt: skip
     """(α, γ, expected transitions ``[B, K, K]``, log c) of the scaled forward–backward pass (α and
-    γ ``[B, T, K]`` views of ``[T, K, B]`` memory), or None (with ``positive``, also where a
-    filtered probability is zero)."""
+    γ ``[B, T, K]``), or None (with ``positive``, also where a filtered probability is zero)."""
     forward = hmm_forward(initial_logits, transition_logits, log_e, positive=positive)
     if forward is None:
         return None
-    alpha, log_c, e, c = forward
+    alpha, log_c = forward
     B, T, K = log_e.shape
-    gamma, counts = log_e.new_empty(T, K, B), log_e.new_empty(B, K, K)
-    lengths = mask.sum(-1).to(torch.int64)
-    ok = _kernels()["hmm_backward"](_np(transition_logits.softmax(-1)), _np(e), _np(c),
-                                    _np(alpha.permute(1, 2, 0)), lengths.numpy(), _np(gamma), _np(counts))  # fmt: skip
+    A = _np(transition_logits.softmax(-1))
+    lengths = mask.sum(-1).to(torch.int64).numpy()
+    counts = log_e.new_empty(B, K, K)
+    if not by_lanes(B):
+        gamma = log_e.new_empty(B, T, K)
+        ok = _kernels()["hmm_backward_rows"](A, _np(log_e.contiguous()), _np(alpha), _np(log_c), lengths, _np(gamma),
+                                             _np(counts))  # fmt: skip
+        return (alpha, gamma, counts, log_c) if ok else None
+    e, shift = _scaled_emissions(log_e)
+    c = (log_c - shift).exp().T.contiguous()  # the normalizers, [T, B]
+    gamma = log_e.new_empty(T, K, B)
+    ok = _kernels()["hmm_backward"](A, _np(e), _np(c), _np(alpha.permute(1, 2, 0)), lengths, _np(gamma),
+                                    _np(counts))  # fmt: skip
     return (alpha, gamma.permute(2, 0, 1), counts, log_c) if ok else None
 
 
 def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor | None:
     """log p(x) ``[B]`` over all T steps (the padding's emissions are the caller's: zero log-densities
     there add nothing), or None."""
+    B, T, _ = log_e.shape
+    if not by_lanes(B):
+        out = log_e.new_empty(B)
+        lengths = torch.full((B,), T, dtype=torch.int64).numpy()
+        ok = _kernels()["hmm_score_rows"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)),
+                                          _np(log_e.contiguous()), lengths, _np(out))  # fmt: skip
+        return out if ok else None
     forward = hmm_forward(initial_logits, transition_logits, log_e, keep=False)
     return None if forward is None else forward[1].sum(-1)

@@ -61,7 +61,7 @@ def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) ->
     if _compiled.use_compiled(initial_logits, transition_logits, log_e):
         result = _compiled.hmm_forward(initial_logits, transition_logits, log_e)
         if result is not None:
-            return result[:2]
+            return result
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
     pi, A = initial_logits.softmax(-1), transition_logits.softmax(-1)
