@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from typer.testing import CliRunner
 
@@ -123,7 +124,8 @@ def test_plot_frames_draws_rows_of_frames_and_checks_them(tmp_path):
                                ((true[0] * 255).to(torch.uint8).float() / 255).permute(1, 2, 0).numpy())  # fmt: skip
     path = plot_frames({"true": true}, tmp_path / "strip.png")
     assert path == tmp_path / "strip.png" and path.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match=r"the same frames' shape; rows\['b'\] is \[4, 3, 64, 64\]"):
+    assert figure.axes[10].images[0].get_array().shape == (64, 64)  # one channel: drawn in grey
+    with pytest.raises(ValueError, match=r"the same size \[K, ·, H, W\]; rows\['b'\] is \[4, 3, 64, 64\]"):
         plot_frames({"a": true, "b": true[:4]})
     with pytest.raises(ValueError, match=r"rows\['a'\] must be frames \[K, C, H, W\] channels first with C = 1 or 3"):
         plot_frames({"a": true.permute(0, 2, 3, 1)})
@@ -131,3 +133,27 @@ def test_plot_frames_draws_rows_of_frames_and_checks_them(tmp_path):
         plot_frames([true])
     with pytest.raises(ValueError, match="every must be a positive integer"):
         plot_frames({"a": true}, every=0)
+
+
+def test_initialize_starts_the_decoder_at_the_mean_observation():
+    from elbox import Sequences, WorldModel
+    from elbox.runs.config import ConfigError
+
+    torch.manual_seed(0)
+    frames = torch.rand(3, 5, 3, 64, 64, dtype=torch.float64) * torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1).double()
+    x = Sequences(frames, inputs=torch.randn(3, 5, 1), rewards=torch.randn(3, 5), lengths=[5, 3, 2])
+    model = WorldModel(3, 1, encoder="conv", depth=4, latent_dim=4, deter_dim=8, hidden=16).double()
+    model.initialize(x)
+    observed = torch.cat([frames[0, :5], frames[1, :3], frames[2, :2]])  # the padding is not averaged
+    torch.testing.assert_close(model.observation.net[-1].bias, observed.mean((0, 2, 3)))
+    vectors = WorldModel(2, 1, latent_dim=2, deter_dim=4, hidden=8).double()
+    o = torch.randn(4, 6, 2, dtype=torch.float64) + torch.tensor([3.0, -1.0], dtype=torch.float64)
+    vectors.initialize(Sequences(o, inputs=torch.randn(4, 6, 1), rewards=torch.randn(4, 6)))
+    torch.testing.assert_close(vectors.observation[-1].bias, o.mean((0, 1)))
+    with pytest.raises(ValueError, match="method must be 'mean'; received 'pca'"):
+        vectors.initialize(Sequences(o, inputs=torch.randn(4, 6, 1), rewards=torch.randn(4, 6)), method="pca")
+    with pytest.raises(TypeError, match="the linear model's emission has no bias"):
+        WorldModel(2, 1, transition="linear", latent_dim=2, reward=False).initialize(torch.randn(2, 3, 2))
+    text = CONFIG.read_text()
+    with pytest.raises(ConfigError, match="a 'world' model takes 'mean'"):
+        elbox.runs.parse_config(tomllib.loads(text.replace('init = "mean"', 'init = "kmeans++"')), "x.toml")

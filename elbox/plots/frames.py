@@ -20,7 +20,7 @@ def plot_frames(rows, path: str | os.PathLike | None = None, *, first_step: int 
 
     Args:
         rows: A dict ``{label: frames}``, each ``[K, C, H, W]`` channels first (C = 1 or 3) or
-            ``[K, H, W]``, all of the same shape: floats in [0, 1] (clipped there: a decoder's
+            ``[K, H, W]``, all of the same K, H and W: floats in [0, 1] (clipped there: a decoder's
             mean may stray) or uint8 0–255.
         path: If given, the PNG is written there (atomically); the path is returned.
         first_step: The step number of the first column (the columns are labelled with steps).
@@ -58,10 +58,11 @@ def plot_frames(rows, path: str | os.PathLike | None = None, *, first_step: int 
         if frames.shape[1] not in (1, 3):
             raise ValueError(f"{name} must be frames [K, C, H, W] channels first with C = 1 or 3 (or [K, H, W]); "
                              f"received {describe(frames)}")  # fmt: skip
-        if shape is not None and frames.shape != shape:
-            raise ValueError(f"every row must have the same frames' shape; {name} is {list(frames.shape)}, the first "
-                             f"row {list(shape)}")  # fmt: skip
-        shape = frames.shape
+        if shape is not None and (len(frames), *frames.shape[2:]) != shape:
+            first = f"[{shape[0]}, ·, {shape[1]}, {shape[2]}]"
+            raise ValueError(f"every row must have the same number of frames of the same size [K, ·, H, W]; {name} "
+                             f"is {list(frames.shape)}, the first row {first}")  # fmt: skip
+        shape = (len(frames), *frames.shape[2:])
         images[str(label)] = frames[::every].clamp(0, 1).permute(0, 2, 3, 1)  # [K', H, W, C]
     K = len(next(iter(images.values())))
     fig = Figure(figsize=(scale * K + 0.9, scale * len(images) + (0.45 if title else 0.2)), layout="constrained")

@@ -559,6 +559,12 @@ def _check_world(config: dict, source: str) -> None:
     model = config["model"]
     if model["transition"] == "linear" and model["latent"] != "gaussian":
         raise ConfigError(f"{source}: [model] transition = 'linear' is linear-Gaussian: it needs latent = 'gaussian'")
+    if config["train"]["init"] not in ("none", "mean"):
+        raise ConfigError(f"{source}: [train] init = {config['train']['init']!r}: a 'world' model takes 'mean' (its "
+                          "decoder starts at the training data's mean observation) or 'none'")  # fmt: skip
+    if config["train"]["init"] == "mean" and model["transition"] == "linear":
+        raise ConfigError(f"{source}: [train] init = 'mean' sets the decoder's bias; the linear model's emission has "
+                          "none (transition = 'linear')")  # fmt: skip
     if model["encoder"] == "conv" and model["transition"] == "linear":
         raise ConfigError(f"{source}: [model] encoder = 'conv' needs transition = 'rssm' (the linear model's emission "
                           "is linear)")  # fmt: skip
@@ -615,7 +621,7 @@ register_model_type(ModelType(
         "unimix": Key(0.01, lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
                       "a number in [0, 1]", "categorical latents: the uniform mix (DreamerV3: 0.01)"),
     },
-    build=_world, guide=_world_guide, method="vi", init=None, sequences=True, dtype=None,
+    build=_world, guide=_world_guide, method="vi", init="none", sequences=True, dtype=None,
     description="a world model (PlaNet's/Dreamer's RSSM) of observations given actions; world_elbo, iwae or fivo",
     check=_check_world, em=False, figures=_world_figures,
 ))  # fmt: skip
