@@ -63,7 +63,7 @@ def plot_frames(rows, path: str | os.PathLike | None = None, *, first_step: int 
             raise ValueError(f"every row must have the same number of frames of the same size [K, ·, H, W]; {name} "
                              f"is {list(frames.shape)}, the first row {first}")  # fmt: skip
         shape = (len(frames), *frames.shape[2:])
-        images[str(label)] = frames[::every].clamp(0, 1).permute(0, 2, 3, 1)  # [K', H, W, C]
+        images[str(label)] = frames[::every].clamp(0, 1).permute(0, 2, 3, 1).numpy()  # [K', H, W, C]
     K = len(next(iter(images.values())))
     fig = Figure(figsize=(scale * K + 0.9, scale * len(images) + (0.45 if title else 0.2)), layout="constrained")
     axes = fig.subplots(len(images), K, squeeze=False)
