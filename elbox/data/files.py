@@ -21,7 +21,7 @@ FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _VALUE_KEYS = ("x", "values", "data")
 
 
-def load_file(path: str | os.PathLike) -> Tensor | Sequences:
+def load_file(path: str | os.PathLike, *, frame_dtype: torch.dtype = torch.float64) -> Tensor | Sequences:
     """Reads a data file into a tensor ``[N, *data_shape]`` or, for sequences, :class:`Sequences`.
 
     - ``.npy``: one numeric array, ``[N, D]`` (points) or ``[N, T, D]`` / ``[N, T]`` (N sequences
@@ -31,7 +31,9 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
       [N, T, U]`` for a state-space model with controls, and ``rewards [N, T]`` (a world model's;
       ``elbox collect`` writes ``x``, ``inputs``, ``rewards`` and ``lengths``); ``meta``, a JSON
       object in a string (the provenance ``elbox collect`` records), is read only for its ``pixels``
-      flag: frames stored as ``uint8`` under ``pixels: true`` become intensities in [0, 1] (divided by 255).
+      flag: frames stored as ``uint8`` under ``pixels: true`` become intensities in [0, 1] (divided by 255),
+      of ``frame_dtype`` (float64; the run layer reads a pixel world model's frames as float32, in one
+      conversion).
     - ``.csv``: a table of numbers, one row per point (a first row of column names is skipped);
       comma-separated.
 
@@ -53,7 +55,7 @@ def load_file(path: str | os.PathLike) -> Tensor | Sequences:
         if suffix == ".npy":
             return _tensor(np.load(path, allow_pickle=False), path)
         if suffix == ".npz":
-            return _from_npz(path)
+            return _from_npz(path, frame_dtype)
         return _tensor(_read_csv(path), path)
     except (ValueError, OSError, EOFError) as error:
         if isinstance(error, ValueError) and str(error).startswith(f"{path}"):
@@ -81,7 +83,7 @@ def _tensor(array: np.ndarray, path: Path) -> Tensor:
     return x.double() if x.is_floating_point() else x
 
 
-def _from_npz(path: Path) -> Tensor | Sequences:
+def _from_npz(path: Path, frame_dtype: torch.dtype = torch.float64) -> Tensor | Sequences:
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
     key = next((k for k in _VALUE_KEYS if k in arrays), None)
@@ -96,7 +98,7 @@ def _from_npz(path: Path) -> Tensor | Sequences:
                          "'meta')")  # fmt: skip
     values = _tensor(arrays[key], path)
     if meta.get("pixels") and arrays[key].dtype == np.uint8:
-        values = values.double() / 255  # frames stored as bytes (elbox collect --pixels): intensities in [0, 1]
+        values = values.to(frame_dtype).div_(255)  # frames stored as bytes (elbox collect --pixels): in [0, 1]
     if "lengths" not in arrays and "inputs" not in arrays and "rewards" not in arrays:
         return values
     lengths = arrays.get("lengths")

@@ -439,8 +439,9 @@ class WorldPosterior(Guide):
         return self._model._stats_from(self.head[2](F.elu(pre)))
 
     def embed(self, x: Sequences) -> Tensor:
-        """e(o_t) for every step, ``[B, T, embed_dim]``."""
-        return self.encoder(x.values)
+        """e(o_t) for every step, ``[B, T, embed_dim]`` (frames in [0, 1] enter the convolutions
+        centred, o_t − 0.5, as Dreamer's do: a mostly white frame is otherwise a large constant input)."""
+        return self.encoder(x.values - 0.5 if self._model.encoder_kind == "conv" else x.values)
 
     def forward(self, x, index: Tensor | None = None) -> WorldPath:
         model = self._model
@@ -733,6 +734,30 @@ class WorldModel(LatentModel):
         """p(s_{1:T} | a) over the batch's paths, a :class:`WorldPath`."""
         x = self.check_data(x, min_length=1)
         return WorldPath(self, x.mask, self._actions(x))
+
+    @torch.no_grad()
+    def initialize(self, x, method: str = "mean", generator: torch.Generator | None = None) -> None:
+        """Starts the observation decoder's output at the data's mean: the bias of its last layer
+        set to the mean observation over every observed step of ``x`` (frames: each channel's mean
+        intensity), so that the decoder starts from the mean frame rather than from 0, and the
+        rest of training goes into what changes. What ``[train] init = "mean"`` runs. Frames of a
+        small object on a plain background (the pendulum's rod on white) are otherwise left at
+        the background for hundreds of steps, and the posterior learns to carry nothing.
+
+        Args:
+            x: Episodes, as :meth:`check_data` takes them.
+            method: ``"mean"``.
+            generator: Unused (the initialization is deterministic).
+        """
+        if method != "mean":
+            raise ValueError(f"WorldModel.initialize: method must be 'mean'; received {method!r}")
+        if self.transition_kind == "linear":
+            raise TypeError("WorldModel.initialize: the linear model's emission has no bias to start at the mean")
+        x = self.check_data(x)
+        mask = x.mask.reshape(*x.mask.shape, *(1,) * len(self.obs_shape))
+        mean = (x.values * mask).sum((0, 1)) / x.mask.sum()  # [*obs_shape]
+        last = self.observation.net[-1] if self.encoder_kind == "conv" else self.observation[-1]
+        last.bias.copy_(mean.mean((-2, -1)) if self.encoder_kind == "conv" else mean)
 
     def guide(self, *args, **kwargs) -> WorldPosterior:
         """The posterior q(z_t | h_t, o_t): part of the model (:class:`WorldPosterior`)."""

@@ -1,5 +1,6 @@
 """Figures (matplotlib, imported lazily; nothing in the core imports this package)."""
 
+from elbox.plots.frames import plot_frames
 from elbox.plots.gradients import plot_annealing, plot_temperature_tradeoff
 from elbox.plots.rate_distortion import plot_rate_distortion
 from elbox.plots.report import plot_bracket, plot_gaps, plot_khat, plot_kl_per_dim, render_html, write_html_report
@@ -10,6 +11,7 @@ from elbox.plots.vae import plot_latent_space, plot_reconstructions, plot_sample
 __all__ = [
     "plot_annealing",
     "plot_bracket",
+    "plot_frames",
     "plot_gap_over_time",
     "plot_gaps",
     "plot_khat",

@@ -117,8 +117,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(0, SEED, "seeds the initialization and the run"),
         "max_iter": Key(200, POSITIVE_INT, "em: the most iterations"),
         "tol": Key(1e-6, NON_NEGATIVE, "em: stop when the bound per point improves by less"),
-        "init": Key("auto", choice("auto", "kmeans++", "pca", "random", "none"),
-                    "how the parameters start (auto: the model type's; none: the model's defaults)"),
+        "init": Key("auto", choice("auto", "kmeans++", "pca", "random", "mean", "none"),
+                    "how the parameters start (auto: the model type's; none: the model's defaults; mean: a world "
+                    "model's decoder starts at the training data's mean observation)"),
         "n_init": Key(1, POSITIVE_INT, "em: restarts, the best kept"),
         "anneal_rate": Key(0.0, NON_NEGATIVE,
                            "r of the temperature's annealing, τ = max(min_temperature, τ₀ exp(−r t)) at step t, from "

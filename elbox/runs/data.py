@@ -103,7 +103,10 @@ def _user_file(config: dict):
     from elbox.data import load_file
 
     path = config["data"]["path"]
-    x = load_file(path)
+    sequences = MODEL_TYPES[config["model"]["type"]].sequences
+    frames = config["model"].get("encoder") == "conv" and sequences
+    # frames stored as bytes become float32 intensities in one conversion (float64 would double the set)
+    x = load_file(path, frame_dtype=torch.float32) if frames else load_file(path)
     recorded = config.get(RECORD, {}).get("sha256")
     if recorded:
         from elbox.data.files import file_checksum
@@ -113,9 +116,11 @@ def _user_file(config: dict):
                 f"[data] path: {path} has changed since the run was trained (its SHA-256 differs from the one "
                 "recorded); evaluate on the file the run was trained on, or train a new run"
             )
-    if config["model"].get("encoder") == "conv" and not MODEL_TYPES[config["model"]["type"]].sequences:
+    if config["model"].get("encoder") == "conv" and not sequences:
         x = _flat_images(x, path)
-    if MODEL_TYPES[config["model"]["type"]].sequences and not isinstance(x, Sequences):
+    if frames:
+        x = _episode_frames(x, path)
+    if sequences and not isinstance(x, Sequences):
         if str(path).lower().endswith(".csv") and x.dim() == 2:
             x = x.unsqueeze(0)  # a table: one series, a row per step and a column per variable
         elif x.dim() == 2 and x.is_floating_point():
@@ -142,6 +147,35 @@ def _flat_images(x: torch.Tensor, path) -> torch.Tensor:
     return x
 
 
+def _episode_frames(x, path):
+    """A sequence model's ``encoder = "conv"``: episodes of frames ``[N, T, C, 64, 64]`` (channels
+    first, as ``elbox collect --pixels`` writes them; ``[N, T, 64, 64]``: one channel) as Sequences
+    of float frames. Bytes (uint8, 0–255) not read as frames by :func:`~elbox.data.load_file` (a
+    file without ``elbox collect``'s meta) become intensities in [0, 1] here; frames of another
+    size or channels last are refused with the layout expected."""
+    from elbox.models._conv import IMAGE_SIZE
+
+    values = x.values if isinstance(x, Sequences) else x
+    side = (IMAGE_SIZE, IMAGE_SIZE)
+    expected = (f"[model] encoder = 'conv' takes episodes of frames [N, T, C, {IMAGE_SIZE}, {IMAGE_SIZE}] (channels "
+                f"first, as `elbox collect ENV --pixels` writes them; uint8 0-255 or floats in [0, 1])")  # fmt: skip
+    shape = list(values.shape)
+    if values.dim() == 5 and tuple(shape[2:4]) == side and tuple(shape[3:]) != side:
+        raise ConfigError(f"{expected}; [data] path {path} holds frames channels last, shape {shape}: store them as "
+                          "np.moveaxis(x, -1, 2)")  # fmt: skip
+    if values.dim() == 4 and tuple(shape[2:]) == side:
+        values = values.unsqueeze(2)  # one channel
+    elif values.dim() != 5 or tuple(shape[3:]) != side:
+        raise ConfigError(f"{expected}; [data] path {path} holds shape {shape}")
+    if values.dtype == torch.uint8:
+        values = values.to(torch.float32).div_(255)
+    elif not values.is_floating_point():
+        raise ConfigError(f"{expected}; [data] path {path} holds frames of dtype {values.dtype}")
+    if not isinstance(x, Sequences):
+        return Sequences(values)
+    return Sequences(values, x.mask, inputs=x.inputs, rewards=x.rewards)
+
+
 def _binarized(x: torch.Tensor, method: str, split: str, seed: int) -> torch.Tensor:
     """A split as the run sees it: training data under dynamic binarization keep their
     intensities (the engine draws per batch); held-out data are one seeded draw."""
@@ -160,7 +194,8 @@ def data_info(x) -> DataInfo:
     if isinstance(x, Sequences):
         values = x.values
         symbols = int(values.max()) + 1 if not values.is_floating_point() and values.dim() == 2 else 0
-        dim = 0 if symbols else int(values.shape[-1])
+        # frames [N, T, C, H, W]: the channels (the model's obs_dim)
+        dim = 0 if symbols else int(values.shape[2] if values.dim() == 5 else values.shape[-1])
         inputs = 0 if x.inputs is None else int(x.inputs.shape[-1])
         return DataInfo(dim=dim, symbols=symbols, points=len(x), steps=int(values.shape[1]), inputs=inputs)
     if x.dim() != 2:

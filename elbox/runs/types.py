@@ -493,8 +493,9 @@ def _dmm_guide(model, m: dict, info: DataInfo):
 
 
 @torch.no_grad()
-def _dmm_figures(directory, config: dict, model) -> list:
-    """The gap between log p̂(x_t | x_<t) and ELBO_t over time, on the first test sequences."""
+def _dmm_figures(directory, config: dict, model, sequences: int = 16, particles: int = 64) -> list:
+    """The gap between log p̂(x_t | x_<t) and ELBO_t over time, on the first ``sequences`` test
+    sequences (``particles`` particles, 2 runs)."""
     from elbox import plots
     from elbox.evidence.smc import sequence_report
     from elbox.runs.data import load_data
@@ -506,7 +507,7 @@ def _dmm_figures(directory, config: dict, model) -> list:
     x, _ = load_data(config, "test")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["evaluate"]["seed"])
-        report = sequence_report(model, guide, x[:16], num_samples=64, num_runs=2, elbo_samples=2)
+        report = sequence_report(model, guide, x[:sequences], num_samples=particles, num_runs=2, elbo_samples=2)
     path = directory / "gap_over_time.png"
     plots.plot_gap_over_time(report, path)
     return [path]
@@ -545,7 +546,7 @@ def _world(m: dict, info: DataInfo):
         raise ConfigError("[model] type = 'world' takes real-valued observations [N, T, D]; the data are symbols")
     return WorldModel(info.dim, info.inputs, latent=m["latent"], latent_dim=m["latent_dim"], classes=m["classes"],
                       deter_dim=m["deter_dim"], hidden=m["hidden"], reward=m["reward"], transition=m["transition"],
-                      use_actions=m["use_actions"], encoder=m["encoder"],
+                      use_actions=m["use_actions"], encoder=m["encoder"], depth=m["depth"],
                       observation_variance=m["observation_variance"], min_std=m["min_std"],
                       unimix=m["unimix"])  # fmt: skip
 
@@ -558,6 +559,44 @@ def _check_world(config: dict, source: str) -> None:
     model = config["model"]
     if model["transition"] == "linear" and model["latent"] != "gaussian":
         raise ConfigError(f"{source}: [model] transition = 'linear' is linear-Gaussian: it needs latent = 'gaussian'")
+    if config["train"]["init"] not in ("none", "mean"):
+        raise ConfigError(f"{source}: [train] init = {config['train']['init']!r}: a 'world' model takes 'mean' (its "
+                          "decoder starts at the training data's mean observation) or 'none'")  # fmt: skip
+    if config["train"]["init"] == "mean" and model["transition"] == "linear":
+        raise ConfigError(f"{source}: [train] init = 'mean' sets the decoder's bias; the linear model's emission has "
+                          "none (transition = 'linear')")  # fmt: skip
+    if model["encoder"] == "conv" and model["transition"] == "linear":
+        raise ConfigError(f"{source}: [model] encoder = 'conv' needs transition = 'rssm' (the linear model's emission "
+                          "is linear)")  # fmt: skip
+
+
+@torch.no_grad()
+def _world_figures(directory, config: dict, model) -> list:
+    """The gap over time (:func:`_dmm_figures`); for frames (``encoder = "conv"``) also
+    ``imagined_frames.png``: a test episode's true frames above the frames imagined from its first
+    10 steps under its logged actions, up to 20 steps ahead, the posterior's and the prior's means
+    (:func:`elbox.plots.plot_frames`)."""
+    if model.encoder_kind != "conv":
+        return _dmm_figures(directory, config, model)
+    from elbox import plots
+    from elbox.models.world import _prefix
+    from elbox.runs.data import load_data
+
+    # every particle's frame is decoded: the gap over 4 test episodes of 16 particles (64 and 16 for vectors)
+    paths = _dmm_figures(directory, config, model, sequences=4, particles=16)
+    x, _ = load_data(config, "test")
+    x = model.check_data(x[:1])
+    context = min(10, int(x.lengths[0]) // 2)
+    T = min(int(x.lengths[0]), context + 20)  # at most 20 steps ahead
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["evaluate"]["seed"])
+        state = model.filter(_prefix(x, context), sample=False)
+        actions = x.inputs[:, context:T] if x.inputs is not None else x.values.new_zeros(1, T - context, 0)
+        imagined = model.imagine(state, actions, sample=False).observations  # [1, K, C, 64, 64]
+    path = directory / "imagined_frames.png"
+    plots.plot_frames({"true": x.values[0, context:T], "imagined": imagined[0]}, path, first_step=context + 1,
+                      title=f"a test episode: frames imagined from {context} observed steps, under its actions")
+    return paths + [path]
 
 
 register_model_type(ModelType(
@@ -573,13 +612,16 @@ register_model_type(ModelType(
         "transition": Key("rssm", choice("rssm", "linear"),
                           "the RSSM, or linear-Gaussian (then an LGSSM with the actions as inputs)"),
         "use_actions": Key(True, BOOL, "false: the model ignores the actions (a baseline on the same data)"),
-        "encoder": Key("mlp", choice("mlp"), "the observation encoder (vector observations)"),
+        "encoder": Key("mlp", choice("mlp", "conv"),
+                       "'mlp': vector observations [N, T, D]; 'conv': Dreamer's convolutions for 64 × 64 frames "
+                       "[N, T, C, 64, 64] (uint8 0–255 as elbox collect --pixels writes them, or floats in [0, 1])"),
+        "depth": Key(32, SIZE, "the convolutions' depth with encoder = 'conv' (Dreamer: 32)"),
         "observation_variance": _OBSERVATION_VARIANCE,
         "min_std": Key(0.1, NON_NEGATIVE, "Gaussian latents: the floor on the std (PlaNet: 0.1)"),
         "unimix": Key(0.01, lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
                       "a number in [0, 1]", "categorical latents: the uniform mix (DreamerV3: 0.01)"),
     },
-    build=_world, guide=_world_guide, method="vi", init=None, sequences=True, dtype=None,
+    build=_world, guide=_world_guide, method="vi", init="none", sequences=True, dtype=None,
     description="a world model (PlaNet's/Dreamer's RSSM) of observations given actions; world_elbo, iwae or fivo",
-    check=_check_world, em=False, figures=_dmm_figures,
+    check=_check_world, em=False, figures=_world_figures,
 ))  # fmt: skip
