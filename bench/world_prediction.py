@@ -1,6 +1,9 @@
 """Prediction measured as a likelihood: the world model against three baselines on pendulum states.
 
-    python bench/world_prediction.py [--epochs 300] [--context 20] [--horizon 30] [--particles 200]
+    python bench/world_prediction.py [--epochs 300] [--schedule constant|cosine] [--min-std 0.1]
+                                     [--context 20] [--horizon 30] [--particles 200] [--cache DIR]
+
+(docs/world-models.md's table: ``--epochs 1500 --schedule cosine --min-std 0.1 --particles 1000``.)
 
 Data: the 100 random-policy Pendulum-v1 episodes of 50 steps of configs/data/world_pendulum.npz
 (training) and 50 more episodes of 50 steps drawn the same way with another seed (test). From
@@ -9,7 +12,8 @@ k = ``--horizon`` observations under the logged actions; per horizon j the score
 j-step-ahead predictive log-likelihood log p(o_{c+j} | o_{1:c}, a) and the squared error of the
 predicted mean (summed over the 3 coordinates):
 
-- ``world``: the RSSM (WorldModel, Gaussian latents) trained by the true ELBO (world_elbo);
+- ``world``: the RSSM (WorldModel, Gaussian latents) trained by the true ELBO (world_elbo), the
+  learning rate 3e-3 constant or (``--schedule cosine``) decayed along a cosine to 0;
   its predictive by a particle filter over the context (``--particles``, the posterior proposing)
   rolled forward by the prior; ± MC from 2 independent filter runs;
 - ``world, no actions``: the same model and training with the actions switched off;
