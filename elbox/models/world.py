@@ -942,10 +942,9 @@ class WorldModel(LatentModel):
                              f"actions); received {list(future.shape)}")  # fmt: skip
         return future if self.use_actions else None
 
-    def _filtered_particles(self, x: Sequences, S: int, resample: str, evidence: bool = False):
+    def _filtered_particles(self, x: Sequences, S: int, resample: str) -> tuple[Tensor, Tensor]:
         """A particle filter over each sequence (the posterior proposing): the states after each
-        sequence's last step ``[S, B, D]`` and their normalized log-weights ``[S, B]`` (with
-        ``evidence``, also the filter's log Ẑ of each sequence ``[B]``)."""
+        sequence's last step ``[S, B, D]`` and their normalized log-weights ``[S, B]``."""
         from elbox.distributions.smc import resample_indices
 
         q, p = self.representation(x), self.prior_for(x)
@@ -954,15 +953,12 @@ class WorldModel(LatentModel):
         log_w = s.new_full((S, B), -math.log(S))
         last = x.mask.sum(-1) - 1
         out_s, out_w = torch.empty_like(s), torch.empty_like(log_w)
-        log_z = log_w.new_zeros(B)
         for t in range(T):
             keep = x.mask[:, t]
             new, log_q, h, z = q.step_rsample(t, s)
             alpha = p.step_log_prob(t, s, new) + self.step_log_likelihood(x, new, t) - log_q
             log_w = torch.where(keep, log_w + alpha, log_w)
-            step = log_w.logsumexp(0)  # log p̂(o_t | o_{<t}) where the step exists (0 past the end)
-            log_z = log_z + step
-            log_w = log_w - step
+            log_w = log_w - log_w.logsumexp(0)
             s = torch.where(keep[:, None], new, s)
             done = last == t
             out_s[:, done], out_w[:, done] = s[:, done], log_w[:, done]
@@ -973,7 +969,7 @@ class WorldModel(LatentModel):
                                   torch.arange(S, device=s.device)[:, None].expand(S, B))  # fmt: skip
                 s = s.gather(0, idx.unsqueeze(-1).expand_as(s))
                 log_w = torch.where(due, torch.full_like(log_w, -math.log(S)), log_w)
-        return (out_s, out_w, log_z) if evidence else (out_s, out_w)
+        return out_s, out_w
 
     def _roll(self, s: Tensor, future: Tensor | int) -> Tensor:
         """States ``[S, B, D]`` rolled forward by the prior under the future actions ``[B, k, A]``
