@@ -14,11 +14,13 @@ from tests.test_world import _episodes, _linear_world
 
 
 def _wide_posterior_world():
-    """The linear world model with its posterior's scale widened (e^1 ≈ 2.7 times, softplus-wise),
-    so that the filter's weights are bounded and the central limit theorem's 1/√S holds."""
+    """The linear world model with its posterior's scale widened (softplus(ρ + 2): about 2.5 times),
+    so that the filter's weights are bounded and the central limit theorem's 1/√S holds (with the
+    narrower posterior of _linear_world some sequences' weights are heavy-tailed and their errors
+    shrink more slowly)."""
     model = _linear_world(A=1)
     with torch.no_grad():
-        model.guide().raw_scale.add_(1.0)
+        model.guide().raw_scale.add_(2.0)
     return model
 
 
@@ -29,9 +31,10 @@ def test_the_monte_carlo_error_shrinks_as_one_over_root_particles():
     future = torch.randn(len(lengths), 3, 1, dtype=torch.float64)
     torch.manual_seed(0)
     R = 16
-    small = model.forecast(x, 3, inputs=future, num_samples=1600, num_runs=R)
-    large = model.forecast(x, 3, inputs=future, num_samples=6400, num_runs=R)
-    assert small.num_samples == 1600 and large.num_samples == 6400 and small.method == "simulation"
+    # 400 and 1,600 particles a run: past the few-particle regime, where a quantile's error shrinks slower
+    small = model.forecast(x, 3, inputs=future, num_samples=6400, num_runs=R)
+    large = model.forecast(x, 3, inputs=future, num_samples=25600, num_runs=R)
+    assert small.num_samples == 6400 and large.num_samples == 25600 and small.method == "simulation"
     for name in ("mean_stderr", "lower_stderr", "upper_stderr"):
         a, b = getattr(small, name), getattr(large, name)
         assert a.shape == small.mean.shape and (a > 0).all()
