@@ -1,6 +1,9 @@
 """Prediction measured as a likelihood: the world model against three baselines on pendulum states.
 
-    python bench/world_prediction.py [--epochs 300] [--context 20] [--horizon 30] [--particles 200]
+    python bench/world_prediction.py [--epochs 300] [--schedule constant|cosine] [--min-std 0.1]
+                                     [--context 20] [--horizon 30] [--particles 200] [--cache DIR]
+
+(docs/world-models.md's table: ``--epochs 1500 --schedule cosine --min-std 0.1 --particles 1000``.)
 
 Data: the 100 random-policy Pendulum-v1 episodes of 50 steps of configs/data/world_pendulum.npz
 (training) and 50 more episodes of 50 steps drawn the same way with another seed (test). From
@@ -9,7 +12,8 @@ k = ``--horizon`` observations under the logged actions; per horizon j the score
 j-step-ahead predictive log-likelihood log p(o_{c+j} | o_{1:c}, a) and the squared error of the
 predicted mean (summed over the 3 coordinates):
 
-- ``world``: the RSSM (WorldModel, Gaussian latents) trained by the true ELBO (world_elbo);
+- ``world``: the RSSM (WorldModel, Gaussian latents) trained by the true ELBO (world_elbo), the
+  learning rate 3e-3 constant or (``--schedule cosine``) decayed along a cosine to 0;
   its predictive by a particle filter over the context (``--particles``, the posterior proposing)
   rolled forward by the prior; ± MC from 2 independent filter runs;
 - ``world, no actions``: the same model and training with the actions switched off;
@@ -60,11 +64,12 @@ def _gaussian_log_prob(x, mean, variance):
 
 
 def _train_world(train: Sequences, use_actions: bool, epochs: int, min_std: float, cache: str | None = None,
-                 seed: int = 0) -> tuple[WorldModel, float]:  # fmt: skip
+                 seed: int = 0, schedule: str = "constant") -> tuple[WorldModel, float]:  # fmt: skip
     torch.manual_seed(seed)
     model = WorldModel(3, 1, latent_dim=8, deter_dim=64, hidden=64, observation_variance="learned",
                        use_actions=use_actions, min_std=min_std)  # fmt: skip
-    path = Path(cache) / f"world_actions{int(use_actions)}_epochs{epochs}_minstd{min_std}.pt" if cache else None
+    tag = "" if schedule == "constant" else f"_{schedule}"
+    path = Path(cache) / f"world_actions{int(use_actions)}_epochs{epochs}_minstd{min_std}{tag}.pt" if cache else None
     if path is not None and path.is_file():  # trained by an earlier call with the same settings
         saved = torch.load(path)
         model.load_state_dict(saved["state"])
@@ -72,7 +77,7 @@ def _train_world(train: Sequences, use_actions: bool, epochs: int, min_std: floa
         return model, saved["seconds"]
     start = time.perf_counter()
     history = elbox.fit(model, model.guide(), train, bound="world_elbo", epochs=epochs, batch_size=20, lr=3e-3,
-                        seed=seed)  # fmt: skip
+                        seed=seed, schedule=None if schedule == "constant" else schedule)  # fmt: skip
     print(f"  world (use_actions={use_actions}): {epochs} epochs in {time.perf_counter() - start:.0f} s, "
           f"training ELBO per episode {history.lower_bound[-1]:.1f}", flush=True)  # fmt: skip
     seconds = time.perf_counter() - start
@@ -130,6 +135,8 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=200)
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--min-std", type=float, default=0.1, help="the latents' std floor (PlaNet: 0.1)")
+    parser.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                        help="the learning rate's schedule: constant 3e-3, or cosine from 3e-3 to 0 at the last epoch")
     parser.add_argument("--cache", default=None, help="a directory where trained world models are kept and reused "
                         "(a long run split into several calls)")
     parser.add_argument("--surrogates", action="store_true",
@@ -172,7 +179,8 @@ def main() -> None:
     # the world model, with and without actions
     seconds = {}
     for name, use_actions in (("world", True), ("world, no actions", False)):
-        model, seconds[name] = _train_world(train, use_actions, args.epochs, args.min_std, args.cache)
+        model, seconds[name] = _train_world(train, use_actions, args.epochs, args.min_std, args.cache,
+                                            schedule=args.schedule)  # fmt: skip
         torch.manual_seed(1)
         result = model.predictive_log_likelihood(test, context=c, horizon=k, num_samples=args.particles,
                                                  method="smc", num_runs=2)  # fmt: skip
@@ -210,8 +218,8 @@ def main() -> None:
     above = all(differences[n]["mean"][j] - 2 * differences[n]["stderr"][j] > 0 for n in differences for j in range(k))
     print(f"\nworld above every baseline at every horizon by more than 2 paired standard errors: {above}")
     out = {"environment": environment(), "context": c, "horizon": k, "test_episodes": B, "epochs": args.epochs,
-           "particles": args.particles, "min_std": args.min_std, "train_seconds": seconds, "table": table,
-           "world_minus": differences, "world_above_every_baseline": above}  # fmt: skip
+           "particles": args.particles, "min_std": args.min_std, "schedule": args.schedule, "train_seconds": seconds,
+           "table": table, "world_minus": differences, "world_above_every_baseline": above}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1))
     from elbox.plots import plot_prediction
 

@@ -285,3 +285,32 @@ def test_em_under_torchrun_is_refused_with_the_way_out(tmp_path):
     rc, output = _finish(_torchrun("-m", "elbox", "fit", ROOT / "configs" / "gmm_digits.toml", "--out",
                                    tmp_path / "run", "--no-progress"), timeout=120)  # fmt: skip
     assert rc != 0 and output.count('method = "em" runs in one process') == 2, output
+
+
+def test_a_world_model_fits_under_torchrun_with_two_processes_and_its_checkpoint_loads_and_evaluates(tmp_path):
+    """`elbox fit configs/world_model_pendulum.toml --quick` on two gloo processes (as the DMM's in
+    test_dmm_extra.py): every epoch recorded once, the checkpoint written by rank 0 with world size
+    2, loaded back as the world model (its posterior, part of the model, the guide), which
+    evaluates: finite ELBO, SMC evidence and predictive log-likelihood on held-out episodes."""
+    import elbox
+    from elbox.runs.data import load_data
+
+    out = tmp_path / "run"
+    rc, output = _finish(_torchrun("-m", "elbox", "fit", ROOT / "configs" / "world_model_pendulum.toml", "--quick",
+                                   "--out", out, "--no-progress"), timeout=240)  # fmt: skip
+    assert rc == 0, output
+    assert output.count("Run directory:") == 1  # rank 0 alone prints
+    metrics = RunDirectory(out).read_metrics()
+    assert [m["epoch"] for m in metrics] == list(range(1, 6))
+    _, meta = load_checkpoint(RunDirectory(out).checkpoint())
+    assert meta["world_size"] == 2
+    run = elbox.load_run(out)
+    assert type(run.model).__name__ == "WorldModel" and run.guide is run.model.guide()
+    test, _ = load_data(run.config, "test")
+    x = test[:4]
+    torch.manual_seed(0)
+    assert torch.isfinite(elbox.elbo(run.model, run.guide, x).value).all()
+    estimate = elbox.log_evidence(run.model, x, guide=run.guide, method="smc", num_samples=32, num_runs=2)
+    assert torch.isfinite(estimate.value).all()
+    result = run.model.predictive_log_likelihood(x, context=10, horizon=3, num_samples=16)
+    assert torch.isfinite(result["log_likelihood"]).all()

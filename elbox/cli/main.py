@@ -372,7 +372,8 @@ def collect(
 ) -> None:
     """Collect episodes of an environment generated in code into an .npz: x (observations; frames
     as uint8), inputs (inputs[:, t] is the action that led into step t), rewards (rewards[:, t] is
-    the reward on arriving at step t), lengths, and meta (provenance, a JSON string). The file is
+    the reward on arriving at step t), continues (continues[:, t] is 0 where step t is terminal, else
+    1), lengths, and meta (provenance, a JSON string). The file is
     written atomically; a sequence model trains on it through the config's data path."""
     import time
 

@@ -28,8 +28,9 @@ def load_file(path: str | os.PathLike, *, frame_dtype: torch.dtype = torch.float
       of T steps; integers ``[N, T]`` are symbols for a categorical HMM).
     - ``.npz``: the data under ``x`` (or ``values``, or ``data``); for sequences of different
       lengths, ``lengths [N]`` (the values padded to the longest), and optionally ``inputs
-      [N, T, U]`` for a state-space model with controls, and ``rewards [N, T]`` (a world model's;
-      ``elbox collect`` writes ``x``, ``inputs``, ``rewards`` and ``lengths``); ``meta``, a JSON
+      [N, T, U]`` for a state-space model with controls, ``rewards [N, T]`` and ``continues [N, T]``
+      (a world model's: continuation flags, 0 at a terminal step; ``elbox collect`` writes ``x``,
+      ``inputs``, ``rewards``, ``continues`` and ``lengths``); ``meta``, a JSON
       object in a string (the provenance ``elbox collect`` records), is read only for its ``pixels``
       flag: frames stored as ``uint8`` under ``pixels: true`` become intensities in [0, 1] (divided by 255),
       of ``frame_dtype`` (float64; the run layer reads a pixel world model's frames as float32, in one
@@ -92,27 +93,31 @@ def _from_npz(path: Path, frame_dtype: torch.dtype = torch.float64) -> Tensor | 
             f"{path} must hold the data under one of {list(_VALUE_KEYS)}; it holds {sorted(arrays) or 'nothing'}"
         )
     meta = _meta(arrays.pop("meta", None), path)
-    unknown = sorted(set(arrays) - {key, "lengths", "inputs", "rewards"})
+    unknown = sorted(set(arrays) - {key, "lengths", "inputs", "rewards", "continues"})
     if unknown:
         raise ValueError(f"{path}: unexpected arrays {unknown} (known: {key!r}, 'lengths', 'inputs', 'rewards', "
-                         "'meta')")  # fmt: skip
+                         "'continues', 'meta')")  # fmt: skip
     values = _tensor(arrays[key], path)
     if meta.get("pixels") and arrays[key].dtype == np.uint8:
         values = values.to(frame_dtype).div_(255)  # frames stored as bytes (elbox collect --pixels): in [0, 1]
-    if "lengths" not in arrays and "inputs" not in arrays and "rewards" not in arrays:
+    if not {"lengths", "inputs", "rewards", "continues"} & set(arrays):
         return values
     lengths = arrays.get("lengths")
     inputs = arrays.get("inputs")
     rewards = arrays.get("rewards")
+    continues = arrays.get("continues")
     if lengths is not None and lengths.dtype.kind not in "iu":
         raise ValueError(f"{path}: lengths must be integers; received {describe(lengths)}")
     if rewards is not None and rewards.dtype.kind not in "biuf":
         raise ValueError(f"{path}: rewards must be numbers; received {describe(rewards)}")
+    if continues is not None and continues.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: continues must be 0/1 flags; received {describe(continues)}")
     return Sequences(
         values,
         lengths=None if lengths is None else torch.from_numpy(lengths.astype(np.int64)),
         inputs=None if inputs is None else torch.from_numpy(np.ascontiguousarray(inputs)).double(),
         rewards=None if rewards is None else torch.from_numpy(np.ascontiguousarray(rewards)).double(),
+        continues=None if continues is None else torch.from_numpy(np.ascontiguousarray(continues)).double(),
     )
 
 

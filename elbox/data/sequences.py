@@ -20,8 +20,9 @@ class Sequences:
     row True up to the sequence's length, then False), which is what ragged lengths mean. The
     padded entries of ``values`` are never read as data. ``inputs [B, T, U]`` are optional
     exogenous inputs (controls), used by :class:`~elbox.models.LinearGaussianSSM`; ``rewards [B, T]``
-    optional per-step rewards (``rewards[:, t]`` received on arriving at step t), read by
-    :class:`~elbox.models.WorldModel`.
+    optional per-step rewards (``rewards[:, t]`` received on arriving at step t) and ``continues [B, T]``
+    optional continuation flags (``continues[:, t]`` 0 where step t is terminal, the episode ended
+    there, and 1 where it goes on), both read by :class:`~elbox.models.WorldModel`.
 
     A NaN in ``values`` is a missing observation. The models that handle gaps (the LGSSM, the
     HMM) check the data with :func:`as_sequences` ``(missing=True)``, which zeroes those
@@ -39,6 +40,8 @@ class Sequences:
         lengths: ``[B]`` sequence lengths, instead of ``mask``.
         inputs: ``[B, T, U]`` inputs, or None.
         rewards: ``[B, T]`` real rewards, or None.
+        continues: ``[B, T]`` continuation flags (0 or 1; 0 at a terminal step, which can only be a
+            sequence's last), or None.
 
     Example:
         >>> seqs = Sequences.from_list([torch.randn(5, 2), torch.randn(3, 2)])
@@ -48,11 +51,13 @@ class Sequences:
 
     #: ``[B, T]`` rewards, or None (a class default: batches built before the field existed have none).
     rewards: Tensor | None = None
+    #: ``[B, T]`` continuation flags (0 at a terminal step), or None (a class default, as ``rewards``).
+    continues: Tensor | None = None
     #: Where a value was NaN (missing), set by :func:`as_sequences` ``(missing=True)``; None when nothing is
     #: missing (a class default too, for batches assembled field by field).
     missing: Tensor | None = None
 
-    def __init__(self, values, mask=None, *, lengths=None, inputs=None, rewards=None):
+    def __init__(self, values, mask=None, *, lengths=None, inputs=None, rewards=None, continues=None):
         values = _tensor(values, "values")
         if values.dim() < 2:
             raise ValueError(f"values must be [B, T, ...] (batch and time first); received {describe(values)}")
@@ -91,13 +96,19 @@ class Sequences:
             rewards = _tensor(rewards, "rewards")
             if tuple(rewards.shape) != (B, T):
                 raise ValueError(f"rewards must have shape [B, T] = [{B}, {T}]; received {describe(rewards)}")
+        if continues is not None:
+            continues = _tensor(continues, "continues")
+            if tuple(continues.shape) != (B, T):
+                raise ValueError(f"continues must have shape [B, T] = [{B}, {T}]; received {describe(continues)}")
         self.values, self.mask, self.inputs, self.rewards = values, mask, inputs, rewards
+        self.continues = continues
         self.missing: Tensor | None = None  # set by as_sequences(missing=True) where a value is NaN
 
     @classmethod
     def from_list(cls, sequences: Sequence, inputs: Sequence | None = None, padding: float = 0, *,
-                  rewards: Sequence | None = None) -> Sequences:  # fmt: skip
-        """Pads a list of ``[T_b, *event]`` arrays (and of ``[T_b, U]`` inputs, ``[T_b]`` rewards) to one batch."""
+                  rewards: Sequence | None = None, continues: Sequence | None = None) -> Sequences:  # fmt: skip
+        """Pads a list of ``[T_b, *event]`` arrays (and of ``[T_b, U]`` inputs, ``[T_b]`` rewards and
+        continuation flags, padded with 1) to one batch."""
         if len(sequences) == 0:
             raise ValueError("sequences must hold at least one sequence; received an empty list")
         items = [s if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s)) for s in sequences]
@@ -121,7 +132,14 @@ class Sequences:
                 raise ValueError(f"rewards must hold one array per sequence ({len(items)}); received {len(rewards)}")
             r = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in rewards]
             padded_rewards = torch.nn.utils.rnn.pad_sequence(r, batch_first=True)
-        return cls(values, lengths=lengths, inputs=padded_inputs, rewards=padded_rewards)
+        padded_continues = None
+        if continues is not None:
+            if len(continues) != len(items):
+                raise ValueError(f"continues must hold one array per sequence ({len(items)}); received "
+                                 f"{len(continues)}")  # fmt: skip
+            c = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in continues]
+            padded_continues = torch.nn.utils.rnn.pad_sequence(c, batch_first=True, padding_value=1)
+        return cls(values, lengths=lengths, inputs=padded_inputs, rewards=padded_rewards, continues=padded_continues)
 
     @property
     def shape(self) -> torch.Size:
@@ -157,6 +175,7 @@ class Sequences:
         picked = Sequences.__new__(Sequences)
         picked.values, picked.mask, picked.inputs = self.values[index], self.mask[index], inputs
         picked.rewards = None if self.rewards is None else self.rewards[index]
+        picked.continues = None if self.continues is None else self.continues[index]
         picked.missing = None if self.missing is None else self.missing[index]
         return picked
 
@@ -170,16 +189,19 @@ class Sequences:
         trimmed.values, trimmed.mask = self.values[:, :T], self.mask[:, :T]
         trimmed.inputs = None if self.inputs is None else self.inputs[:, :T]
         trimmed.rewards = None if self.rewards is None else self.rewards[:, :T]
+        trimmed.continues = None if self.continues is None else self.continues[:, :T]
         trimmed.missing = None if self.missing is None else self.missing[:, :T]
         return trimmed
 
     def to(self, *args, **kwargs) -> Sequences:
-        """Converts ``values``, ``inputs`` and ``rewards`` (the mask keeps its dtype) as ``Tensor.to`` does."""
+        """Converts ``values``, ``inputs``, ``rewards`` and ``continues`` (the mask keeps its dtype) as
+        ``Tensor.to`` does."""
         moved = Sequences.__new__(Sequences)
         moved.values = self.values.to(*args, **kwargs)
         moved.mask = self.mask.to(moved.values.device)
         moved.inputs = None if self.inputs is None else self.inputs.to(*args, **kwargs)
         moved.rewards = None if self.rewards is None else self.rewards.to(*args, **kwargs)
+        moved.continues = None if self.continues is None else self.continues.to(*args, **kwargs)
         moved.missing = None if self.missing is None else self.missing.to(moved.values.device)
         return moved
 
@@ -188,6 +210,7 @@ class Sequences:
         span = f"{int(lengths.min())}..{int(lengths.max())}" if len(self) else "-"
         inputs = "" if self.inputs is None else f", inputs {list(self.inputs.shape)}"
         rewards = "" if self.rewards is None else ", rewards"
+        rewards += "" if self.continues is None else ", continues"
         return f"Sequences(values {list(self.values.shape)} {self.values.dtype}, lengths {span}{inputs}{rewards})"
 
 
@@ -247,6 +270,7 @@ def as_sequences(
     owner: str = "the model",
     name: str = "x",
     rewards: bool = False,
+    continues: bool = False,
     missing: bool = False,
 ) -> Sequences:
     """``x`` (a tensor ``[B, T, *event]``, a :class:`Sequences` or a list of ``[T_b, *event]``
@@ -269,6 +293,9 @@ def as_sequences(
         name: What the data are called in error messages (``fit`` passes ``"data"``).
         rewards: Rewards ``[B, T]`` required (finite where the mask is set; padding zeroed); without
             it, rewards the sequences carry are dropped from the checked batch.
+        continues: Continuation flags ``[B, T]`` required: 0 or 1 where the mask is set, 0 only at a
+            sequence's last step (a terminal step ends the episode); padding set to 1. Without it,
+            flags the sequences carry are dropped from the checked batch.
         missing: Whether a NaN value is a missing observation (models whose filters skip gaps:
             the LGSSM, the HMM). The NaN entries are zeroed and recorded in the result's
             ``missing`` (``[B, T, *event]``, ``[B, T]`` for symbols); a sequence with no observed
@@ -369,7 +396,36 @@ def as_sequences(
             b, t = (int(i) for i in bad.nonzero()[0])
             raise ValueError(f"rewards: sequence {b} has a non-finite reward ({float(r[b, t])}) at step {t}")
         checked_rewards = r
+    checked_continues = None
+    if continues:
+        checked_continues = _check_continues(seqs.continues, mask, owner, dtype, device)
     checked = Sequences.__new__(Sequences)
     checked.values, checked.mask, checked.inputs, checked.rewards = values, mask, inputs, checked_rewards
+    checked.continues = checked_continues
     checked.missing = gaps
     return checked
+
+
+def _check_continues(continues, mask: Tensor, owner: str, dtype, device) -> Tensor:
+    """Continuation flags ``[B, T]`` as checked ``dtype`` values: 0 or 1 where the mask is set, 0
+    only at a sequence's last step; padding 1."""
+    if continues is None:
+        raise ValueError(f"{owner} has a continuation head: pass the continuation flags as Sequences(x, inputs=u, "
+                         "rewards=r, continues=c), [B, T] (continues[:, t] = 0 where step t is terminal, else 1)")
+    if not isinstance(continues, Tensor):
+        continues = torch.as_tensor(np.asarray(continues))
+    if continues.dtype == torch.bool:  # True: goes on
+        continues = continues.to(dtype)
+    c = _numeric(continues, "continues").to(device)
+    c = torch.where(mask, c.to(dtype), 1.0)
+    bad = (c != 0) & (c != 1)
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"continues must hold 0 (a terminal step) or 1; sequence {b} has {float(c[b, t])} at step {t}")
+    last = mask.sum(-1, keepdim=True) - 1
+    early = (c == 0) & (torch.arange(mask.shape[1], device=mask.device) < last)
+    if bool(early.any()):
+        b, t = (int(i) for i in early.nonzero()[0])
+        raise ValueError(f"continues: sequence {b} is terminal (0) at step {t}, before its last step "
+                         f"{int(last[b])}; a terminal step ends an episode")  # fmt: skip
+    return c

@@ -69,6 +69,10 @@ class Episodes:
             end (CartPole's pole fell) are zeros.
         meta: Provenance: the environment and its library's version, the seed, the policy, the
             layout.
+        continues: ``[N, T]`` float32 continuation flags: ``continues[:, t]`` is 0 where step t is
+            terminal (the environment ended the episode there: CartPole's pole fell) and 1 where it
+            goes on or was only cut at ``steps`` (Pendulum-v1 never terminates); 1 past each end.
+            None for a file written before the flags were recorded.
     """
 
     x: np.ndarray
@@ -76,6 +80,7 @@ class Episodes:
     rewards: np.ndarray
     lengths: np.ndarray
     meta: dict = field(default_factory=dict)
+    continues: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -97,8 +102,9 @@ class Episodes:
         if path.suffix.lower() != ".npz":
             raise ValueError(f"out must be a .npz file; received {path.name!r}")
         buffer = io.BytesIO()
+        flags = {} if self.continues is None else {"continues": self.continues}
         np.savez_compressed(buffer, x=self.x, inputs=self.inputs, rewards=self.rewards, lengths=self.lengths,
-                            meta=np.array(json.dumps(self.meta, sort_keys=True)))  # fmt: skip
+                            meta=np.array(json.dumps(self.meta, sort_keys=True)), **flags)  # fmt: skip
         return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -110,7 +116,8 @@ def load_episodes(path: str | os.PathLike) -> Episodes:
         if missing:
             raise ValueError(f"{path} is not a file of episodes: it lacks the arrays {missing}")
         meta = json.loads(str(archive["meta"])) if "meta" in archive.files else {}
-        return Episodes(archive["x"], archive["inputs"], archive["rewards"], archive["lengths"], meta)
+        continues = archive["continues"] if "continues" in archive.files else None
+        return Episodes(archive["x"], archive["inputs"], archive["rewards"], archive["lengths"], meta, continues)
 
 
 def collect(
@@ -176,6 +183,7 @@ def collect(
     x = np.zeros((N, T, *shape), dtype=np.uint8 if pixels else np.float32)
     inputs = np.zeros((N, T, A), dtype=np.float32)
     rewards = np.zeros((N, T), dtype=np.float32)
+    continues = np.ones((N, T), dtype=np.float32)
     lengths = np.zeros(N, dtype=np.int64)
     # two seeds per episode, from the run's seed and the episode's index: the reset's, the policy's
     seeds = np.stack([s.generate_state(2) for s in np.random.SeedSequence(seed).spawn(N)]).astype(np.int64)
@@ -183,9 +191,9 @@ def collect(
     try:
         for start in range(0, N, _BATCH):
             index = np.arange(start, min(N, start + _BATCH))
-            _run_batch(environment, simulators[: len(index)], policy, seeds[index], x[index[0]: index[-1] + 1],
-                       inputs[index[0]: index[-1] + 1], rewards[index[0]: index[-1] + 1],
-                       lengths[index[0]: index[-1] + 1])  # fmt: skip
+            rows = slice(index[0], index[-1] + 1)
+            _run_batch(environment, simulators[: len(index)], policy, seeds[index], x[rows], inputs[rows],
+                       rewards[rows], lengths[rows], continues[rows])  # fmt: skip
             if progress is not None:
                 progress(int(index[-1]) + 1, N)
     finally:
@@ -206,13 +214,16 @@ def collect(
         "action": f"[{A}] float32, " + ("one-hot" if environment.discrete else
                                         f"in [{environment.action_low:g}, {environment.action_high:g}]"),
         "layout": "inputs[:, t] = action a_{t-1} into step t, rewards[:, t] = reward on arriving at step t "
-                  "(both 0 at t = 0); steps at and after lengths[n] are zeros",
+                  "(both 0 at t = 0); continues[:, t] = 0 where step t is terminal, else 1; steps at and after "
+                  "lengths[n] are zeros (continues: ones)",
     }  # fmt: skip
-    return Episodes(x[:, :longest], inputs[:, :longest], rewards[:, :longest], lengths, meta)
+    return Episodes(x[:, :longest], inputs[:, :longest], rewards[:, :longest], lengths, meta,
+                    continues[:, :longest])  # fmt: skip
 
 
-def _run_batch(environment: Environment, simulators, policy, seeds, x, inputs, rewards, lengths) -> None:
-    """Runs len(simulators) episodes side by side, writing into the views x, inputs, rewards, lengths."""
+def _run_batch(environment: Environment, simulators, policy, seeds, x, inputs, rewards, lengths, continues) -> None:
+    """Runs len(simulators) episodes side by side, writing into the views x, inputs, rewards, lengths and
+    continues (0 at a step where the environment terminated the episode)."""
     n, T = len(simulators), x.shape[1]
     current = np.stack([sim.reset(int(s)) for sim, s in zip(simulators, seeds[:, 0])])  # [n, *obs]
     x[:, 0] = current
@@ -229,6 +240,7 @@ def _run_batch(environment: Environment, simulators, policy, seeds, x, inputs, r
             current[i] = observation
             lengths[i] = t + 1
             alive[i] = not terminated
+            continues[i, t] = 0.0 if terminated else 1.0
         if not alive.any():
             break
 

@@ -6,19 +6,21 @@ states and actions, and a stochastic part z_t. Under the prior and the posterior
 
 .. math:: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}), \qquad
           p(z_t \mid h_t), \qquad q(z_t \mid h_t, o_t), \qquad
-          p(o_t \mid h_t, z_t), \quad p(r_t \mid h_t, z_t),
+          p(o_t \mid h_t, z_t), \quad p(r_t \mid h_t, z_t), \quad p(c_t \mid h_t, z_t),
 
 so a path's h is fixed by its z and the actions, and every density ratio of two paths
 distributions is the ratio of their z-steps: the ELBO is
-Σ_t E_q[log p(o_t | ·) + log p(r_t | ·) − KL(q(z_t | h_t, o_t) ‖ p(z_t | h_t))] exactly.
+Σ_t E_q[log p(o_t | ·) + log p(r_t | ·) + log p(c_t | ·) − KL(q(z_t | h_t, o_t) ‖ p(z_t | h_t))] exactly
+(the continuation flag c_t's Bernoulli term only with ``continuation=True``).
 The paths are :class:`WorldPath` (a :class:`~elbox.distributions.MarkovPath` over the states),
 so ``elbox.elbo``, ``elbox.bounds.elbo_steps``, FIVO/SMC and ``log_evidence(method="smc")``
 take them as they take a deep Markov model's.
 
 Data convention: episodes are :class:`~elbox.data.Sequences` with values the observations o_t
 ``[B, T, obs_dim]``, inputs the actions with ``inputs[:, t]`` the action a_{t-1} that led into
-step t (``inputs[:, 0]`` unused), and ``rewards[:, t]`` the reward received on arriving at o_t
-(``rewards[:, 0]`` unused).
+step t (``inputs[:, 0]`` unused), ``rewards[:, t]`` the reward received on arriving at o_t
+(``rewards[:, 0]`` unused), and (a model with a continuation head) ``continues[:, t]`` the flag c_t,
+0 where step t is terminal (the episode ended there) and 1 where it goes on.
 """
 
 from __future__ import annotations
@@ -85,22 +87,27 @@ class Imagined:
         rewards: The predicted mean reward of each step, ``[N, K]`` (None without a reward head).
         observations: The predicted mean observation, ``[N, K, obs_dim]``.
         h, z: The imagined states, ``[N, K, H]`` and ``[N, K, Z]``.
+        continues: The predicted probability that each step is not terminal, p(c_t = 1 | h_t, z_t),
+            ``[N, K]`` (None without a continuation head).
     """
 
     rewards: Tensor | None
     observations: Tensor
     h: Tensor
     z: Tensor
+    continues: Tensor | None = None
 
 
 class WorldSteps(NamedTuple):
     """The world model's ELBO per step, each ``[B, T]`` (zero past each end), averaged over
-    particles: ``value`` = ``observation`` + ``reward`` − ``kl``."""
+    particles: ``value`` = ``observation`` + ``reward`` + ``continuation`` − ``kl`` (the
+    continuation's term zero without a continuation head)."""
 
     value: Tensor
     observation: Tensor
     reward: Tensor
     kl: Tensor
+    continuation: Tensor
 
 
 class WorldPath(MarkovPath):
@@ -240,7 +247,7 @@ class WorldPath(MarkovPath):
         from elbox.bounds.sequence import StepTerms
 
         steps, method = world_steps(model, x, self, p, num_samples, kl)
-        return StepTerms(steps.value, steps.observation + steps.reward, steps.kl, method)
+        return StepTerms(steps.value, steps.observation + steps.reward + steps.continuation, steps.kl, method)
 
     def __repr__(self) -> str:
         kind = "posterior" if self.is_posterior else "prior"
@@ -359,18 +366,19 @@ def world_steps(model: WorldModel, x: Sequences, q: WorldPath, p: WorldPath, num
     """The ELBO's parts per step from ``num_samples`` paths of q: (:class:`WorldSteps`, the KL's
     method); with ``raw``, also the per-particle parts and both steps' parameters (for the
     surrogates of :class:`~elbox.objectives.world.WorldELBO`)."""
+    x = x.trimmed()  # a mini-batch gathered from checked data keeps the data set's padding; q's paths do not
     path, log_q, *q_stats = q.rsample_steps((num_samples,))
-    observation, reward = model.step_log_likelihoods(x, path)
+    observation, reward, continuation = model.step_log_likelihoods(x, path)
     p_stats = p.conditionals(path)
     if kl == "analytic":
         kl_steps, method = model._kl(tuple(q_stats), p_stats), "analytic"
     else:
         kl_steps, method = log_q - p.step_log_probs(path), "mc"
     kl_steps = torch.where(q.mask, kl_steps, 0.0)
-    steps = WorldSteps(observation.mean(0) + reward.mean(0) - kl_steps.mean(0), observation.mean(0), reward.mean(0),
-                       kl_steps.mean(0))  # fmt: skip
+    steps = WorldSteps(observation.mean(0) + reward.mean(0) + continuation.mean(0) - kl_steps.mean(0),
+                       observation.mean(0), reward.mean(0), kl_steps.mean(0), continuation.mean(0))  # fmt: skip
     if raw:
-        return steps, method, (observation, reward, kl_steps, tuple(q_stats), p_stats)
+        return steps, method, (observation, reward, continuation, kl_steps, tuple(q_stats), p_stats)
     return steps, method
 
 
@@ -378,9 +386,10 @@ def world_elbo_steps(model: WorldModel, x, *, num_samples: int = 1, kl: str = "a
     r"""A world model's ELBO per step and per sequence, its guide the model's own posterior:
 
     .. math:: \mathrm{ELBO}_t = \mathbb{E}_q\big[\log p(o_t \mid h_t, z_t) + \log p(r_t \mid h_t, z_t)
-              - \mathrm{KL}\big(q(z_t \mid h_t, o_t) \,\|\, p(z_t \mid h_t)\big)\big],
+              + \log p(c_t \mid h_t, z_t) - \mathrm{KL}\big(q(z_t \mid h_t, o_t) \,\|\, p(z_t \mid h_t)\big)\big],
 
-    the KL analytic given the drawn past (``kl="analytic"``) or sampled (``"mc"``).
+    the KL analytic given the drawn past (``kl="analytic"``) or sampled (``"mc"``); the
+    continuation flag's term only with a continuation head.
 
     Returns:
         :class:`WorldSteps`, each ``[B, T]``.
@@ -454,7 +463,8 @@ class WorldModel(LatentModel):
 
     .. math:: h_t = \mathrm{GRU}\big(h_{t-1}, \mathrm{elu}(W[z_{t-1}, a_{t-1}])\big), \quad
               z_t \sim p(z_t \mid h_t), \quad
-              o_t \sim \mathcal{N}(\mu(h_t, z_t), \sigma^2), \quad r_t \sim \mathcal{N}(\rho(h_t, z_t), 1),
+              o_t \sim \mathcal{N}(\mu(h_t, z_t), \sigma^2), \quad r_t \sim \mathcal{N}(\rho(h_t, z_t), 1), \quad
+              c_t \sim \mathrm{Bernoulli}(\sigma(\kappa(h_t, z_t))),
 
     with the posterior q(z_t | h_t, e(o_t)) (:class:`WorldPosterior`, the guide, part of the
     model). Latents are Gaussian (``latent_dim`` of them; std softplus + ``min_std``, as
@@ -462,7 +472,10 @@ class WorldModel(LatentModel):
     with straight-through gradients and a ``unimix`` uniform mix, as DreamerV2/3). With
     ``transition="linear"`` the model is exactly a linear-Gaussian state-space model with the
     actions as inputs (h_t = A z_{t-1} + B a_{t-1}, the prior N(h_t, diag σ²), o_t = C z_t + noise):
-    :meth:`to_lgssm` gives it as a :class:`~elbox.models.LinearGaussianSSM`, the oracle.
+    :meth:`to_lgssm` gives it as a :class:`~elbox.models.LinearGaussianSSM`, the oracle. The
+    continuation flag c_t (Dreamer's continue predictor: 0 at a terminal step) is optional
+    (``continuation=True``); its Bernoulli log-likelihood is one more observed-data term of the
+    ELBO, of the particle filter's weights and of the evidence.
 
     Paths are ``[*S, B, T, H + Z]`` states s_t = [h_t, z_t] (:class:`WorldPath`); ragged
     episodes by masks. ``elbox.elbo(model, model.guide(), x)`` is the bound (the objective
@@ -476,8 +489,9 @@ class WorldModel(LatentModel):
     - ``model.imagine(state, actions [N, K, A], sample=True) -> Imagined``: rolls the prior
       forward under N action sequences of K steps; ``actions[:, 0]`` is applied from the state's
       step (it leads into the first imagined step). ``.rewards [N, K]`` the predicted mean
-      reward of each step, ``.observations [N, K, obs_dim]`` the predicted means. A state of
-      batch 1 broadcasts over the N candidates.
+      reward of each step, ``.observations [N, K, obs_dim]`` the predicted means,
+      ``.continues [N, K]`` the predicted probabilities that each step is not terminal (with a
+      continuation head). A state of batch 1 broadcasts over the N candidates.
 
     Args:
         obs_dim: The size of o_t (``encoder="conv"``: the images' channels C; o_t ``[C, 64, 64]``).
@@ -489,6 +503,8 @@ class WorldModel(LatentModel):
         deter_dim: The GRU's state size H (PlaNet: 200). The linear transition's h is Z-sized.
         hidden: The MLPs' width.
         reward: Whether there is a reward head (the data must then carry rewards).
+        continuation: Whether there is a continuation head p(c_t | h_t, z_t), a Bernoulli of the
+            flag c_t (0: step t is terminal); the data must then carry ``continues``.
         transition: ``"rssm"`` or ``"linear"``.
         use_actions: False: a model that ignores the actions (a baseline on the same data).
         encoder: ``"mlp"`` (vector observations) or ``"conv"`` (64 × 64 images: Dreamer's
@@ -509,7 +525,7 @@ class WorldModel(LatentModel):
                  classes: int = 32, deter_dim: int = 200, hidden: int = 200, reward: bool = True,
                  transition: str = "rssm", use_actions: bool = True, encoder: str = "mlp",
                  observation_variance: float | str = 1.0, min_std: float = 0.1, unimix: float = 0.01,
-                 depth: int = 32):  # fmt: skip
+                 depth: int = 32, continuation: bool = False):  # fmt: skip
         super().__init__()
         self.obs_dim = check_positive_int(obs_dim, "obs_dim")
         self.action_dim = check_positive_int(action_dim, "action_dim", minimum=0)
@@ -521,7 +537,7 @@ class WorldModel(LatentModel):
             raise ValueError(f"encoder must be one of {_ENCODERS}; received {encoder!r}")
         if encoder == "conv" and transition == "linear":
             raise ValueError("encoder='conv' needs transition='rssm' (the linear model's emission is linear)")
-        for name, value in (("reward", reward), ("use_actions", use_actions)):
+        for name, value in (("reward", reward), ("use_actions", use_actions), ("continuation", continuation)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False; received {value!r}")
         if transition == "linear" and latent != "gaussian":
@@ -531,7 +547,7 @@ class WorldModel(LatentModel):
         self.depth = check_positive_int(depth, "depth")
         #: One observation's shape: ``(obs_dim,)``, or ``(C, 64, 64)`` for images.
         self.obs_shape = (self.obs_dim,) if encoder == "mlp" else (self.obs_dim, 64, 64)
-        self.has_reward, self.use_actions = reward, use_actions
+        self.has_reward, self.use_actions, self.has_continuation = reward, use_actions, continuation
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.classes = check_positive_int(classes, "classes", minimum=2)
         self.stoch_dim = self.latent_dim * (self.classes if latent == "categorical" else 1)
@@ -549,6 +565,7 @@ class WorldModel(LatentModel):
             self.raw_scale = nn.Parameter(torch.full((Z,), math.log(math.e - 1)))  # softplus⁻¹(1)
             self.observation = nn.Linear(Z, self.obs_dim, bias=False)
             self.reward_head = nn.Linear(Z, 1) if reward else None
+            self.continuation_head = nn.Linear(Z, 1) if continuation else None
         else:
             H = self.deter_dim = check_positive_int(deter_dim, "deter_dim")
             self.state_action = nn.Linear(Z + A, self.hidden)
@@ -561,6 +578,7 @@ class WorldModel(LatentModel):
             else:
                 self.observation = _mlp((H + Z, self.hidden, self.hidden, self.obs_dim))
             self.reward_head = _mlp((H + Z, self.hidden, 1)) if reward else None
+            self.continuation_head = _mlp((H + Z, self.hidden, 1)) if continuation else None
         self.z_0 = nn.Parameter(torch.zeros(Z))
         self.learned_variance = observation_variance == "learned"
         variance = 1.0 if self.learned_variance else check_number(observation_variance, "observation_variance",
@@ -586,8 +604,9 @@ class WorldModel(LatentModel):
     def check_data(self, x, *, name: str = "x", min_length: int = 2) -> Sequences:
         """``x`` as checked :class:`~elbox.data.Sequences`: observations ``[B, T, obs_dim]``, actions
         ``[B, T, action_dim]`` as inputs, rewards ``[B, T]`` where the model has a reward head,
-        every episode of at least ``min_length`` steps (an episode of one step has no action and
-        no reward; :meth:`filter` takes them); trailing steps no sequence reaches dropped."""
+        continuation flags ``[B, T]`` where it has a continuation head, every episode of at least
+        ``min_length`` steps (an episode of one step has no action and no reward; :meth:`filter`
+        takes them); trailing steps no sequence reaches dropped."""
         if isinstance(x, Sequences) and x.inputs is not None and self.action_dim \
                 and (x.inputs.dim() != 3 or x.inputs.shape[-1] != self.action_dim):  # fmt: skip
             raise ValueError(f"{name}: the actions (the sequences' inputs) must be [B, T, action_dim={self.action_dim}]"
@@ -595,8 +614,13 @@ class WorldModel(LatentModel):
         if isinstance(x, Sequences) and self.has_reward and x.rewards is None:
             raise ValueError(f"{name}: this WorldModel has a reward head (reward=True): the sequences must carry "
                              "rewards [B, T] (Sequences(o, inputs=a, rewards=r)); or build it with reward=False")
+        if isinstance(x, Sequences) and self.has_continuation and x.continues is None:
+            raise ValueError(f"{name}: this WorldModel has a continuation head (continuation=True): the sequences must "
+                             "carry continues [B, T], 0 at a terminal step and 1 elsewhere (Sequences(o, inputs=a, "
+                             "rewards=r, continues=c)); or build it with continuation=False")  # fmt: skip
         x = as_sequences(x, event_shape=self.obs_shape, name=name, num_inputs=self.action_dim, owner="WorldModel",
-                         rewards=self.has_reward, dtype=self._reference().dtype, device=self._reference().device)
+                         rewards=self.has_reward, continues=self.has_continuation, dtype=self._reference().dtype,
+                         device=self._reference().device)  # fmt: skip
         lengths = x.mask.sum(-1)
         if bool((lengths < min_length).any()):
             b = int((lengths < min_length).nonzero()[0])
@@ -693,18 +717,34 @@ class WorldModel(LatentModel):
             raise TypeError("this WorldModel has no reward head (reward=False)")
         return self.reward_head(self._features(s)).squeeze(-1)
 
+    def continuation_logits(self, s: Tensor) -> Tensor:
+        """The logit of p(c_t = 1 | s_t), that step t is not terminal, ``[*]``."""
+        if self.continuation_head is None:
+            raise TypeError("this WorldModel has no continuation head (continuation=False)")
+        return self.continuation_head(self._features(s)).squeeze(-1)
+
+    def continuation_probability(self, s: Tensor) -> Tensor:
+        """p(c_t = 1 | s_t): the probability that step t is not terminal, ``[*]``."""
+        return self.continuation_logits(s).sigmoid()
+
     def _observation_log_prob(self, o: Tensor, s: Tensor) -> Tensor:
         w = (o - self.observation_mean(s)) * torch.exp(-self.log_scale)
         return (-0.5 * w.square() - self.log_scale - _HALF_LOG_2PI).flatten(-len(self.obs_shape)).sum(-1)
 
-    def step_log_likelihoods(self, x: Sequences, s: Tensor, t: int | None = None) -> tuple[Tensor, Tensor]:
-        """(log p(o_t | s_t), log p(r_t | s_t)) per step ``[*S, B, T]`` (zero past each end; the
-        reward's zero without a head, and at t = 1, where no reward was received); with ``t``, of
-        that step alone from states ``[*S, B, D]``."""
+    def step_log_likelihoods(self, x: Sequences, s: Tensor, t: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(log p(o_t | s_t), log p(r_t | s_t), log p(c_t | s_t)) per step ``[*S, B, T]`` (zero past
+        each end; the reward's zero without a head, and at t = 1, where no reward was received; the
+        continuation's zero without a head, counted at every step); with ``t``, of that step alone
+        from states ``[*S, B, D]``."""
         o, mask = (x.values, x.mask) if t is None else (x.values[:, t], x.mask[:, t])
         obs = torch.where(mask, self._observation_log_prob(o, s), 0.0)
+        cont = torch.zeros_like(obs)
+        if self.continuation_head is not None:
+            c = x.continues if t is None else x.continues[:, t]
+            logits = self.continuation_logits(s)
+            cont = torch.where(mask, c * F.logsigmoid(logits) + (1 - c) * F.logsigmoid(-logits), 0.0)
         if self.reward_head is None:
-            return obs, torch.zeros_like(obs)
+            return obs, torch.zeros_like(obs), cont
         r = x.rewards if t is None else x.rewards[:, t]
         w = r - self.reward_mean(s)
         rew = -0.5 * w.square() - _HALF_LOG_2PI
@@ -713,17 +753,17 @@ class WorldModel(LatentModel):
             counted[:, 0] = False
         elif t == 0:
             counted = torch.zeros_like(mask)
-        return obs, torch.where(counted, rew, 0.0)
+        return obs, torch.where(counted, rew, 0.0), cont
 
     def step_log_likelihood(self, x, s: Tensor, t: int | None = None) -> Tensor:
-        """log p(o_t, r_t | s_t) per step, ``[*S, B, T]`` (with ``t``: that step, ``[*S, B]``, of
+        """log p(o_t, r_t, c_t | s_t) per step, ``[*S, B, T]`` (with ``t``: that step, ``[*S, B]``, of
         checked Sequences: the particle filter's call at every step does not check them again)."""
         x = x.trimmed() if t is not None and isinstance(x, Sequences) else self.check_data(x)
-        obs, rew = self.step_log_likelihoods(x, s, t)
-        return obs + rew
+        obs, rew, cont = self.step_log_likelihoods(x, s, t)
+        return obs + rew + cont
 
     def log_likelihood(self, x, z: Tensor) -> Tensor:
-        """Σ_t log p(o_t, r_t | s_t) over each sequence's steps, ``[*S, B]``."""
+        """Σ_t log p(o_t, r_t, c_t | s_t) over each sequence's steps, ``[*S, B]``."""
         return self.step_log_likelihood(self.check_data(x), z).sum(-1)
 
     def log_joint(self, x, z: Tensor) -> Tensor:
@@ -817,7 +857,9 @@ class WorldModel(LatentModel):
             states.append(s)
         path = torch.stack(states, 1)  # [N, K, D]
         rewards = self.reward_mean(path) if self.reward_head is not None else None
-        return Imagined(rewards, self.observation_mean(path), path[..., : self.deter_dim], path[..., self.deter_dim:])
+        continues = self.continuation_probability(path) if self.continuation_head is not None else None
+        return Imagined(rewards, self.observation_mean(path), path[..., : self.deter_dim], path[..., self.deter_dim:],
+                        continues)  # fmt: skip
 
     # Sampling, forecasting and prediction.
 
@@ -832,39 +874,84 @@ class WorldModel(LatentModel):
                 raise ValueError(f"this model has action_dim={self.action_dim}: pass inputs [n, T, {self.action_dim}]")
             inputs = self._check_actions(inputs, "inputs")
         fake = Sequences(torch.zeros(n, T, *self.obs_shape, dtype=ref.dtype, device=ref.device), inputs=inputs,
-                         rewards=torch.zeros(n, T, dtype=ref.dtype, device=ref.device))  # fmt: skip
+                         rewards=torch.zeros(n, T, dtype=ref.dtype, device=ref.device),
+                         continues=torch.ones(n, T, dtype=ref.dtype, device=ref.device))  # fmt: skip
         s = self.prior_for(fake).rsample()
         o = self.observation_mean(s)
         return o + torch.randn_like(o) * self.log_scale.exp(), s
 
     @torch.no_grad()
-    def forecast(self, x, steps: int, *, level: float = 0.9, inputs=None, num_samples: int = 1000):
-        """p(o_{T+1:T+k} | o_{1:T}, a) by simulation, from each sequence's own end: ``num_samples``
-        posterior states (a particle filter over o_{1:T}, resampled by its weights) rolled forward
-        under the future actions ``inputs [B, k, action_dim]``; the mean and variance of the
-        mixture and its quantiles as the ``level`` interval (:class:`~elbox.models.forecast.Forecast`,
-        ``method="simulation"``, ``num_samples=S``)."""
+    def forecast(self, x, steps: int, *, level: float = 0.9, inputs=None, num_samples: int = 1000,
+                 num_runs: int = 1):  # fmt: skip
+        r"""p(o_{T+1:T+k} | o_{1:T}, a) by simulation, from each sequence's own end:
+
+        .. math:: s_T \sim \textstyle\sum_p \bar w^p\, \delta_{s^p_T} \approx p(s_T \mid o_{1:T}, a), \qquad
+                  s_{T+j} \sim p(s_{T+j} \mid s_{T+j-1}, a_{T+j-1}), \qquad
+                  \mathbb{E}[o_{T+j}] \approx \textstyle\sum_p \bar w^p\, \mu(s^p_{T+j}).
+
+        The filtering distribution is a particle filter's weighted particles at the last step (the
+        posterior proposing, systematic resampling at ESS < P/2), each rolled forward by the prior
+        under the future actions ``inputs [B, k, action_dim]``. The mean is the weighted average of
+        the observation's mean (no observation noise), the variance adds σ², and the ``level``
+        interval of each coordinate is the exact pair of quantiles of the weighted mixture of
+        N(μ(s^p_{T+j}), σ²).
+
+        Monte Carlo error (the deep Markov model's convention), with ``num_runs`` R ≥ 2: the whole
+        computation is run as R independent filters and simulations of P = ``num_samples / R``
+        particles each, side by side; the forecast pools them (each run's mixture weighted 1/R),
+        and ``mean_stderr``, ``lower_stderr`` and ``upper_stderr`` are the spread of the runs' own
+        figures over √R (the filter's error and the simulation's together). ``elbox forecast``
+        runs 8. With R = 1 (the default) one filter of all the particles, and no error.
+
+        Args:
+            x: The sequences (ragged batches forecast each from its own end).
+            steps: k, the steps ahead.
+            level: The intervals' probability.
+            inputs: ``[B, k, action_dim]``, the future steps' actions (models with actions).
+            num_samples: The particles per sequence, over all runs.
+            num_runs: Independent runs: 1, or at least 2 for the Monte Carlo errors.
+
+        Returns:
+            A :class:`~elbox.models.forecast.Forecast` with ``method="simulation"`` and
+            ``num_samples`` the particles used (runs × particles per run).
+        """
         from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
 
         k, level = check_steps(steps), check_level(level)
-        S = check_positive_int(num_samples, "num_samples")
+        N = check_positive_int(num_samples, "num_samples")
+        R = check_positive_int(num_runs, "num_runs")
         if self.encoder_kind == "conv":
             raise TypeError("forecast gives per-coordinate intervals of vector observations; for images use "
                             "imagine(filter(x), actions) for the predicted frames")  # fmt: skip
         x = self.check_data(x, min_length=1)
         B = len(x)
         future = self._future_actions(inputs, B, k)
-        s, log_w = self._filtered_particles(x, S, "systematic")
-        paths = self._roll(s, future if future is not None and self.use_actions else k)  # [S, B, k, D]
-        means = self.observation_mean(paths)  # [S, B, k, O]
-        w = log_w.softmax(0)[..., None, None]  # [S, B, 1, 1]
-        mean = (w * means).sum(0)
+        P = -(-N // R)  # particles per run
+        # R independent filters side by side: the batch repeated, sequence b of run r at r B + b
+        runs = x if R == 1 else x[torch.arange(B, device=x.mask.device).repeat(R)]
+        s, log_w = self._filtered_particles(runs, P, "systematic")  # [P, R B, D], [P, R B]
+        paths = self._roll(s, future.repeat(R, 1, 1) if future is not None else k)  # [P, R B, k, D]
+        means = self.observation_mean(paths).view(P, R, B, k, self.obs_dim)
+        w = log_w.softmax(0).view(P, R, B, 1, 1)  # within each run
+        run_means = (w * means).sum(0)  # [R, B, k, O]
+        mean = run_means.mean(0)
         sd = self.log_scale.exp()
-        variance = (w * (means - mean).square()).sum(0) + sd.square()
-        weights = w.squeeze(-1).expand(S, B, k).permute(1, 2, 0).unsqueeze(-2).expand(B, k, self.obs_dim, S)
-        lower, upper = mixture_quantiles(weights, means.permute(1, 2, 3, 0), sd[:, None].expand_as(means.permute(
-            1, 2, 3, 0)), ((1 - level) / 2, (1 + level) / 2))  # fmt: skip
-        return Forecast(mean, variance, lower, upper, level, method="simulation", num_samples=S)
+        variance = (w * means.square()).sum(0).mean(0) - mean.square() + sd.square()
+        tails = ((1 - level) / 2, (1 + level) / 2)
+
+        def quantiles(weights: Tensor, locs: Tensor) -> list[Tensor]:  # of the mixtures over the last dimension
+            return mixture_quantiles(weights, locs, sd[:, None].expand_as(locs), tails)
+
+        locs = means.permute(1, 2, 3, 4, 0)  # [R, B, k, O, P]
+        within = w.view(P, R, B, 1).permute(1, 2, 3, 0).unsqueeze(-2).expand_as(locs)  # [R, B, k, O, P]
+        lower, upper = quantiles((within / R).permute(1, 2, 3, 0, 4).flatten(-2),
+                                 locs.permute(1, 2, 3, 0, 4).flatten(-2))  # pooled: [B, k, O]  # fmt: skip
+        if R == 1:
+            return Forecast(mean, variance, lower, upper, level, method="simulation", num_samples=P)
+        run_lower, run_upper = quantiles(within, locs)  # [R, B, k, O]
+        return Forecast(mean, variance, lower, upper, level, method="simulation", num_samples=P * R,
+                        mean_stderr=run_means.std(0) / math.sqrt(R), lower_stderr=run_lower.std(0) / math.sqrt(R),
+                        upper_stderr=run_upper.std(0) / math.sqrt(R))  # fmt: skip
 
     def _future_actions(self, inputs, B: int, k: int) -> Tensor | None:
         if not self.action_dim:
@@ -981,13 +1068,15 @@ class WorldModel(LatentModel):
         posterior.
 
         Raises:
-            TypeError: For an RSSM transition, or a reward head (the LGSSM has observations only).
+            TypeError: For an RSSM transition, a reward head or a continuation head (the LGSSM has
+                Gaussian observations only).
         """
         from elbox.models.dmm import linear_gaussian_ssm
 
-        if self.transition_kind != "linear" or self.has_reward:
-            raise TypeError(f"to_lgssm needs transition='linear' and reward=False; this model has transition="
-                            f"{self.transition_kind!r}, reward={self.has_reward}")  # fmt: skip
+        if self.transition_kind != "linear" or self.has_reward or self.has_continuation:
+            raise TypeError(f"to_lgssm needs transition='linear', reward=False and continuation=False; this model has "
+                            f"transition={self.transition_kind!r}, reward={self.has_reward}, continuation="
+                            f"{self.has_continuation}")  # fmt: skip
         dtype = self._reference().dtype
         U = self.action_dim if self.use_actions else 0
         with torch.no_grad():
@@ -998,7 +1087,8 @@ class WorldModel(LatentModel):
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, latent={self.latent!r}, "
                 f"latent_dim={self.latent_dim}, deter_dim={self.deter_dim}, transition={self.transition_kind!r}, "
-                f"reward={self.has_reward}, use_actions={self.use_actions}, encoder={self.encoder_kind!r}")  # fmt: skip
+                f"reward={self.has_reward}, continuation={self.has_continuation}, use_actions={self.use_actions}, "
+                f"encoder={self.encoder_kind!r}")  # fmt: skip
 
 
 def _prefix(x: Sequences, c: int) -> Sequences:
@@ -1007,4 +1097,5 @@ def _prefix(x: Sequences, c: int) -> Sequences:
     out.values, out.mask = x.values[:, :c], x.mask[:, :c]
     out.inputs = None if x.inputs is None else x.inputs[:, :c]
     out.rewards = None if x.rewards is None else x.rewards[:, :c]
+    out.continues = None if x.continues is None else x.continues[:, :c]
     return out

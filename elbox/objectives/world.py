@@ -21,11 +21,13 @@ FREE_NATS_MODES = ("step", "batch")
 class WorldELBO(Objective):
     r"""A world model's ELBO (:class:`~elbox.models.WorldModel`), the bound itself always reported:
 
-    .. math:: \mathcal{L}(o, r \mid a) = \sum_t \mathbb{E}_q\big[\log p(o_t \mid h_t, z_t)
-              + \log p(r_t \mid h_t, z_t) - \mathrm{KL}_t\big], \qquad
+    .. math:: \mathcal{L}(o, r, c \mid a) = \sum_t \mathbb{E}_q\big[\log p(o_t \mid h_t, z_t)
+              + \log p(r_t \mid h_t, z_t) + \log p(c_t \mid h_t, z_t) - \mathrm{KL}_t\big], \qquad
               \mathrm{KL}_t = \mathrm{KL}\big(q(z_t \mid h_t, o_t) \,\|\, p(z_t \mid h_t)\big).
 
-    The parts are ``reconstruction`` (E_q log p(o, r | ·)), ``observation``, ``reward`` and ``kl``.
+    The parts are ``reconstruction`` (E_q log p(o, r, c | ·)), ``observation``, ``reward``, ``kl``
+    and, for a model with a continuation head (``continuation=True``), ``continuation`` (the
+    continuation flags' Bernoulli log-likelihood; without the head there is no c_t term).
     The surrogates change only what is maximized; with either on, the metrics carry
     ``surrogate`` (the number maximized) beside ``bound``, the true ELBO (the objective's value):
 
@@ -78,13 +80,15 @@ class WorldELBO(Objective):
         from elbox.models.world import world_steps
 
         x, q, p = prepare(self.model, self.guide, self.batch(batch))
-        steps, _, (observation, reward, kl, q_stats, p_stats) = world_steps(self.model, x, q, p, self.num_samples,
-                                                                            raw=True)  # fmt: skip
+        steps, _, (observation, reward, continuation, kl, q_stats, p_stats) = world_steps(
+            self.model, x, q, p, self.num_samples, raw=True)  # fmt: skip
         mask = q.mask
         value = steps.value.sum(-1)
-        obs_sum, reward_sum = steps.observation.sum(-1), steps.reward.sum(-1)
-        parts = {"reconstruction": obs_sum + reward_sum, "observation": obs_sum, "reward": reward_sum,
+        obs_sum, reward_sum, cont_sum = steps.observation.sum(-1), steps.reward.sum(-1), steps.continuation.sum(-1)
+        parts = {"reconstruction": obs_sum + reward_sum + cont_sum, "observation": obs_sum, "reward": reward_sum,
                  "kl": steps.kl.sum(-1)}  # fmt: skip
+        if self.model.has_continuation:
+            parts["continuation"] = cont_sum
         if not self.surrogate_on:
             return Output(value, value, parts)
         # what is maximized: the KL balanced and floored; its value is the true KL's where the floor is not hit
@@ -106,6 +110,6 @@ class WorldELBO(Objective):
             mean_per_step = kl.detach().sum(-1).mean() / lengths.mean()  # the batch's mean KL per step
             if bool(mean_per_step < F):
                 kl_sum = (F * lengths).expand_as(kl_sum)
-        surrogate = (observation + reward).sum(-1).mean(0) - kl_sum.mean(0)
+        surrogate = (observation + reward + continuation).sum(-1).mean(0) - kl_sum.mean(0)
         parts["surrogate"] = surrogate.detach()
         return Output(value, surrogate, parts)

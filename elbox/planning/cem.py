@@ -107,6 +107,11 @@ def cem_plan(
 
     starting from the middle of the bounds with half their width as the standard deviation.
     All candidates are imagined in one call: ``dynamics.imagine(state, actions [N, H, A])``.
+    Where the imagination also predicts continuation probabilities (``.continues [N, H]``, a
+    world model with a continuation head), each reward is weighted by the probability that the
+    episode is still running when it is received, as Dreamer does:
+    R = Σ_k r̂_k Π_{j<k} ĉ_j (the reward of the step that ends the episode counts; those after it
+    do not).
 
     References:
         Learning Latent Dynamics for Planning from Pixels (Hafner et al., 2019),
@@ -147,7 +152,8 @@ def cem_plan(
     for _ in range(iterations):
         noise = torch.randn((candidates, *mean.shape), generator=generator, dtype=mean.dtype, device=device)
         actions = torch.clamp(mean + std * noise, low, high)  # [N, H, A]
-        returns = dynamics.imagine(state, actions, sample=sample).rewards.sum(-1)  # [N]
+        imagined = dynamics.imagine(state, actions, sample=sample)
+        returns = _returns(imagined.rewards, getattr(imagined, "continues", None))  # [N]
         if returns.shape != (candidates,):
             raise ValueError(f"dynamics.imagine must return rewards [N, H] = [{candidates}, {horizon}]; the sum over "
                              f"the horizon has shape {list(returns.shape)}")  # fmt: skip
@@ -159,3 +165,14 @@ def cem_plan(
         mean = elite.mean(0)
         std = (elite.var(0, correction=0) + 1e-6).sqrt()  # PlaNet's floor on the variance
     return Plan(action=mean[0], actions=mean, std=std, predicted_return=float(best.mean()))
+
+
+def _returns(rewards: Tensor, continues: Tensor | None) -> Tensor:
+    """Σ_k r_k, or with continuation probabilities ``[N, H]`` Σ_k r_k Π_{j<k} c_j."""
+    if continues is None:
+        return rewards.sum(-1)
+    if continues.shape != rewards.shape:
+        raise ValueError(f"dynamics.imagine must return continues of the rewards' shape {list(rewards.shape)}; "
+                         f"received {list(continues.shape)}")  # fmt: skip
+    running = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1]], 1).cumprod(1)
+    return (rewards * running).sum(-1)

@@ -175,4 +175,5 @@ def _parameter_dtype(module) -> torch.dtype:
 
 
 def _sequences(values: Tensor, inputs: Tensor, rewards: Tensor) -> Sequences:
-    return Sequences(values, inputs=inputs, rewards=rewards)
+    # the episode is running while the policy plans: every step so far continues (c_t = 1)
+    return Sequences(values, inputs=inputs, rewards=rewards, continues=torch.ones_like(rewards))

@@ -74,7 +74,11 @@ def _prefix(x: Sequences, lengths) -> Sequences:
     values = torch.where(mask.reshape(mask.shape + (1,) * (values.dim() - 2)), values, zero)
     inputs = None if x.inputs is None else x.inputs[:, :T]
     rewards = None if x.rewards is None else torch.where(mask, x.rewards[:, :T], 0.0)
-    return Sequences(values, mask, inputs=inputs, rewards=rewards)
+    continues = None
+    if x.continues is not None:  # a sequence cut short goes on past its new end (1 there)
+        cut = (lengths < x.lengths).unsqueeze(-1) & (torch.arange(T) == lengths.unsqueeze(-1) - 1)
+        continues = torch.where(mask & ~cut, x.continues[:, :T], 1.0)
+    return Sequences(values, mask, inputs=inputs, rewards=rewards, continues=continues)
 
 
 def held_out_steps(config: dict, split: str) -> int:

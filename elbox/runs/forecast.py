@@ -19,14 +19,15 @@ __all__ = ["forecast_run"]
 
 _COLUMNS = ("sequence", "step", "coordinate", "mean", "sd", "lower", "upper", "level")
 _SIMULATION_COLUMNS = ("mean_se", "lower_se", "upper_se")  # a simulated forecast's Monte Carlo errors
+_SIMULATION_RUNS = 8  # a simulated forecast's independent runs (the deep Markov model's default)
 
 
 def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, sequence: int = 0,
                  inputs: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """Forecasts every training sequence of a run ``steps`` steps past its end with the fitted
     model's ``forecast`` (exact for the HMM and the linear-Gaussian model; by simulation for the
-    deep Markov model, its trained guide proposing in the filter, with Monte Carlo errors in the
-    ``*_se`` columns), writes the table
+    deep Markov model, its trained guide proposing in the filter, and the world model, each as 8
+    independent runs with Monte Carlo errors in the ``*_se`` columns), writes the table
     (``forecast.csv``: one row per sequence, step ahead and coordinate) and the figure of sequence
     ``sequence`` (``forecast.png``: history, mean, interval, and the held-out steps that followed
     where the run holds out the end of each series, ``[data] split = "time"``).
@@ -48,6 +49,8 @@ def forecast_run(run_dir: str | os.PathLike, steps: int, *, level: float = 0.9, 
         raise ValueError(f"sequence must index one of the {len(x)} training sequences; received {sequence}")
     parameters = inspect.signature(model.forecast).parameters
     options = {"guide": run.guide} if "guide" in parameters else {}
+    if "num_runs" in parameters:  # a simulated forecast: independent runs, for its Monte Carlo errors
+        options["num_runs"] = _SIMULATION_RUNS
     width = getattr(model, "action_dim", 0) or getattr(model, "input_dim", 0)
     if inputs is not None and not width:
         raise ConfigError(f"--inputs: a {run.config['model']['type']!r} model of this run takes no inputs")

@@ -548,7 +548,7 @@ def _world(m: dict, info: DataInfo):
                       deter_dim=m["deter_dim"], hidden=m["hidden"], reward=m["reward"], transition=m["transition"],
                       use_actions=m["use_actions"], encoder=m["encoder"], depth=m["depth"],
                       observation_variance=m["observation_variance"], min_std=m["min_std"],
-                      unimix=m["unimix"])  # fmt: skip
+                      unimix=m["unimix"], continuation=m["continuation"])  # fmt: skip
 
 
 def _world_guide(model, m: dict, info: DataInfo):
@@ -609,6 +609,8 @@ register_model_type(ModelType(
         "deter_dim": Key(200, SIZE, "the GRU's deterministic state h_t"),
         "hidden": Key(200, SIZE, "the MLPs' width (encoder, heads, posterior)"),
         "reward": Key(True, BOOL, "a reward head p(r_t | h_t, z_t) (the data must carry rewards)"),
+        "continuation": Key(False, BOOL, "a continuation head p(c_t | h_t, z_t), Bernoulli, c_t = 0 at a terminal "
+                                         "step (the data must carry continues, as elbox collect writes)"),
         "transition": Key("rssm", choice("rssm", "linear"),
                           "the RSSM, or linear-Gaussian (then an LGSSM with the actions as inputs)"),
         "use_actions": Key(True, BOOL, "false: the model ignores the actions (a baseline on the same data)"),
