@@ -315,71 +315,70 @@ def _kernels():
         """The scaled forward pass over e ``[T, K, B]`` (the emissions' probabilities, each step's
         largest 1): a_t = (α_{t-1} A) ⊙ e_t, c_t = Σ a_t, α_t = a_t / c_t; the normalizers into
         ``c`` ``[T, B]`` and, with ``keep``, α into ``alpha`` ``[T, K, B]``. The batch is the
-        innermost loop, in blocks. Returns 0 where a normalizer underflowed to zero (the caller
-        redoes the pass in log space), 2 where a filtered probability is zero, else 1."""
+        innermost loop, in blocks; no test inside it (the caller checks c > 0 and α's zeros)."""
         T, K, B = e.shape
         a = np.empty((K, BLOCK))
         prev = np.empty((K, BLOCK))
         total = np.empty(BLOCK)
-        smallest = 1.0
-        positive = True
         for b0 in range(0, B, BLOCK):
             nb = min(BLOCK, B - b0)
             for t in range(T):
-                for k in range(K):
-                    if t == 0:
+                et = e[t]
+                if t == 0:
+                    for k in range(K):
                         for lane in range(nb):
-                            a[k, lane] = pi[k] * e[0, k, b0 + lane]
-                        continue
-                    for lane in range(nb):
-                        a[k, lane] = 0.0
+                            a[k, lane] = pi[k] * et[k, b0 + lane]
+                else:
+                    for k in range(K):
+                        for lane in range(nb):
+                            a[k, lane] = 0.0
                     for i in range(K):
-                        aik = A[i, k]
+                        for k in range(K):
+                            aik = A[i, k]
+                            for lane in range(nb):
+                                a[k, lane] += prev[i, lane] * aik
+                    for k in range(K):
                         for lane in range(nb):
-                            a[k, lane] += prev[i, lane] * aik
-                    for lane in range(nb):
-                        a[k, lane] *= e[t, k, b0 + lane]
+                            a[k, lane] *= et[k, b0 + lane]
                 for lane in range(nb):
                     total[lane] = 0.0
                 for k in range(K):
                     for lane in range(nb):
                         total[lane] += a[k, lane]
+                ct = c[t]
                 for lane in range(nb):
-                    positive = positive and total[lane] > 0.0
-                    c[t, b0 + lane] = total[lane]
+                    ct[b0 + lane] = total[lane]
                 for k in range(K):
                     for lane in range(nb):
                         prev[k, lane] = a[k, lane] / total[lane]
-                        smallest = min(smallest, prev[k, lane])
-                    if keep:
+                if keep:
+                    at = alpha[t]
+                    for k in range(K):
                         for lane in range(nb):
-                            alpha[t, k, b0 + lane] = prev[k, lane]
-            if not positive:
-                return 0
-        return 1 if smallest > 0.0 else 2
+                            at[k, b0 + lane] = prev[k, lane]
 
     @jit
-    def hmm_backward(A, e, c, alpha, lengths, gamma, counts):
+    def hmm_backward(A, e, c, alpha, lengths, gamma, tally):
         """The backward pass from the forward's α and normalizers (``[T, K, B]``, ``[T, B]``):
         w_t = (e_t / c_t) ⊙ β_t, β_{t-1} = A w_t (β = 1 at T); the smoothed marginals γ ∝ α ⊙ β
-        into ``gamma`` ``[T, K, B]`` (1/K past each end) and the expected transitions
-        Σ_t α_t(i) A_ij w_{t+1}(j) over the steps inside each sequence into ``counts``
-        ``[B, K, K]``. Returns False where a ratio overflowed (log space then)."""
+        into ``gamma`` ``[T, K, B]`` (1/K past each end) and Σ_t α_t(i) w_{t+1}(j) over the steps
+        inside each sequence into ``tally`` ``[K, K, B]`` (the expected transitions are A ⊙ that).
+        No test inside the loops: an overflowed ratio leaves non-finite marginals, which the
+        caller checks."""
         T, K, B = e.shape
         beta = np.empty((K, BLOCK))
-        w = np.empty((K, BLOCK))
         w_next = np.empty((K, BLOCK))
+        ws = np.empty((K, BLOCK))
         norm = np.empty(BLOCK)
         inside = np.empty(BLOCK)
-        tally = np.empty((K, K, BLOCK))
-        largest = 0.0
+        for i in range(K):
+            for j in range(K):
+                for b in range(B):
+                    tally[i, j, b] = 0.0
         for b0 in range(0, B, BLOCK):
             nb = min(BLOCK, B - b0)
-            for i in range(K):
-                for j in range(K):
-                    for lane in range(nb):
-                        tally[i, j, lane] = 0.0
             for t in range(T - 1, -1, -1):
+                at, et, gt, ct = alpha[t], e[t], gamma[t], c[t]
                 if t == T - 1:
                     for k in range(K):
                         for lane in range(nb):
@@ -387,6 +386,9 @@ def _kernels():
                 else:
                     for lane in range(nb):
                         inside[lane] = 1.0 if t + 1 < lengths[b0 + lane] else 0.0
+                    for j in range(K):
+                        for lane in range(nb):
+                            ws[j, lane] = w_next[j, lane] * inside[lane]
                     for i in range(K):
                         for lane in range(nb):
                             beta[i, lane] = 0.0
@@ -394,26 +396,19 @@ def _kernels():
                             aij = A[i, j]
                             for lane in range(nb):
                                 beta[i, lane] += aij * w_next[j, lane]
-                                tally[i, j, lane] += alpha[t, i, b0 + lane] * aij * w_next[j, lane] * inside[lane]
+                        for j in range(K):
+                            for lane in range(nb):
+                                tally[i, j, b0 + lane] += at[i, b0 + lane] * ws[j, lane]
                 for lane in range(nb):
                     norm[lane] = 0.0
                 for k in range(K):
                     for lane in range(nb):
-                        w[k, lane] = e[t, k, b0 + lane] / c[t, b0 + lane] * beta[k, lane]
-                        largest = max(largest, w[k, lane] if w[k, lane] == w[k, lane] else np.inf)  # NaN: as inf
-                        norm[lane] += alpha[t, k, b0 + lane] * beta[k, lane]
+                        norm[lane] += at[k, b0 + lane] * beta[k, lane]
                 for k in range(K):
                     for lane in range(nb):
-                        inner = alpha[t, k, b0 + lane] * beta[k, lane] / norm[lane]
-                        gamma[t, k, b0 + lane] = inner if t < lengths[b0 + lane] else 1.0 / K
-                        w_next[k, lane] = w[k, lane]
-            if not largest < np.inf:
-                return False
-            for i in range(K):
-                for j in range(K):
-                    for lane in range(nb):
-                        counts[b0 + lane, i, j] = tally[i, j, lane]
-        return True
+                        w_next[k, lane] = et[k, b0 + lane] / ct[b0 + lane] * beta[k, lane]
+                        inner = at[k, b0 + lane] * beta[k, lane] / norm[lane]
+                        gt[k, b0 + lane] = inner if t < lengths[b0 + lane] else 1.0 / K
 
     @jit
     def hmm_forward_rows(pi, A, log_e, alpha, log_c, keep):
@@ -636,42 +631,57 @@ def hmm_forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor
     ``[B, T]``, or None where a normalizer underflowed (with ``positive``, also where a filtered
     probability is zero)."""
     B, T, K = log_e.shape
-    pi, A = _np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1))
     if not by_lanes(B):
+        pi, A = _np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1))
         alpha, log_c = log_e.new_empty((B, T, K) if keep else (0, 0, 0)), log_e.new_empty(B, T)
         status = _kernels()["hmm_forward_rows"](pi, A, _np(log_e.contiguous()), _np(alpha), _np(log_c), keep)
         return None if status == 0 or (status == 2 and positive) else ((alpha if keep else None), log_c)
+    lanes = _forward_lanes(initial_logits, transition_logits, log_e, positive, keep)
+    if lanes is None:
+        return None
+    alpha, c, _, shift = lanes
+    return (alpha.permute(2, 0, 1) if keep else None), c.log().T + shift
+
+
+def _forward_lanes(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, positive: bool, keep: bool):
+    """The forward pass by lanes: α ``[T, K, B]``, the normalizers ``[T, B]``, the scaled emissions
+    ``[T, K, B]`` and their shifts ``[B, T]``; or None (underflow, or a zero α with ``positive``)."""
+    B, T, K = log_e.shape
     e, shift = _scaled_emissions(log_e)
     alpha, c = log_e.new_empty((T, K, B) if keep else (0, 0, 0)), log_e.new_empty(T, B)
-    status = _kernels()["hmm_forward"](pi, A, _np(e), keep, _np(alpha), _np(c))
-    if status == 0 or (status == 2 and positive):
+    _kernels()["hmm_forward"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)), _np(e), keep,
+                              _np(alpha), _np(c))  # fmt: skip
+    if not bool(c.amin() > 0) or (positive and not bool(alpha.amin() > 0)):  # underflow (NaN fails too)
         return None
-    return (alpha.permute(2, 0, 1) if keep else None), c.log().T + shift
+    return alpha, c, e, shift
 
 
 def hmm_forward_backward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor, mask: Tensor,
                          positive: bool = True):  # fmt: skip
     """(α, γ, expected transitions ``[B, K, K]``, log c) of the scaled forward–backward pass (α and
     γ ``[B, T, K]``), or None (with ``positive``, also where a filtered probability is zero)."""
-    forward = hmm_forward(initial_logits, transition_logits, log_e, positive=positive)
-    if forward is None:
-        return None
-    alpha, log_c = forward
     B, T, K = log_e.shape
     A = _np(transition_logits.softmax(-1))
     lengths = mask.sum(-1).to(torch.int64).numpy()
-    counts = log_e.new_empty(B, K, K)
     if not by_lanes(B):
-        gamma = log_e.new_empty(B, T, K)
+        forward = hmm_forward(initial_logits, transition_logits, log_e, positive=positive)
+        if forward is None:
+            return None
+        alpha, log_c = forward
+        gamma, counts = log_e.new_empty(B, T, K), log_e.new_empty(B, K, K)
         ok = _kernels()["hmm_backward_rows"](A, _np(log_e.contiguous()), _np(alpha), _np(log_c), lengths, _np(gamma),
                                              _np(counts))  # fmt: skip
         return (alpha, gamma, counts, log_c) if ok else None
-    e, shift = _scaled_emissions(log_e)
-    c = (log_c - shift).exp().T.contiguous()  # the normalizers, [T, B]
-    gamma = log_e.new_empty(T, K, B)
-    ok = _kernels()["hmm_backward"](A, _np(e), _np(c), _np(alpha.permute(1, 2, 0)), lengths, _np(gamma),
-                                    _np(counts))  # fmt: skip
-    return (alpha, gamma.permute(2, 0, 1), counts, log_c) if ok else None
+    lanes = _forward_lanes(initial_logits, transition_logits, log_e, positive, True)
+    if lanes is None:
+        return None
+    alpha, c, e, shift = lanes
+    gamma, tally = log_e.new_empty(T, K, B), log_e.new_empty(K, K, B)
+    _kernels()["hmm_backward"](A, _np(e), _np(c), _np(alpha), lengths, _np(gamma), _np(tally))
+    if not bool(torch.isfinite(gamma.sum())):  # a ratio overflowed (inf or NaN in the marginals)
+        return None
+    counts = tally.permute(2, 0, 1) * transition_logits.softmax(-1)  # α_t(i) A_ij w_{t+1}(j), summed
+    return alpha.permute(2, 0, 1), gamma.permute(2, 0, 1), counts, c.log().T + shift
 
 
 def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor | None:
@@ -684,5 +694,5 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
         ok = _kernels()["hmm_score_rows"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)),
                                           _np(log_e.contiguous()), lengths, _np(out))  # fmt: skip
         return out if ok else None
-    forward = hmm_forward(initial_logits, transition_logits, log_e, keep=False)
-    return None if forward is None else forward[1].sum(-1)
+    lanes = _forward_lanes(initial_logits, transition_logits, log_e, False, False)
+    return None if lanes is None else lanes[1].log().sum(0) + lanes[3].sum(-1)
