@@ -120,25 +120,19 @@ class Sequences:
                 )
         lengths = torch.tensor([s.shape[0] for s in items])
         values = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=padding)
-        padded_inputs = None
-        if inputs is not None:
-            if len(inputs) != len(items):
-                raise ValueError(f"inputs must hold one array per sequence ({len(items)}); received {len(inputs)}")
-            u = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in inputs]
-            padded_inputs = torch.nn.utils.rnn.pad_sequence(u, batch_first=True)
-        padded_rewards = None
-        if rewards is not None:
-            if len(rewards) != len(items):
-                raise ValueError(f"rewards must hold one array per sequence ({len(items)}); received {len(rewards)}")
-            r = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in rewards]
-            padded_rewards = torch.nn.utils.rnn.pad_sequence(r, batch_first=True)
-        padded_continues = None
-        if continues is not None:
-            if len(continues) != len(items):
-                raise ValueError(f"continues must hold one array per sequence ({len(items)}); received "
-                                 f"{len(continues)}")  # fmt: skip
-            c = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in continues]
-            padded_continues = torch.nn.utils.rnn.pad_sequence(c, batch_first=True, padding_value=1)
+
+        def padded(arrays, name: str, value: float = 0.0) -> Tensor | None:
+            """One array per sequence, padded like the values (None stays None)."""
+            if arrays is None:
+                return None
+            if len(arrays) != len(items):
+                raise ValueError(f"{name} must hold one array per sequence ({len(items)}); received {len(arrays)}")
+            tensors = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in arrays]
+            return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
+
+        # past each end: no input, no reward, and the episode goes on (a padded step is no terminal)
+        padded_inputs, padded_rewards = padded(inputs, "inputs"), padded(rewards, "rewards")
+        padded_continues = padded(continues, "continues", value=1)
         return cls(values, lengths=lengths, inputs=padded_inputs, rewards=padded_rewards, continues=padded_continues)
 
     @property
