@@ -97,6 +97,26 @@ def _kernels():
                 W[i, j] = v / L[i, i]
 
     @jit
+    def product(X, Y, out):
+        """out = X Y for small matrices."""
+        for i in range(X.shape[0]):
+            for j in range(Y.shape[1]):
+                v = 0.0
+                for k in range(X.shape[1]):
+                    v += X[i, k] * Y[k, j]
+                out[i, j] = v
+
+    @jit
+    def product_transposed(X, Y, add, out):
+        """out = X Yᵀ + add for small matrices (``out`` may be ``add``: each entry is read before it is written)."""
+        for i in range(X.shape[0]):
+            for j in range(Y.shape[0]):
+                v = add[i, j]
+                for k in range(X.shape[1]):
+                    v += X[i, k] * Y[j, k]
+                out[i, j] = v
+
+    @jit
     def riccati(A, C, Q, R, P0, T, steady, tol, pred, filt, gain, chol_s, white):
         """The covariance recursion of the Kalman filter, step by step: predicted and filtered
         covariances (Joseph form, symmetrized), gains P Cᵀ S⁻¹, chol(S) and chol(S)⁻¹ for
@@ -115,6 +135,8 @@ def _kernels():
         Lp = np.empty((D, D))
         Wp = np.empty((D, D))
         half = np.empty((D, D))
+        KR = np.empty((D, obs))
+        zero = np.zeros((D, D))
         for i in range(D):
             for j in range(D):
                 pred[0, i, j] = P0[i, j]
@@ -139,18 +161,8 @@ def _kernels():
                     if math.sqrt(norm) <= tol:
                         return t
             # S = C P Cᵀ + R, L = chol(S), W = L⁻¹
-            for i in range(obs):
-                for j in range(D):
-                    v = 0.0
-                    for k in range(D):
-                        v += C[i, k] * P[k, j]
-                    CP[i, j] = v
-            for i in range(obs):
-                for j in range(obs):
-                    v = R[i, j]
-                    for k in range(D):
-                        v += CP[i, k] * C[j, k]
-                    S[i, j] = v
+            product(C, P, CP)
+            product_transposed(CP, C, R, S)
             if not cholesky(S, chol_s[t]):
                 return -1 - t
             tril_inverse(chol_s[t], white[t])
@@ -176,39 +188,16 @@ def _kernels():
                     for k in range(obs):
                         v -= K[i, k] * C[k, j]
                     IKC[i, j] = v
-            for i in range(D):
-                for j in range(D):
-                    v = 0.0
-                    for k in range(D):
-                        v += IKC[i, k] * P[k, j]
-                    tmp[i, j] = v
-            for i in range(D):
-                for j in range(D):
-                    v = 0.0
-                    for k in range(D):
-                        v += tmp[i, k] * IKC[j, k]
-                    for k in range(obs):
-                        u = 0.0
-                        for m in range(obs):
-                            u += R[k, m] * K[j, m]
-                        v += K[i, k] * u
-                    F[i, j] = v
+            product(IKC, P, tmp)
+            product(K, R, KR)
+            product_transposed(KR, K, zero, F)  # K R Kᵀ
+            product_transposed(tmp, IKC, F, F)
             for i in range(D):
                 for j in range(D):
                     filt[t, i, j] = 0.5 * (F[i, j] + F[j, i])
             if t + 1 < T:  # P_{t+1|t} = A F Aᵀ + Q
-                for i in range(D):
-                    for j in range(D):
-                        v = 0.0
-                        for k in range(D):
-                            v += A[i, k] * filt[t, k, j]
-                        tmp[i, j] = v
-                for i in range(D):
-                    for j in range(D):
-                        v = Q[i, j]
-                        for k in range(D):
-                            v += tmp[i, k] * A[j, k]
-                        pred[t + 1, i, j] = v
+                product(A, filt[t], tmp)
+                product_transposed(tmp, A, Q, pred[t + 1])
         return T
 
     @jit
