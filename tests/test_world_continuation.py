@@ -12,8 +12,8 @@ import torch
 import elbox
 from elbox import Sequences, WorldModel
 from elbox.models.world import world_elbo_steps
-
-LENGTHS = torch.tensor([6, 4, 2, 6, 3])
+from tests.test_world import LENGTHS
+from tests.test_world import _episodes as world_episodes
 
 
 def _linear_pair(seed=0) -> tuple[WorldModel, WorldModel]:
@@ -52,12 +52,10 @@ def _flags(lengths: torch.Tensor, terminal: list[bool]) -> torch.Tensor:
 
 
 def _episodes(model, lengths=LENGTHS, seed=1) -> Sequences:
-    torch.manual_seed(seed)
-    T = int(lengths.max())
-    a = torch.randn(len(lengths), T, model.action_dim, dtype=torch.float64)
-    a[:, 0] = 0.0
-    o, _ = model.sample(len(lengths), num_steps=T, inputs=a)
-    return Sequences(o, lengths=lengths, inputs=a, continues=_flags(lengths, [True, False, True, False, True]))
+    """test_world's episodes (the same draws), with continuation flags in place of rewards."""
+    base = world_episodes(model, lengths, seed)
+    return Sequences(base.values, lengths=lengths, inputs=base.inputs,
+                     continues=_flags(lengths, [True, False, True, False, True]))  # fmt: skip
 
 
 def _bernoulli(model: WorldModel, x: Sequences, path: torch.Tensor) -> torch.Tensor:
