@@ -101,7 +101,8 @@ def main() -> None:
         with timed(times, "hmmlearn_em"):
             peer.fit(X, lengths)  # n_iter E-steps and M-steps
         with timed(times, "elbox_em"):
-            history = elbox.em(model, x, max_iter=n_iter + 1, tol=0.0)  # n_iter M-steps (+1 E-step)
+            history = elbox.em(model, x, max_iter=n_iter + 1, tol=None)  # n_iter M-steps (+1 E-step), all run
+    assert history.n_iter == n_iter + 1, history.n_iter
     hl_final = peer.monitor_.history[-1]
     el_final = history.lower_bound[-2] * B  # the bound before the last M-step, as hmmlearn records it
 
@@ -178,7 +179,8 @@ def _against_peer(truth: elbox.HMM, start: elbox.HMM, x, args, name: str) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with timed(times := {}, "em"):
-            history = elbox.em(fitted, x, max_iter=args.iterations, tol=0.0)
+            history = elbox.em(fitted, x, max_iter=args.iterations, tol=None)  # as many as the peer's
+    assert history.n_iter == args.iterations, history.n_iter
     rows.append((f"EM, {B} x {T}, {args.iterations} iterations", times["em"], "em:batch", None))
     print(f"# issue 30: elbox against {name}, K={truth.num_states}, float64, medians of {args.repeats}")
     print(f"# {environment()}; {peer['versions'] if peer else 'no ' + name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,23 @@ def test_em_restarts_keep_the_best_bound_and_warn_when_not_converged():
     assert len(history.restarts) == 4
     assert history.final == max(history.restarts)
     assert abs(float(model.log_evidence(x).detach().mean()) - history.final) < 1e-10
+
+
+def test_em_without_tol_runs_every_iteration_past_the_bounds_own_stop():
+    """tol=None is a fixed budget: the run that stops by itself at tol=0 (the bound no longer
+    rises) goes on to max_iter E-steps with no ConvergenceWarning, its bound unchanged since."""
+    torch.manual_seed(3)
+    truth = elbox.GaussianMixture(2, 2, loc=6 * torch.randn(2, 2, dtype=torch.float64))
+    x, _ = truth.sample(200)
+    stopped = elbox.em(elbox.GaussianMixture(2, 2).double(), x, init="kmeans++", seed=0, max_iter=500, tol=0.0)
+    assert stopped.converged and stopped.n_iter < 500
+    budget = stopped.n_iter + 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", elbox.ConvergenceWarning)
+        fixed = elbox.em(elbox.GaussianMixture(2, 2).double(), x, init="kmeans++", seed=0, max_iter=budget, tol=None)
+    assert fixed.n_iter == budget and not fixed.converged
+    assert fixed.lower_bound[: stopped.n_iter] == stopped.lower_bound
+    assert abs(fixed.final - stopped.final) <= 1e-12 * abs(stopped.final)
 
 
 def test_em_is_reproducible_from_a_seed():

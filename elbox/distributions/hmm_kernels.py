@@ -19,7 +19,16 @@ from torch import Tensor
 
 from elbox.distributions import _compiled
 
-__all__ = ["ForwardBackward", "chunk_length", "forward", "forward_backward", "hmm_log_evidence", "product_tree_pays"]
+__all__ = [
+    "ForwardBackward",
+    "LinearEmissions",
+    "chunk_length",
+    "emissions_batch_last",
+    "forward",
+    "forward_backward",
+    "hmm_log_evidence",
+    "product_tree_pays",
+]
 
 
 class ForwardBackward(NamedTuple):
@@ -34,6 +43,57 @@ class ForwardBackward(NamedTuple):
     marginals: Tensor
     transition_counts: Tensor
     log_norm: Tensor
+    #: The smallest filtered probability (0-dim), where the pass had it at no cost; else None.
+    smallest_filtered: Tensor | None = None
+
+
+class LinearEmissions(NamedTuple):
+    """Log-emissions linear in moment features of the frames, as Gaussian ones are:
+    log p(x_t | z_t = k) = Σ_f W[f, k] φ_f(x_t), φ = (1, x_c, x_c[rows] ⊙ x_c[cols]) for the
+    frames x_c less a centre (:meth:`~elbox.models.GaussianMixture._weights` makes W). The kernels
+    take them in place of the ``[B, T, K]`` tensor: the compiled forward pass computes them inside
+    its loop, a block of sequences at a time, and never stores them; every other path
+    materializes them (:meth:`log_prob`). Only for batches whose every step is observed."""
+
+    frames: Tensor  #: ``[D, T, B]`` (the batch innermost)
+    centre: Tensor  #: ``[D]``, subtracted from every frame
+    rows: Tensor  #: the second moments' coordinates, ``[M]`` (int64)
+    cols: Tensor
+    weights: Tensor  #: ``[1 + D + M, K]``
+
+    @property
+    def shape(self) -> torch.Size:
+        """``[B, T, K]``, as the tensor's."""
+        D, T, B = self.frames.shape
+        return torch.Size([B, T, self.weights.shape[1]])
+
+    def log_prob(self) -> Tensor:
+        """The log-emissions ``[B, T, K]`` (a view of a ``[K, T, B]`` tensor)."""
+        from elbox.models.mixture import moment_features
+
+        D, T, B = self.frames.shape
+        centred = self.frames.reshape(D, T * B) - self.centre.unsqueeze(-1)
+        features = moment_features(centred, self.rows, self.cols)
+        return (self.weights.T @ features).view(-1, T, B).permute(2, 1, 0)
+
+
+def _materialized(log_e: Tensor | LinearEmissions) -> Tensor:
+    return log_e.log_prob() if isinstance(log_e, LinearEmissions) else log_e
+
+
+def _compiled_inputs(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor | LinearEmissions) -> bool:
+    """The compiled kernels' rule (:func:`elbox.distributions._compiled.use_compiled`) on these inputs."""
+    tensors = (log_e.frames, log_e.centre, log_e.weights) if isinstance(log_e, LinearEmissions) else (log_e,)
+    return _compiled.use_compiled(initial_logits, transition_logits, *tensors)
+
+
+def emissions_batch_last(B: int) -> bool:
+    """Whether the kernels would read a batch of ``B`` sequences' log-emissions with the batch
+    innermost (the compiled passes by lanes, :func:`elbox.distributions._compiled.by_lanes`, where
+    no gradient is being recorded): a model that computes them laid out as ``[K, T, B]`` and hands
+    over the ``[B, T, K]`` view (``permute(2, 1, 0)``) spares the kernels a transposition. Any
+    layout gives the same values."""
+    return not torch.is_grad_enabled() and _compiled.compiled_enabled() and _compiled.by_lanes(B)
 
 
 def product_tree_pays(B: int, K: int) -> bool:
@@ -58,10 +118,11 @@ def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) ->
     log p(x_t | x_{1:t-1}) ``[B, T]``, whose sum over t is log p(x). Scaled probabilities (a
     compiled loop where no gradient is wanted, :mod:`elbox.distributions._compiled`; else in
     chunks for long sequences, :func:`chunk_length`); in log space where they underflow."""
-    if _compiled.use_compiled(initial_logits, transition_logits, log_e):
+    if _compiled_inputs(initial_logits, transition_logits, log_e):
         result = _compiled.hmm_forward(initial_logits, transition_logits, log_e)
         if result is not None:
             return result
+    log_e = _materialized(log_e)
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
     pi, A = initial_logits.softmax(-1), transition_logits.softmax(-1)
@@ -182,11 +243,12 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
     by the forward algorithm. The two agree to rounding (``tests/test_sequence_models.py``).
     Without a gradient, the compiled forward pass (:mod:`elbox.distributions._compiled`)."""
     B, T, K = log_e.shape
-    inputs = (initial_logits, transition_logits, log_e)
-    if _compiled.use_compiled(*inputs):
-        value = _compiled.hmm_log_evidence(*inputs)
+    if _compiled_inputs(initial_logits, transition_logits, log_e):
+        value = _compiled.hmm_log_evidence(initial_logits, transition_logits, log_e)
         if value is not None:
             return value
+    log_e = _materialized(log_e)
+    inputs = (initial_logits, transition_logits, log_e)
     if T > 1 and product_tree_pays(B, K):
         value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
@@ -285,12 +347,13 @@ def forward_backward(
     the filtered probabilities elsewhere when it needs them, as :class:`~elbox.models.HMM` does),
     the compiled pass keeps zero filtered probabilities: the marginals and expected transitions
     are exact to the smallest normal number either way."""
-    if _compiled.use_compiled(initial_logits, transition_logits, log_e):
+    if _compiled_inputs(initial_logits, transition_logits, log_e):
         result = _compiled.hmm_forward_backward(initial_logits, transition_logits, log_e, mask,
                                                 positive=not zeros_ok)  # fmt: skip
         if result is not None:
-            alpha, gamma, counts, log_c = result
-            return ForwardBackward(alpha, None, gamma, counts, log_c)
+            alpha, gamma, counts, log_c, smallest = result
+            return ForwardBackward(alpha, None, gamma, counts, log_c, smallest)
+    log_e = _materialized(log_e)
     alpha, log_c = forward(initial_logits, transition_logits, log_e)
     if bool(alpha.amin() == 0):  # (α ≥ 0: its minimum says whether any entry is zero)
         # a filtered probability is zero, structurally or by underflow: the posterior's reverse

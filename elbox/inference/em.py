@@ -23,7 +23,7 @@ def em(
     data,
     *,
     max_iter: int = 100,
-    tol: float = 1e-3,
+    tol: float | None = 1e-3,
     init: str | None = None,
     n_init: int = 1,
     seed: int | None = None,
@@ -46,7 +46,9 @@ def em(
         model: A model with ``m_step`` (and ``initialize`` if ``init`` is given).
         data: ``[N, *data_shape]``.
         max_iter: The most E-steps per restart.
-        tol: The convergence threshold on the change of the per-point bound.
+        tol: The convergence threshold on the change of the per-point bound; ``None`` runs
+            all ``max_iter`` iterations (a fixed budget, as for timing against a library that
+            runs a set number: the bound's own stop at ``tol=0`` can come earlier).
         init: ``None`` to start from the model's current parameters, or a method for
             ``model.initialize`` (``"kmeans++"`` or ``"random"`` for mixtures, ``"pca"`` or
             ``"random"`` for factor analysis).
@@ -73,9 +75,10 @@ def em(
         raise TypeError(f"{type(model).__name__} has no closed-form M-step; fit it by VI with elbox.fit")
     max_iter = check_positive_int(max_iter, "max_iter")
     n_init = check_positive_int(n_init, "n_init")
-    tol = check_number(tol, "tol", only_type=True)
-    if not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be non-negative and finite; received {tol}")
+    if tol is not None:
+        tol = check_number(tol, "tol", only_type=True)
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be non-negative and finite, or None; received {tol}")
     seed = check_seed(seed)
     if on_failure not in ("raise", "warn"):
         raise ValueError(f"on_failure must be 'raise' or 'warn'; received {on_failure!r}")
@@ -111,7 +114,7 @@ def em(
         warnings.warn(failure, BoundaryWarning, stacklevel=2)
     best.restarts = finals
     best.seconds = time.perf_counter() - start
-    if not best.converged and not best.decreased:
+    if tol is not None and not best.converged and not best.decreased:
         warnings.warn(
             f"EM did not converge in max_iter={max_iter} iterations (last change "
             f"{_last_change(best):.3g} > tol={tol:g}); increase max_iter or tol",
@@ -159,7 +162,7 @@ def _run(model, x, max_iter: int, tol: float, callback, statistics, on_failure: 
                     model.load_state_dict(best_state)
                     _fell(model, history, iteration, previous, bound, log_evidence.dtype, on_failure)
                     return history
-                if change < tol:
+                if tol is not None and change < tol:
                     history.converged = True
                     break
             if bound >= max(history.lower_bound):

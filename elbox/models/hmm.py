@@ -12,7 +12,14 @@ from torch.distributions.utils import lazy_property
 
 from elbox._validation import as_data, check_positive_int, check_probabilities
 from elbox.data.sequences import Sequences, as_sequences
-from elbox.distributions.hmm_kernels import forward, forward_backward, forward_log_space, hmm_log_evidence
+from elbox.distributions.hmm_kernels import (
+    LinearEmissions,
+    emissions_batch_last,
+    forward,
+    forward_backward,
+    forward_log_space,
+    hmm_log_evidence,
+)
 from elbox.distributions.markov import MarkovChain, viterbi
 from elbox.models.base import LatentModel
 from elbox.models.forecast import Forecast, check_level, check_steps, mixture_quantiles
@@ -230,23 +237,58 @@ class HMM(LatentModel):
         return self._emission_log_prob(self.check_data(x))
 
     def _emission_log_prob(self, x: Sequences, statistics=None) -> Tensor:
+        """``[B, T, K]``; laid out in memory as ``[K, T, B]`` where the compiled kernels take the
+        sequences as lanes (:func:`~elbox.distributions.hmm_kernels.emissions_batch_last`), so
+        that they read it without a transposition."""
         B, T = x.mask.shape
+        lanes = emissions_batch_last(B)
         if self.emission == "categorical":
-            table = self.emission_logits.log_softmax(-1).T  # [M, K]
-            log_e = table[x.values]  # [B, T, K]
+            table = self.emission_logits.log_softmax(-1)  # [K, M]
+            log_e = table[:, x.values.T].permute(2, 1, 0) if lanes else table.T[x.values]  # [B, T, K]
         else:
-            log_e = self.emissions.component_log_prob(_frames(x), statistics).reshape(B, T, -1)
+            centre, features = self._frame_moments(x) if statistics is None else statistics
+            weights = self.emissions._weights(centre)  # [F, K]
+            if lanes:  # [K, F] @ [F, T B]
+                log_e = (weights.T @ features).view(-1, T, B).permute(2, 1, 0)
+            else:
+                log_e = (features.T @ weights).view(T, B, -1).transpose(0, 1)
         if not x.ragged and x.missing is None:  # every step seen: nothing to zero
             return log_e
-        return torch.where(self._seen(x).unsqueeze(-1), log_e, 0.0)
+        seen = self._seen(x).unsqueeze(-1)
+        return torch.where(seen.permute(2, 1, 0), log_e.permute(2, 1, 0), 0.0).permute(2, 1, 0) if lanes else \
+            torch.where(seen, log_e, 0.0)  # fmt: skip
+
+    def _kernel_emissions(self, x: Sequences, statistics=None) -> Tensor | LinearEmissions:
+        """The log-emissions as the exact kernels take them: Gaussian ones of a batch that the
+        compiled passes take by lanes, every step observed, as
+        :class:`~elbox.distributions.hmm_kernels.LinearEmissions` (the centred frames and the
+        weights, computed inside the forward loop and never stored); else the tensor."""
+        B, T = x.mask.shape
+        if self.emission == "categorical" or x.ragged or x.missing is not None or not emissions_batch_last(B):
+            return self._emission_log_prob(x, statistics)
+        if statistics is None:  # centred at the components' mean (any centre gives the same values)
+            frames, centre = x.values.permute(2, 1, 0).contiguous(), self.emissions.loc.mean(0)  # [D, T, B]
+            weights = self.emissions._weights(centre)
+        else:  # the features' rows 1..D are the frames less their centre
+            centre, features = statistics
+            frames, weights = features[1 : 1 + self.dim].view(self.dim, T, B), self.emissions._weights(centre)
+            centre = torch.zeros_like(centre)
+        rows, cols = self.emissions._second_moments(centre.device)
+        return LinearEmissions(frames, centre, rows, cols, weights)
+
+    def _frame_moments(self, x: Sequences) -> tuple[Tensor, Tensor]:
+        """Gaussian emissions: the centre of the frames and their moment features as columns in
+        time-major order, ``[F, T B]`` (column t B + b is step t of sequence b)."""
+        B, T, D = x.values.shape
+        return self.emissions._moments(x.values.permute(2, 1, 0).reshape(D, T * B), columns=True)
 
     def em_statistics(self, x):
-        """Gaussian emissions: the emission mixture's moment features of every frame, which each
+        """Gaussian emissions: the frames' moment features (:meth:`_frame_moments`), which each
         E-step and M-step of an EM run reads (None for categorical emissions)."""
         if self.emission == "categorical":
             return None
         with torch.no_grad():
-            return self.emissions._moments(_frames(self.check_data(x)))
+            return self._frame_moments(self.check_data(x))
 
     # The model.
 
@@ -289,17 +331,22 @@ class HMM(LatentModel):
         """log p(x), ``[B]``: by a balanced tree of matrix products or the forward algorithm,
         whichever one cost rule (:func:`~elbox.distributions.hmm_kernels.product_tree_pays`)
         says is cheaper."""
-        return hmm_log_evidence(self.initial_logits, self.transition_logits, self.emission_log_prob(x))
+        log_e = self._kernel_emissions(self.check_data(x))
+        return hmm_log_evidence(self.initial_logits, self.transition_logits, log_e)
 
     def e_step(self, x, statistics=None) -> tuple[HMMPosterior, Tensor]:
         """Forward–backward: the posterior over paths and log p(x), ``[B]``."""
         x = self.check_data(x)
-        log_e = self._emission_log_prob(x, statistics)
+        log_e = self._kernel_emissions(x, statistics)
         fb = forward_backward(self.initial_logits, self.transition_logits, log_e, x.mask, zeros_ok=True)
         exact = None
-        if fb.filtered is not None and not bool(fb.filtered.amin() > 0):  # zeros, perhaps underflow:
+        smallest = fb.smallest_filtered
+        if smallest is None and fb.filtered is not None:
+            smallest = fb.filtered.amin()
+        if fb.filtered is not None and not bool(smallest > 0):  # zeros, perhaps underflow:
             initial, transition = self.initial_logits, self.transition_logits  # the exact logs on demand
-            exact = lambda: forward_log_space(initial, transition, log_e, log_values=True)[0]  # noqa: E731
+            table = log_e.log_prob if isinstance(log_e, LinearEmissions) else lambda: log_e
+            exact = lambda: forward_log_space(initial, transition, table(), log_values=True)[0]  # noqa: E731
         posterior = HMMPosterior(fb.filtered, self.transition_logits.log_softmax(-1), x.mask, fb.marginals,
                                  fb.transition_counts, log_filtered=fb.log_filtered,
                                  exact_log_filtered=exact)  # fmt: skip
@@ -397,9 +444,11 @@ class HMM(LatentModel):
             rows > 0, totals / rows.clamp_min(tiny), self.transition_matrix
         )  # states never left keep their row
         self.transition_logits.copy_(new_A.log())
-        weights = gamma * self._seen(x).unsqueeze(-1)  # [B, T, K], only observed steps
-        if self.emission == "gaussian":
-            self.emissions.fit_components(_frames(x), weights.reshape(B * T, K), statistics)
+        weights = gamma if not x.ragged and x.missing is None else gamma * self._seen(x).unsqueeze(-1)
+        if self.emission == "gaussian":  # [B, T, K], only observed steps; as rows, time-major as the features
+            centre, features = self._frame_moments(x) if statistics is None else statistics
+            resp = weights.transpose(0, 1).reshape(T * B, K)  # a view where γ is laid out [K, T, B]
+            self.emissions.fit_components(_frames(x), resp, (centre, features.T))
         else:
             M = self.num_symbols
             counts_km = weights.new_zeros(K, M).index_add_(1, x.values.reshape(-1), weights.reshape(B * T, K).T)

@@ -172,15 +172,26 @@ class GaussianMixture(LatentModel):
         with torch.no_grad():
             return self._moments(self.check_data(x))
 
-    def _moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        centre = x.mean(0)
-        xc = x - centre  # [B, D]
-        if self.covariance_type == "full":
-            rows, cols = _triu(self.dim, x.device)
-            second = xc[:, rows] * xc[:, cols]  # [B, D(D+1)/2]
+    def _moments(self, x: Tensor, columns: bool = False) -> tuple[Tensor, Tensor]:
+        """The centre and the moment features of the points ``x`` ``[B, D]``: ``[B, 1 + D + M]``
+        (M second moments). With ``columns``, the points are the columns, ``x`` ``[D, B]`` and the
+        features ``[1 + D + M, B]`` (an HMM's frames, time-major)."""
+        if columns:
+            centre = x.mean(1)
+            xc = x - centre.unsqueeze(-1)
         else:
-            second = xc.square()  # [B, D]
-        return centre, torch.cat([xc.new_ones(xc.shape[0], 1), xc, second], -1)  # [B, 1 + D + M]
+            centre = x.mean(0)
+            xc = (x - centre).T  # [D, B]: the features are built by rows either way
+        features = moment_features(xc, *self._second_moments(x.device))  # [1 + D + M, B]
+        return centre, (features if columns else features.T)
+
+    def _second_moments(self, device) -> tuple[Tensor, Tensor]:
+        """The coordinates (rows, cols) of the M second moments among the features: the upper
+        triangle of x xᵀ (full covariances) or its diagonal."""
+        if self.covariance_type == "full":
+            return _triu(self.dim, device)
+        d = torch.arange(self.dim, device=device)
+        return d, d
 
     def _weights(self, centre: Tensor) -> Tensor:
         """W such that F @ W = log N(x; μ_k, Σ_k), ``[1 + D + M, K]`` (M second moments)."""
@@ -308,6 +319,14 @@ class GaussianMixture(LatentModel):
             noise = torch.randn(n, self.dim, 1, dtype=self.loc.dtype, device=self.loc.device)
             x = self.loc[z] + (self.scale_tril[z] @ noise).squeeze(-1)  # [n, D]
         return x, z
+
+
+def moment_features(xc: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The moment features of centred points as columns, ``xc`` ``[D, N]`` → ``[1 + D + M, N]``:
+    (1, x_c, x_c[rows] ⊙ x_c[cols]), whose products with :meth:`GaussianMixture._weights` are the
+    components' log-densities."""
+    second = xc.square() if rows.shape[0] == xc.shape[0] and bool((rows == cols).all()) else xc[rows] * xc[cols]
+    return torch.cat([xc.new_ones(1, xc.shape[1]), xc, second])
 
 
 def _triu(D: int, device) -> tuple[Tensor, Tensor]:
