@@ -252,3 +252,129 @@ def test_zero_filtered_probabilities_keep_the_compiled_pass_and_exact_logs(monke
         assert torch.equal(ours[2], expected[2])  # the same paths drawn
         _close(ours[:2], expected[:2], rtol=1e-9, atol=1e-9)
         assert torch.isfinite(ours[1]).all()
+
+
+# The HMM's lanes: emissions computed inside the loop, the vectorized exp, the blocks, the cache.
+
+
+def _hmm_batch(covariance_type="diag", B=40, T=60, K=4, D=3, emission="gaussian"):
+    if emission == "categorical":
+        truth = HMM(K, "categorical", num_symbols=5)
+    else:
+        truth = HMM(K, dim=D, covariance_type=covariance_type, loc=2 * torch.randn(K, D))
+    x, _ = truth.sample(B, num_steps=T)
+    return truth, x
+
+
+@pytest.mark.parametrize("case", ["diag", "full", "categorical", "ragged", "missing", "float32"])
+def test_hmm_on_lanes_equals_the_torch_kernels(monkeypatch, case):
+    """A batch taken by lanes (B ≥ 16): Gaussian emissions computed inside the forward loop
+    (LinearEmissions, never stored), or laid out [K, T, B] where the model computes them
+    (categorical, ragged, missing steps); log p(x), the marginals, the expected transitions and
+    the filtered probabilities equal the torch kernels'."""
+    from elbox.distributions.hmm_kernels import LinearEmissions
+
+    emission = "categorical" if case == "categorical" else "gaussian"
+    truth, x = _hmm_batch("full" if case == "full" else "diag", emission=emission)
+    if case in ("ragged", "missing"):
+        x = x.clone()
+        lengths = torch.randint(20, 61, (len(x),))
+        if case == "ragged":
+            x = Sequences.from_list([x[b, : int(n)] for b, n in enumerate(lengths)])
+        else:
+            x[torch.rand(x.shape[:2]) < 0.1] = float("nan")
+    if case == "float32":
+        truth, x = truth.float(), x.float()
+    rtol, atol = (1e-4, 1e-4) if case == "float32" else (1e-10, 1e-9)
+    with torch.no_grad():
+        kind = type(truth._kernel_emissions(truth.check_data(x)))
+        assert (kind is LinearEmissions) == (case in ("diag", "full", "float32"))
+
+        def run():
+            q, log_p = truth.e_step(x)
+            return truth.log_evidence(x), log_p, q.marginals(), q.transition_counts, q._alpha
+
+        expected, ours = _both(monkeypatch, run)
+    for a, b in zip(ours, expected):
+        _close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.filterwarnings("ignore::elbox.inference.ConvergenceWarning")
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_hmm_em_on_lanes_takes_the_torch_kernels_iterates(monkeypatch, covariance_type):
+    import copy
+
+    import elbox
+
+    truth, x = _hmm_batch(covariance_type, B=24, T=80)
+    model = HMM(4, dim=3, covariance_type=covariance_type)
+    model.initialize(x, generator=torch.Generator().manual_seed(0))
+
+    def fit():
+        fitted = copy.deepcopy(model)
+        history = elbox.em(fitted, x, max_iter=8, tol=None)
+        return torch.tensor(history.lower_bound), fitted.emissions.loc.detach(), fitted.transition_matrix.detach()
+
+    expected, ours = _both(monkeypatch, fit)
+    assert expected[0][-1] > expected[0][0] + 0.1  # EM moved
+    _close(ours, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_the_vectorized_exp_is_within_two_ulp_of_libm_and_keeps_zeros_and_nans():
+    import numpy as np
+
+    from elbox.distributions._numba_kernels import scaled_exp
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([-rng.exponential(30.0, 20_000), -rng.uniform(0, 760, 20_000), -np.logspace(-300, 2.5, 2_000),
+                        [0.0, -0.0, -1e-320, -708.39, -709.8, -744.4, -745.2, -746.0, -np.inf, np.nan]])  # fmt: skip
+    le = d.reshape(1, -1).copy()
+    e = np.empty_like(le)
+    low, high = np.empty(le.shape, np.int64), np.empty(le.shape, np.int64)
+    scaled_exp(le, le.shape[1], np.zeros(le.shape[1]), e, low, high)
+    ours, libm = e[0], np.exp(d)
+    normal = libm >= np.finfo(np.float64).tiny
+    assert np.all(np.abs(ours[normal] - libm[normal]) <= 2 * np.spacing(libm[normal]))
+    subnormal = ~normal & np.isfinite(d)  # two roundings there: within one unit of the smallest subnormal
+    assert np.all(np.abs(ours[subnormal] - libm[subnormal]) <= 2 * np.spacing(0.0))
+    assert ours[-2] == 0.0 and np.isnan(ours[-1])
+
+
+@pytest.mark.parametrize("B, threads, block", [  # as many blocks as threads, 128 lanes at most, multiples of 8
+(16, 2, 8), (17, 2, 16), (200, 2, 104), (200, 1, 104), (256, 2, 128),
+                                               (257, 2, 72), (1000, 2, 128), (1000, 1, 128), (20, 1, 24)])  # fmt: skip
+def test_lane_blocks_split_the_batch_over_the_threads(B, threads, block):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert _compiled._block(B) == block
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_compiled_kernels_load_from_numbas_cache_in_a_new_process():
+    """Every kernel a process ran is cached on disk and loads in the next process without being
+    compiled again (a kernel whose helpers were closures missed the cache in every process)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        from elbox import HMM, LinearGaussianSSM
+        from elbox.distributions import _compiled
+        torch.set_default_dtype(torch.float64)
+        with torch.no_grad():
+            hmm = HMM(3, dim=2)
+            x, _ = hmm.sample(20, num_steps=30)
+            hmm.log_evidence(x); hmm.e_step(x); hmm.log_evidence(x[:2]); hmm.e_step(x[:2])
+            ssm = LinearGaussianSSM(2, 2)
+            ssm.e_step(torch.randn(3, 30, 2))
+        misses = {name: sum(f.stats.cache_misses.values()) for name, f in _compiled._kernels().items()}
+        print(sum(misses.values()), misses)
+    """)
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split()[0] == "0", second.stdout
