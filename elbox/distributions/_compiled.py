@@ -11,8 +11,12 @@ probability that underflows), takes the torch path, which raises or recovers as 
 :func:`use_compiled` is that rule, written once. ``ELBOX_COMPILED=0`` turns the compiled path
 off (the torch kernels then run everywhere).
 
-The functions are compiled on first use and cached on disk (numba's ``cache=True``): the first
-call in a fresh environment takes a second or two per function and dtype.
+The numba functions themselves are in :mod:`elbox.distributions._numba_kernels` (this module
+holds the rule and the torch-facing wrappers). They are compiled on first use and cached on disk
+(numba's ``cache=True``): the first call in a fresh environment takes a second or two per
+function and dtype (about 10 s for the HMM's parallel lanes), later processes load them.
+
+The HMM's lanes run on numba's parallel threads, as many as torch's (``torch.set_num_threads``).
 """
 
 from __future__ import annotations
