@@ -378,3 +378,61 @@ def test_the_compiled_kernels_load_from_numbas_cache_in_a_new_process():
     second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert second.stdout.split()[0] == "0", second.stdout
+
+
+# The HMM's log-evidence with a gradient: the compiled forward–backward pass and its closed form.
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (3, 50, 4), (20, 2, 2), (40, 30, 5), (2, 3000, 8)])
+@pytest.mark.parametrize("case", ["plain", "ragged", "zeros", "float32"])
+def test_hmm_log_evidence_gradient_equals_autograd_through_the_torch_kernels(monkeypatch, shape, case):
+    """∂ log p / ∂ (π's logits, A's logits, log e) by the closed form of the compiled pass
+    (γ, and ξ less A times its row sums) against autograd through the torch kernels, each
+    sequence's log p weighted at random; ragged batches (log e zero past each end, as callers
+    pass it), structural zeros, float32."""
+    from elbox.distributions.hmm_kernels import _CompiledLogEvidence
+
+    B, T, K = shape
+    lengths = [max(T - 7 * b, 1) for b in range(B)] if case == "ragged" else None
+    initial, transition, log_e, _ = _hmm_inputs(B, T, K, zeros=case == "zeros", lengths=lengths)
+    dtype = torch.float32 if case == "float32" else torch.float64
+    leaves = [t.to(dtype).requires_grad_() for t in (initial, transition, log_e)]
+    weights = torch.randn(B, dtype=dtype)
+
+    def value_and_grads():
+        value = hmm_log_evidence(*leaves)
+        grads = torch.autograd.grad((value * weights).sum(), leaves, allow_unused=True, materialize_grads=True)
+        return value.detach(), grads, type(value.grad_fn).__name__
+
+    expected, ours = _both(monkeypatch, value_and_grads)
+    assert ours[2] == _CompiledLogEvidence.__name__ + "Backward" and expected[2] != ours[2]
+    rtol, atol = (1e-4, 1e-4) if case == "float32" else (1e-10, 1e-10)
+    _close(ours[0], expected[0], rtol=rtol, atol=atol * max(1.0, float(expected[0].abs().max())))
+    for a, b in zip(ours[1], expected[1]):
+        _close(torch.nan_to_num(a), torch.nan_to_num(b), rtol=rtol, atol=atol)
+
+
+def test_hmm_log_evidence_gradient_declines_to_the_torch_kernels_and_refuses_a_second_derivative(monkeypatch):
+    from elbox.distributions.hmm_kernels import _CompiledLogEvidence
+
+    initial, transition, log_e, _ = _hmm_inputs(2, 30, 4, zeros=True)  # left to right
+    far = log_e.clone()
+    far[:, 5] = torch.tensor([-1e4, -1e4, -1e4, 0.0])
+    far[:, 6] = torch.tensor([0.0, -1e4, -1e4, -1e4])  # state 3, then 0, which the chain cannot go back to
+    leaves = [t.clone().requires_grad_() for t in (initial, transition, far)]
+
+    def value_and_grads():
+        value = hmm_log_evidence(*leaves)
+        return value.detach(), torch.autograd.grad(value.sum(), leaves), type(value.grad_fn).__name__
+
+    expected, ours = _both(monkeypatch, value_and_grads)
+    assert ours[2] != _CompiledLogEvidence.__name__ + "Backward"  # declined: the normalizer underflowed
+    assert torch.isfinite(ours[0]).all()
+    for a, b in zip(ours[1], expected[1]):
+        _close(torch.nan_to_num(a), torch.nan_to_num(b))
+    leaves = [t.clone().requires_grad_() for t in _hmm_inputs(2, 30, 4)[:3]]
+    with pytest.raises(RuntimeError, match="differentiable once.*ELBOX_COMPILED=0"):
+        torch.autograd.grad(hmm_log_evidence(*leaves).sum(), leaves[2], create_graph=True)
+    monkeypatch.setenv("ELBOX_COMPILED", "0")  # the torch kernels' second derivative
+    (g,) = torch.autograd.grad(hmm_log_evidence(*leaves).sum(), leaves[2], create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(g.sum(), leaves[0])[0]).all()

@@ -37,16 +37,17 @@ def compiled_enabled() -> bool:
     return os.environ.get("ELBOX_COMPILED", "1") != "0" and _kernels() is not None
 
 
-def use_compiled(*tensors: Tensor) -> bool:
+def use_compiled(*tensors: Tensor, differentiable: bool = False) -> bool:
     """The dispatch rule: the compiled loop runs when it is enabled, no input needs a gradient
     (or gradients are off), and every input is a CPU tensor of float32 or float64 (all of one
-    dtype)."""
+    dtype). ``differentiable``: the caller's compiled pass has its own backward (the HMM's
+    log-evidence), so inputs that need a gradient are taken too."""
     if not tensors or not compiled_enabled():
         return False
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):
         return False
-    grad = torch.is_grad_enabled()
+    grad = torch.is_grad_enabled() and not differentiable
     return all(t.device.type == "cpu" and t.dtype == dtype and not (grad and t.requires_grad) for t in tensors)
 
 

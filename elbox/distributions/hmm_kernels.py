@@ -241,7 +241,9 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
     """log p(x), ``[B]``: by a balanced tree of matrix products (O(log T) sequential steps,
     :func:`log_evidence_by_products`) where the products pay (:func:`product_tree_pays`), else
     by the forward algorithm. The two agree to rounding (``tests/test_sequence_models.py``).
-    Without a gradient, the compiled forward pass (:mod:`elbox.distributions._compiled`)."""
+    Without a gradient, the compiled forward pass (:mod:`elbox.distributions._compiled`); with
+    one, the compiled forward–backward pass and its closed-form gradient
+    (:class:`_CompiledLogEvidence`)."""
     B, T, K = log_e.shape
     if _compiled_inputs(initial_logits, transition_logits, log_e):
         value = _compiled.hmm_log_evidence(initial_logits, transition_logits, log_e)
@@ -249,6 +251,12 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
             return value
     log_e = _materialized(log_e)
     inputs = (initial_logits, transition_logits, log_e)
+    if (torch.is_grad_enabled() and any(v.requires_grad for v in inputs) and initial_logits.dim() == 1
+            and transition_logits.dim() == 2 and _compiled.use_compiled(*inputs, differentiable=True)):  # fmt: skip
+        try:
+            return _CompiledLogEvidence.apply(initial_logits, transition_logits, log_e)
+        except _Declined:  # underflow or overflow: the torch kernels below, in log space where needed
+            pass
     if T > 1 and product_tree_pays(B, K):
         value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
@@ -259,6 +267,47 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
         if value is not None:
             return value
     return forward(initial_logits, transition_logits, log_e)[1].sum(-1)
+
+
+class _Declined(Exception):
+    """The compiled pass declined these inputs (a normalizer underflowed, a ratio overflowed)."""
+
+
+class _CompiledLogEvidence(torch.autograd.Function):
+    r"""log p(x) ``[B]`` over all T steps by the compiled forward–backward pass, with its gradient
+    in closed form from the same pass (Baum–Welch's identities): ∂ log p / ∂ log e_t(k) = γ_t(k),
+    ∂ / ∂ initial_logits = γ_1 − π, ∂ / ∂ transition_logits_ij = ξ_ij − A_ij Σ_j' ξ_ij' for the
+    smoothed marginals γ and the expected transitions ξ (each weighted by the incoming gradient
+    of its sequence). No step of it is Python; ``tests/test_compiled.py`` holds it to autograd
+    through the torch kernels. Differentiable once: a backward pass that builds a graph
+    (``create_graph=True``) raises, and ``ELBOX_COMPILED=0`` takes the torch kernels instead."""
+
+    @staticmethod
+    def forward(ctx, initial_logits, transition_logits, log_e):
+        B, T, _ = log_e.shape
+        every = torch.ones(B, T, dtype=torch.bool)  # the gradient of every entry of log_e, padding too
+        result = _compiled.hmm_forward_backward(initial_logits, transition_logits, log_e, every, positive=False)
+        if result is None:
+            raise _Declined
+        _, gamma, counts, log_c, _ = result
+        ctx.save_for_backward(initial_logits, transition_logits, gamma, counts)
+        return log_c.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative is coming
+            raise RuntimeError(
+                "the HMM log-evidence's compiled gradient is differentiable once (γ and ξ come from "
+                "a compiled pass): for second derivatives set ELBOX_COMPILED=0, which takes autograd "
+                "through the torch kernels"
+            )
+        initial_logits, transition_logits, gamma, counts = ctx.saved_tensors
+        d_log_e = gamma * grad[:, None, None]
+        first = grad @ gamma[:, 0]  # Σ_b g_b γ_b1, [K]
+        d_initial = first - initial_logits.softmax(-1) * grad.sum()
+        xi = (counts * grad[:, None, None]).sum(0)  # [K, K]
+        d_transition = xi - transition_logits.softmax(-1) * xi.sum(-1, keepdim=True)
+        return d_initial, d_transition, d_log_e
 
 
 def _log_evidence_forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> Tensor | None:
