@@ -436,3 +436,73 @@ def test_hmm_log_evidence_gradient_declines_to_the_torch_kernels_and_refuses_a_s
     monkeypatch.setenv("ELBOX_COMPILED", "0")  # the torch kernels' second derivative
     (g,) = torch.autograd.grad(hmm_log_evidence(*leaves).sum(), leaves[2], create_graph=True)
     assert torch.isfinite(torch.autograd.grad(g.sum(), leaves[0])[0]).all()
+
+
+# The Kalman log-evidence with a gradient: the compiled filter and smoother, and Fisher's identity.
+
+
+@pytest.mark.parametrize("case", ["settled", "never settling", "ragged", "inputs", "one step", "float32"])
+def test_kalman_log_evidence_gradient_equals_autograd_through_the_torch_kernels(monkeypatch, case):
+    """∇ log p(x) for every parameter of the model (through its parametrization) and for the data
+    (and the inputs' matrix), by Fisher's identity on the compiled smoother's moments, against
+    autograd through the torch kernels; each sequence's log p weighted at random."""
+    from elbox.distributions.kalman import _CompiledKalmanLogEvidence
+
+    model = _lgssm(input_dim=2 if case == "inputs" else 0, settling=case != "never settling")
+    T = {"one step": 1, "never settling": 300}.get(case, 60)
+    inputs = torch.randn(4, T, 2) if case == "inputs" else None
+    data = model.sample(4, num_steps=T, inputs=inputs)[0]
+    if case == "float32":
+        model, data = model.float(), data.float()
+    data.requires_grad_()
+    lengths = torch.tensor([T - 9 * b for b in range(4)]) if case == "ragged" else None
+    x = Sequences(data, lengths=lengths, inputs=inputs) if case in ("ragged", "inputs") else data
+    weights = torch.randn(4, dtype=data.dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def value_and_grads():
+        value = model.log_evidence(x)
+        grads = torch.autograd.grad((value * weights).sum(), [*params, data], allow_unused=True, materialize_grads=True)
+        return value.detach(), grads, type(value.grad_fn).__name__
+
+    expected, ours = _both(monkeypatch, value_and_grads)
+    assert ours[2] == _CompiledKalmanLogEvidence.__name__ + "Backward" and expected[2] != ours[2]
+    rtol, atol = (1e-3, 1e-3) if case == "float32" else (1e-9, 1e-9)
+    _close(ours[0], expected[0], rtol=rtol, atol=atol)
+    for a, b in zip(ours[1], expected[1]):
+        _close(a, b, rtol=rtol, atol=atol * max(1.0, float(b.abs().amax()) if b.numel() else 1.0))
+
+
+def test_kalman_log_evidence_gradient_refuses_a_second_derivative(monkeypatch):
+    model = _lgssm()
+    x = model.sample(2, num_steps=30)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    with pytest.raises(RuntimeError, match="differentiable once.*ELBOX_COMPILED=0"):
+        torch.autograd.grad(model.log_evidence(x).sum(), params, create_graph=True)
+
+
+def test_kalman_log_evidence_gradient_takes_the_torch_kernels_for_a_singular_covariance(monkeypatch):
+    """A deterministic state component (Q singular, as in structural models) has no complete-data
+    density for Fisher's identity: the gradient is autograd's through the torch kernels."""
+    from elbox.distributions.kalman import _CompiledKalmanLogEvidence, kalman_log_evidence
+
+    A = torch.tensor([[1.0, 1.0], [0.0, 1.0]], requires_grad=True)  # a local linear trend
+    Q = torch.diag(torch.tensor([0.3, 0.0])).requires_grad_()  # the slope is fixed
+    model = LinearGaussian(A, torch.tensor([[1.0, 0.0]]), Q, torch.eye(1), torch.zeros(2), torch.eye(2))
+    values = torch.randn(3, 40, 1)
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    value = kalman_log_evidence(model, values, mask)
+    assert type(value.grad_fn).__name__ != _CompiledKalmanLogEvidence.__name__ + "Backward"
+    expected = torch.autograd.grad(kalman_log_norm(model, values, mask).sum(), [A, Q])
+    for a, b in zip(torch.autograd.grad(value.sum(), [A, Q]), expected):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("B", [63, 64])
+def test_kalman_log_evidence_gradient_rule_at_its_boundary(B):
+    from elbox.distributions.kalman import GRADIENT_LANES, _CompiledKalmanLogEvidence
+
+    model = _lgssm()
+    x = model.sample(B, num_steps=20)[0]
+    compiled = type(model.log_evidence(x).grad_fn).__name__ == _CompiledKalmanLogEvidence.__name__ + "Backward"
+    assert compiled == (B < GRADIENT_LANES)

@@ -17,7 +17,7 @@ from elbox.distributions.kalman import (
     KalmanFilter,
     LinearGaussian,
     kalman_filter,
-    kalman_log_norm,
+    kalman_log_evidence,
     masked_kalman_filter,
     masked_observation,
     masked_rts_smoother,
@@ -466,7 +466,7 @@ class LinearGaussianSSM(LatentModel):
         x = self.check_data(x)
         if x.missing is not None:
             return self._filter(x).log_norm.sum(-1)
-        return kalman_log_norm(self._linear_gaussian(), x.values, x.mask, self._drive(x)).sum(-1)
+        return kalman_log_evidence(self._linear_gaussian(), x.values, x.mask, self._drive(x))
 
     def e_step(self, x) -> tuple[GaussMarkovChain, Tensor]:
         """The Kalman filter and the RTS smoother: the posterior over trajectories and log p(x)."""
