@@ -1,6 +1,7 @@
 """log p(x) and its gradient: the compiled passes (the HMM's forward–backward with its closed-form
 gradient, the Kalman filter and smoother with Fisher's identity) against autograd through the
 torch kernels, the path gradients took before, in one run; float64, medians of ``--repeats``.
+Then the marginals' gradient, which stays on the torch pass: its loop over time against its chunks.
 
     python bench/gradients.py [--repeats 7]
 
@@ -71,6 +72,34 @@ def main() -> None:
         diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) for a, b in pairs)
         print(f"{label:38s} {1e3 * before:11.2f} {1e3 * after:14.2f} {before / after:6.1f}x {diff:13.1e}")
     print("# ratio = torch / compiled (above 1: the compiled passes faster)")
+    _marginals(args.repeats)
+
+
+def _marginals(repeats: int) -> None:
+    """The marginals' gradient (forward–backward under autograd, which the compiled passes do not
+    take): the torch pass's loop over time against its chunks (chunk_length's rule with a
+    gradient: chunks from 64 steps where the products pay)."""
+    import elbox.distributions.hmm_kernels as kernels
+
+    rule = kernels.chunk_length
+    print("# the marginals' and log p's gradient through the torch forward–backward: loop against chunks")
+    print(f"{'':38s} {'loop (ms)':>11s} {'chunks (ms)':>14s} {'ratio':>7s} {'max rel diff':>13s}")
+    for B, T, K in [(1, 50, 3), (1, 100, 8), (4, 500, 8), (1, 1000, 4), (4, 1500, 8)]:
+        leaves = [torch.randn(K, requires_grad=True), torch.randn(K, K, requires_grad=True),
+                  (3 * torch.randn(B, T, K)).requires_grad_()]  # fmt: skip
+        mask, probe = torch.ones(B, T, dtype=torch.bool), torch.randn(B, T, K)
+
+        def step(leaves=leaves, mask=mask, probe=probe):
+            fb = kernels.forward_backward(*leaves, mask)
+            return torch.autograd.grad((fb.marginals * probe).sum() + fb.log_norm.sum(), leaves)
+
+        kernels.chunk_length = lambda *a, **k: 0
+        loop, expected = median_time(step, repeats)
+        kernels.chunk_length = rule
+        chunks, ours = median_time(step, repeats)
+        diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours, expected))
+        label = f"HMM, K={K}, {B} x {T:,}"
+        print(f"{label:38s} {1e3 * loop:11.2f} {1e3 * chunks:14.2f} {loop / chunks:6.1f}x {diff:13.1e}")
 
 
 if __name__ == "__main__":

@@ -506,3 +506,35 @@ def test_kalman_log_evidence_gradient_rule_at_its_boundary(B):
     x = model.sample(B, num_steps=20)[0]
     compiled = type(model.log_evidence(x).grad_fn).__name__ == _CompiledKalmanLogEvidence.__name__ + "Backward"
     assert compiled == (B < GRADIENT_LANES)
+
+
+def test_chunk_length_rule_at_its_boundaries():
+    from elbox.distributions.hmm_kernels import chunk_length
+
+    assert chunk_length(4, 63, 8, differentiable=True) == 0 and chunk_length(4, 64, 8, differentiable=True) == 8
+    assert chunk_length(4, 2047, 8) == 0 and chunk_length(4, 2048, 8) == 46
+    assert chunk_length(200, 500, 8, differentiable=True) == 0  # the products do not pay: the loop
+
+
+@pytest.mark.parametrize("shape", [(1, 100, 8), (3, 257, 4)])
+def test_forward_backward_gradient_by_chunks_equals_the_loops(monkeypatch, shape):
+    """With a gradient the torch pass runs in chunks from 64 steps: its marginals, log-normalizers
+    and their gradient equal the loop over time's (forced by a zero chunk length)."""
+    import elbox.distributions.hmm_kernels as kernels
+
+    B, T, K = shape
+    initial, transition, log_e, mask = _hmm_inputs(B, T, K, lengths=[T - 11 * b for b in range(B)])
+    leaves = [t.clone().requires_grad_() for t in (initial, transition, log_e)]
+    probe = torch.randn(B, T, K)
+
+    def run():
+        fb = forward_backward(*leaves, mask)
+        value = (fb.marginals * probe).sum() + fb.log_norm.sum()
+        return value.detach(), torch.autograd.grad(value, leaves)
+
+    ours = run()
+    monkeypatch.setattr(kernels, "chunk_length", lambda *args, **kwargs: 0)
+    expected = run()
+    _close(ours[0], expected[0])
+    for a, b in zip(ours[1], expected[1]):
+        _close(a, b)
