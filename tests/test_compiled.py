@@ -341,13 +341,21 @@ def test_the_vectorized_exp_is_within_two_ulp_of_libm_and_keeps_zeros_and_nans()
 
 
 @pytest.mark.parametrize("B, threads, block", [  # as many blocks as threads, 128 lanes at most, multiples of 8
-(16, 2, 8), (17, 2, 16), (200, 2, 104), (200, 1, 104), (256, 2, 128),
-                                               (257, 2, 72), (1000, 2, 128), (1000, 1, 128), (20, 1, 24)])  # fmt: skip
+    (16, 2, 8), (17, 2, 16), (200, 2, 104), (200, 1, 104), (256, 2, 128), (257, 2, 72), (1000, 2, 128),
+    (1000, 1, 128), (20, 1, 24)])  # fmt: skip
 def test_lane_blocks_split_the_batch_over_the_threads(B, threads, block):
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    assert _compiled._block(B, threads) == block
+
+
+def test_the_lanes_follow_torchs_thread_count_and_put_numbas_back():
+    import numba
+
+    old, before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        assert _compiled._block(B) == block
+        with _compiled._lane_threads() as threads:
+            assert threads == 1 == numba.get_num_threads()
+        assert numba.get_num_threads() == before
     finally:
         torch.set_num_threads(old)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -49,6 +50,22 @@ def use_compiled(*tensors: Tensor, differentiable: bool = False) -> bool:
         return False
     grad = torch.is_grad_enabled() and not differentiable
     return all(t.device.type == "cpu" and t.dtype == dtype and not (grad and t.requires_grad) for t in tensors)
+
+
+def wants_gradient(*tensors: Tensor) -> bool:
+    """Whether autograd is recording through any of ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def refuse_graph(what: str, source: str) -> None:
+    """The compiled gradients' guard, called first in their backward passes: a backward pass
+    that builds a graph (``create_graph=True``: a second derivative is coming) raises, since
+    their gradient comes from a compiled pass (``source``) that autograd cannot see into."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"the {what}'s compiled gradient is differentiable once ({source}): for second derivatives set "
+            "ELBOX_COMPILED=0, which takes autograd through the torch kernels"
+        )
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -149,18 +166,28 @@ def _batch_last(log_e: Tensor) -> Tensor:
     return lanes if lanes.is_contiguous() else lanes.contiguous()
 
 
-def _block(B: int) -> int:
+def _block(B: int, threads: int) -> int:
     """Lanes per block: the batch split into as many blocks as threads (more where a block would
     pass 128 lanes), each a multiple of 8 lanes (measured here, K = 8, 200 × 500 steps: two
-    blocks of 104 take 0.5 ms, four of 64 0.8 ms, one thread 1.0 ms). Numba's threads follow
-    torch's count (``torch.set_num_threads``)."""
-    import numba
-
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
+    blocks of 104 take 0.5 ms, four of 64 0.8 ms, one thread 1.0 ms)."""
     blocks = threads * -(-B // (threads * 128))
     per_block = -(-B // blocks)
     return 8 * -(-per_block // 8)
+
+
+@contextmanager
+def _lane_threads():
+    """Numba's thread count set to torch's (``torch.set_num_threads``) for the lanes' parallel
+    kernels, and put back after them; yields it."""
+    import numba
+
+    before = numba.get_num_threads()
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        numba.set_num_threads(before)
 
 
 def _rows_input(log_e) -> np.ndarray:
@@ -210,8 +237,10 @@ def _forward_lanes(initial_logits: Tensor, transition_logits: Tensor, log_e, pos
     B, T, K = log_e.shape
     new = initial_logits.new_empty
     alpha, c, shift, smallest = new((K, T, B) if keep else (0, 0, 0)), new(T, B), new(T, B), new(B)
-    _kernels()["hmm_forward"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)), *_lane_inputs(log_e),
-                              _block(B), keep, _np(alpha), _np(c), _np(shift), _np(smallest))  # fmt: skip
+    with _lane_threads() as threads:
+        _kernels()["hmm_forward"](_np(initial_logits.softmax(-1)), _np(transition_logits.softmax(-1)),
+                                  *_lane_inputs(log_e), _block(B, threads), keep, _np(alpha), _np(c), _np(shift),
+                                  _np(smallest))  # fmt: skip
     if not bool(c.amin() > 0) or (positive and not bool(smallest.amin() > 0)):  # underflow (NaN fails too)
         return None
     return alpha, c, shift, smallest
@@ -237,9 +266,10 @@ def hmm_forward_backward(initial_logits: Tensor, transition_logits: Tensor, log_
     new = initial_logits.new_empty
     alpha, c, shift, smallest = new(K, T, B), new(T, B), new(T, B), new(B)
     gamma, tally, check = new(K, T, B), new(K, K, B), new(B)
-    _kernels()["hmm_forward_backward"](_np(initial_logits.softmax(-1)), A, *_lane_inputs(log_e), lengths, _block(B),
-                                       _np(alpha), _np(c), _np(shift), _np(smallest), _np(gamma), _np(tally),
-                                       _np(check))  # fmt: skip
+    with _lane_threads() as threads:
+        _kernels()["hmm_forward_backward"](_np(initial_logits.softmax(-1)), A, *_lane_inputs(log_e), lengths,
+                                           _block(B, threads), _np(alpha), _np(c), _np(shift), _np(smallest),
+                                           _np(gamma), _np(tally), _np(check))  # fmt: skip
     if not bool(c.amin() > 0) or (positive and not bool(smallest.amin() > 0)):  # underflow (NaN fails too)
         return None
     if not bool(torch.isfinite(check).all()):  # a ratio overflowed (inf or NaN in the marginals)

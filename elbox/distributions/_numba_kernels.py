@@ -328,6 +328,21 @@ def linear_emissions(x, centre, rows, cols, W, t, b0, nb, xs, f, le):
 
 
 @vjit
+def predict(prev, A, nb, out):
+    """The predicted state probabilities of a block of lanes, out = prev A: out[k, l] =
+    Σ_i prev[i, l] A[i, k] (``[K, block]``)."""
+    K = A.shape[0]
+    for k in range(K):
+        for lane in range(nb):
+            out[k, lane] = 0.0
+    for i in range(K):
+        for k in range(K):
+            aik = A[i, k]
+            for lane in range(nb):
+                out[k, lane] += prev[i, lane] * aik
+
+
+@vjit
 def forward_block(j, pi, A, log_e, x, centre, rows, cols, W, linear, block, keep, alpha, c, shift, smallest):
     """The scaled forward pass over the ``j``-th block of ``block`` sequences, the sequences as
     the vectorized inner loop: e_t = exp(log e_t − max_k), a_t = (α_{t-1} A) ⊙ e_t,
@@ -372,14 +387,7 @@ def forward_block(j, pi, A, log_e, x, centre, rows, cols, W, linear, block, keep
                 for lane in range(nb):
                     a[k, lane] = pi[k] * e[k, lane]
         else:
-            for k in range(K):
-                for lane in range(nb):
-                    a[k, lane] = 0.0
-            for i in range(K):
-                for k in range(K):
-                    aik = A[i, k]
-                    for lane in range(nb):
-                        a[k, lane] += prev[i, lane] * aik
+            predict(prev, A, nb, a)
             for k in range(K):
                 for lane in range(nb):
                     a[k, lane] *= e[k, lane]
@@ -472,12 +480,7 @@ def backward_block(j, A, alpha, lengths, block, gamma, tally, check):
             for k in range(K):
                 for lane in range(nb):
                     prv[k, lane] = alpha[k, t - 1, b0 + lane]
-                    p[k, lane] = 0.0
-            for i in range(K):
-                for k in range(K):
-                    aik = A[i, k]
-                    for lane in range(nb):
-                        p[k, lane] += prv[i, lane] * aik
+            predict(prv, A, nb, p)
             for k in range(K):
                 for lane in range(nb):
                     ratio = cur[k, lane] / p[k, lane]

@@ -21,9 +21,7 @@ from elbox.distributions import _compiled
 
 __all__ = [
     "ForwardBackward",
-    "LinearEmissions",
     "chunk_length",
-    "emissions_batch_last",
     "forward",
     "forward_backward",
     "hmm_log_evidence",
@@ -116,10 +114,6 @@ def chunk_length(B: int, T: int, K: int, differentiable: bool = False) -> int:
     return math.isqrt(T - 1) + 1
 
 
-def _differentiable(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) -> tuple[Tensor, Tensor]:
     """The forward pass: filtered p(z_t | x_{1:t}) ``[B, T, K]`` and the log normalizers
     log p(x_t | x_{1:t-1}) ``[B, T]``, whose sum over t is log p(x). Scaled probabilities (a
@@ -133,7 +127,8 @@ def forward(initial_logits: Tensor, transition_logits: Tensor, log_e: Tensor) ->
     shift = log_e.amax(-1, keepdim=True)  # [B, T, 1]
     e = (log_e - shift).exp()  # [B, T, K], each step's largest entry is 1
     pi, A = initial_logits.softmax(-1), transition_logits.softmax(-1)
-    chunk = chunk_length(*log_e.shape, differentiable=_differentiable(initial_logits, transition_logits, log_e))
+    differentiable = _compiled.wants_gradient(initial_logits, transition_logits, log_e)
+    chunk = chunk_length(*log_e.shape, differentiable=differentiable)
     if chunk:
         alpha, c = forward_chunked(pi, A, e, chunk)
     else:
@@ -258,7 +253,7 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
             return value
     log_e = _materialized(log_e)
     inputs = (initial_logits, transition_logits, log_e)
-    if (_differentiable(*inputs) and initial_logits.dim() == 1
+    if (_compiled.wants_gradient(*inputs) and initial_logits.dim() == 1
             and transition_logits.dim() == 2 and _compiled.use_compiled(*inputs, differentiable=True)):  # fmt: skip
         try:
             return _CompiledLogEvidence.apply(initial_logits, transition_logits, log_e)
@@ -268,7 +263,7 @@ def hmm_log_evidence(initial_logits: Tensor, transition_logits: Tensor, log_e: T
         value = log_evidence_by_products(initial_logits, transition_logits, log_e, chunk_length(B, T, K))
         if bool(torch.isfinite(value).all()):
             return value
-    if T > 1 and not chunk_length(B, T, K) and not _differentiable(*inputs):
+    if T > 1 and not chunk_length(B, T, K) and not _compiled.wants_gradient(*inputs):
         value = _log_evidence_forward(initial_logits, transition_logits, log_e)
         if value is not None:
             return value
@@ -301,12 +296,7 @@ class _CompiledLogEvidence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():  # create_graph=True: a second derivative is coming
-            raise RuntimeError(
-                "the HMM log-evidence's compiled gradient is differentiable once (γ and ξ come from "
-                "a compiled pass): for second derivatives set ELBOX_COMPILED=0, which takes autograd "
-                "through the torch kernels"
-            )
+        _compiled.refuse_graph("HMM log-evidence", "γ and ξ come from a compiled pass")
         initial_logits, transition_logits, gamma, counts = ctx.saved_tensors
         d_log_e = gamma * grad[:, None, None]
         first = grad @ gamma[:, 0]  # Σ_b g_b γ_b1, [K]
@@ -418,7 +408,7 @@ def forward_backward(
     A = transition_logits.softmax(-1)
     # Backward: β_t = A (r_{t+1} β_{t+1}), kept as w_t = r_t β_t; β is 1 past the end.
     B, T, K = ratio.shape
-    chunk = chunk_length(B, T, K, differentiable=_differentiable(initial_logits, transition_logits, log_e))
+    chunk = chunk_length(B, T, K, differentiable=_compiled.wants_gradient(initial_logits, transition_logits, log_e))
     if chunk:
         beta, w = backward_chunked(A, ratio, alpha, chunk)
     else:

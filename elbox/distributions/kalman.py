@@ -340,7 +340,7 @@ def kalman_log_evidence(model: LinearGaussian, values: Tensor, mask: Tensor, dri
     for one of 100,000, but 0.9× for 256 × 2,000, where the torch filter's chunks without means
     and their autograd cost less than the compiled smoother's moments."""
     leaves = [*model[:6], values, *([] if drive is None else [drive])]
-    wanted = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+    wanted = _compiled.wants_gradient(*leaves)
     shapes = model.transition_matrix.dim() == 2 and model.initial_loc.dim() == 1
     if (wanted and shapes and values.shape[0] < GRADIENT_LANES and _compiled.use_compiled(*leaves, differentiable=True)
             and not _diffuse_start(model.initial_covariance, model.transition_covariance)
@@ -382,12 +382,7 @@ class _CompiledKalmanLogEvidence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():  # create_graph=True: a second derivative is coming
-            raise RuntimeError(
-                "the Kalman log-evidence's compiled gradient is differentiable once (from the smoothed "
-                "moments, Fisher's identity): for second derivatives set ELBOX_COMPILED=0, which takes "
-                "autograd through the torch kernels"
-            )
+        _compiled.refuse_graph("Kalman log-evidence", "Fisher's identity on the compiled smoother's moments")
         values, mask, drive, *params, means, covs, cross = ctx.saved_tensors
         wants = ctx.needs_input_grad
         inputs = [values, drive, *params]
